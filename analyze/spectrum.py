@@ -1,0 +1,203 @@
+"""From a layer's Gram eigenvalues to its rank-decay exponent a, with ``σ_k ∝ k^-a`` (METHOD.md §2)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from spinal.analyze.gram import GramResult, draw_blocks, resample
+
+# Half an ulp relative to |h| for each storage dtype: round-to-nearest with a p-bit significand
+# errs by at most 2^-p·|h| (bf16 p = 8, fp16 11, fp32 24, fp64 53). METHOD.md §2, "Storage noise floor".
+HALF_ULP = {"bfloat16": 2.0**-8, "float16": 2.0**-11, "float32": 2.0**-24, "float64": 2.0**-53}
+_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
+                  "float": "float32", "fp64": "float64", "double": "float64"}
+
+# A ratio σ_k/σ_{k+1} above SPIKE_GAP marks σ_1..σ_k as spikes. An unbroken power law gives
+# (1 + 1/k)^a ≤ 2^a, i.e. ≤ 4 for any a ≤ 2 (the largest at k = 1); massive activations give
+# 10–1000 (METHOD.md §2, "Spikes"). 5 sits between the two.
+SPIKE_GAP = 5.0
+# Spikes are looked for among the first min(SPIKE_MAX, rank // 4) values only: massive
+# activations live in a handful of channels, and far-tail gaps are rank or rounding effects.
+SPIKE_MAX = 16
+
+# The window ends where σ_k ≤ FLOOR_MULTIPLE × the noise floor. Measured on bf16-rounded
+# H = Z·diag(k^-a)·Qᵀ (N = 16384, d = 256 and N = 4096, d = 512, a = 1.5–2.5, with and without a
+# common offset 3× the rms): multiple 1 left a = 2 at 1.50–1.80, 2 at 1.91–1.97, 3 at 1.97–1.99,
+# 4 at 1.975–1.995 (a = 1.5: 1.491–1.501); 6 gained nothing and shortened windows below the minimum.
+FLOOR_MULTIPLE = 4.0
+
+# Fewer than MIN_RANKS ranks in the window → status "too-few-ranks" and NaN exponents.
+MIN_RANKS = 10
+# status "poor-fit" below this weighted R² of log σ on log k (see fit_spectrum for the numbers).
+MIN_R2 = 0.98
+# status "poor-fit" when |a_mle − a_wls| exceeds this fraction of a_wls (see fit_spectrum).
+MAX_MLE_GAP = 0.2
+# The MLE's KS scan tries at most this many xmin candidates (geometric in rank) and keeps at
+# least half the window above xmin, so its tail is never a handful of points.
+MLE_CANDIDATES = 128
+
+STATUSES = ("ok", "poor-fit", "too-few-ranks")
+
+
+def alpha_req(a: float) -> float:
+    """α-ReQ's eigenvalue-decay exponent (λ_k ∝ k^-α) from the rank-decay exponent a."""
+    return 2.0 * a
+
+
+def alpha_esd(a: float) -> float:
+    """WeightWatcher/HT-SR density exponent α_ESD = 1 + 1/(2a) from a."""
+    return 1.0 + 1.0 / (2.0 * a)
+
+
+def a_from_alpha_esd(alpha: float) -> float:
+    """Inverse of ``alpha_esd``: a = 1 / (2(α_ESD − 1))."""
+    return 1.0 / (2.0 * (alpha - 1.0))
+
+
+def singular_values(eigenvalues: np.ndarray) -> np.ndarray:
+    """σ = √λ, descending, with rounding negatives clipped to 0."""
+    ev = np.asarray(eigenvalues, dtype=np.float64)
+    return np.sqrt(np.clip(np.sort(ev)[::-1], 0.0, None))
+
+
+def storage_name(storage_dtype: Any) -> str:
+    """Canonical name ("bfloat16", "float16", "float32", "float64") of a dtype, dtype name or alias."""
+    if isinstance(storage_dtype, torch.dtype):
+        name = str(storage_dtype).removeprefix("torch.")
+    elif isinstance(storage_dtype, str):
+        name = storage_dtype.lower()
+    else:
+        name = np.dtype(storage_dtype).name
+    name = _DTYPE_ALIASES.get(name, name)
+    if name not in HALF_ULP:
+        raise ValueError(f"storage_dtype {storage_dtype!r} unknown; expected one of {sorted(HALF_ULP)}")
+    return name
+
+
+def count_spikes(sv: np.ndarray) -> int:
+    """Number of leading σ that stand apart from the bulk: the largest k ≤ min(16, rank/4) with σ_k/σ_{k+1} > 5."""
+    sv = np.asarray(sv, dtype=np.float64)
+    k_max = min(SPIKE_MAX, sv.size // 4)
+    head, nxt = sv[:k_max], sv[1 : k_max + 1]
+    gaps = np.flatnonzero((nxt > 0) & (head > SPIKE_GAP * nxt))  # a zero σ_{k+1} is rank loss, not a spike
+    return int(gaps[-1]) + 1 if gaps.size else 0
+
+
+def noise_floor(sv: np.ndarray, n_tokens: int, dim: int, rms: float | np.ndarray, storage_dtype: Any,
+                spikes: int = 0) -> float:
+    """Singular value below which the stored spectrum is rounding: the larger of storage noise and solver error.
+
+    Storage: a per-entry error uniform in ±2^-p·|h| has std 2^-p·rms/√3 and an N×d matrix of it
+    has singular values up to std·(√N + √d) (METHOD.md §2). ``rms`` may be per coordinate (dim,):
+    the ``spikes`` largest columns are then dropped, since a massive channel's rounding noise lies
+    along its own spike direction, not in the bulk. Solver: float64 ``eigvalsh`` of the Gram errs
+    by ≲ d·eps·λ₁, i.e. σ below √(d·eps)·σ₁ carry no digits.
+    """
+    rms = np.atleast_1d(np.asarray(rms, dtype=np.float64))
+    if rms.size > 1:
+        rms = np.sort(rms)[::-1][spikes:] if spikes < rms.size else rms
+    rms_bulk = math.sqrt(float(np.mean(rms**2)))
+    std = HALF_ULP[storage_name(storage_dtype)] * rms_bulk / math.sqrt(3.0)
+    storage = std * (math.sqrt(n_tokens) + math.sqrt(dim))
+    solver = math.sqrt(dim * np.finfo(np.float64).eps) * (float(sv[0]) if len(sv) else 0.0)
+    return max(storage, solver)
+
+
+def noise_floor_rank(sv: np.ndarray, n_tokens: int, dim: int, rms: float | np.ndarray, storage_dtype: Any,
+                     spikes: int = 0) -> int:
+    """Largest k with σ_k above FLOOR_MULTIPLE (4) times ``noise_floor``."""
+    floor = FLOOR_MULTIPLE * noise_floor(sv, n_tokens, dim, rms, storage_dtype, spikes)
+    above = np.flatnonzero(np.asarray(sv) > floor)
+    return int(above[-1]) + 1 if above.size else 0
+
+
+def default_window(rank: int, spikes: int, floor_rank: int) -> tuple[int, int]:
+    """METHOD.md §2 window: ``k_lo = max(spikes + 1, 5, ⌈0.05 r⌉)``, ``k_hi = min(⌊0.5 r⌋, floor rank)``.
+
+    k_lo ≥ 5 skips the head, which no power law describes; k_hi ≤ r/2 because slopes near the rank
+    edge are biased (1.0 → 1.38 in METHOD's test).
+    """
+    k_lo = max(spikes + 1, 5, -(-rank // 20))  # integer ⌈r/20⌉: 0.05·r in floats can round up past it
+    k_hi = min(rank // 2, floor_rank)
+    return k_lo, k_hi
+
+
+@dataclass(frozen=True)
+class WlsFit:
+    """Weighted least squares of log σ_k on log k."""
+
+    a: float  # minus the slope
+    r2: float  # weighted R²
+
+
+@dataclass(frozen=True)
+class MleFit:
+    """Clauset-style power-law MLE on λ = σ², converted to a."""
+
+    a: float
+    xmin: float  # λ at the KS-selected lower cut
+    k_xmin: int  # its rank
+    ks: float  # KS distance of the fit above xmin
+
+
+def _bulk_ranks(k_lo: int, k_hi: int, spikes: int) -> np.ndarray:
+    """Ranks k_lo..k_hi counted within the bulk (k − spikes): the bulk's first value is its rank 1.
+
+    Without this, s spikes shift a k^-a bulk to (k − s)^-a and steepen the fit (a = 1.5 with one
+    massive coordinate: 1.547 on log k, 1.502 on log(k − 1)).
+    """
+    if k_lo <= spikes:
+        raise ValueError(f"window starts at k_lo={k_lo}, inside the {spikes} spikes; start at ≥ {spikes + 1}")
+    return np.arange(k_lo, k_hi + 1, dtype=np.float64) - spikes
+
+
+def fit_wls(sv: np.ndarray, k_lo: int, k_hi: int, spikes: int = 0) -> WlsFit:
+    """Slope of log σ_k on log k over 1-based k in [k_lo, k_hi], weights 1/k as α-ReQ; returns a = −slope and R²."""
+    k = _bulk_ranks(k_lo, k_hi, spikes)
+    y = np.log(np.asarray(sv, dtype=np.float64)[k_lo - 1 : k_hi])
+    if k.size < 2 or y.size != k.size or not np.isfinite(y).all():
+        raise ValueError(f"need ≥ 2 positive σ in [{k_lo}, {k_hi}], have {y.size} of {len(sv)}")
+    x, w = np.log(k), 1.0 / k
+    xm, ym = np.average(x, weights=w), np.average(y, weights=w)
+    sxx, sxy, syy = (w * (x - xm) ** 2).sum(), (w * (x - xm) * (y - ym)).sum(), (w * (y - ym) ** 2).sum()
+    slope = sxy / sxx
+    r2 = sxy**2 / (sxx * syy) if syy > 0 else 1.0  # weighted R² of a one-variable fit
+    return WlsFit(a=float(-slope), r2=float(r2))
+
+
+def fit_mle(sv: np.ndarray, k_lo: int, k_hi: int, spikes: int = 0) -> MleFit:
+    """Continuous power-law MLE on λ = σ² over the window, xmin chosen by minimum KS distance.
+
+    The density is p(λ) ∝ λ^-α with α = α_ESD, so a = 1/(2β), β = α − 1. For a cut xmin = λ_j the
+    sample is λ_{k_lo..j}; the m = k_lo − 1 − spikes bulk values above the window are censored
+    (counted, not used), and ``1/β̂ = [m ln(λ_{k_lo}/xmin) + Σ ln(λ_k/xmin)] / (j − k_lo)``: Clauset
+    et al. (2009) eq. 3.1 with that censoring and the n−1 small-sample correction (the trimmed
+    Hill estimator, unbiased under Pareto sampling). KS compares the empirical CDF of the
+    j − spikes bulk values ≥ xmin with ``1 − (λ/xmin)^-β`` at the observed points.
+    """
+    k = _bulk_ranks(k_lo, k_hi, spikes)
+    lam = np.asarray(sv, dtype=np.float64)[k_lo - 1 : k_hi] ** 2  # (rank,) λ in the window
+    if lam.size < 4 or not (lam > 0).all():
+        raise ValueError(f"need ≥ 4 positive σ in [{k_lo}, {k_hi}], have {lam.size}")
+    m = k_lo - 1 - spikes
+    log_lam = np.log(lam)
+    first = max(lam.size // 2, 3)  # keep ≥ half the window above xmin (MLE_CANDIDATES note)
+    cands = np.unique(np.geomspace(first, lam.size, num=min(MLE_CANDIDATES, lam.size - first + 1)).round())
+    best = MleFit(a=math.nan, xmin=math.nan, k_xmin=0, ks=math.inf)
+    for n_obs in cands.astype(int):  # sample = λ_{k_lo} ≥ … ≥ λ_{k_lo + n_obs − 1} = xmin
+        logs = log_lam[:n_obs] - log_lam[n_obs - 1]  # ln(λ/xmin) ≥ 0
+        inv_beta = (m * logs[0] + logs.sum()) / (n_obs - 1)
+        if inv_beta <= 0:
+            continue
+        n_ge = k[n_obs - 1]  # bulk values ≥ xmin, censored ones included
+        model = 1.0 - np.exp(-logs / inv_beta)  # fitted CDF at the observed points
+        emp_hi = (n_ge - k[:n_obs] + 1) / n_ge  # empirical CDF at each point, and just below it
+        ks = float(max(np.abs(emp_hi - model).max(), np.abs(emp_hi - 1.0 / n_ge - model).max()))
+        if ks < best.ks:
+            best = MleFit(a=inv_beta / 2.0, xmin=float(lam[n_obs - 1]), k_xmin=k_lo + n_obs - 1, ks=ks)
+    return best

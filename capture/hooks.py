@@ -1,0 +1,83 @@
+"""Forward hooks that gather the selected tokens of each stored layer's residual stream during one forward pass.
+
+Layer 0 is the input of block 1 (the embedding output, after any embedding scaling);
+layer ℓ ≥ 1 is block ℓ's output, before the final norm (METHOD.md §1).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from spinal.errors import ModelError
+
+
+class Recorder:
+    """Registers hooks on the blocks; ``gather(flat_index)`` arms them for the next forward pass.
+
+    Each hook keeps only the selected tokens: ``h.reshape(-1, dim)[flat_index]`` on the
+    block's own device, then a non-blocking copy into pinned host memory when on GPU, so the
+    GPU never waits for the host.
+    """
+
+    def __init__(self, blocks: nn.ModuleList, layers: Sequence[int], dim: int, arch: str):
+        self.blocks, self.layers, self.dim, self.arch = blocks, list(layers), dim, arch
+        self.out: dict[int, torch.Tensor] = {}
+        self._index: torch.Tensor | None = None
+        self._index_on: dict[torch.device, torch.Tensor] = {}
+        self._handles = []
+        wanted = set(self.layers)
+        if 0 in wanted:
+            self._handles.append(blocks[0].register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+        for i, block in enumerate(blocks, start=1):
+            if i in wanted:
+                self._handles.append(block.register_forward_hook(self._make_hook(i)))
+
+    def gather(self, flat_index: torch.Tensor) -> None:
+        self.out = {}
+        self._index = flat_index
+        self._index_on = {}
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _pre_hook(self, module, args, kwargs):
+        h = args[0] if args else kwargs.get("hidden_states")
+        self._keep(0, h)
+
+    def _make_hook(self, layer: int):
+        def hook(module, args, output):
+            h = output[0] if isinstance(output, (tuple, list)) else output  # tensor or tuple
+            self._keep(layer, h)
+
+        return hook
+
+    def _keep(self, layer: int, h) -> None:
+        if self._index is None:
+            return
+        if not isinstance(h, torch.Tensor) or h.dim() != 3 or h.shape[-1] != self.dim:
+            shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+            raise ModelError(
+                f"{self.arch}: layer {layer} hidden state has shape {shape}; expected (batch, seq, {self.dim})"
+            )
+        idx = self._index_on.get(h.device)
+        if idx is None:
+            idx = self._index_on[h.device] = self._index.to(h.device, non_blocking=True)
+        sel = h.reshape(-1, self.dim).index_select(0, idx)  # (token, dim) selected positions only
+        if sel.device.type != "cpu":
+            host = torch.empty(sel.shape, dtype=sel.dtype, pin_memory=True)
+            host.copy_(sel, non_blocking=True)
+            sel = host
+        self.out[layer] = sel

@@ -1,0 +1,161 @@
+"""Load a checkpoint safely (safetensors only, no remote code unless asked), shard it with accelerate, fingerprint it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from spinal.errors import InputError, ModelError
+
+log = logging.getLogger(__name__)
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: object
+    source: dict  # provenance: path, revision/fingerprint, architecture, config
+
+
+def parse_max_memory(spec: str | None) -> dict | None:
+    """'0=70GiB,1=70GiB,cpu=200GiB' -> {0: '70GiB', 1: '70GiB', 'cpu': '200GiB'} (accelerate's syntax)."""
+    if not spec:
+        return None
+    out: dict = {}
+    for part in spec.split(","):
+        if "=" not in part:
+            raise InputError(f"--max-memory {spec!r}: expected DEVICE=SIZE pairs like '0=70GiB,cpu=200GiB'")
+        k, v = (s.strip() for s in part.split("=", 1))
+        out[int(k) if k.isdigit() else k] = v
+    return out
+
+
+def check_checkpoint(path: str, *, allow_pickle: bool, trust_remote_code: bool) -> Path | None:
+    """Refuse what we must not load, before any weights are read. Returns the local folder (None for a hub id)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path):
+            raise InputError(f"model folder {path} does not exist")
+        return None  # a hub id: transformers resolves it (needs the network or a local cache)
+    if not p.is_dir():
+        raise InputError(f"model path {path} is a file; give the checkpoint folder (with config.json)")
+    if not (p / "config.json").exists():
+        raise InputError(f"{path} has no config.json; is this a Hugging Face checkpoint folder?")
+    safe = list(p.glob("*.safetensors"))
+    pickles = [f for f in p.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    if not safe and not pickles:
+        raise InputError(f"{path} holds no weights (no *.safetensors, no *.bin)")
+    if not safe and not allow_pickle:
+        raise ModelError(
+            f"{path} has only pickle weights ({', '.join(f.name for f in pickles[:3])}); pickles can run code "
+            "when loaded: convert to safetensors, or pass --allow-pickle if you trust the source"
+        )
+    cfg = json.loads((p / "config.json").read_text())
+    if cfg.get("auto_map") and not trust_remote_code:
+        raise ModelError(
+            f"{path} needs its own Python code (auto_map in config.json); pass --trust-remote-code if you trust it"
+        )
+    return p
+
+
+def fingerprint(folder: Path | None) -> str | None:
+    """A cheap content hash of the weights: each safetensors header, size and three 1 MiB samples."""
+    if folder is None:
+        return None
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            for off in (0, max(0, size // 2 - (1 << 19)), max(0, size - (1 << 20))):
+                fh.seek(off)
+                h.update(fh.read(1 << 20))
+    return "sha256-sampled:" + h.hexdigest()
+
+
+def load(
+    path: str,
+    *,
+    dtype: str = "auto",
+    device_map: str | None = None,
+    max_memory: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    allow_offload: bool = False,
+) -> Loaded:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = check_checkpoint(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    mm = parse_max_memory(max_memory)
+    if device_map is None:
+        device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
+    kwargs = dict(
+        dtype=_TORCH_DTYPES.get(dtype, "auto"),
+        device_map=device_map,
+        trust_remote_code=trust_remote_code,
+    )
+    if mm:
+        kwargs["max_memory"] = mm
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ModelError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {_first_line(e)})") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(f"{path}: cannot load the model ({type(e).__name__}: {_first_line(e)})") from None
+    model.eval()
+    _refuse_offload(model, allow_offload)
+    cfg = model.config
+    source = {
+        "model": path,
+        "architecture": type(model).__name__,
+        "model_type": getattr(cfg, "model_type", None),
+        "revision": getattr(cfg, "_commit_hash", None),
+        "weights_fingerprint": fingerprint(folder),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device_map": {str(k): str(v) for k, v in (getattr(model, "hf_device_map", None) or {}).items()} or device_map,
+        "config": cfg.to_dict(),
+        "tokenizer": {
+            "class": type(tokenizer).__name__,
+            "vocab_size": getattr(tokenizer, "vocab_size", None),
+            "fingerprint": _tokenizer_fingerprint(tokenizer),
+        },
+    }
+    return Loaded(model, tokenizer, source)
+
+
+def _refuse_offload(model: torch.nn.Module, allow_offload: bool) -> None:
+    dmap = getattr(model, "hf_device_map", None) or {}
+    places = {str(v) for v in dmap.values()}
+    on_gpu = any(p not in ("cpu", "disk") for p in places)
+    spilled = sorted(k for k, v in dmap.items() if str(v) in ("cpu", "disk"))
+    if on_gpu and spilled and not allow_offload:
+        raise ModelError(
+            f"the device map spills {len(spilled)} module(s) to CPU/disk (e.g. {spilled[:3]}): this replica would "
+            "run at offload speed; give it more GPUs (--max-memory / GPUs per replica) or pass --allow-offload"
+        )
+
+
+def _tokenizer_fingerprint(tok) -> str:
+    try:
+        vocab = tok.get_vocab()
+    except Exception:
+        return "unknown"
+    h = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__

@@ -1,0 +1,296 @@
+"""Capture one checkpoint × one prompt set into a store: plan, self-check, then run work units with a background writer."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import platform
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from spinal.capture.discover import Anatomy, discover, dtype_name, lens_arrays
+from spinal.capture.hooks import Recorder
+from spinal.capture.load import Loaded, load
+from spinal.capture.prompts import PromptSet, load_prompts
+from spinal.capture.selfcheck import run_self_check
+from spinal.capture.tokens import Tokenized, tokenize
+from spinal.config import CaptureConfig, parse_layers
+from spinal.errors import InputError, IntegrityError, StoreError
+from spinal.lens import Lens
+from spinal.store import Store, TokenLayout, Unit, chunk_sizes, encode, plan_layout, sha256_text, store_exists
+
+log = logging.getLogger(__name__)
+
+# Options whose change makes a resumed store a different store.
+IDENTITY_KEYS = ("weights_fingerprint", "model", "prompts_sha256", "layers", "positions", "max_length",
+                 "chat_template", "dtype", "batch_size", "tokenizer_fingerprint", "unit_tokens")
+
+Progress = Callable[[int, int], None]  # (stored tokens done, total)
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    path: str
+    units_written: int
+    units_skipped: int
+    tokens: int
+    seconds: float
+    self_check: dict | None
+
+
+def capture(cfg: CaptureConfig, progress: Progress | None = None, loaded: Loaded | None = None) -> CaptureResult:
+    """Run a capture. Every check that can refuse runs before an existing store is touched."""
+    exists = store_exists(cfg.out)
+    if exists and not (cfg.resume or cfg.overwrite):
+        raise StoreError(f"{cfg.out} already exists; pass --resume to finish it or --overwrite to replace it")
+    if cfg.resume and not exists:
+        raise StoreError(f"--resume: no store at {cfg.out} to resume; drop --resume to start one")
+    prompts = load_prompts(cfg.prompts)
+    loaded = loaded or load(
+        cfg.model, dtype=cfg.dtype, device_map=cfg.device_map, max_memory=cfg.max_memory,
+        trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle, allow_offload=cfg.allow_offload,
+    )
+    model, tok = loaded.model, loaded.tokenizer
+    anatomy = discover(model)
+    layers = parse_layers(cfg.layers, anatomy.n_layers)
+    tokd = tokenize(prompts, tok, max_length=cfg.max_length, chat_template=cfg.chat_template, positions=cfg.positions)
+    real_dtype = dtype_name(next(model.parameters()).dtype)
+    dim = int(anatomy.unembed.weight.shape[1])
+    identity = _identity(cfg, loaded, prompts, layers, real_dtype)
+
+    if cfg.resume:
+        store = Store.open(cfg.out, mode="r+")
+        _check_same(store, identity, cfg.out)
+        check = store.meta.get("self_check")
+    else:
+        arrays = lens_arrays(anatomy)
+        lens = Lens.from_arrays(anatomy.spec, {k: _decoded(v) for k, v in arrays.items()})
+        check = None
+        if cfg.self_check:
+            ids, mask, _ = _batch(tokd, list(range(min(2, len(tokd.input_ids)))), tok, _input_device(model))
+            check = run_self_check(model, anatomy, lens, ids, mask, real_dtype).to_dict()
+            log.info("self-check passed: %s", check)
+        t_chunk, t_shard = chunk_sizes(dim, np.dtype(_np_storage(real_dtype)).itemsize, cfg.unit_tokens)
+        layout = plan_layout(tokd.stored_ids, tokd.positions, t_chunk=t_chunk, t_shard=t_shard,
+                             unit_tokens=cfg.unit_tokens)
+        meta = _metadata(cfg, loaded, prompts, tokd, identity, check)
+        store = Store.create(
+            cfg.out, layout=layout, layers=layers, dim=dim, dtype=real_dtype,
+            sequences={
+                "prompt_id": np.array([p.id for p in prompts.prompts], dtype=object),
+                "text_hash": np.array([sha256_text(p.prompt + "\x00" + (p.response or "")) for p in prompts.prompts],
+                                      dtype=object),
+                "input_length": tokd.input_length,
+                "truncated": tokd.truncated,
+            },
+            lens_arrays=arrays, lens_spec=anatomy.spec, meta=meta, overwrite=cfg.overwrite,
+        )
+    if tokd.truncated.any():
+        log.warning("%d of %d prompts were truncated to %d tokens", int(tokd.truncated.sum()),
+                    len(tokd.truncated), cfg.max_length)
+    return _run_units(store, model, tok, anatomy, tokd, prompts, cfg, progress, check)
+
+
+def _run_units(store, model, tok, anatomy, tokd, prompts, cfg, progress, check) -> CaptureResult:
+    units = store.units
+    done = store.done()
+    todo = [u for u in units if not done[u.index]]
+    lengths = np.array([len(p) for p in tokd.positions])
+    total = int(lengths.sum())
+    finished = int(sum(lengths[u.seq_start : u.seq_stop].sum() for u in units if done[u.index]))
+    if progress:
+        progress(finished, total)
+    t0 = time.perf_counter()
+    device = _input_device(model)
+    writer = _Writer(store)
+    try:
+        with Recorder(anatomy.blocks, store.layers, store.hidden.shape[2], anatomy.arch) as rec:
+            for unit in todo:
+                block = _capture_unit(unit, model, tok, rec, tokd, prompts, store, device, cfg.batch_size)
+                writer.submit(unit, block)
+                finished += int(lengths[unit.seq_start : unit.seq_stop].sum())
+                if progress:
+                    progress(finished, total)
+        writer.close()
+    finally:
+        writer.stop()
+    store.mark_complete()
+    return CaptureResult(store.path, len(todo), len(units) - len(todo), total, time.perf_counter() - t0, check)
+
+
+@torch.no_grad()
+def _capture_unit(unit: Unit, model, tok, rec: Recorder, tokd: Tokenized, prompts: PromptSet, store: Store,
+                  device, batch_size: int) -> np.ndarray:
+    """Run a unit's sequences in batches; returns its (layer, unit tokens, dim) block in storage dtype."""
+    n_tok = unit.token_stop - unit.token_start
+    dim = store.hidden.shape[2]
+    block = np.zeros((len(store.layers), n_tok, dim), dtype=_np_storage(store.dtype))  # (layer, token, dim)
+    offsets = np.asarray(store.group["sequences/offset"][unit.seq_start : unit.seq_stop]) - unit.token_start
+    seqs = list(range(unit.seq_start, unit.seq_stop))
+    for b in range(0, len(seqs), batch_size):
+        batch = seqs[b : b + batch_size]
+        ids, mask, flat = _batch(tokd, batch, tok, device, select=True)
+        rec.gather(flat)
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+        if device.type == "cuda":
+            torch.cuda.current_stream().synchronize()  # pinned host copies have landed
+        dests = np.concatenate([np.arange(offsets[s - unit.seq_start], offsets[s - unit.seq_start]
+                                          + len(tokd.positions[s])) for s in batch])
+        for li, layer in enumerate(store.layers):
+            h = rec.out[layer]  # (token, dim)
+            if not torch.isfinite(h).all():
+                bad = int(torch.nonzero(~torch.isfinite(h).all(-1))[0, 0])
+                s, p = _token_owner(batch, tokd, bad)
+                raise IntegrityError(
+                    f"non-finite activation at layer {layer}, prompt {prompts.prompts[s].id!r} position {p} "
+                    f"(unit {unit.index}); nothing was written for this unit. Try --dtype float32"
+                )
+            block[li, dests] = encode(h, store.dtype)
+    return block
+
+
+def _token_owner(batch, tokd: Tokenized, flat_row: int) -> tuple[int, int]:
+    for s in batch:
+        n = len(tokd.positions[s])
+        if flat_row < n:
+            return s, tokd.positions[s][flat_row]
+        flat_row -= n
+    return batch[-1], -1
+
+
+def _batch(tokd: Tokenized, seqs: list[int], tok, device, select: bool = False):
+    """Right-padded (batch, seq) ids and mask, and the flat indices of the stored positions."""
+    width = max(len(tokd.input_ids[s]) for s in seqs)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    flat = []
+    for r, s in enumerate(seqs):
+        x = tokd.input_ids[s]
+        ids[r, : len(x)] = torch.tensor(x)
+        mask[r, : len(x)] = 1
+        flat.extend(r * width + p for p in tokd.positions[s])
+    return ids.to(device), mask.to(device), torch.tensor(flat, dtype=torch.long)
+
+
+class _Writer:
+    """One background thread writing finished units (bounded queue: at most two units in memory)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.q: queue.Queue = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="spinal-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            unit, block = item
+            try:
+                self.store.write_unit(unit, block)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    self.error = StoreError(
+                        f"disk full while writing unit {unit.index} (tokens {unit.token_start}–{unit.token_stop}) "
+                        f"of {self.store.path}; finished units are kept: free space and rerun with --resume"
+                    )
+                else:
+                    self.error = StoreError(f"writing unit {unit.index} of {self.store.path} failed: {e}")
+            except BaseException as e:  # surfaced on the main thread
+                self.error = e
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, unit: Unit, block: np.ndarray) -> None:
+        self._raise()
+        self.q.put((unit, block))
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        self._raise()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.q.put(None)
+            self.thread.join()
+
+
+def _identity(cfg: CaptureConfig, loaded: Loaded, prompts: PromptSet, layers, real_dtype) -> dict:
+    return {
+        "weights_fingerprint": loaded.source["weights_fingerprint"],
+        "model": loaded.source["model"] if loaded.source["weights_fingerprint"] is None else None,
+        "prompts_sha256": prompts.sha256,
+        "layers": list(layers),
+        "positions": cfg.positions,
+        "max_length": cfg.max_length,
+        "chat_template": cfg.chat_template,
+        "dtype": real_dtype,
+        "batch_size": cfg.batch_size,
+        "tokenizer_fingerprint": loaded.source["tokenizer"]["fingerprint"],
+        "unit_tokens": cfg.unit_tokens,
+    }
+
+
+def _check_same(store: Store, identity: dict, path: str) -> None:
+    stored = store.meta.get("identity", {})
+    changed = [k for k in IDENTITY_KEYS if stored.get(k) != identity.get(k)]
+    if changed:
+        detail = "; ".join(f"{k}: store has {_short(stored.get(k))}, now {_short(identity.get(k))}" for k in changed)
+        raise StoreError(f"--resume refused: {path} was made with different inputs ({detail})")
+
+
+def _short(v) -> str:
+    s = str(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _metadata(cfg, loaded: Loaded, prompts: PromptSet, tokd: Tokenized, identity: dict, check) -> dict:
+    import transformers
+    import zarr
+
+    import spinal
+
+    return {
+        "identity": identity,
+        "source": loaded.source,
+        "capture": {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite")},
+        "prompts": {"path": prompts.path, "sha256": prompts.sha256, "count": len(prompts.prompts),
+                    "truncated": int(tokd.truncated.sum())},
+        "positions": cfg.positions,
+        "self_check": check,
+        "software": {"spinal": spinal.__version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "zarr": zarr.__version__,
+                     "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _decoded(item):
+    from spinal.store import decode
+
+    arr, real = item
+    return decode(arr, real)
+
+
+def _np_storage(real: str) -> str:
+    from spinal.store import storage_dtype
+
+    return storage_dtype(real)
+
+
+def _input_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device

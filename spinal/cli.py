@@ -1,0 +1,197 @@
+"""The `spinal` command line: one typer function per verb, flags -> config -> one call; errors -> one line, exit 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from spinal.config import CaptureConfig
+from spinal.errors import SpinalError
+
+app = typer.Typer(
+    name="spinal",
+    help="Audit where preference alignment (DPO) reshapes a language model across depth.\n\n"
+    "capture: checkpoint + prompts -> lossless Zarr store of every layer's residual stream. "
+    "inspect / verify: what a store holds, and whether every chunk reads back intact.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+
+def _h(cls, name: str) -> str:
+    return {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("help", "")
+
+
+def _d(cls, name: str):
+    return {f.name: f for f in dataclasses.fields(cls)}[name].default
+
+
+def cli_errors(fn):
+    """Map SpinalError (and a few user-caused OS errors) to one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpinalError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; finished units are kept (rerun with --resume)")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # transformers is optional for inspect/verify
+        pass
+
+
+class _Bar:
+    """A rich progress bar with a rate, driven by (done, total) callbacks."""
+
+    def __init__(self, label: str, unit: str, enabled: bool = True):
+        self.unit = unit
+        self.p = Progress(
+            TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} " + unit),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=err, disable=not enabled, transient=False,
+        )
+        self.task = None
+        self.start_done = None
+
+    def __enter__(self):
+        self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.p.__exit__(*exc)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.p.add_task("", total=total, rate="")
+            self.start_done = done
+        t = self.p.tasks[self.task]
+        rate = (done - self.start_done) / t.elapsed if t.elapsed else 0.0
+        self.p.update(self.task, completed=done, total=total, rate=f"{rate:,.0f} {self.unit}/s")
+
+
+C = CaptureConfig
+
+
+@app.command()
+@cli_errors
+def capture(
+    model: str = typer.Argument(..., help=_h(C, "model")),
+    prompts: str = typer.Option(..., "--prompts", "-p", help=_h(C, "prompts")),
+    out: str = typer.Option(..., "--out", "-o", help=_h(C, "out")),
+    layers: str = typer.Option(_d(C, "layers"), help=_h(C, "layers")),
+    positions: str = typer.Option(_d(C, "positions"), help=_h(C, "positions")),
+    batch_size: int = typer.Option(_d(C, "batch_size"), help=_h(C, "batch_size")),
+    max_length: int = typer.Option(_d(C, "max_length"), help=_h(C, "max_length")),
+    dtype: str = typer.Option(_d(C, "dtype"), help=_h(C, "dtype")),
+    device_map: Optional[str] = typer.Option(None, help=_h(C, "device_map")),
+    max_memory: Optional[str] = typer.Option(None, help=_h(C, "max_memory")),
+    chat_template: bool = typer.Option(False, "--chat-template", help=_h(C, "chat_template")),
+    unit_tokens: int = typer.Option(_d(C, "unit_tokens"), help=_h(C, "unit_tokens")),
+    resume: bool = typer.Option(False, "--resume", help=_h(C, "resume")),
+    overwrite: bool = typer.Option(False, "--overwrite", help=_h(C, "overwrite")),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=_h(C, "trust_remote_code")),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=_h(C, "allow_pickle")),
+    allow_offload: bool = typer.Option(False, "--allow-offload", help=_h(C, "allow_offload")),
+    no_self_check: bool = typer.Option(False, "--no-self-check", help="skip the start-up self-checks (not advised)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="draw a progress bar on stderr"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens"),
+) -> None:
+    """Capture every layer's residual stream of MODEL on a prompt set into a lossless Zarr store.
+
+    Layer 0 is the embedding output, layer ℓ the output of block ℓ before the final norm.
+    The store also holds the lens (final norm + unembedding) so analysis never needs the model.
+    Interrupted runs finish with --resume, redoing exactly the units not marked done.
+    """
+    _setup_logging(verbose)
+    cfg = CaptureConfig(
+        model=model, prompts=prompts, out=out, layers=layers, positions=positions, batch_size=batch_size,
+        max_length=max_length, dtype=dtype, device_map=device_map, max_memory=max_memory,
+        chat_template=chat_template, unit_tokens=unit_tokens, resume=resume, overwrite=overwrite,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, allow_offload=allow_offload,
+        self_check=not no_self_check,
+    )
+    from spinal.capture import capture as run_capture
+
+    with _Bar("capture", "tok", enabled=progress) as bar:
+        result = run_capture(cfg, progress=bar)
+    rate = result.tokens / result.seconds if result.seconds else 0.0
+    err.print(
+        f"wrote {result.units_written} unit(s) ({result.units_skipped} already done) to {result.path}: "
+        f"{result.tokens:,} tokens, {result.seconds:.1f} s, {rate:,.0f} tok/s",
+        highlight=False,
+    )
+
+
+@app.command()
+@cli_errors
+def inspect(
+    store: str = typer.Argument(..., help="store path or URL"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON"),
+) -> None:
+    """Show what a store holds: model, layers, tokens, completeness, size."""
+    from spinal.store import Store, summary
+
+    s = summary(Store.open(store))
+    if as_json:
+        out.print_json(json.dumps(s, default=str))
+        return
+    for k, v in s.items():
+        if k in ("software", "self_check"):
+            v = json.dumps(v, default=str)
+        out.print(f"[bold]{k:>20}[/]  {v}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@cli_errors
+def verify(
+    store: str = typer.Argument(..., help="store path or URL"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="draw a progress bar on stderr"),
+) -> None:
+    """Read every chunk of a store; report damaged chunks by layer and token range (exit 1 if any)."""
+    from spinal.store import Store
+    from spinal.verify import verify as run_verify
+
+    s = Store.open(store)
+    with _Bar("verify", "chunks", enabled=progress) as bar:
+        report = run_verify(s, progress=bar)
+    for d in report.damage:
+        out.print(f"DAMAGED {d}", highlight=False)
+    note = f"; {report.units_not_done} unit(s) not captured yet" if report.units_not_done else ""
+    if report.ok:
+        out.print(f"OK: {report.chunks_read:,} chunks read, no damage{note}", highlight=False)
+    else:
+        out.print(f"{len(report.damage)} damaged of {report.chunks_read:,} chunks read{note}", highlight=False)
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

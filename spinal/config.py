@@ -1,0 +1,117 @@
+"""Frozen, documented run configurations shared by the CLI and TOML files; unknown keys are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from spinal.errors import InputError
+
+T = TypeVar("T")
+
+POSITION_RULES = ("all-but-first", "all", "last:K", "response")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """What to capture: one checkpoint × one prompt set -> one store."""
+
+    model: str = _help("local checkpoint folder (safetensors) or hub id")
+    prompts: str = _help("prompt file: JSONL {id, prompt[, response]}, plain text (one per line) or Parquet")
+    out: str = _help("output store path (local folder or fsspec URL)")
+    layers: str = _help("layers to store: 'all' or a list/ranges like '0,4,8-12' (0 = embedding output)", default="all")
+    positions: str = _help(
+        "token positions: 'all-but-first' (skip position 0, the attention sink), 'all', 'last:K', 'response'",
+        default="all-but-first",
+    )
+    batch_size: int = _help("sequences per forward pass", default=8)
+    max_length: int = _help("tokens per sequence; longer inputs are truncated (and reported)", default=512)
+    dtype: str = _help("compute dtype: auto (the checkpoint's), float32, bfloat16, float16", default="auto")
+    device_map: str | None = _help("accelerate device_map: 'auto', 'cpu', 'cuda:0', … (default: cpu or one GPU)", default=None)
+    max_memory: str | None = _help("accelerate max_memory, e.g. '0=70GiB,1=70GiB,cpu=200GiB'", default=None)
+    chat_template: bool = _help("wrap prompts with the tokenizer's chat template", default=False)
+    unit_tokens: int = _help("stored tokens per work unit (a unit owns whole shards)", default=8192)
+    resume: bool = _help("finish an interrupted store: redo exactly the units not marked done", default=False)
+    overwrite: bool = _help("replace an existing store at --out", default=False)
+    trust_remote_code: bool = _help("allow the checkpoint's own Python code (off: refused)", default=False)
+    allow_pickle: bool = _help("allow pickle (.bin/.pt) weights (off: safetensors only)", default=False)
+    allow_offload: bool = _help("allow a device map that spills to CPU or disk on a GPU replica", default=False)
+    self_check: bool = _help("compare captured states and lens logits with the model's own on a probe batch", default=True)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise InputError(f"batch_size={self.batch_size}; must be ≥ 1")
+        if self.max_length < 2:
+            raise InputError(f"max_length={self.max_length}; must be ≥ 2")
+        if self.unit_tokens < 1:
+            raise InputError(f"unit_tokens={self.unit_tokens}; must be ≥ 1")
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype={self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        parse_positions(self.positions)
+        if self.resume and self.overwrite:
+            raise InputError("--resume and --overwrite contradict each other: choose one")
+        parse_layers(self.layers, None)
+
+
+def parse_positions(rule: str) -> tuple[str, int]:
+    """'all-but-first' | 'all' | 'response' | 'last:K' -> (kind, K)."""
+    if rule in ("all-but-first", "all", "response"):
+        return rule, 0
+    m = re.fullmatch(r"last:(\d+)", rule)
+    if m and int(m.group(1)) >= 1:
+        return "last", int(m.group(1))
+    raise InputError(f"positions={rule!r}; choose one of {', '.join(POSITION_RULES)} (K ≥ 1)")
+
+
+def parse_layers(spec: str, n_layers: int | None) -> list[int] | None:
+    """'all' or '0,4,8-12' -> sorted layer indices (checked against n_layers = blocks + 1 when known)."""
+    if spec.strip() == "all":
+        return list(range(n_layers)) if n_layers is not None else None
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise InputError(f"layers={spec!r}: cannot read {part!r}; use 'all' or e.g. '0,4,8-12'")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise InputError(f"layers={spec!r}: range {part!r} runs backwards")
+        out.update(range(lo, hi + 1))
+    if n_layers is not None:
+        bad = sorted(i for i in out if i >= n_layers)
+        if bad:
+            raise InputError(
+                f"layers {bad} do not exist: this model has layers 0–{n_layers - 1} "
+                f"(0 = embedding output, {n_layers - 1} = last block)"
+            )
+    return sorted(out)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build a config dataclass from a TOML table, refusing unknown keys and wrong types by name."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    for k, v in data.items():
+        typ = str(fields[k].type)
+        ok = (
+            ("bool" in typ and isinstance(v, bool))
+            or ("int" in typ and isinstance(v, int) and not isinstance(v, bool))
+            or ("float" in typ and isinstance(v, (int, float)) and not isinstance(v, bool))
+            or ("str" in typ and isinstance(v, str))
+            or ("None" in typ and v is None)
+        )
+        if not ok:
+            raise InputError(f"{where}: key '{k}' = {v!r} has the wrong type; expected {typ}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise InputError(f"{where}: {e}") from None

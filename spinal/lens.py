@@ -1,0 +1,115 @@
+"""The logit lens as data: a declarative spec plus arrays, and the one function that applies it.
+
+A store keeps the checkpoint's final norm, unembedding and this spec (no code, no pickles),
+so the CPU analysis reads out any layer exactly as the model reads out its last one
+(METHOD.md §3): ``logits = cap(scale · (W_U · finalnorm(h) + b))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+NORM_KINDS = ("rms", "layer", "none")
+
+
+@dataclass(frozen=True)
+class LensSpec:
+    """How the checkpoint turns its last residual state into logits."""
+
+    norm: str = field(default="rms", metadata={"help": "final norm kind: rms, layer or none"})
+    eps: float = field(default=1e-6, metadata={"help": "norm epsilon, as in the model config"})
+    weight_offset: float = field(
+        default=0.0, metadata={"help": "added to the norm weight (Gemma uses 1 + w)"}
+    )
+    logit_softcap: float | None = field(
+        default=None, metadata={"help": "final logit soft-cap c: logits = c·tanh(logits/c)"}
+    )
+    logit_scale: float = field(default=1.0, metadata={"help": "multiplier on the logits"})
+    has_norm_bias: bool = False
+    has_unembed_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORM_KINDS:
+            raise ValueError(f"LensSpec.norm={self.norm!r}; expected one of {NORM_KINDS}")
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            raise ValueError(f"LensSpec.logit_softcap={self.logit_softcap}; must be > 0 or None")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LensSpec":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown lens spec keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Lens:
+    """A spec with its float32 arrays: norm weight/bias (dim,), unembedding (vocab, dim), bias (vocab,)."""
+
+    spec: LensSpec
+    unembed: torch.Tensor  # (vocab, dim)
+    norm_weight: torch.Tensor | None = None  # (dim,)
+    norm_bias: torch.Tensor | None = None  # (dim,)
+    unembed_bias: torch.Tensor | None = None  # (vocab,)
+
+    @property
+    def vocab(self) -> int:
+        return int(self.unembed.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.unembed.shape[1])
+
+    @classmethod
+    def from_arrays(cls, spec: LensSpec, arrays: dict[str, np.ndarray]) -> "Lens":
+        """Build from the store's ``lens/`` arrays (any float dtype; upcast to float32 for the readout)."""
+
+        def get(name: str) -> torch.Tensor | None:
+            a = arrays.get(name)
+            return None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float32))
+
+        return cls(
+            spec=spec,
+            unembed=get("unembed"),
+            norm_weight=get("norm_weight"),
+            norm_bias=get("norm_bias"),
+            unembed_bias=get("unembed_bias"),
+        )
+
+    def normalize(self, h: torch.Tensor) -> torch.Tensor:
+        """The final norm, recomputed in float32 (h: (token, dim) -> (token, dim))."""
+        x = h.to(torch.float32)
+        s = self.spec
+        if s.norm == "rms":
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + s.eps)
+        elif s.norm == "layer":
+            x = x - x.mean(-1, keepdim=True)
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + s.eps)
+        if self.norm_weight is not None:
+            x = x * (self.norm_weight + s.weight_offset)
+        if self.norm_bias is not None:
+            x = x + self.norm_bias
+        return x
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Lens logits (token, vocab) in float32 for hidden states h (token, dim)."""
+        z = self.normalize(h) @ self.unembed.T  # (token, vocab)
+        if self.unembed_bias is not None:
+            z = z + self.unembed_bias
+        if self.spec.logit_scale != 1.0:
+            z = z * self.spec.logit_scale
+        if self.spec.logit_softcap is not None:
+            c = self.spec.logit_softcap
+            z = c * torch.tanh(z / c)
+        return z
+
+    def log_probs(self, h: torch.Tensor) -> torch.Tensor:
+        """float32 log-softmax of the lens logits (METHOD.md §3: √p = exp(½ log p) downstream)."""
+        return torch.log_softmax(self.logits(h), dim=-1)
