@@ -8,7 +8,7 @@ import torch
 
 from spinal.capture.discover import Anatomy
 from spinal.capture.hooks import Recorder
-from spinal.errors import ModelError
+from spinal.errors import IntegrityError, ModelError
 from spinal.lens import Lens
 
 # Tolerance of the lens check, relative to max |logit|: a float32 recomputation agrees to
@@ -49,6 +49,16 @@ def run_self_check(model, anatomy: Anatomy, lens: Lens, input_ids, attention_mas
             f"{arch}: output_hidden_states gave {None if hs is None else len(hs)} entries, expected "
             f"{anatomy.n_layers} (embedding + {anatomy.n_layers - 1} blocks); self-check impossible"
         )
+
+    for i in layers:
+        finite = torch.isfinite(got[i]).all(-1)
+        if not finite.all():
+            row = int(flat[int(torch.nonzero(~finite)[0, 0])])
+            b, p = divmod(row, input_ids.shape[1])
+            raise IntegrityError(
+                f"{arch}: non-finite activation at layer {i}, probe sequence {b} position {p}; "
+                "nothing was written. Try --dtype float32"
+            )
 
     def ref(i: int) -> torch.Tensor:
         return hs[i].reshape(-1, dim).to("cpu").index_select(0, flat)  # (token, dim)

@@ -1,0 +1,179 @@
+"""Bad input: one clear line on stderr, exit code 2, and nothing already stored is damaged."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import PROMPTS, save_checkpoint, write_jsonl
+from spinal.cli import app
+from spinal.store import Store
+
+runner = CliRunner()
+
+
+def run(*argv):
+    return runner.invoke(app, [str(a) for a in argv])
+
+
+def tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def assert_refused(result, *needles):
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture()
+def llama(checkpoint):
+    return checkpoint("llama")
+
+
+@pytest.fixture()
+def existing(llama, prompts_file, tmp_path):
+    """A finished store whose bytes must survive every refused command."""
+    out = tmp_path / "existing.zarr"
+    r = run("capture", llama, "-p", prompts_file, "-o", out, "--no-progress", "--unit-tokens", "16")
+    assert r.exit_code == 0, r.output
+    return out, tree_digest(out)
+
+
+def test_missing_prompt_file(llama, tmp_path):
+    assert_refused(run("capture", llama, "-p", tmp_path / "nope.jsonl", "-o", tmp_path / "s"), "nope.jsonl",
+                   "does not exist")
+
+
+def test_empty_prompt_file(llama, tmp_path):
+    (tmp_path / "e.jsonl").write_text("\n\n")
+    assert_refused(run("capture", llama, "-p", tmp_path / "e.jsonl", "-o", tmp_path / "s"), "no prompts")
+
+
+def test_malformed_jsonl_names_the_line(llama, tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": oops}\n')
+    assert_refused(run("capture", llama, "-p", tmp_path / "bad.jsonl", "-o", tmp_path / "s"), "bad.jsonl:2",
+                   "malformed JSON")
+
+
+def test_prompt_that_tokenizes_to_nothing(checkpoint, tmp_path):
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": "fine", "prompt": "hi"}, {"id": "void", "prompt": ""}])
+    assert_refused(run("capture", checkpoint("gpt2"), "-p", p, "-o", tmp_path / "s"), "'void'", "tokenizes to nothing")
+
+
+def test_missing_model_folder(prompts_file, tmp_path):
+    assert_refused(run("capture", tmp_path / "no-model", "-p", prompts_file, "-o", tmp_path / "s"), "does not exist")
+
+
+def test_model_folder_without_weights(llama, prompts_file, tmp_path):
+    d = tmp_path / "empty-model"
+    d.mkdir()
+    shutil.copy(llama / "config.json", d / "config.json")
+    assert_refused(run("capture", d, "-p", prompts_file, "-o", tmp_path / "s"), "no weights")
+
+
+def test_pickle_weights_need_opt_in(prompts_file, tmp_path):
+    d = save_checkpoint(tmp_path / "pkl", "llama")
+    from safetensors.torch import load_file
+
+    torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin")  # a pickle-only checkpoint
+    (d / "model.safetensors").unlink()
+    assert_refused(run("capture", d, "-p", prompts_file, "-o", tmp_path / "s"), "pickle", "--allow-pickle")
+    assert not (tmp_path / "s").exists()
+    ok = run("capture", d, "-p", prompts_file, "-o", tmp_path / "s", "--allow-pickle", "--no-progress")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_remote_code_needs_opt_in(llama, prompts_file, tmp_path):
+    d = tmp_path / "remote"
+    shutil.copytree(llama, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert_refused(run("capture", d, "-p", prompts_file, "-o", tmp_path / "s"), "--trust-remote-code")
+
+
+def test_unknown_layer_index(llama, prompts_file, tmp_path):
+    assert_refused(run("capture", llama, "-p", prompts_file, "-o", tmp_path / "s", "--layers", "0,2,9"),
+                   "[9]", "0–3")
+
+
+def test_existing_store_needs_resume_or_overwrite(llama, prompts_file, existing):
+    out, digest = existing
+    assert_refused(run("capture", llama, "-p", prompts_file, "-o", out), "already exists", "--resume")
+    assert tree_digest(out) == digest
+
+
+def test_resume_with_another_model_is_refused(checkpoint, prompts_file, existing):
+    out, digest = existing
+    other = checkpoint("llama", seed=1)
+    assert_refused(run("capture", other, "-p", prompts_file, "-o", out, "--resume"), "weights_fingerprint")
+    assert tree_digest(out) == digest
+
+
+def test_resume_with_another_prompt_set_is_refused(llama, tmp_path, existing):
+    out, digest = existing
+    p = write_jsonl(tmp_path / "other.jsonl", PROMPTS[:2])
+    assert_refused(run("capture", llama, "-p", p, "-o", out, "--resume"), "prompts_sha256")
+    assert tree_digest(out) == digest
+
+
+def test_overwrite_refused_before_touching_store_on_bad_model(prompts_file, tmp_path, existing):
+    out, digest = existing
+    assert_refused(run("capture", tmp_path / "missing", "-p", prompts_file, "-o", out, "--overwrite"))
+    assert tree_digest(out) == digest
+
+
+def test_disk_full_keeps_finished_units_and_resumes(llama, prompts_file, tmp_path, monkeypatch):
+    out = tmp_path / "full.zarr"
+    real = Store.write_unit
+    calls = {"n": 0}
+
+    def failing(self, unit, block):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, unit, block)
+
+    monkeypatch.setattr(Store, "write_unit", failing)
+    r = run("capture", llama, "-p", prompts_file, "-o", out, "--unit-tokens", "16", "--no-progress")
+    assert_refused(r, "disk full", "--resume")
+    s = Store.open(str(out))
+    assert s.done().sum() == 2 and not s.complete
+    monkeypatch.setattr(Store, "write_unit", real)
+    r = run("capture", llama, "-p", prompts_file, "-o", out, "--unit-tokens", "16", "--no-progress", "--resume")
+    assert r.exit_code == 0, r.output
+    assert Store.open(str(out)).complete
+
+
+@pytest.mark.parametrize("self_check", [True, False])
+def test_nan_activation_names_layer_and_token(prompts_file, tmp_path, self_check):
+    d = tmp_path / "nan-model"
+    save_checkpoint(d, "llama")
+    from safetensors.torch import load_file, save_file
+
+    f = d / "model.safetensors"
+    w = load_file(f)
+    w["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")  # block 2 output turns NaN
+    save_file(w, f, metadata={"format": "pt"})
+    argv = ["capture", d, "-p", prompts_file, "-o", tmp_path / "s", "--no-progress"]
+    if not self_check:
+        argv.append("--no-self-check")
+    assert_refused(run(*argv), "non-finite", "layer 2")
+    if not self_check:
+        assert not Store.open(str(tmp_path / "s")).done().any()

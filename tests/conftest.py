@@ -1,0 +1,109 @@
+"""Tiny random-weight checkpoints built from inline configs (nothing is downloaded), shared by the tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+VOCAB = 128
+D = 64
+
+# One inline config per architecture the capture must support (ISSUE 2); each is tiny but keeps
+# the family's readout quirks: Gemma's √d embedding scale and 1 + w norm, Gemma-2's logit
+# soft-cap, GPT-2's LayerNorm with bias and tied embeddings, NeoX's untied LayerNorm head.
+ARCHS: dict[str, dict] = {
+    "llama": dict(model_type="llama", hidden_size=D, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
+    "mistral": dict(model_type="mistral", hidden_size=D, intermediate_size=128, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, sliding_window=None),
+    "qwen2": dict(model_type="qwen2", hidden_size=D, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
+    "gemma": dict(model_type="gemma", hidden_size=D, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=256),
+    "gemma2": dict(model_type="gemma2", hidden_size=D, intermediate_size=128, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                   final_logit_softcapping=3.0, attn_logit_softcapping=50.0, sliding_window=16,
+                   query_pre_attn_scalar=16),
+    "gpt2": dict(model_type="gpt2", n_embd=D, n_layer=3, n_head=4, n_positions=256),
+    "gpt_neox": dict(model_type="gpt_neox", hidden_size=D, intermediate_size=128, num_hidden_layers=3,
+                     num_attention_heads=4, max_position_embeddings=256),
+    "phi3": dict(model_type="phi3", hidden_size=D, intermediate_size=128, num_hidden_layers=3,
+                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, pad_token_id=0),
+}
+
+
+def make_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII; with ``bos`` it prepends <s> like Llama's."""
+    vocab = {chr(i): i - 32 for i in range(32, 127)}
+    vocab.update({"<s>": 95, "<unk>": 96, "</s>": 97})
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    if bos:
+        t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 95)])
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    from transformers import AutoConfig
+
+    kw = dict(ARCHS[arch])
+    model_type = kw.pop("model_type")
+    cfg = AutoConfig.for_model(model_type, vocab_size=VOCAB, bos_token_id=95, eos_token_id=97, **kw)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():  # give norms non-trivial weights and biases so a wrong lens formula shows
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_" in name or "layernorm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return model.to(dtype).eval()
+
+
+def save_checkpoint(path: Path, arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, **save_kw) -> Path:
+    model = build_model(arch, seed, dtype)
+    model.save_pretrained(path, **save_kw)
+    make_tokenizer(bos=arch not in ("gpt2", "gpt_neox")).save_pretrained(path)
+    return path
+
+
+PROMPTS = [
+    {"id": "p1", "prompt": "How do I bake bread?", "response": " Mix flour, water and yeast."},
+    {"id": "p2", "prompt": "Tell me a joke", "response": " Why did the chicken cross the road?"},
+    {"id": "p3", "prompt": "What is 2+2?", "response": " Four."},
+    {"id": "p4", "prompt": "Say hello politely to the new neighbours", "response": " Hello, welcome!"},
+    {"id": "p5", "prompt": "x", "response": " y"},
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ckpts")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(ckpt_dir):
+    """checkpoint(arch, seed=0, dtype=float32) -> a saved safetensors folder (built once per session)."""
+    cache: dict = {}
+
+    def get(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+        key = (arch, seed, dtype)
+        if key not in cache:
+            name = f"{arch}-{seed}-{str(dtype).split('.')[-1]}"
+            cache[key] = save_checkpoint(ckpt_dir / name, arch, seed, dtype)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture()
+def prompts_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)

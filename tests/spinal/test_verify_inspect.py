@@ -1,0 +1,70 @@
+"""`spinal verify` finds a flipped byte and names its layer and token range; `spinal inspect` reports the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from spinal.capture import capture
+from spinal.cli import app
+from spinal.config import CaptureConfig
+from spinal.errors import IntegrityError
+from spinal.store import Store
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def store_path(checkpoint, prompts_file, tmp_path) -> Path:
+    out = tmp_path / "s.zarr"
+    capture(CaptureConfig(model=str(checkpoint("llama")), prompts=str(prompts_file), out=str(out), unit_tokens=16))
+    return out
+
+
+def test_clean_store_verifies(store_path):
+    r = runner.invoke(app, ["verify", str(store_path), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "no damage" in r.stdout
+
+
+def test_flipped_byte_is_reported_with_layer_and_tokens(store_path):
+    s = Store.open(str(store_path))
+    # shard key c/<layer>/<token shard>/0: flip one byte in the middle of layer 2, second shard
+    shard = store_path / "hidden" / "c" / "2" / "1" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    r = runner.invoke(app, ["verify", str(store_path), "--no-progress"])
+    assert r.exit_code == 1, r.output
+    t_shard = s.meta["t_shard"]
+    damaged = [l for l in r.stdout.splitlines() if l.startswith("DAMAGED")]
+    assert damaged and all("layer 2," in l for l in damaged)
+    lo = int(damaged[0].split("tokens ")[1].split("–")[0])
+    assert t_shard <= lo < 2 * t_shard
+    with pytest.raises(IntegrityError, match="layer 2"):
+        for _ in s.iter_layer(2):
+            pass
+    # other layers are unharmed and still read
+    assert sum(len(x) for x, _ in s.iter_layer(1)) == s.meta["n_tokens_valid"]
+
+
+def test_inspect_json(store_path):
+    r = runner.invoke(app, ["inspect", str(store_path), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    s = Store.open(str(store_path))
+    assert info["units_done"] == f"{s.meta['n_units']}/{s.meta['n_units']}"
+    assert info["complete"] is True
+    assert info["tokens"] == int((s.tokens()["sequence"] >= 0).sum())
+    assert info["layers"] == "0–3" and info["dim"] == 64
+    assert 0 < info["hidden_bytes_stored"]
+
+
+def test_inspect_missing_store_is_one_line(tmp_path):
+    r = runner.invoke(app, ["inspect", str(tmp_path / "nothing.zarr")])
+    assert r.exit_code == 2
+    assert r.stderr.strip().startswith("error: no SPINAL store")
