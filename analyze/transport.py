@@ -1,0 +1,163 @@
+"""Per-token distances between adjacent layers' logit-lens distributions, led by the Fisher–Rao step L (METHOD.md §3).
+
+Every function takes one chunk of log-probabilities (token, vocab), as torch tensors, and returns
+one value per token; callers chunk over tokens so no more than chunk × vocab is ever held.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Quantile levels of the per-token summaries: alignment shifts are sparse (a few % of positions,
+# METHOD.md §3), so the tails are reported next to the mean.
+QUANTILE_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def _work(logp: torch.Tensor, logq: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Checks shapes and upcasts to at least float32: bf16/fp16 log-probs lose the small steps L measures."""
+    if logp.ndim != 2 or (logq is not None and logq.shape != logp.shape):
+        shapes = (tuple(logp.shape),) if logq is None else (tuple(logp.shape), tuple(logq.shape))
+        raise ValueError(f"expected (token, vocab) log-probs of one shape, got {shapes}")
+    dtype = torch.promote_types(logp.dtype, torch.float32)  # float64 input stays float64
+    if logq is not None:
+        dtype = torch.promote_types(dtype, logq.dtype)
+    if logq is None:
+        return (logp.to(dtype),)
+    return logp.to(dtype), logq.to(dtype)
+
+
+def _sqrt_diff_norm(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """‖√p − √q‖₂ per token (token,), with √p = exp(½ log p): no cancellation in 1 − BC."""
+    return torch.linalg.vector_norm(torch.exp(0.5 * logp) - torch.exp(0.5 * logq), dim=-1)
+
+
+def fisher_rao(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Fisher–Rao distance ``L = 2 arccos BC = 4 arcsin(‖√p − √q‖₂ / 2)`` per token, in [0, π].
+
+    The chord form keeps full relative precision for tiny steps, where float32 ``2 arccos(BC)``
+    returns exactly 0 below L ≈ 1e-3 (METHOD.md §3, "Stable formula").
+    """
+    logp, logq = _work(logp, logq)
+    half_chord = (_sqrt_diff_norm(logp, logq) / 2).clamp(0.0, 1.0)  # ≤ √2/2 if normalized; guards asin
+    return (4 * torch.asin(half_chord)).clamp(0.0, math.pi)
+
+
+def fisher_rao_reference(p: torch.Tensor | np.ndarray, q: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Brute-force float64 ``2 arccos(Σ √(p q))`` per token, for tests; loses digits as L → 0 (2e-5 relative at 1e-5)."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    bc = np.sqrt(p * q).sum(axis=-1)
+    return 2 * np.arccos(np.clip(bc, 0.0, 1.0))  # BC can exceed 1 by rounding
+
+
+def hellinger(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Hellinger distance ``‖√p − √q‖₂ / √2`` per token, in [0, 1]."""
+    logp, logq = _work(logp, logq)
+    return _sqrt_diff_norm(logp, logq) / math.sqrt(2.0)
+
+
+def kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) in nats per token; +inf where p puts mass on q's zeros.
+
+    Summed as Σ p (e^d − 1 − d) with d = log q − log p (equal to Σ p log(p/q) when both sum to 1):
+    every term is ≥ 0 and O(d²), so tiny steps between deep layers do not cancel to noise the
+    way float32 Σ p log(p/q) does. For "KL to the final layer" (tuned-lens convention) pass the
+    final layer as p.
+    """
+    logp, logq = _work(logp, logq)
+    p, q, d = torch.exp(logp), torch.exp(logq), logq - logp  # d is exact for close inputs (Sterbenz)
+    small = p * (torch.expm1(d) - d)  # |d| < 1: no cancellation in e^d − 1
+    large = q - p - p * d  # q = 0 gives +inf here, as it should
+    terms = torch.where(d.abs() < 1, small, large)
+    return torch.where(p == 0, q, terms).sum(dim=-1)  # p = 0 entries carry q (Σ q − Σ p = 0)
+
+
+def _log_cosh(x: torch.Tensor) -> torch.Tensor:
+    """log cosh x without overflow for large |x| or lost digits for small |x|."""
+    small = torch.log1p(2 * torch.sinh(x / 2) ** 2)  # cosh x − 1 = 2 sinh²(x/2)
+    large = x.abs() + torch.log1p(torch.exp(-2 * x.abs())) - math.log(2.0)
+    return torch.where(x.abs() < 1, small, large)
+
+
+def jensen_shannon(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Jensen–Shannon divergence in nats per token, ``½ KL(p ‖ m) + ½ KL(q ‖ m)``, m = (p + q)/2, in [0, ln 2].
+
+    With d = log q − log p: log(p/m) = −d/2 − log cosh(d/2) and log(q/m) = d/2 − log cosh(d/2),
+    so each term ½[(q − p) d/2 − (p + q) log cosh(d/2)] is O(d²) and the sum keeps its digits
+    for tiny steps; a zero on one side contributes ½ (p + q) ln 2.
+    """
+    logp, logq = _work(logp, logq)
+    p, q, d = torch.exp(logp), torch.exp(logq), logq - logp  # d is exact for close inputs (Sterbenz)
+    diff = torch.where(d.abs() < 1, p * torch.expm1(d), q - p)  # q − p without cancellation
+    terms = 0.5 * (diff * d / 2 - (p + q) * _log_cosh(d / 2))
+    one_sided = 0.5 * (p + q) * math.log(2.0)
+    terms = torch.where(torch.isinf(d), one_sided, terms)
+    terms = torch.where((p == 0) & (q == 0), torch.zeros_like(terms), terms)
+    return terms.sum(dim=-1).clamp_min(0.0)
+
+
+def entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats per token, ``−Σ p log p`` with 0·log 0 = 0."""
+    (logp,) = _work(logp)
+    terms = torch.exp(logp) * logp
+    return -torch.where(torch.isneginf(logp), torch.zeros_like(terms), terms).sum(dim=-1)
+
+
+@dataclass(frozen=True)
+class TransportSummary:
+    """Mean and quantiles of one per-token quantity over all tokens of a layer."""
+
+    count: int
+    mean: float  # computed in float64
+    q05: float
+    q25: float
+    q50: float
+    q75: float
+    q95: float
+
+
+class TransportStats:
+    """Collects one per-token quantity chunk by chunk: ``update(values)``, ``merge``, ``result``.
+
+    Keeps the float32 values themselves (N floats per layer), so quantiles are exact and a
+    merge of shards equals one pass over their tokens in the same order.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+
+    @property
+    def count(self) -> int:
+        return sum(c.size for c in self._chunks)
+
+    def update(self, values: torch.Tensor | np.ndarray) -> TransportStats:
+        """Add one chunk's per-token values (token,)."""
+        if isinstance(values, torch.Tensor):
+            values = values.detach().to("cpu").numpy()
+        values = np.asarray(values)
+        if values.ndim != 1:
+            raise ValueError(f"expected per-token values (token,), got shape {values.shape}")
+        self._chunks.append(values.astype(np.float32, copy=True))  # float32: 4 bytes × N tokens per layer
+        return self
+
+    def merge(self, other: TransportStats) -> TransportStats:
+        """Append another collector's values after this one's."""
+        self._chunks.extend(c.copy() for c in other._chunks)
+        return self
+
+    def values(self) -> np.ndarray:
+        """All values so far, in update order (token,) float32."""
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+
+    def result(self) -> TransportSummary:
+        """Mean and QUANTILE_LEVELS quantiles (linear interpolation); NaN when empty."""
+        v = self.values().astype(np.float64)
+        if v.size == 0:
+            return TransportSummary(0, *([math.nan] * (1 + len(QUANTILE_LEVELS))))
+        with np.errstate(invalid="ignore"):  # infinite KL values interpolate to inf or NaN, as they should
+            qs = np.quantile(v, QUANTILE_LEVELS)
+        return TransportSummary(int(v.size), float(v.mean()), *(float(q) for q in qs))
