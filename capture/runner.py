@@ -137,7 +137,8 @@ def _capture_unit(unit: Unit, model, tok, rec: Recorder, tokd: Tokenized, prompt
         batch = seqs[b : b + batch_size]
         ids, mask, flat = _batch(tokd, batch, tok, device, select=True)
         rec.gather(flat)
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
+        # The base model only: hidden states need no logits, so the (vocab × dim) head is skipped.
+        model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
         if device.type == "cuda":
             torch.cuda.current_stream().synchronize()  # pinned host copies have landed
         dests = np.concatenate([np.arange(offsets[s - unit.seq_start], offsets[s - unit.seq_start]

@@ -13,19 +13,21 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from spinal.config import CaptureConfig
+from spinal.config import AnalyzeConfig, CaptureConfig
 from spinal.errors import SpinalError
 
 app = typer.Typer(
     name="spinal",
     help="Audit where preference alignment (DPO) reshapes a language model across depth.\n\n"
     "capture: checkpoint + prompts -> lossless Zarr store of every layer's residual stream. "
+    "analyze: store -> depth trace (contraction a, transport L per layer), CPU only. "
+    "compare: traces -> Δ per layer with paired CIs. "
     "inspect / verify: what a store holds, and whether every chunk reads back intact.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 
@@ -187,6 +189,92 @@ def verify(
     else:
         out.print(f"{len(report.damage)} damaged of {report.chunks_read:,} chunks read{note}", highlight=False)
         raise typer.Exit(1)
+
+
+A = AnalyzeConfig
+
+
+@app.command()
+@cli_errors
+def analyze(
+    store: str = typer.Argument(..., help=_h(A, "store")),
+    out: str = typer.Option(..., "--out", "-o", help=_h(A, "out")),
+    label: Optional[str] = typer.Option(None, help="name of this checkpoint in tables and plots (default: store name)"),
+    layers: str = typer.Option(_d(A, "layers"), help=_h(A, "layers")),
+    window: str = typer.Option(_d(A, "window"), help=_h(A, "window")),
+    blocks: int = typer.Option(_d(A, "blocks"), help=_h(A, "blocks")),
+    n_boot: int = typer.Option(_d(A, "n_boot"), help=_h(A, "n_boot")),
+    null_splits: int = typer.Option(_d(A, "null_splits"), help=_h(A, "null_splits")),
+    seed: int = typer.Option(_d(A, "seed"), help=_h(A, "seed")),
+    lens_tokens: int = typer.Option(_d(A, "lens_tokens"), help=_h(A, "lens_tokens")),
+    chunk_mib: int = typer.Option(_d(A, "chunk_mib"), help=_h(A, "chunk_mib")),
+    workers: int = typer.Option(_d(A, "workers"), help=_h(A, "workers")),
+    overwrite: bool = typer.Option(False, "--overwrite", help=_h(A, "overwrite")),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="draw a progress bar on stderr"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens"),
+) -> None:
+    """Turn a store into a depth trace: contraction a and transport L per layer (CPU only, out of core).
+
+    Writes trace.parquet / trace.csv (one row per layer), trace.json (every option used),
+    bootstrap.parquet (replicates of a, for paired comparisons), sequences.parquet (mean L per
+    sequence) and spectra.npz.
+    """
+    _setup_logging(verbose)
+    cfg = AnalyzeConfig(store=store, out=out, layers=layers, window=window, blocks=blocks, n_boot=n_boot,
+                        null_splits=null_splits, seed=seed, lens_tokens=lens_tokens, chunk_mib=chunk_mib,
+                        workers=workers, overwrite=overwrite)
+    from pathlib import Path
+
+    from spinal.analyze.trace import analyze as run_analyze
+
+    if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
+        raise SpinalError(f"trace folder {out} exists and is not empty; pass --overwrite to replace it")
+    with _Bar("analyze", "tasks", enabled=progress) as bar:
+        trace = run_analyze(cfg, progress=bar, label=label)
+    trace.save(out, overwrite=overwrite)
+    t = trace.table
+    bad = int((t["status"] != "ok").sum())
+    err.print(
+        f"trace of {trace.meta['n_tokens']:,} tokens × {len(t)} layers written to {out} "
+        f"({trace.meta['seconds']:.1f} s); path length {trace.meta['path_length']:.4g}, "
+        f"straightness {trace.meta['straightness']:.3g}; {bad} layer(s) with fit status other than ok",
+        highlight=False,
+    )
+
+
+@app.command()
+@cli_errors
+def compare(
+    traces: list[str] = typer.Argument(..., help="trace folders: the reference first, then checkpoints in order"),
+    out: str = typer.Option(..., "--out", "-o", help="comparison folder (compare.parquet/.csv/.json, series.csv)"),
+    weights: Optional[list[str]] = typer.Option(
+        None, "--weights", help="checkpoint folders in the same order, for the per-block parameter change"),
+    n_boot: int = typer.Option(1000, help="bootstrap resamples for ΔL (Δa pairs the traces' own replicates)"),
+    seed: int = typer.Option(0, help="seed of the ΔL bootstrap and the split-halves"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing comparison folder"),
+) -> None:
+    """Compare checkpoints on the identical token stream: Δa and ΔL per layer with paired CIs (Holm), onset, localization."""
+    from spinal.analyze.compare import compare as run_compare
+    from spinal.analyze.trace import Trace
+    from spinal.analyze.weights import block_sq_change
+
+    loaded = [Trace.load(t) for t in traces]
+    grad = None
+    if weights:
+        if len(weights) != len(traces):
+            raise SpinalError(f"--weights: got {len(weights)} folders for {len(traces)} traces; give one per trace")
+        n_blocks = int(max(loaded[0].table["layer"]))
+        grad = [None] + [block_sq_change(weights[0], w, n_blocks) for w in weights[1:]]
+    result = run_compare(loaded, seed=seed, n_boot=n_boot, grad=grad)
+    result.save(out, overwrite=overwrite)
+    for p in result.pairs:
+        s = p.summary
+        err.print(
+            f"{p.other} vs {p.ref}: onset a {s['onset_a']}, onset L {s['onset_L']}, terminal share of |Δa| "
+            f"{s['terminal_share_a']:.2f}, Δ_align {s['delta_align']:+.4g} ± {s['delta_align_se']:.2g}",
+            highlight=False,
+        )
+    err.print(f"comparison written to {out}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry

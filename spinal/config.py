@@ -115,3 +115,40 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         return cls(**data)
     except TypeError as e:
         raise InputError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """How a store becomes a depth trace (METHOD.md §2–3); every value is recorded in the trace."""
+
+    store: str = _help("store path or URL")
+    out: str = _help("trace folder to write (trace.parquet, trace.json, bootstrap/sequence tables)")
+    layers: str = _help("layers to analyze: 'all' or a list/ranges of stored layers", default="all")
+    window: str = _help("spectral fit window: 'auto' (METHOD.md §2 rule) or 'K_LO:K_HI' (1-based ranks)",
+                        default="auto")
+    blocks: int = _help("sequence blocks for the bootstrap (sequence s goes to block s mod blocks)", default=16)
+    n_boot: int = _help("bootstrap resamples per layer (0: no CI)", default=200)
+    null_splits: int = _help("random split-halves per layer for the null spread of Δα", default=8)
+    seed: int = _help("seed of the bootstrap draws and the lens token subsample", default=0)
+    lens_tokens: int = _help("tokens for the transport pass (seeded subsample; 0 = all)", default=0)
+    chunk_mib: int = _help("memory budget of one lens chunk (token × vocab float32), MiB", default=256)
+    workers: int = _help("processes for the per-layer and lens tasks (0 = one per core)", default=0)
+    overwrite: bool = _help("replace an existing trace folder", default=False)
+
+    def __post_init__(self) -> None:
+        for name in ("blocks", "chunk_mib"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 1")
+        for name in ("n_boot", "null_splits", "lens_tokens", "workers"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
+        parse_window(self.window)
+
+
+def parse_window(spec: str) -> tuple[int, int] | None:
+    if spec == "auto":
+        return None
+    m = re.fullmatch(r"(\d+):(\d+)", spec)
+    if not m or not 1 <= int(m.group(1)) < int(m.group(2)):
+        raise InputError(f"window={spec!r}; use 'auto' or 'K_LO:K_HI' with 1 ≤ K_LO < K_HI")
+    return int(m.group(1)), int(m.group(2))

@@ -1,0 +1,231 @@
+"""Store -> depth trace: fan the per-layer spectrum and lens tasks out over processes, gather one table per checkpoint."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from spinal.analyze.layer_spectrum import LayerSpectrum, ci, layer_spectrum
+from spinal.analyze.lens_pass import LensPartial, lens_pass, token_subsample
+from spinal.analyze.transport import TransportStats
+from spinal.config import AnalyzeConfig, parse_layers, parse_window
+from spinal.errors import InputError, StoreError
+from spinal.store import Store
+
+TRACE_FORMAT = 1
+Progress = Callable[[int, int], None]  # (tasks done, total)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A checkpoint's depth trace: ``table`` has one row per layer; ``boot`` and ``seq_L`` feed comparisons."""
+
+    table: pd.DataFrame  # layer, a, a_lo, a_hi, … (see README "Trace format")
+    meta: dict
+    boot: np.ndarray  # (layer, n_boot) bootstrap replicates of a (paired across checkpoints by seed)
+    seq_L: np.ndarray  # (sequence, step) mean L per sequence for step ℓ→ℓ+1 (NaN: no tokens)
+    spectra: dict[int, np.ndarray]  # layer -> centered singular values (for plots)
+
+    @property
+    def label(self) -> str:
+        return self.meta.get("label") or Path(self.meta["store"]).stem
+
+    def save(self, out: str | Path, overwrite: bool = False) -> Path:
+        out = Path(out)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise InputError(f"trace folder {out} exists and is not empty; pass --overwrite to replace it")
+        out.mkdir(parents=True, exist_ok=True)
+        self.table.to_parquet(out / "trace.parquet", index=False)
+        self.table.to_csv(out / "trace.csv", index=False)
+        layers = self.table["layer"].to_numpy()
+        pd.DataFrame(self.boot.T, columns=[str(l) for l in layers]).to_parquet(out / "bootstrap.parquet")
+        steps = [f"{a}->{b}" for a, b in zip(layers[:-1], layers[1:])]
+        pd.DataFrame(self.seq_L, columns=steps).to_parquet(out / "sequences.parquet")
+        np.savez_compressed(out / "spectra.npz", **{str(k): v for k, v in self.spectra.items()})
+        (out / "trace.json").write_text(json.dumps(self.meta, indent=2, default=_jsonable))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Trace":
+        p = Path(path)
+        if not (p / "trace.json").exists():
+            raise InputError(f"{p} is not a trace folder (no trace.json); make one with `spinal analyze`")
+        meta = json.loads((p / "trace.json").read_text())
+        v = meta.get("trace_format")
+        if not isinstance(v, int) or v > TRACE_FORMAT:
+            raise InputError(f"{p} has trace format {v}; this SPINAL reads ≤ {TRACE_FORMAT}: upgrade spinal")
+        table = pd.read_parquet(p / "trace.parquet")
+        boot = pd.read_parquet(p / "bootstrap.parquet").to_numpy().T
+        seq_L = pd.read_parquet(p / "sequences.parquet").to_numpy()
+        with np.load(p / "spectra.npz") as z:
+            spectra = {int(k): z[k] for k in z.files}
+        return cls(table, meta, boot, seq_L, spectra)
+
+
+def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | None = None,
+            submit: Callable | None = None) -> Trace:
+    """Run the analysis of one store. ``submit`` (optional) maps (fn, kwargs-list) -> results, e.g. Ray."""
+    store = Store.open(cfg.store)
+    if not store.complete or not store.done().all():
+        raise StoreError(
+            f"{cfg.store} is incomplete ({int((~store.done()).sum())} of {store.meta['n_units']} units missing); "
+            "finish it with `spinal capture … --resume`"
+        )
+    layers = parse_layers(cfg.layers, None) or store.layers
+    missing = [l for l in layers if l not in store.layers]
+    if missing:
+        raise InputError(f"layers {missing} are not in {cfg.store}; it holds {store.layers[0]}–{store.layers[-1]}")
+    if len(layers) < 2:
+        raise InputError(f"need ≥ 2 layers for a depth trace, got {layers}")
+    window = parse_window(cfg.window)
+    sub = token_subsample(store, cfg.lens_tokens, cfg.seed)
+    n_units = store.meta["n_units"]
+    workers = cfg.workers or os.cpu_count() or 1
+    groups = [list(g) for g in np.array_split(np.arange(n_units), min(n_units, max(1, workers))) if len(g)]
+    spec_kw = dict(blocks=cfg.blocks, n_boot=cfg.n_boot, null_splits=cfg.null_splits, seed=cfg.seed, window=window)
+    tasks = [(layer_spectrum, dict(store_path=cfg.store, layer=l, **spec_kw)) for l in layers]
+    tasks += [(lens_pass, dict(store_path=cfg.store, units=[int(u) for u in g], layers=layers,
+                               chunk_mib=cfg.chunk_mib, subsample=sub)) for g in groups]
+    t0 = time.perf_counter()
+    results = (submit or _run_tasks)(tasks, workers, progress)
+    spectra: list[LayerSpectrum] = results[: len(layers)]
+    lens_parts: list[LensPartial] = results[len(layers):]
+    lens = lens_parts[0]
+    for part in lens_parts[1:]:
+        lens = lens.merge(part)
+    table, seq_L = _table(spectra, lens, store)
+    meta = {
+        "trace_format": TRACE_FORMAT,
+        "label": label,
+        "store": cfg.store,
+        "store_identity": store.meta.get("identity"),
+        "model": store.meta.get("source", {}).get("model"),
+        "architecture": store.meta.get("source", {}).get("architecture"),
+        "weights_fingerprint": store.meta.get("source", {}).get("weights_fingerprint"),
+        "tokens_sha256": tokens_sha256(store),
+        "n_tokens": int(spectra[0].n_tokens),
+        "n_sequences": int(store.meta["n_sequences"]),
+        "lens_tokens": int(lens.n),
+        "layers": layers,
+        "options": asdict(cfg),
+        "positions": store.meta.get("positions"),
+        "window_rule": "auto: k_lo = max(spikes+1, 5, ceil(0.05 r)), k_hi = min(floor(0.5 r), noise-floor rank)"
+        if window is None else f"fixed {window}",
+        "fit": "weighted least squares of log σ_k on log(k − spikes), weights 1/k; MLE cross-check (Clauset, censored)",
+        "alpha_name": "rank-decay exponent a (σ_k ∝ k^-a); α-ReQ = 2a; WeightWatcher α = 1 + 1/(2a)",
+        "path_length": float(np.nansum(table["L_mean"].to_numpy())),
+        "chord_mean": float(lens.chord.mean()) if lens.chord.size else math.nan,
+        "straightness": float(lens.chord.mean() / np.nansum(table["L_mean"].to_numpy())) if lens.chord.size else math.nan,
+        "seconds": time.perf_counter() - t0,
+        "software": _software(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return Trace(table, meta, np.stack([s.boot for s in spectra]) if cfg.n_boot else np.zeros((len(layers), 0)),
+                 seq_L, {s.layer: s.sv for s in spectra})
+
+
+def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tuple[pd.DataFrame, np.ndarray]:
+    rows = []
+    n = max(lens.n, 1)
+    n_seq = int(store.meta["n_sequences"])
+    seq_L = np.full((n_seq, len(spectra) - 1), np.nan)
+    for j, s in enumerate(spectra):
+        c, r = s.centered, s.raw
+        lo, hi = ci(s.boot)
+        row = {
+            "layer": s.layer, "a": c.a_wls, "a_lo": lo, "a_hi": hi, "a_mle": c.a_mle, "r2": c.r2, "ks": c.ks,
+            "k_lo": c.k_lo, "k_hi": c.k_hi, "rank": c.rank, "spikes": c.spikes, "floor_rank": c.floor_rank,
+            "top1_share": c.top1_share, "status": c.status,
+            "a_raw": r.a_wls, "status_raw": r.status, "spikes_raw": r.spikes, "top1_share_raw": r.top1_share,
+            "null_sd_a": float(np.sqrt(np.mean(s.null_diffs**2))) if s.null_diffs.size else math.nan,
+            "entropy": lens.sums["entropy"][j] / n, "kl_final": lens.sums["kl_final"][j] / n,
+        }
+        if j < len(spectra) - 1:
+            stats = TransportStats().update(lens.steps_L[j]).result()
+            row.update({"L_mean": stats.mean, "L_q05": stats.q05, "L_q25": stats.q25, "L_q50": stats.q50,
+                        "L_q75": stats.q75, "L_q95": stats.q95,
+                        "hellinger": lens.sums["hellinger"][j] / n, "js": lens.sums["js"][j] / n})
+            if lens.seq.size:
+                sums = np.bincount(lens.seq, weights=lens.steps_L[j], minlength=n_seq)
+                counts = np.bincount(lens.seq, minlength=n_seq)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    seq_L[:, j] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        else:
+            row.update({k: math.nan for k in ("L_mean", "L_q05", "L_q25", "L_q50", "L_q75", "L_q95",
+                                              "hellinger", "js")})
+        rows.append(row)
+    return pd.DataFrame(rows), seq_L
+
+
+def tokens_sha256(store: Store) -> str:
+    """Hash of the valid token stream (ids, sequence, position): comparisons require it to match."""
+    t = store.tokens()
+    valid = t["sequence"] >= 0
+    h = hashlib.sha256()
+    for k in ("ids", "sequence", "position"):
+        h.update(np.ascontiguousarray(t[k][valid]).astype(np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _call(fn_kwargs):
+    fn, kw = fn_kwargs
+    return fn(**kw)
+
+
+def _run_tasks(tasks, workers: int, progress: Progress | None):
+    """In-process for one worker; else a spawn-based process pool (no fork after torch/zarr threads start)."""
+    out = [None] * len(tasks)
+    if progress:
+        progress(0, len(tasks))
+    if workers <= 1 or len(tasks) == 1:
+        for i, t in enumerate(tasks):
+            out[i] = _call(t)
+            if progress:
+                progress(i + 1, len(tasks))
+        return out
+    with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn"),
+                                initializer=_worker_init) as ex:
+        futs = {ex.submit(_call, t): i for i, t in enumerate(tasks)}
+        for k, f in enumerate(cf.as_completed(futs), 1):
+            out[futs[f]] = f.result()
+            if progress:
+                progress(k, len(tasks))
+    return out
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker process: the pool provides the parallelism
+
+
+def _software() -> dict:
+    import scipy
+    import torch
+
+    import spinal
+
+    return {"spinal": spinal.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

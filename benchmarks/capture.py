@@ -1,0 +1,167 @@
+"""Capture throughput against the bare forward pass and a plain `output_hidden_states` + save script, in one run.
+
+    .venv/bin/python benchmarks/capture.py            # ~50M-parameter Llama-style model, all layers
+    .venv/bin/python benchmarks/capture.py --update-readme
+
+All methods see the same batches (same prompts, same padding). Reported as ratios to the bare
+forward pass of the causal LM (what a user times first), plus peak memory at N and 2N prompts
+(each in its own process) to show it does not grow with the prompt count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import llama_50m, machine, peak_rss_mib, write_prompts  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def _batches(ckpt: Path, prompts: Path, batch: int):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spinal.capture.prompts import load_prompts
+    from spinal.capture.runner import _batch
+    from spinal.capture.tokens import tokenize
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    tokd = tokenize(load_prompts(str(prompts)), tok, max_length=4096, chat_template=False, positions="all-but-first")
+    n = len(tokd.input_ids)
+    batches = [_batch(tokd, list(range(i, min(n, i + batch))), tok, torch.device("cpu"))[:2] for i in range(0, n, batch)]
+    stored = sum(len(p) for p in tokd.positions)
+    return model, tok, batches, stored
+
+
+@torch.no_grad()
+def time_forward(model, batches, base: bool) -> float:
+    fn = model.base_model if base else model
+    t = time.perf_counter()
+    for ids, mask in batches:
+        fn(input_ids=ids, attention_mask=mask, use_cache=False)
+    return time.perf_counter() - t
+
+
+@torch.no_grad()
+def time_hf_save(model, batches, out: Path) -> tuple[float, int]:
+    """The script a user would write: output_hidden_states=True, stack, np.save per batch."""
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    for i, (ids, mask) in enumerate(batches):
+        hs = model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True).hidden_states
+        np.save(out / f"batch{i:05d}.npy", torch.stack(hs).numpy())  # (layer, batch, seq, dim), with padding
+    dt = time.perf_counter() - t
+    return dt, sum(f.stat().st_size for f in out.iterdir())
+
+
+def time_spinal(ckpt: Path, prompts: Path, out: Path, batch: int, model, tok) -> tuple[float, int]:
+    from spinal.capture import capture
+    from spinal.capture.load import Loaded
+    from spinal.config import CaptureConfig
+
+    source = {"model": str(ckpt), "weights_fingerprint": "bench", "tokenizer": {"fingerprint": "bench"},
+              "architecture": type(model).__name__}
+    cfg = CaptureConfig(model=str(ckpt), prompts=str(prompts), out=str(out), batch_size=batch, overwrite=True)
+    t = time.perf_counter()
+    capture(cfg, loaded=Loaded(model, tok, source))
+    dt = time.perf_counter() - t
+    return dt, sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+
+
+def peak_memory(ckpt: Path, prompts: Path, out: Path, batch: int) -> float:
+    code = (
+        "import sys, resource; from spinal.capture import capture; from spinal.config import CaptureConfig;"
+        f"capture(CaptureConfig(model={str(ckpt)!r}, prompts={str(prompts)!r}, out={str(out)!r}, batch_size={batch},"
+        " overwrite=True)); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=192)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--update-readme", action="store_true")
+    args = ap.parse_args(argv)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="spinal-bench-"))
+    ckpt = llama_50m(work / "llama50m")
+    prompts = write_prompts(work / "prompts.jsonl", args.prompts, args.length)
+    model, tok, batches, stored = _batches(ckpt, prompts, args.batch)
+    n_params = sum(p.numel() for p in model.parameters())
+    time_forward(model, batches[:2], base=False)  # warm-up
+    bare = time_forward(model, batches, base=False)
+    base = time_forward(model, batches, base=True)
+    spinal_s, spinal_bytes = time_spinal(ckpt, prompts, work / "spinal.zarr", args.batch, model, tok)
+    hf_s, hf_bytes = time_hf_save(model, batches, work / "hf-npy")
+    prompts2 = write_prompts(work / "prompts2.jsonl", 2 * args.prompts, args.length, seed=1)
+    mem1 = peak_memory(ckpt, prompts, work / "m1.zarr", args.batch)
+    mem2 = peak_memory(ckpt, prompts2, work / "m2.zarr", args.batch)
+    res = {
+        "benchmark": "capture", "machine": machine(), "model_params": n_params, "layers_stored": 9,
+        "prompts": args.prompts, "seq_len": args.length, "batch": args.batch, "stored_tokens": stored,
+        "seconds": {"bare_forward": bare, "base_forward": base, "spinal_capture": spinal_s, "hf_hidden_states_npy": hf_s},
+        "ratio_to_bare_forward": {"spinal_capture": bare / spinal_s, "hf_hidden_states_npy": bare / hf_s,
+                                  "base_forward": bare / base},
+        "bytes_on_disk": {"spinal_capture": spinal_bytes, "hf_hidden_states_npy": hf_bytes},
+        "peak_rss_mib": {f"{args.prompts} prompts": mem1, f"{2 * args.prompts} prompts": mem2},
+        "bit_exact": {"spinal_capture": True, "hf_hidden_states_npy": "float32 exact, but last layer final-normed and padding kept"},
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "capture-cpu.json").write_text(json.dumps(res, indent=2))
+    table = render(res)
+    print(table)
+    if args.update_readme:
+        update_readme("capture", table)
+    shutil.rmtree(work, ignore_errors=True) if args.workdir is None else None
+    return res
+
+
+def render(r: dict) -> str:
+    s, rt, b = r["seconds"], r["ratio_to_bare_forward"], r["bytes_on_disk"]
+    tok = r["stored_tokens"]
+    mem = list(r["peak_rss_mib"].items())
+    rows = [
+        f"Capture, {r['model_params'] / 1e6:.0f}M-parameter Llama-style model, all {r['layers_stored']} layers, "
+        f"{r['prompts']} prompts × {r['seq_len']} tokens, batch {r['batch']}, float32, "
+        f"{r['machine']['cores']} cores (`python benchmarks/capture.py`):",
+        "",
+        "| method | seconds | tokens/s | × bare forward | bytes on disk | persisted copy |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| bare forward (causal LM, nothing kept) | {s['bare_forward']:.2f} | {tok / s['bare_forward']:,.0f} | 1.00 | – | – |",
+        f"| spinal capture (lossless Zarr, zstd + crc32c) | {s['spinal_capture']:.2f} | {tok / s['spinal_capture']:,.0f} | "
+        f"{rt['spinal_capture']:.2f} | {b['spinal_capture'] / 2**20:,.1f} MiB | bit-exact, pre-norm last layer |",
+        f"| HF `output_hidden_states` + `np.save` | {s['hf_hidden_states_npy']:.2f} | {tok / s['hf_hidden_states_npy']:,.0f} | "
+        f"{rt['hf_hidden_states_npy']:.2f} | {b['hf_hidden_states_npy'] / 2**20:,.1f} MiB | padding kept, last layer final-normed |",
+        "",
+        f"Peak RSS of a capture process: {mem[0][1]:,.0f} MiB at {mem[0][0]}, {mem[1][1]:,.0f} MiB at {mem[1][0]}.",
+    ]
+    return "\n".join(rows)
+
+
+def update_readme(name: str, table: str) -> None:
+    readme = HERE.parent / "README.md"
+    text = readme.read_text()
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    if start not in text:
+        raise SystemExit(f"README.md has no {start} marker")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Shared pieces of the benchmarks: the ~50M-parameter Llama-style model, prompts, peak memory, machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+from pathlib import Path
+
+import torch
+
+
+def llama_50m(path: Path, seed: int = 0) -> Path:
+    """A random-weight Llama-style checkpoint of ~58M parameters (d=512, 8 blocks, vocab 32000)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    if (path / "config.json").exists():
+        return path
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024,
+                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    vocab = {f"w{i}": i for i in range(32000)}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    t.post_processor = processors.TemplateProcessing(single="w1 $A", special_tokens=[("w1", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=t, bos_token="w1", eos_token="w2", unk_token="w0").save_pretrained(path)
+    return path
+
+
+def write_prompts(path: Path, n: int, length: int, seed: int = 0) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    with path.open("w") as f:
+        for i in range(n):
+            ids = torch.randint(3, 32000, (length - 1,), generator=g).tolist()
+            f.write(json.dumps({"id": f"b{i}", "prompt": " ".join(f"w{j}" for j in ids)}) + "\n")
+    return path
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}

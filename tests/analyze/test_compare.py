@@ -1,0 +1,125 @@
+"""Comparisons: a checkpoint against itself gives Δ = 0 with CIs covering 0; real differences are localized; bad pairs refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import save_checkpoint, write_jsonl
+from spinal.analyze.compare import Comparison, compare, holm, terminal_layers
+from spinal.analyze.trace import Trace, analyze
+from spinal.analyze.weights import block_sq_change
+from spinal.capture import capture
+from spinal.cli import app
+from spinal.config import AnalyzeConfig, CaptureConfig
+from spinal.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory, checkpoint):
+    d = tmp_path_factory.mktemp("cmp")
+    rows = [{"id": f"q{i}", "prompt": f"Request {i}: please explain item {i * 7 % 13} kindly."} for i in range(40)]
+    p = write_jsonl(d / "p.jsonl", rows)
+    out = {}
+    for name, seed in (("base", 0), ("other", 1)):
+        s = str(d / f"{name}.zarr")
+        capture(CaptureConfig(model=str(checkpoint("llama", seed=seed)), prompts=str(p), out=s, unit_tokens=256))
+        out[name] = analyze(AnalyzeConfig(store=s, out=str(d / name), n_boot=60, workers=1), label=name)
+    out["dir"] = d
+    return out
+
+
+def test_self_comparison_is_zero_and_cis_cover_zero(traces):
+    same = Trace(traces["base"].table, {**traces["base"].meta, "label": "copy"}, traces["base"].boot,
+                 traces["base"].seq_L, traces["base"].spectra)
+    c = compare([traces["base"], same], n_boot=200)
+    t = c.pairs[0].table
+    assert (t["d_a"] == 0).all() and (t["d_L"].dropna() == 0).all()
+    for x in ("a", "L"):
+        lo, hi = t[f"d_{x}_lo"].dropna(), t[f"d_{x}_hi"].dropna()
+        assert len(lo) > 0 and (lo <= 0).all() and (hi >= 0).all()
+        assert (t[f"p_{x}_holm"].dropna() == 1).all()
+    assert c.pairs[0].summary["onset_a"] is None and c.pairs[0].summary["onset_L"] is None
+    assert c.pairs[0].summary["delta_align"] == 0
+
+
+def test_different_checkpoints_differ(traces):
+    c = compare([traces["base"], traces["other"]], n_boot=200)
+    t = c.pairs[0].table
+    want = traces["other"].table["a"] - traces["base"].table["a"]
+    np.testing.assert_allclose(t["d_a"], want)
+    assert np.isclose(t["loc_a"].sum(), 1.0)
+    # two independently initialized models move a by far more than the split-half noise
+    assert (t["d_a"].abs() > t["null_a"]).any()
+    share = c.pairs[0].summary["terminal_share_a"]
+    assert share == pytest.approx(t.loc[t["terminal"], "loc_a"].sum())
+
+
+def test_other_token_stream_is_refused(traces, checkpoint, tmp_path):
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": "z", "prompt": "An entirely different prompt set."}] * 1
+                    + [{"id": f"y{i}", "prompt": f"Other {i}"} for i in range(12)])
+    s = str(tmp_path / "x.zarr")
+    capture(CaptureConfig(model=str(checkpoint("llama")), prompts=str(p), out=s))
+    t = analyze(AnalyzeConfig(store=s, out=str(tmp_path / "t"), n_boot=60, workers=1), label="x")
+    with pytest.raises(InputError, match="different token streams"):
+        compare([traces["base"], t])
+
+
+def test_cli_compare_refusal_is_one_line(traces, tmp_path):
+    traces["base"].save(tmp_path / "a")
+    t = traces["other"]
+    Trace(t.table, {**t.meta, "tokens_sha256": "different"}, t.boot, t.seq_L, t.spectra).save(tmp_path / "b")
+    r = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "c")])
+    assert r.exit_code == 2
+    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_holm_matches_hand_computation():
+    p = np.array([0.01, 0.04, 0.03, np.nan, 0.005])
+    # sorted: 0.005·4=0.02, 0.01·3=0.03, 0.03·2=0.06, 0.04·1=0.04 -> monotone max: 0.02, 0.03, 0.06, 0.06
+    np.testing.assert_allclose(holm(p), [0.03, 0.06, 0.06, np.nan, 0.02])
+
+
+def test_terminal_window():
+    assert terminal_layers(32) == list(range(21, 31))
+    assert terminal_layers(30) == list(range(21, 31))
+    assert terminal_layers(12) == [9, 10, 11, 12]
+
+
+def test_synthetic_late_shift_is_localized_in_the_terminal_window(traces):
+    """Shift a in layers 3.. of a copy by far more than the noise: onset and terminal share must find it."""
+    base = traces["base"]
+    tab = base.table.copy()
+    layers = tab["layer"].to_numpy()
+    shift = np.where(layers >= 3, 0.5, 0.0)
+    tab["a"] = tab["a"] + shift
+    moved = Trace(tab, {**base.meta, "label": "moved"}, base.boot + shift[:, None], base.seq_L, base.spectra)
+    c = compare([base, moved], n_boot=200)
+    s = c.pairs[0].summary
+    assert s["onset_a"] == 3
+    assert s["terminal_share_a"] == pytest.approx(1.0)
+    assert s["delta_align"] == pytest.approx(0.5)
+
+
+def test_save_load_round_trip(traces, tmp_path):
+    c = compare([traces["base"], traces["other"]], n_boot=100)
+    c.save(tmp_path / "c")
+    back = Comparison.load(tmp_path / "c")
+    pd.testing.assert_frame_equal(back.pairs[0].table, c.pairs[0].table, check_dtype=False)
+    assert back.pairs[0].summary["delta_align"] == pytest.approx(c.pairs[0].summary["delta_align"])
+    assert "operational" in back.meta["note"]
+
+
+def test_gradient_concentration_from_weights(tmp_path):
+    a = save_checkpoint(tmp_path / "a", "llama", seed=0)
+    b = save_checkpoint(tmp_path / "b", "llama", seed=0)
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(b / "model.safetensors")
+    w["model.layers.2.mlp.down_proj.weight"] += 0.5  # only block 3 moves
+    save_file(w, b / "model.safetensors", metadata={"format": "pt"})
+    g = block_sq_change(a, b, 3)
+    n = w["model.layers.2.mlp.down_proj.weight"].numel()
+    np.testing.assert_allclose(g, [0, 0, 0.25 * n], rtol=1e-6)

@@ -1,0 +1,137 @@
+"""A store captured from a tiny random model analyzes end to end, and every number matches an independent reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import write_jsonl
+from spinal.analyze.spectrum import fit_spectrum
+from spinal.analyze.trace import Trace, analyze
+from spinal.analyze.transport import fisher_rao_reference
+from spinal.capture import capture
+from spinal.config import AnalyzeConfig, CaptureConfig
+from spinal.errors import InputError, StoreError
+from spinal.store import Store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, checkpoint):
+    d = tmp_path_factory.mktemp("trace")
+    rows = [{"id": f"q{i}", "prompt": f"Request {i}: please explain item {i * 7 % 13} kindly and briefly."}
+            for i in range(48)]
+    p = write_jsonl(d / "p.jsonl", rows)
+    ckpt = checkpoint("gpt2")  # LayerNorm with bias + tied head: the lens is not a bare matmul
+    out = str(d / "s.zarr")
+    capture(CaptureConfig(model=str(ckpt), prompts=str(p), out=out, unit_tokens=256))
+    return out, ckpt
+
+
+@pytest.fixture(scope="module")
+def trace(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("t") / "trace"
+    return analyze(AnalyzeConfig(store=store[0], out=str(out), n_boot=40, workers=1), label="gpt2")
+
+
+def _matrix(store_path, layer):
+    return np.concatenate([h for h, _ in Store.open(store_path).iter_layer(layer)]).astype(np.float64)
+
+
+def test_alpha_equals_full_float64_svd_reference(store, trace):
+    s = Store.open(store[0])
+    for _, row in trace.table.iterrows():
+        H = _matrix(store[0], int(row.layer))  # (token, dim)
+        Hc = H - H.mean(axis=0)
+        sv = np.linalg.svd(Hc, compute_uv=False)  # the independent reference: full float64 SVD
+        rms = np.sqrt((H**2).mean(axis=0))
+        ref = fit_spectrum(sv**2, n_tokens=H.shape[0], dim=H.shape[1], rms=rms, storage_dtype=s.dtype)
+        assert (ref.k_lo, ref.k_hi, ref.spikes) == (row.k_lo, row.k_hi, row.spikes)
+        assert ref.status == row.status
+        assert row.a == pytest.approx(ref.a_wls, rel=1e-6, abs=1e-9)
+        assert row.top1_share == pytest.approx(sv[0] ** 2 / (sv**2).sum(), rel=1e-6)
+        np.testing.assert_allclose(trace.spectra[int(row.layer)][: ref.rank], sv[: ref.rank], rtol=1e-6,
+                                   atol=1e-8 * sv[0])
+
+
+def test_transport_equals_brute_force_float64_fisher_rao_with_hf_readout(store, trace):
+    """L from the stored lens == float64 arccos formula on logits from the model's own ln_f and head."""
+    model = AutoModelForCausalLM.from_pretrained(store[1]).double().eval()
+    layers = list(trace.table["layer"])
+    with torch.no_grad():
+        probs = [torch.softmax(model.lm_head(model.transformer.ln_f(torch.from_numpy(_matrix(store[0], l)))), -1)
+                 .numpy() for l in layers]
+    for j in range(len(layers) - 1):
+        ref = fisher_rao_reference(probs[j], probs[j + 1])
+        assert trace.table["L_mean"][j] == pytest.approx(ref.mean(), rel=2e-4)
+        assert trace.table["L_q50"][j] == pytest.approx(np.quantile(ref, 0.5), rel=2e-3)
+        ent = -(probs[j] * np.log(probs[j])).sum(-1).mean()
+        assert trace.table["entropy"][j] == pytest.approx(ent, rel=1e-4)
+    assert trace.table["kl_final"].iloc[-1] == pytest.approx(0.0, abs=1e-6)
+    assert 0 <= trace.table["L_mean"].min() and trace.table["L_mean"].max() <= np.pi
+    assert np.isnan(trace.table["L_mean"].iloc[-1])
+    assert trace.meta["path_length"] == pytest.approx(trace.table["L_mean"].sum(skipna=True))
+    assert 0 < trace.meta["straightness"] <= 1 + 1e-6  # triangle inequality per token
+
+
+def test_per_sequence_L_averages_to_token_means(store, trace):
+    seq = Store.open(store[0]).tokens()["sequence"]
+    counts = np.bincount(seq[seq >= 0])
+    weighted = (trace.seq_L * counts[:, None]).sum(0) / counts.sum()
+    np.testing.assert_allclose(weighted, trace.table["L_mean"].to_numpy()[:-1], rtol=1e-5)
+
+
+def test_parallel_workers_give_the_same_trace(store, trace, tmp_path):
+    par = analyze(AnalyzeConfig(store=store[0], out=str(tmp_path / "p"), n_boot=40, workers=2), label="gpt2")
+    pd.testing.assert_frame_equal(par.table, trace.table, rtol=1e-6)
+    np.testing.assert_allclose(par.boot, trace.boot, rtol=1e-9)
+
+
+def test_save_load_round_trip_and_recorded_options(trace, tmp_path):
+    trace.save(tmp_path / "t")
+    back = Trace.load(tmp_path / "t")
+    pd.testing.assert_frame_equal(back.table, trace.table)
+    np.testing.assert_array_equal(back.boot, trace.boot)
+    meta = json.loads((tmp_path / "t" / "trace.json").read_text())
+    assert meta["options"]["n_boot"] == 40 and meta["options"]["seed"] == 0
+    assert meta["window_rule"].startswith("auto") and "rank-decay" in meta["alpha_name"]
+    assert pd.read_csv(tmp_path / "t" / "trace.csv").shape[0] == len(trace.table)
+    with pytest.raises(InputError, match="not empty"):
+        trace.save(tmp_path / "t")
+
+
+def test_lens_token_subsample_is_seeded_and_recorded(store, tmp_path):
+    cfg = dict(store=store[0], out=str(tmp_path / "x"), n_boot=0, workers=1, lens_tokens=300, null_splits=0)
+    a = analyze(AnalyzeConfig(**cfg))
+    b = analyze(AnalyzeConfig(**cfg))
+    assert a.meta["lens_tokens"] == 300
+    pd.testing.assert_frame_equal(a.table, b.table)
+    full = analyze(AnalyzeConfig(**{**cfg, "lens_tokens": 0}))
+    assert full.meta["lens_tokens"] == full.meta["n_tokens"] > 300
+    np.testing.assert_allclose(a.table["a"], full.table["a"])  # the spectrum always uses every token
+
+
+def test_newer_trace_format_is_refused(trace, tmp_path):
+    trace.save(tmp_path / "t")
+    meta = json.loads((tmp_path / "t" / "trace.json").read_text())
+    meta["trace_format"] = 99
+    (tmp_path / "t" / "trace.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="upgrade spinal"):
+        Trace.load(tmp_path / "t")
+
+
+def test_incomplete_store_is_refused(store, tmp_path):
+    import shutil
+
+    import zarr
+
+    copy = tmp_path / "inc.zarr"
+    shutil.copytree(store[0], copy)
+    g = zarr.open_group(str(copy), mode="r+")
+    g["units/done"][0] = 0
+    with pytest.raises(StoreError, match="incomplete"):
+        analyze(AnalyzeConfig(store=str(copy), out=str(tmp_path / "o"), workers=1))
