@@ -21,7 +21,7 @@ app = typer.Typer(
     help="Audit where preference alignment (DPO) reshapes a language model across depth.\n\n"
     "capture: checkpoint + prompts -> lossless Zarr store of every layer's residual stream. "
     "analyze: store -> depth trace (contraction a, transport L per layer), CPU only. "
-    "compare: traces -> Δ per layer with paired CIs. "
+    "compare: traces -> Δ per layer with paired CIs. run: the whole batch job from a TOML config. "
     "inspect / verify: what a store holds, and whether every chunk reads back intact.",
     no_args_is_help=True,
     add_completion=False,
@@ -275,6 +275,57 @@ def compare(
             highlight=False,
         )
     err.print(f"comparison written to {out}", highlight=False)
+
+
+class _StageBars:
+    """One progress line per (stage, checkpoint) for `spinal run`."""
+
+    def __init__(self, enabled: bool):
+        self.p = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=not enabled,
+        )
+        self.tasks: dict = {}
+
+    def __enter__(self):
+        self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.p.__exit__(*exc)
+
+    def __call__(self, stage: str, label: str, done: int, total: int) -> None:
+        key = (stage, label)
+        if key not in self.tasks:
+            unit = "tok" if stage == "capture" else "tasks"
+            self.tasks[key] = self.p.add_task(f"{stage:<8} {label} ({unit})", total=total)
+        self.p.update(self.tasks[key], completed=done, total=total)
+
+
+@app.command()
+@cli_errors
+def run(
+    config: str = typer.Argument(..., help="run config (TOML): [run] out/prompts, [[checkpoints]], [capture], "
+                                           "[analyze], [compare]"),
+    resume: bool = typer.Option(False, "--resume", help="finish an interrupted run: completed stages are kept"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="delete the run folder and start again"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="draw progress bars on stderr"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens"),
+) -> None:
+    """Batch job: capture every checkpoint, analyze each store, compare against the first, write the HTML report."""
+    _setup_logging(verbose)
+    from spinal.cluster.run import run as run_all
+    from spinal.config import load_run_config
+
+    cfg = load_run_config(config)
+    t0 = __import__("time").perf_counter()
+    with _StageBars(progress) as bars:
+        summary = run_all(cfg, resume=resume, overwrite=overwrite, progress=bars)
+    for s in summary.stages:
+        tag = "reused" if s["skipped"] else f"{s['seconds']:.1f} s"
+        err.print(f"  {s['stage']:<8} {s['label']:<24} {tag:>10}  {s['detail']}", highlight=False)
+    err.print(f"run finished in {__import__('time').perf_counter() - t0:.1f} s; report: {summary.report}",
+              highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -152,3 +152,101 @@ def parse_window(spec: str) -> tuple[int, int] | None:
     if not m or not 1 <= int(m.group(1)) < int(m.group(2)):
         raise InputError(f"window={spec!r}; use 'auto' or 'K_LO:K_HI' with 1 ≤ K_LO < K_HI")
     return int(m.group(1)), int(m.group(2))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint of a run."""
+
+    label: str = _help("name in tables and plots (unique within the run)")
+    path: str = _help("local checkpoint folder (safetensors) or hub id")
+    revision: str | None = _help("hub revision or a note on the exact version", default=None)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[\w.+-]+", self.label):
+            raise InputError(f"checkpoint label {self.label!r}: use letters, digits, '.', '_', '+' or '-'")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A batch run: several checkpoints on one prompt set -> stores, traces, comparison, report."""
+
+    out: str = _help("output folder: stores/, traces/, compare/, report/")
+    prompts: str = _help("prompt file shared by every checkpoint")
+    checkpoints: tuple[Checkpoint, ...] = _help("checkpoints, the reference first, then in training order")
+    capture: dict = _help("CaptureConfig options (all but model/prompts/out)", default_factory=dict)
+    analyze: dict = _help("AnalyzeConfig options (all but store/out)", default_factory=dict)
+    compare: dict = _help("compare options: n_boot, seed, weights (bool: per-block parameter change)",
+                          default_factory=dict)
+    source: str = _help("the TOML file this run came from", default="")
+
+    def __post_init__(self) -> None:
+        if len(self.checkpoints) < 1:
+            raise InputError(f"{self.source or 'run config'}: [[checkpoints]] is empty; list at least one")
+        labels = [c.label for c in self.checkpoints]
+        if len(set(labels)) != len(labels):
+            raise InputError(f"{self.source}: checkpoint labels must be unique, got {labels}")
+        bad = {"model", "prompts", "out", "resume", "overwrite"} & set(self.capture)
+        if bad:
+            raise InputError(f"{self.source}: [capture] may not set {sorted(bad)}; the run sets them")
+        bad = {"store", "out", "overwrite"} & set(self.analyze)
+        if bad:
+            raise InputError(f"{self.source}: [analyze] may not set {sorted(bad)}; the run sets them")
+        unknown = set(self.compare) - {"n_boot", "seed", "weights", "null_splits"}
+        if unknown:
+            raise InputError(f"{self.source}: unknown key(s) {sorted(unknown)} in [compare]; "
+                             "known: n_boot, seed, null_splits, weights")
+
+    def capture_config(self, ck: Checkpoint, out: str, **kw) -> CaptureConfig:
+        return from_dict(CaptureConfig, {**self.capture, "model": ck.path, "prompts": self.prompts, "out": out, **kw},
+                         where=f"{self.source} [capture]")
+
+    def analyze_config(self, store: str, out: str, **kw) -> AnalyzeConfig:
+        return from_dict(AnalyzeConfig, {**self.analyze, "store": store, "out": out, **kw},
+                         where=f"{self.source} [analyze]")
+
+
+def load_run_config(path: str) -> RunConfig:
+    """Read a run TOML (tables: [run], [[checkpoints]], [capture], [analyze], [compare]); relative paths are
+    resolved against the TOML file's folder."""
+    import tomllib
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"run config {path} does not exist")
+    try:
+        doc = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML ({e})") from None
+    known = {"run", "checkpoints", "capture", "analyze", "compare"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise InputError(f"{path}: unknown table(s) {unknown}; known: {sorted(known)}")
+    run = doc.get("run", {})
+    extra = sorted(set(run) - {"out", "prompts"})
+    if extra:
+        raise InputError(f"{path}: unknown key(s) {extra} in [run]; known: ['out', 'prompts']")
+    for key in ("out", "prompts"):
+        if not isinstance(run.get(key), str):
+            raise InputError(f"{path}: [run] needs a string '{key}'")
+    base = p.resolve().parent
+
+    def rel(x: str) -> str:
+        return x if "://" in x or Path(x).is_absolute() else str((base / x).resolve())
+
+    cks = []
+    for i, c in enumerate(doc.get("checkpoints", [])):
+        ck = from_dict(Checkpoint, c, where=f"{path} [[checkpoints]] #{i + 1}")
+        local = (base / ck.path).exists() or ck.path.startswith((".", "/"))
+        cks.append(Checkpoint(ck.label, rel(ck.path) if local else ck.path, ck.revision))
+    for table, cls, skip in (("capture", CaptureConfig, {"model", "prompts", "out"}),
+                             ("analyze", AnalyzeConfig, {"store", "out"})):
+        vals = doc.get(table, {})
+        names = {f.name for f in dataclasses.fields(cls)} - skip
+        unknown = sorted(set(vals) - names)
+        if unknown:
+            raise InputError(f"{path}: unknown key(s) {unknown} in [{table}]; known: {sorted(names)}")
+    return RunConfig(out=rel(run["out"]), prompts=rel(run["prompts"]), checkpoints=tuple(cks),
+                     capture=doc.get("capture", {}), analyze=doc.get("analyze", {}), compare=doc.get("compare", {}),
+                     source=str(path))

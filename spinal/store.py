@@ -154,9 +154,18 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def open_group(path: str, mode: str) -> zarr.Group:
+    """A Zarr group at a local path or an fsspec URL (file://, s3://, gs://, … with their packages installed)."""
+    if "://" in path:
+        # fsspec's local filesystem does not create parent folders unless asked to
+        opts = {"auto_mkdir": True} if path.startswith("file://") else {}
+        return zarr.open_group(path, mode=mode, storage_options=opts)
+    return zarr.open_group(path, mode=mode)
+
+
 def store_exists(path: str) -> bool:
     try:
-        zarr.open_group(path, mode="r")
+        open_group(path, mode="r")
         return True
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return False
@@ -199,7 +208,7 @@ class Store:
         overwrite: bool = False,
     ) -> "Store":
         """Write the layout, tables, lens and attributes; ``hidden`` starts empty, no unit is done."""
-        g = zarr.open_group(path, mode="w" if overwrite else "w-")
+        g = open_group(path, mode="w" if overwrite else "w-")
         n_layers, n_tok = len(layers), layout.n_tokens
         hidden = g.create_array(
             "hidden",
@@ -256,7 +265,7 @@ class Store:
     @classmethod
     def open(cls, path: str, mode: str = "r") -> "Store":
         try:
-            g = zarr.open_group(path, mode=mode)
+            g = open_group(path, mode=mode)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             raise StoreError(f"no SPINAL store at {path}") from None
         return cls(g, path)

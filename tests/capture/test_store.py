@@ -115,3 +115,38 @@ def test_plain_zarr_and_xarray_read_the_store(checkpoint, prompts_file, tmp_path
     assert g.attrs["spinal"]["source"]["architecture"] == "LlamaForCausalLM"
     for key in ("format_version", "identity", "prompts", "software", "created", "self_check"):
         assert key in g.attrs["spinal"]
+
+
+def test_chat_template_and_response_positions(checkpoint, prompts_file, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "chat"
+    shutil.copytree(checkpoint("llama"), ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant]{% endif %}")
+    tok.save_pretrained(ckpt)
+    out = str(tmp_path / "s.zarr")
+    capture(CaptureConfig(model=str(ckpt), prompts=str(prompts_file), out=out, chat_template=True,
+                          positions="response"))
+    t = Store.open(out).tokens()
+    for i, r in enumerate(PROMPTS):
+        stored = tok.decode(t["ids"][t["sequence"] == i].tolist()).replace(" ", "")
+        assert stored == r["response"].replace(" ", "")  # exactly the reply, after "[assistant]"
+    head = tok.apply_chat_template([{"role": "user", "content": PROMPTS[0]["prompt"]}], tokenize=True,
+                                   add_generation_prompt=True)
+    head = head["input_ids"] if hasattr(head, "keys") else head
+    assert t["position"][t["sequence"] == 0][0] == len(head)
+
+
+def test_store_on_an_fsspec_url(checkpoint, prompts_file, tmp_path):
+    """A store behind an fsspec URL (here file://) captures in units and reads back like a local one."""
+    url = f"file://{tmp_path}/remote.zarr"
+    capture(CaptureConfig(model=str(checkpoint("llama")), prompts=str(prompts_file), out=url, unit_tokens=16))
+    s = Store.open(url)
+    assert s.complete and s.meta["n_units"] > 1
+    local = str(tmp_path / "local.zarr")
+    capture(CaptureConfig(model=str(checkpoint("llama")), prompts=str(prompts_file), out=local, unit_tokens=16))
+    a = np.concatenate([h for h, _ in s.iter_layer(2)])
+    b = np.concatenate([h for h, _ in Store.open(local).iter_layer(2)])
+    assert np.array_equal(a, b)

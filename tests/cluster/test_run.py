@@ -1,0 +1,92 @@
+"""`spinal run CONFIG`: config validation by key, the whole batch job, and resume by stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_jsonl
+from spinal.cli import app
+from spinal.config import load_run_config
+from spinal.errors import InputError
+
+runner = CliRunner()
+
+
+def _config(tmp_path: Path, ckpts: dict[str, Path], extra: str = "", **run) -> Path:
+    rows = [{"id": f"q{i}", "prompt": f"Please answer question {i} about topic {i % 5} politely."} for i in range(24)]
+    write_jsonl(tmp_path / "prompts.jsonl", rows)
+    text = '[run]\nout = "out"\nprompts = "prompts.jsonl"\n'
+    for label, path in ckpts.items():
+        text += f'\n[[checkpoints]]\nlabel = "{label}"\npath = "{path}"\n'
+    text += '\n[capture]\nunit_tokens = 256\n\n[analyze]\nn_boot = 30\nworkers = 1\nnull_splits = 4\n'
+    text += '\n[compare]\nn_boot = 200\n' + extra
+    f = tmp_path / "run.toml"
+    f.write_text(text)
+    return f
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ("\n[capture2]\nx = 1\n", "unknown table(s) ['capture2']"),
+        ("\n[analyse]\nn_boot = 3\n", "unknown table(s) ['analyse']"),
+    ],
+)
+def test_unknown_tables_are_named(tmp_path, checkpoint, extra, needle):
+    f = _config(tmp_path, {"a": checkpoint("llama")}, extra)
+    with pytest.raises(InputError) as e:
+        load_run_config(str(f))
+    assert needle in str(e.value)
+
+
+def test_unknown_and_mistyped_keys_are_named(tmp_path, checkpoint):
+    f = _config(tmp_path, {"a": checkpoint("llama")})
+    f.write_text(f.read_text().replace("unit_tokens = 256", "unit_tokens = 256\nbatchsize = 4"))
+    with pytest.raises(InputError, match=r"unknown key\(s\) \['batchsize'\] in \[capture\]"):
+        load_run_config(str(f))
+    f.write_text(f.read_text().replace("batchsize = 4", 'batch_size = "four"'))
+    cfg = load_run_config(str(f))
+    with pytest.raises(InputError, match="'batch_size' = 'four' has the wrong type"):
+        cfg.capture_config(cfg.checkpoints[0], "x")
+
+
+def test_missing_checkpoint_is_refused_before_any_work(tmp_path, checkpoint):
+    f = _config(tmp_path, {"a": checkpoint("llama"), "b": tmp_path / "nowhere"})
+    r = runner.invoke(app, ["run", str(f), "--no-progress"])
+    assert r.exit_code == 2
+    assert "nowhere" in r.stderr and "does not exist" in r.stderr
+    assert not (tmp_path / "out" / "stores").exists()
+
+
+@pytest.mark.slow
+def test_run_end_to_end_then_resume_reuses_everything(tmp_path, checkpoint):
+    f = _config(tmp_path, {"base": checkpoint("llama"), "tuned": checkpoint("llama", seed=1),
+                           "tuned2": checkpoint("llama", seed=2)})
+    r = runner.invoke(app, ["run", str(f), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["capture", "analyze"] * 3 + ["compare", "report"]
+    cmp = pd.read_csv(out / "compare" / "compare.csv")
+    assert set(cmp["other"]) == {"tuned", "tuned2"} and set(cmp["ref"]) == {"base"}
+    doc = json.loads((out / "compare" / "compare.json").read_text())
+    assert doc["pairs"][0]["grad_concentration"] is not None  # weights were streamed from the checkpoints
+    assert len(doc["series"]) == 3
+    html = (out / "report" / "report.html").read_text()
+    assert "tuned2" in html and "data:image/png;base64," in html
+
+    r = runner.invoke(app, ["run", str(f), "--no-progress"])
+    assert r.exit_code == 2 and "--resume" in r.stderr
+    r = runner.invoke(app, ["run", str(f), "--no-progress", "--resume"])
+    assert r.exit_code == 0, r.output
+    again = json.loads((out / "summary.json").read_text())
+    assert all(s["skipped"] for s in again["stages"] if s["stage"] in ("capture", "analyze"))
+
+    f.write_text(f.read_text().replace("n_boot = 30", "n_boot = 31"))
+    r = runner.invoke(app, ["run", str(f), "--no-progress", "--resume"])
+    assert r.exit_code == 2 and "config changed" in r.stderr and "n_boot" in r.stderr
