@@ -44,8 +44,50 @@ class CaptureResult:
     self_check: dict | None
 
 
+@dataclass
+class Session:
+    """A loaded model bound to an open store: everything needed to capture any of its units."""
+
+    cfg: CaptureConfig
+    loaded: Loaded
+    anatomy: Anatomy
+    prompts: PromptSet
+    tokd: Tokenized
+    store: Store
+    check: dict | None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(p) for p in self.tokd.positions])
+
+    def capture_unit(self, unit: Unit, rec: Recorder) -> np.ndarray:
+        return _capture_unit(unit, self.loaded.model, self.loaded.tokenizer, rec, self.tokd, self.prompts,
+                             self.store, _input_device(self.loaded.model), self.cfg.batch_size)
+
+    def recorder(self) -> Recorder:
+        return Recorder(self.anatomy.blocks, self.store.layers, self.store.hidden.shape[2], self.anatomy.arch)
+
+    def run_unit(self, index: int) -> dict:
+        """Capture and write one unit synchronously (cluster actors); returns small metadata only."""
+        unit = self.store.units[index]
+        t0 = time.perf_counter()
+        with self.recorder() as rec:
+            block = self.capture_unit(unit, rec)
+        try:
+            self.store.write_unit(unit, block)
+        except OSError as e:
+            raise _write_error(e, unit, self.store) from None
+        return {"unit": index, "tokens": int(self.lengths[unit.seq_start : unit.seq_stop].sum()),
+                "seconds": time.perf_counter() - t0}
+
+
 def capture(cfg: CaptureConfig, progress: Progress | None = None, loaded: Loaded | None = None) -> CaptureResult:
-    """Run a capture. Every check that can refuse runs before an existing store is touched."""
+    """Run a capture in this process. Every check that can refuse runs before an existing store is touched."""
+    return _run_units(prepare(cfg, loaded), progress)
+
+
+def prepare(cfg: CaptureConfig, loaded: Loaded | None = None) -> Session:
+    """Load, discover, tokenize, self-check, then create the store (or open it to resume)."""
     exists = store_exists(cfg.out)
     if exists and not (cfg.resume or cfg.overwrite):
         raise StoreError(f"{cfg.out} already exists; pass --resume to finish it or --overwrite to replace it")
@@ -94,25 +136,25 @@ def capture(cfg: CaptureConfig, progress: Progress | None = None, loaded: Loaded
     if tokd.truncated.any():
         log.warning("%d of %d prompts were truncated to %d tokens", int(tokd.truncated.sum()),
                     len(tokd.truncated), cfg.max_length)
-    return _run_units(store, model, tok, anatomy, tokd, prompts, cfg, progress, check)
+    return Session(cfg, loaded, anatomy, prompts, tokd, store, check)
 
 
-def _run_units(store, model, tok, anatomy, tokd, prompts, cfg, progress, check) -> CaptureResult:
+def _run_units(session: Session, progress: Progress | None) -> CaptureResult:
+    store = session.store
     units = store.units
     done = store.done()
     todo = [u for u in units if not done[u.index]]
-    lengths = np.array([len(p) for p in tokd.positions])
+    lengths = session.lengths
     total = int(lengths.sum())
     finished = int(sum(lengths[u.seq_start : u.seq_stop].sum() for u in units if done[u.index]))
     if progress:
         progress(finished, total)
     t0 = time.perf_counter()
-    device = _input_device(model)
     writer = _Writer(store)
     try:
-        with Recorder(anatomy.blocks, store.layers, store.hidden.shape[2], anatomy.arch) as rec:
+        with session.recorder() as rec:
             for unit in todo:
-                block = _capture_unit(unit, model, tok, rec, tokd, prompts, store, device, cfg.batch_size)
+                block = session.capture_unit(unit, rec)
                 writer.submit(unit, block)
                 finished += int(lengths[unit.seq_start : unit.seq_stop].sum())
                 if progress:
@@ -121,7 +163,8 @@ def _run_units(store, model, tok, anatomy, tokd, prompts, cfg, progress, check) 
     finally:
         writer.stop()
     store.mark_complete()
-    return CaptureResult(store.path, len(todo), len(units) - len(todo), total, time.perf_counter() - t0, check)
+    return CaptureResult(store.path, len(todo), len(units) - len(todo), total, time.perf_counter() - t0,
+                         session.check)
 
 
 @torch.no_grad()
@@ -180,6 +223,15 @@ def _batch(tokd: Tokenized, seqs: list[int], tok, device, select: bool = False):
     return ids.to(device), mask.to(device), torch.tensor(flat, dtype=torch.long)
 
 
+def _write_error(e: OSError, unit: Unit, store: Store) -> StoreError:
+    if e.errno == errno.ENOSPC:
+        return StoreError(
+            f"disk full while writing unit {unit.index} (tokens {unit.token_start}–{unit.token_stop}) "
+            f"of {store.path}; finished units are kept: free space and rerun with --resume"
+        )
+    return StoreError(f"writing unit {unit.index} of {store.path} failed: {e}")
+
+
 class _Writer:
     """One background thread writing finished units (bounded queue: at most two units in memory)."""
 
@@ -201,13 +253,7 @@ class _Writer:
             try:
                 self.store.write_unit(unit, block)
             except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    self.error = StoreError(
-                        f"disk full while writing unit {unit.index} (tokens {unit.token_start}–{unit.token_stop}) "
-                        f"of {self.store.path}; finished units are kept: free space and rerun with --resume"
-                    )
-                else:
-                    self.error = StoreError(f"writing unit {unit.index} of {self.store.path} failed: {e}")
+                self.error = _write_error(e, unit, self.store)
             except BaseException as e:  # surfaced on the main thread
                 self.error = e
 

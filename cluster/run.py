@@ -79,20 +79,28 @@ def check_inputs(cfg: RunConfig) -> None:
         c = cfg.capture_config(ck, out="-")
         check_checkpoint(ck.path, allow_pickle=c.allow_pickle, trust_remote_code=c.trust_remote_code)
     cfg.analyze_config("-", "-")
+    cfg.cluster_config()
 
 
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: Progress | None = None,
-        capture_fn=None, analyze_submit=None) -> RunSummary:
-    """Run every stage. ``capture_fn(cfg_capture, progress)`` and ``analyze_submit`` let the cluster swap in Ray."""
+        address: str | None = None) -> RunSummary:
+    """Run every stage, in-process for one replica without an address, else on Ray (local or ``address``)."""
     from spinal.analyze.compare import compare
     from spinal.analyze.trace import Trace, analyze
     from spinal.analyze.weights import block_sq_change
     from spinal.capture import capture
 
     check_inputs(cfg)
+    cluster = cfg.cluster_config(**({"address": address} if address else {}))
     out = prepare_out(cfg, resume, overwrite)
     summary = RunSummary(str(out))
-    capture_fn = capture_fn or capture
+    capture_fn, analyze_submit = capture, None
+    if cluster.uses_ray:
+        from spinal.cluster.ray_capture import capture_on_ray, connect, ray_submit
+
+        connect(cluster.address)
+        capture_fn = lambda c, p: capture_on_ray(c, cluster, p)  # noqa: E731
+        analyze_submit = ray_submit
     traces = []
     for ck in cfg.checkpoints:
         store = str(out / "stores" / f"{ck.label}.zarr")

@@ -309,6 +309,8 @@ def run(
                                            "[analyze], [compare]"),
     resume: bool = typer.Option(False, "--resume", help="finish an interrupted run: completed stages are kept"),
     overwrite: bool = typer.Option(False, "--overwrite", help="delete the run folder and start again"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join ('auto' or HOST:PORT); "
+                                          "default: in-process, or a local Ray instance when [cluster] replicas > 1"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="draw progress bars on stderr"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens"),
 ) -> None:
@@ -320,7 +322,7 @@ def run(
     cfg = load_run_config(config)
     t0 = __import__("time").perf_counter()
     with _StageBars(progress) as bars:
-        summary = run_all(cfg, resume=resume, overwrite=overwrite, progress=bars)
+        summary = run_all(cfg, resume=resume, overwrite=overwrite, progress=bars, address=address)
     for s in summary.stages:
         tag = "reused" if s["skipped"] else f"{s['seconds']:.1f} s"
         err.print(f"  {s['stage']:<8} {s['label']:<24} {tag:>10}  {s['detail']}", highlight=False)

@@ -178,6 +178,7 @@ class RunConfig:
     analyze: dict = _help("AnalyzeConfig options (all but store/out)", default_factory=dict)
     compare: dict = _help("compare options: n_boot, seed, weights (bool: per-block parameter change)",
                           default_factory=dict)
+    cluster: dict = _help("ClusterConfig options: address, replicas, gpus_per_replica, …", default_factory=dict)
     source: str = _help("the TOML file this run came from", default="")
 
     def __post_init__(self) -> None:
@@ -196,6 +197,11 @@ class RunConfig:
         if unknown:
             raise InputError(f"{self.source}: unknown key(s) {sorted(unknown)} in [compare]; "
                              "known: n_boot, seed, null_splits, weights")
+
+    def cluster_config(self, **overrides):
+        from spinal.cluster.actors import ClusterConfig
+
+        return from_dict(ClusterConfig, {**self.cluster, **overrides}, where=f"{self.source} [cluster]")
 
     def capture_config(self, ck: Checkpoint, out: str, **kw) -> CaptureConfig:
         return from_dict(CaptureConfig, {**self.capture, "model": ck.path, "prompts": self.prompts, "out": out, **kw},
@@ -219,7 +225,7 @@ def load_run_config(path: str) -> RunConfig:
         doc = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{path}: not valid TOML ({e})") from None
-    known = {"run", "checkpoints", "capture", "analyze", "compare"}
+    known = {"run", "checkpoints", "capture", "analyze", "compare", "cluster"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise InputError(f"{path}: unknown table(s) {unknown}; known: {sorted(known)}")
@@ -249,4 +255,4 @@ def load_run_config(path: str) -> RunConfig:
             raise InputError(f"{path}: unknown key(s) {unknown} in [{table}]; known: {sorted(names)}")
     return RunConfig(out=rel(run["out"]), prompts=rel(run["prompts"]), checkpoints=tuple(cks),
                      capture=doc.get("capture", {}), analyze=doc.get("analyze", {}), compare=doc.get("compare", {}),
-                     source=str(path))
+                     cluster=doc.get("cluster", {}), source=str(path))

@@ -1,0 +1,89 @@
+"""Ray actors for capture (one per model replica) and Ray tasks for analysis; only small metadata crosses Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+
+from spinal.config import CaptureConfig
+from spinal.errors import SpinalError
+
+log = logging.getLogger(__name__)
+
+# Test-only fault injection: "UNIT:MARKER" makes the actor that first starts UNIT exit hard (a real
+# process death, as a crashed GPU worker would), once; MARKER records that it happened.
+FAULT_ENV = "SPINAL_FAULT_EXIT_ON_UNIT"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where and how wide a run executes."""
+
+    address: str | None = dataclasses.field(
+        default=None, metadata={"help": "Ray address: None = in-process (1 replica) or a local Ray instance; "
+                                        "'auto' joins the running cluster"})
+    replicas: int = dataclasses.field(default=1, metadata={"help": "model replicas (capture actors)"})
+    gpus_per_replica: int = dataclasses.field(
+        default=-1, metadata={"help": "GPUs per replica actor (-1: 1 if the cluster has GPUs, else 0)"})
+    cpus_per_replica: int = dataclasses.field(default=1, metadata={"help": "CPUs reserved per replica actor"})
+    max_unit_retries: int = dataclasses.field(
+        default=2, metadata={"help": "retries of a unit that raised an error before the run stops"})
+    analysis_workers: int = dataclasses.field(
+        default=0, metadata={"help": "concurrent analysis tasks (0: as many as the cluster has CPUs)"})
+
+    def __post_init__(self) -> None:
+        from spinal.errors import InputError
+
+        if self.replicas < 1:
+            raise InputError(f"[cluster] replicas={self.replicas}; must be ≥ 1")
+        if self.max_unit_retries < 0:
+            raise InputError(f"[cluster] max_unit_retries={self.max_unit_retries}; must be ≥ 0")
+
+    @property
+    def uses_ray(self) -> bool:
+        return self.address is not None or self.replicas > 1
+
+
+class CaptureActor:
+    """Holds one loaded replica; ``prepare`` binds it to the store, ``run_unit`` captures and writes one unit."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = CaptureConfig(**cfg)
+        self.session = None
+
+    def prepare(self, create: bool) -> dict:
+        from spinal.capture.runner import prepare
+
+        cfg = self.cfg if create else dataclasses.replace(self.cfg, resume=True, overwrite=False, self_check=False)
+        self.session = prepare(cfg)
+        return {"pid": os.getpid(), "n_units": self.session.store.meta["n_units"]}
+
+    def run_unit(self, index: int) -> dict:
+        _maybe_fault(index)
+        meta = self.session.run_unit(index)
+        meta["pid"] = os.getpid()
+        return meta
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+def _maybe_fault(index: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    unit, marker = spec.split(":", 1)
+    if int(unit) == index and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        os._exit(17)
+
+
+def user_error(e: BaseException) -> SpinalError | None:
+    """The SpinalError inside a Ray task error, if that is what failed."""
+    cause = getattr(e, "cause", None)
+    while cause is not None and not isinstance(cause, SpinalError):
+        cause = getattr(cause, "cause", None) or getattr(cause, "__cause__", None)
+    return cause if isinstance(cause, SpinalError) else None

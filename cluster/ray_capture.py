@@ -1,0 +1,168 @@
+"""Capture on Ray: replica actors pull work units from the driver; a dead actor's unit is redone elsewhere."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Callable
+
+from spinal.capture.load import check_checkpoint
+from spinal.capture.runner import CaptureResult
+from spinal.cluster.actors import CaptureActor, ClusterConfig, user_error
+from spinal.config import CaptureConfig
+from spinal.errors import InputError, SpinalError, StoreError
+from spinal.store import Store, store_exists
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str | None) -> None:
+    """Join ``address`` ('auto' or host:port) or start a local Ray instance; a clear error if unreachable."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = address or "a local instance"
+        raise InputError(f"cannot reach Ray at {where}: {str(e).splitlines()[0]}; start it with `ray start --head` "
+                         "or drop --address") from None
+
+
+def _gpus(cluster: ClusterConfig) -> float:
+    import ray
+
+    if cluster.gpus_per_replica >= 0:
+        return float(cluster.gpus_per_replica)
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def capture_on_ray(cfg: CaptureConfig, cluster: ClusterConfig, progress: Callable[[int, int], None] | None = None
+                   ) -> CaptureResult:
+    import ray
+
+    exists = store_exists(cfg.out)
+    if exists and not (cfg.resume or cfg.overwrite):
+        raise StoreError(f"{cfg.out} already exists; pass --resume to finish it or --overwrite to replace it")
+    check_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    connect(cluster.address)
+    gpus = _gpus(cluster)
+    nodes_gpus = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    if gpus > 0 and gpus > nodes_gpus:
+        raise InputError(f"gpus_per_replica={gpus:g}, but the largest node has {nodes_gpus:g} GPUs; "
+                         "a replica cannot span nodes")
+    Actor = ray.remote(CaptureActor).options(num_gpus=gpus, num_cpus=cluster.cpus_per_replica, max_restarts=0)
+    cfg_dict = {**cfg.__dict__, "resume": cfg.resume or exists and not cfg.overwrite}
+    actors = [Actor.remote(cfg_dict) for _ in range(cluster.replicas)]
+    t0 = time.perf_counter()
+    try:
+        first = _get(actors[0].prepare.remote(create=True))  # creates (or checks and reopens) the store
+        live = [actors[0]]
+        rest = {a.prepare.remote(create=False): a for a in actors[1:]}
+        for ref, a in rest.items():
+            try:
+                _get(ref)
+                live.append(a)
+            except ray.exceptions.RayActorError as e:
+                log.warning("a replica died while loading (%s); continuing with %d", e, len(live))
+        store = Store.open(cfg.out)
+        done = store.done()
+        units = store.units
+        todo = deque(u.index for u in units if not done[u.index])
+        seq_len = store.group["sequences/length"][:]
+        total = int(seq_len.sum())
+        finished = int(sum(seq_len[u.seq_start : u.seq_stop].sum() for u in units if done[u.index]))
+        written = _dispatch(todo, live, cluster.max_unit_retries, progress, finished, total)
+        store = Store.open(cfg.out, mode="r+")
+        store.mark_complete()
+        log.info("capture on %d replica(s) done: %s", len(live), first)
+        return CaptureResult(cfg.out, written, len(units) - written, total, time.perf_counter() - t0,
+                             store.meta.get("self_check"))
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
+def _get(ref):
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        err = user_error(e)
+        if err is not None:
+            raise err from None
+        raise
+
+
+def _dispatch(todo: deque, actors: list, max_retries: int, progress, finished: int, total: int) -> int:
+    """Keep every live actor busy with one unit; requeue the unit of a dead actor; stop on a unit that keeps failing."""
+    import ray
+
+    idle = list(actors)
+    inflight: dict = {}
+    failures: dict[int, int] = {}
+    written = 0
+    if progress:
+        progress(finished, total)
+    while todo or inflight:
+        while todo and idle:
+            a = idle.pop()
+            u = todo.popleft()
+            inflight[a.run_unit.remote(u)] = (a, u)
+        if not inflight:
+            raise StoreError(f"every capture replica died; {len(todo)} unit(s) left: rerun with --resume")
+        ready, _ = ray.wait(list(inflight), num_returns=1)
+        ref = ready[0]
+        a, u = inflight.pop(ref)
+        try:
+            meta = ray.get(ref)
+        except ray.exceptions.RayActorError:
+            log.warning("replica died during unit %d; the unit goes back in the queue", u)
+            todo.appendleft(u)  # the dead actor is not returned to the idle pool
+            continue
+        except ray.exceptions.RayTaskError as e:
+            failures[u] = failures.get(u, 0) + 1
+            cause = user_error(e) or e
+            if failures[u] > max_retries:
+                raise StoreError(f"unit {u} failed {failures[u]} time(s); last error: "
+                                 f"{str(cause).splitlines()[0]}") from None
+            log.warning("unit %d failed (%s); retrying", u, str(cause).splitlines()[0])
+            todo.append(u)
+            idle.append(a)
+            continue
+        written += 1
+        finished += meta["tokens"]
+        if progress:
+            progress(finished, total)
+        idle.append(a)
+    return written
+
+
+def ray_submit(tasks, workers: int, progress) -> list:
+    """Analysis fan-out as Ray CPU tasks (one per layer spectrum or lens unit range); results in task order."""
+    import ray
+
+    from spinal.analyze.trace import _call
+
+    remote = ray.remote(num_cpus=1, max_retries=2)(_call)
+    refs = [remote.remote(t) for t in tasks]
+    index = {r: i for i, r in enumerate(refs)}
+    out = [None] * len(refs)
+    pending = list(refs)
+    if progress:
+        progress(0, len(refs))
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        try:
+            out[index[ready[0]]] = ray.get(ready[0])
+        except ray.exceptions.RayTaskError as e:
+            err = user_error(e)
+            if err is not None:
+                raise err from None
+            raise SpinalError(f"analysis task failed: {str(e).splitlines()[0]}") from None
+        if progress:
+            progress(len(refs) - len(pending), len(refs))
+    return out

@@ -1,0 +1,227 @@
+"""`spinal plan` on meta-device models: GPUs per replica, device maps, the refusal, store sizes, parameter counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+
+from spinal.cluster.plan import TABLE_BYTES_PER_TOKEN, PlanConfig, plan
+from spinal.cluster.presets import ALIASES, PRESETS, block_list, build_meta_model
+from spinal.errors import InputError
+
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def llama70():
+    return build_meta_model("llama-3-70b", "bfloat16")
+
+
+@pytest.fixture(scope="module")
+def llama8():
+    return build_meta_model("meta-llama/Meta-Llama-3-8B", "bfloat16")
+
+
+@pytest.fixture(scope="module")
+def plan70(llama70):
+    cfg = PlanConfig(model="llama-3-70b", nodes=2, gpus_per_node=8, gpu_memory_gib=80, tokens=512 * 512)
+    return plan(cfg, llama70)
+
+
+def _placed_once(dmap: dict, name: str) -> bool:
+    """Exactly one map key places module/parameter ``name``, and no key splits it."""
+    covering = [k for k in dmap if k == "" or name == k or name.startswith(k + ".")]
+    inside = [k for k in dmap if k.startswith(name + ".")]
+    return len(covering) == 1 and not inside
+
+
+def test_llama3_70b_bf16_needs_two_80gib_gpus_per_replica(plan70, llama70):
+    p = plan70.placement
+    assert (p.gpus_per_replica, p.replicas_per_node, p.replicas, p.idle_gpus_per_node) == (2, 4, 8, 0)
+    dmap = p.device_map
+    assert set(dmap.values()) == {0, 1}  # nothing on "cpu" or "disk"
+    assert p.offloaded == ()
+    prefix, blocks = block_list(llama70.model)
+    assert len(blocks) == 80
+    assert all(_placed_once(dmap, f"{prefix}.{i}") for i in range(80))
+    assert all(_placed_once(dmap, n) for n, _ in llama70.model.named_parameters())
+    # each GPU's weights fit in what the plan left it after the reserve
+    usable = float(p.max_memory["0"].removesuffix("GiB"))
+    assert usable == pytest.approx(80 - p.reserve_gib, abs=0.01)
+    assert all(d["gib"] <= usable for d in p.devices)
+    # the compact description agrees with the exact map: block ranges partition 0–79 in order
+    ranges = [re.findall(r"blocks (\d+)–(\d+)", d["holds"]) for d in p.devices]
+    spans = [(int(a), int(b)) for r in ranges for a, b in r]
+    assert spans[0][0] == 0 and spans[-1][1] == 79
+    assert all(b + 1 == c for (_, b), (c, _) in zip(spans, spans[1:]))
+    for dev, (a, b) in zip((0, 1), spans):
+        assert {dmap[f"{prefix}.{i}"] for i in range(a, b + 1)} == {dev}
+    assert p.devices[0]["holds"].startswith("embed_tokens") and p.devices[-1]["holds"].endswith("lm_head")
+
+
+def test_one_gpu_per_replica_is_refused_for_70b(llama70):
+    cfg = PlanConfig(model="llama-3-70b", gpus_per_node=8, gpu_memory_gib=80, gpus_per_replica=1)
+    with pytest.raises(InputError, match=r"131\.4 GiB of weights.*1 × 80 GiB GPUs"):
+        plan(cfg, llama70)
+
+
+def test_llama3_8b_fits_one_80gib_gpu(llama8):
+    p = plan(PlanConfig(model="llama-3-8b", gpus_per_node=8, gpu_memory_gib=80), llama8).placement
+    assert (p.gpus_per_replica, p.replicas) == (1, 8)
+    assert set(p.device_map.values()) == {0}
+
+
+def test_70b_on_one_24gib_gpu_is_refused_with_the_sizes(llama70):
+    cfg = PlanConfig(model="llama-3-70b", gpus_per_node=1, gpu_memory_gib=24)
+    with pytest.raises(InputError) as e:
+        plan(cfg, llama70)
+    msg = str(e.value)
+    assert "Meta-Llama-3-70B in bfloat16 needs ~131.4 GiB of weights" in msg
+    assert "1 × 24 GiB" in msg and "allow_offload" in msg
+
+
+def test_offload_is_planned_only_when_allowed(llama70):
+    cfg = PlanConfig(model="llama-3-70b", gpus_per_node=1, gpu_memory_gib=24, allow_offload=True,
+                     offload_cpu_gib=100)
+    p = plan(cfg, llama70)
+    places = set(p.placement.device_map.values())
+    assert places == {0, "cpu", "disk"} and p.placement.offloaded
+    assert p.capture.bound == "offload streaming"
+    assert "OFFLOAD" in p.render()
+
+
+def test_store_size_per_token_is_layers_times_hidden_times_itemsize(plan70, llama70):
+    s = plan70.store
+    assert TABLE_BYTES_PER_TOKEN == 12  # tokens/ids, tokens/sequence, tokens/position as int32
+    assert s.layers == 81  # embedding output + 80 blocks
+    assert s.bytes_per_token == 81 * 8192 * 2 + 12
+    assert s.total_bytes == 512 * 512 * (81 * 8192 * 2 + 12)
+    assert s.lens_bytes == (128256 * 8192 + 8192) * 2
+    assert (s.t_chunk, s.t_shard) == (64, 512)  # 1 MiB chunks of 8192 bf16 values
+    sub = plan(PlanConfig(model="llama-3-70b", nodes=2, layers="0,40-41,80", tokens=1000), llama70).store
+    assert sub.bytes_per_token == 4 * 8192 * 2 + 12 and sub.total_bytes == 1000 * sub.bytes_per_token
+
+
+@pytest.mark.parametrize(
+    "name, published",
+    [
+        ("llama-3-70b", 70.6e9),
+        ("llama-3-8b", 8.03e9),
+        ("Qwen/Qwen2.5-72B", 72.7e9),
+        ("Mistral-7B-v0.1", 7.24e9),
+    ],
+)
+def test_meta_model_parameter_count_matches_the_published_figure(name, published, llama70, llama8):
+    meta = {"llama-3-70b": llama70, "llama-3-8b": llama8}.get(name) or build_meta_model(name, "bfloat16")
+    params = sum(p.numel() for p in meta.model.parameters())
+    assert params == pytest.approx(published, rel=0.01)
+    assert all(p.device.type == "meta" for p in meta.model.parameters())
+
+
+def test_compute_params_exclude_embedding_and_head(plan70):
+    m = plan70.model
+    assert m.params == 70_553_706_496
+    assert m.compute_params == m.params - 2 * 128256 * 8192  # untied embedding and lm_head
+
+
+def test_capture_time_follows_the_stated_assumptions(llama70):
+    base = dict(model="llama-3-70b", nodes=2, tokens=512 * 512, store_write_gib_s=1e6)  # compute-bound
+    a = plan(PlanConfig(**base), llama70).capture
+    b = plan(PlanConfig(**base, gpu_tflops=2 * 989.0), llama70).capture
+    assert a.bound == "GPU compute"
+    flops = 2 * (70_553_706_496 - 2 * 128256 * 8192) + 4 * 80 * 512 * 8192
+    assert a.flops_per_token == flops
+    assert a.tokens_s == pytest.approx(989e12 * 0.4 / flops)  # one GPU's rate: the map is a pipeline
+    assert b.run_s == pytest.approx(a.run_s / 2)
+    w = plan(PlanConfig(model="llama-3-70b", nodes=2, tokens=512 * 512), llama70).capture
+    assert w.bound == "store writes" and w.tokens_s == pytest.approx(GIB / (81 * 8192 * 2 + 12))
+    few = plan(PlanConfig(model="llama-3-70b", nodes=2, tokens=3 * 8192), llama70).capture
+    assert few.active_replicas == 3  # 3 work units for 8 replicas
+
+
+def test_analysis_cost_counts_gram_eigvalsh_and_lens(plan70):
+    a, n, d = plan70.analysis, 512 * 512, 8192
+    assert a.gram_flops == 81 * 2 * n * d * d
+    assert a.eigh_calls == 2 + 200 + 2 * 8
+    assert a.lens_flops == 81 * 2 * n * d * 128256
+    assert a.total_s == pytest.approx(a.gram_s + a.eigh_s + a.lens_s)
+
+
+def test_render_and_dict_state_every_assumption(plan70):
+    text = plan70.render()
+    for f in dataclasses.fields(PlanConfig):
+        if f.metadata.get("assumption"):
+            assert re.search(rf"^  {f.name} +=", text, re.M), f.name
+    assert "2 GPU(s) per replica → 4 per node, 8 in all" in text
+    mm = plan70.placement.max_memory
+    assert f"--max-memory 0={mm['0']},1={mm['1']}" in text  # what capture is given for one replica
+    d = json.loads(json.dumps(plan70.to_dict()))
+    assert d["placement"]["device_map"] == plan70.placement.device_map
+    assert d["store"]["bytes_per_token"] == 81 * 8192 * 2 + 12
+    assert d["config"]["gpu_tflops"] == 989.0
+
+
+def _tiny_config() -> dict:
+    return dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=128, max_position_embeddings=256,
+                tie_word_embeddings=False, torch_dtype="float32")
+
+
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_local_config_json(tmp_path, as_folder):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    (tmp_path / "config.json").write_text(json.dumps(_tiny_config()))
+    p = plan(PlanConfig(model=str(tmp_path if as_folder else tmp_path / "config.json"), dtype="auto",
+                        gpus_per_node=1, gpu_memory_gib=24, tokens=100))
+    assert p.model.dtype == "float32" and p.model.source == str(tmp_path / "config.json")
+    assert p.placement.gpus_per_replica == 1
+    assert p.store.bytes_per_token == 3 * 64 * 4 + 12
+    kw = _tiny_config()
+    real = AutoModelForCausalLM.from_config(AutoConfig.for_model(kw.pop("model_type"), **kw))
+    assert p.model.params == sum(t.numel() for t in real.parameters())
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(InputError) as e:
+        plan(PlanConfig(model="llama-4-400b"))
+    for name in list(ALIASES) + list(PRESETS):
+        assert name in str(e.value)
+
+
+def test_config_with_remote_code_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**_tiny_config(), "auto_map": {"AutoModel": "x.Y"}}))
+    with pytest.raises(InputError, match="auto_map"):
+        plan(PlanConfig(model=str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(gpus_per_node=0), "gpus_per_node"),
+        (dict(mfu=1.5), "mfu"),
+        (dict(gpus_per_replica=9), "gpus_per_replica"),
+        (dict(gpu_memory_gib=0), "gpu_memory_gib"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(layers="0,x"), "layers"),
+        (dict(tokens=0), "tokens"),
+    ],
+)
+def test_bad_config_names_the_field(kw, field):
+    with pytest.raises(InputError, match=field):
+        PlanConfig(model="llama-3-8b", **kw)
+
+
+def test_meta_model_must_match_the_config(llama8):
+    with pytest.raises(InputError, match="meta model given"):
+        plan(PlanConfig(model="llama-3-70b"), llama8)
+    with pytest.raises(InputError, match="meta model given"):
+        plan(PlanConfig(model="llama-3-8b", dtype="float32"), llama8)
+
+
+def test_reserve_larger_than_the_gpu_is_refused(llama8):
+    with pytest.raises(InputError, match="batch_size, seq_len or headroom_gib"):
+        plan(PlanConfig(model="llama-3-8b", gpu_memory_gib=4, headroom_gib=4), llama8)
