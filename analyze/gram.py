@@ -7,6 +7,7 @@ from functools import cached_property, reduce
 
 import numpy as np
 import torch
+from scipy.linalg.blas import dsyrk
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,13 @@ def _top_eigenvalues(gram: np.ndarray, rank: int) -> np.ndarray:
     """Largest ``rank`` eigenvalues of a symmetric PSD float64 matrix, descending, rounding negatives clipped to 0."""
     ev = np.linalg.eigvalsh(gram)[::-1][:rank]  # LAPACK float64 on CPU
     return np.clip(ev, 0.0, None)  # a PSD matrix's tiny negative eigenvalues are rounding
+
+
+def _symmetric_from_upper(m: np.ndarray) -> np.ndarray:
+    """A full symmetric copy of ``m`` built from its upper triangle (diagonal included)."""
+    out = np.triu(m)
+    out += np.triu(m, 1).T
+    return out
 
 
 def _as_float64(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -229,7 +237,7 @@ class GramAccumulator:
             ids = np.concatenate(self._row_blocks) if self._row_blocks else np.zeros(0, dtype=np.int64)
             return GramResult(self.dim, self.n_blocks, rows=rows, row_blocks=ids)
         blocks = tuple(
-            GramStats(int(self._count[b]), self._mean[b].copy(), self._scatter[b].copy())
+            GramStats(int(self._count[b]), self._mean[b].copy(), _symmetric_from_upper(self._scatter[b]))
             for b in range(self.n_blocks)
         )
         return GramResult(self.dim, self.n_blocks, blocks=blocks)
@@ -262,8 +270,10 @@ class GramAccumulator:
             part = x if present.size == 1 else x[ids == b]  # (token, dim)
             mean = part.mean(axis=0)
             xc = part - mean  # (token, dim), centered per chunk
-            np.matmul(xc.T, xc, out=self._buf)  # (dim, dim) float64
-            self._chan_add(int(b), part.shape[0], mean, self._buf)
+            # float64 SYRK: only the upper triangle of xcᵀxc, half a GEMM's flops. The lower triangle of
+            # the per-block scatter is never read; result() mirrors the upper one.
+            upper = dsyrk(1.0, xc.T, trans=0, lower=0)  # (dim, dim): xc.T is the Fortran view of xc
+            self._chan_add(int(b), part.shape[0], mean, upper)
             self.n += part.shape[0]
 
     def _chan_add(self, b: int, n_b: int, mean_b: np.ndarray, scatter_b: np.ndarray) -> None:

@@ -21,7 +21,7 @@ app = typer.Typer(
     help="Audit where preference alignment (DPO) reshapes a language model across depth.\n\n"
     "capture: checkpoint + prompts -> lossless Zarr store of every layer's residual stream. "
     "analyze: store -> depth trace (contraction a, transport L per layer), CPU only. "
-    "compare: traces -> Δ per layer with paired CIs. run: the whole batch job from a TOML config. "
+    "compare: traces -> Δ per layer with paired CIs. report: plots and one HTML page. run: the whole batch job from a TOML config. "
     "inspect / verify: what a store holds, and whether every chunk reads back intact.",
     no_args_is_help=True,
     add_completion=False,
@@ -275,6 +275,24 @@ def compare(
             highlight=False,
         )
     err.print(f"comparison written to {out}", highlight=False)
+
+
+@app.command()
+@cli_errors
+def report(
+    traces: list[str] = typer.Argument(..., help="trace folders (the reference first)"),
+    out: str = typer.Option(..., "--out", "-o", help="report folder: report.html and plots/*.png"),
+    comparison: Optional[str] = typer.Option(None, "--compare", "-c", help="comparison folder from `spinal compare`"),
+) -> None:
+    """Write PNG plots and one self-contained HTML report (opens offline) from traces and a comparison."""
+    from spinal.analyze.compare import Comparison
+    from spinal.analyze.report import write_report
+    from spinal.analyze.trace import Trace
+
+    loaded = [Trace.load(t) for t in traces]
+    cmp = Comparison.load(comparison) if comparison else None
+    path = write_report(loaded, cmp, out)
+    err.print(f"report written to {path}", highlight=False)
 
 
 class _StageBars:

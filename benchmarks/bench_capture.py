@@ -1,7 +1,7 @@
 """Capture throughput against the bare forward pass and a plain `output_hidden_states` + save script, in one run.
 
-    .venv/bin/python benchmarks/capture.py            # ~50M-parameter Llama-style model, all layers
-    .venv/bin/python benchmarks/capture.py --update-readme
+    .venv/bin/python benchmarks/bench_capture.py            # ~50M-parameter Llama-style model, all layers
+    .venv/bin/python benchmarks/bench_capture.py --update-readme
 
 All methods see the same batches (same prompts, same padding). Reported as ratios to the bare
 forward pass of the causal LM (what a user times first), plus peak memory at N and 2N prompts
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import llama_50m, machine, peak_rss_mib, write_prompts  # noqa: E402
+from common import llama_50m, machine, peak_rss_mib, update_readme, write_prompts  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -137,7 +137,7 @@ def render(r: dict) -> str:
     rows = [
         f"Capture, {r['model_params'] / 1e6:.0f}M-parameter Llama-style model, all {r['layers_stored']} layers, "
         f"{r['prompts']} prompts × {r['seq_len']} tokens, batch {r['batch']}, float32, "
-        f"{r['machine']['cores']} cores (`python benchmarks/capture.py`):",
+        f"{r['machine']['cores']} cores (`python benchmarks/bench_capture.py`):",
         "",
         "| method | seconds | tokens/s | × bare forward | bytes on disk | persisted copy |",
         "|---|---:|---:|---:|---:|---|",
@@ -150,17 +150,6 @@ def render(r: dict) -> str:
         f"Peak RSS of a capture process: {mem[0][1]:,.0f} MiB at {mem[0][0]}, {mem[1][1]:,.0f} MiB at {mem[1][0]}.",
     ]
     return "\n".join(rows)
-
-
-def update_readme(name: str, table: str) -> None:
-    readme = HERE.parent / "README.md"
-    text = readme.read_text()
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    if start not in text:
-        raise SystemExit(f"README.md has no {start} marker")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,302 @@
+"""A self-contained HTML report of depth traces and their comparison: inline CSS, base64 PNGs, no requests."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spinal.analyze import plots
+from spinal.analyze.compare import DEFINITIONS, Comparison
+from spinal.analyze.trace import Trace
+from spinal.errors import InputError
+
+OPERATIONAL = "operational definition — the paper's exact formula is not public"
+CONTRACTION_COLUMNS = ["layer", "a", "a_lo", "a_hi", "a_mle", "r2", "ks", "k_lo", "k_hi", "rank", "spikes",
+                       "floor_rank", "top1_share", "status", "a_raw", "status_raw", "null_sd_a"]
+TRANSPORT_COLUMNS = ["layer", "L_mean", "L_q05", "L_q25", "L_q50", "L_q75", "L_q95", "hellinger", "js", "entropy",
+                     "kl_final"]
+TRACE_DEFINITIONS = {
+    "a, a_lo, a_hi": "rank-decay exponent a (σ_k ∝ k^-a) of the centered hidden states, weighted LS over the fit "
+    "window, with its 95% block-bootstrap CI over sequences; α-ReQ = 2a, WeightWatcher α = 1 + 1/(2a)",
+    "a_mle, r2, ks": "cross-checks: Clauset-style MLE of a, weighted R² of the log-log fit, KS distance",
+    "k_lo, k_hi, rank, spikes, floor_rank": "fit window, numerical rank, leading spikes excluded, "
+    "storage noise-floor rank",
+    "status": "ok / poor-fit (low R² or MLE disagrees) / too-few-ranks (window too short): do not read a otherwise",
+    "a_raw, status_raw": "the same fit on the uncentered spectrum",
+    "L_mean, L_q05…L_q95": "Fisher–Rao step L_ℓ = 2 arccos BC(p_ℓ, p_ℓ₊₁) of the logit-lens "
+    "distributions, mean and quantiles over tokens, radians in [0, π]; blank on the last layer",
+    "entropy, kl_final, hellinger, js": "lens entropy (nats), KL to the last layer, Hellinger and "
+    "Jensen–Shannon of the step",
+}
+HOW_TO_READ = (
+    "Each checkpoint is a depth trace: per layer ℓ, the rank-decay exponent a (how fast the singular values of the "
+    "hidden states fall off; higher = contraction into fewer directions) and the Fisher–Rao step L (how far the "
+    "logit-lens prediction moves to the next layer). SPINAL's claim is that alignment shows as a late-layer rise of a "
+    "and a smaller L in the terminal window. Read a only where its fit status is 'ok' (other rows are highlighted); "
+    "a layer's change counts when its Holm-adjusted p is below 0.05 and it exceeds the null spread (highlighted "
+    "cells), since the null spread is the noise between two halves of the same checkpoint. The aggregates "
+    "(Δ_align, coherence, gradient concentration, SPINALScore) are this project's operational definitions."
+)
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px auto;max-width:1240px;
+ color:#222;padding:0 16px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;border-bottom:2px solid #ddd;padding-bottom:3px;margin-top:32px}
+h3{font-size:15px;margin:18px 0 6px}.muted{color:#666}
+table{border-collapse:collapse;margin:6px 0 12px;font-size:12.5px}
+th,td{border:1px solid #d6d6d6;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#f1f3f5;white-space:normal;vertical-align:bottom}td.txt,th.txt{text-align:left;white-space:normal}
+.st-ok{color:#1e7b34}.st-bad{background:#fff1cc;color:#8a5a00;font-weight:600}
+.st-few{background:#fde2e1;color:#a4271c;font-weight:600}tr.term td{border-bottom-color:#f4a340}
+tr.term td:first-child{box-shadow:inset 4px 0 #f4a340}.sig{background:#d7f0dc;font-weight:700}
+.flag{background:#fde2e1;color:#a4271c;font-weight:700}.note{font-size:12.5px;color:#7a4b00;background:#fff8e6;
+ border-left:4px solid #f4a340;padding:5px 9px;margin:4px 0 10px}
+figure{margin:10px 0 22px}figure img{max-width:100%;border:1px solid #e3e3e3}
+figcaption{font-size:12.5px;color:#555}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));
+ gap:8px}#banner{display:none;background:#a4271c;color:#fff;padding:8px 12px;font-weight:700}
+dl dt{font-weight:700;margin-top:6px}dl dd{margin:0 0 0 18px}details{margin:6px 0}summary{cursor:pointer}
+.scroll{overflow-x:auto}.pair{display:flex;flex-wrap:wrap;gap:0 18px;align-items:flex-start}
+caption{text-align:left;font-size:12.5px;color:#555;padding:2px 0}td.st-bad,td.st-few,td.st-ok{white-space:nowrap}
+"""
+SCRIPT = """
+window.addEventListener('load', function () {
+  var ok = 0, broken = 0;
+  Array.prototype.forEach.call(document.images, function (img) {
+    if (img.complete && img.naturalWidth === 0) { broken++; } else { ok++; }
+  });
+  document.body.setAttribute('data-images-ok', String(ok));
+  document.body.setAttribute('data-images-broken', String(broken));
+  if (broken) {
+    var b = document.getElementById('banner');
+    b.textContent = broken + ' of ' + (ok + broken) + ' plot(s) failed to decode: regenerate the report.';
+    b.style.display = 'block';
+  }
+});
+"""
+
+
+def esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def num(x, digits: int = 3) -> str:
+    """A number for a table cell: '—' for missing, integers plainly, tiny or huge values in e-notation."""
+    if x is None or isinstance(x, str):
+        return "—" if x is None else esc(x)
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    x = float(x)
+    if math.isnan(x):
+        return "—"
+    if x.is_integer() and abs(x) < 1e6 and digits == 0:
+        return str(int(x))
+    if x != 0 and (abs(x) < 10 ** -digits or abs(x) >= 1e5):
+        return f"{x:.2e}"
+    return f"{x:.{digits}f}"
+
+
+def _img(path: Path, alt: str, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
+def _status_class(s) -> str:
+    if s == "ok":
+        return "st-ok"
+    return "st-few" if s == "too-few-ranks" else "st-bad"
+
+
+def _trace_table(tr: Trace) -> str:
+    """Two tables side by side (they wrap on narrow screens): contraction per layer, transport per step."""
+    return ('<div class="pair">' + _layer_table(tr.table, CONTRACTION_COLUMNS, "contraction (a per layer ℓ)")
+            + _layer_table(tr.table, TRANSPORT_COLUMNS, "transport (step ℓ→ℓ+1) and lens companions") + "</div>")
+
+
+def _layer_table(table: pd.DataFrame, columns: list[str], caption: str) -> str:
+    cols = [c for c in columns if c in table.columns]
+    ints = {"layer", "k_lo", "k_hi", "rank", "spikes", "floor_rank"}
+    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+    body = []
+    for _, r in table.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if c in ("status", "status_raw"):
+                s = v if isinstance(v, str) else "unknown"
+                cells.append(f'<td class="txt {_status_class(s)}">{esc(s)}</td>')
+            else:
+                cells.append(f"<td>{num(v, 0 if c in ints else 3)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="scroll"><table><caption>{esc(caption)}</caption><tr>{head}</tr>{"".join(body)}'
+            "</table></div>")
+
+
+_SIG = ' class="sig"'
+
+
+def _pair_table(p) -> str:
+    t = p.table
+    head = ("<tr><th>layer</th><th>terminal</th><th>Δa [95% CI]</th><th>Holm p (a)</th><th>null a</th>"
+            "<th>loc a</th><th>ΔL [95% CI]</th><th>Holm p (L)</th><th>null L</th><th>loc L</th></tr>")
+    rows = []
+    for _, r in t.iterrows():
+        term = bool(r["terminal"])
+        cells = [f"<td>{num(r['layer'], 0)}</td>", f"<td>{'yes' if term else ''}</td>"]
+        for q in ("a", "L"):
+            holm = r[f"p_{q}_holm"] < plots.SIG
+            counts = holm and abs(r[f"d_{q}"]) > r[f"null_{q}"]  # the onset rule: significant and above the null
+            cells += [f"<td{_SIG if counts else ''}>{num(r[f'd_{q}'])} [{num(r[f'd_{q}_lo'])}, "
+                      f"{num(r[f'd_{q}_hi'])}]</td>",
+                      f"<td{_SIG if holm else ''}>{num(r[f'p_{q}_holm'])}</td>", f"<td>{num(r[f'null_{q}'])}</td>",
+                      f"<td>{num(r[f'loc_{q}'])}</td>"]
+        rows.append(f'<tr{" class=term" if term else ""}>' + "".join(cells) + "</tr>")
+    return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+
+
+def _summary_table(comparison: Comparison) -> str:
+    head = ("<tr><th class=txt>other − ref</th><th>onset a</th><th>onset L</th><th>terminal share a</th>"
+            "<th>terminal share L</th><th>Δ_align ± SE †</th><th>coherence ref → other †</th>"
+            "<th>Δcoherence †</th>"
+            "<th>gradient concentration †</th><th>SPINALScore †</th><th class=txt>terminal layers</th></tr>")
+    rows = []
+    for p in comparison.pairs:
+        s = p.summary
+        onset = lambda v: "none" if v is None or (isinstance(v, float) and math.isnan(v)) else num(v, 0)  # noqa: E731
+        term = s.get("terminal_layers") or []
+        rows.append(
+            f"<tr><td class=txt>{esc(p.other)} − {esc(p.ref)}</td><td>{onset(s.get('onset_a'))}</td>"
+            f"<td>{onset(s.get('onset_L'))}</td><td>{num(s.get('terminal_share_a'))}</td>"
+            f"<td>{num(s.get('terminal_share_L'))}</td>"
+            f"<td>{num(s.get('delta_align'))} ± {num(s.get('delta_align_se'))}</td>"
+            f"<td>{num(s.get('coherence_ref'))} → {num(s.get('coherence_other'))}</td>"
+            f"<td>{num(s.get('d_coherence'))}</td><td>{num(s.get('grad_concentration'))}</td>"
+            f"<td>{num(s.get('spinal_score'))}</td>"
+            f"<td class=txt>{esc(f'{min(term)}–{max(term)}') if term else '—'}</td></tr>")
+    return (f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+            f'<p class="note">† {esc(OPERATIONAL)} (METHOD.md §4); see Definitions.</p>')
+
+
+def _series_table(s: pd.DataFrame) -> str:
+    known = ["label", "terminal_a_gain", "terminal_L_change", "coherence", "destabilized", "reason"]
+    extra = [c for c in s.columns if c not in known]  # anything else compare adds is shown, not dropped
+    head = ("<tr><th class=txt>checkpoint</th><th>terminal a gain</th><th>terminal L change</th><th>coherence</th>"
+            + "".join(f"<th>{esc(c)}</th>" for c in extra) + "<th>destabilized</th><th class=txt>reason</th></tr>")
+    rows = []
+    for _, r in s.iterrows():
+        bad = bool(r.get("destabilized")) if pd.notna(r.get("destabilized")) else False
+        reason = r.get("reason") if isinstance(r.get("reason"), str) else ""
+        rows.append(f"<tr><td class=txt>{esc(r['label'])}</td><td>{num(r['terminal_a_gain'])}</td>"
+                    f"<td>{num(r['terminal_L_change'])}</td><td>{num(r['coherence'])}</td>"
+                    + "".join(f"<td>{num(r[c])}</td>" for c in extra)
+                    + f"<td{' class=flag' if bad else ''}>{'DESTABILIZED' if bad else 'no'}</td>"
+                    f"<td class=txt>{esc(reason)}</td></tr>")
+    return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+
+
+def _header(traces: list[Trace], comparison: Comparison | None) -> str:
+    keys = ["model", "architecture", "n_tokens", "n_sequences", "lens_tokens", "path_length", "straightness",
+            "tokens_sha256", "created"]
+    head = "<tr><th class=txt>checkpoint</th>" + "".join(f"<th class=txt>{esc(k)}</th>" for k in keys) + "</tr>"
+    rows = []
+    for tr in traces:
+        cells = []
+        for k in keys:
+            v = tr.meta.get(k)
+            if k == "tokens_sha256" and isinstance(v, str):
+                v = v[:12] + "…"
+            cells.append(f"<td class=txt>{num(v) if isinstance(v, float) else esc('—' if v is None else v)}</td>")
+        rows.append(f"<tr><td class=txt><b>{esc(tr.label)}</b></td>{''.join(cells)}</tr>")
+    settings = []  # shown once when every checkpoint agrees, else per checkpoint
+    for k in ("options", "window_rule", "fit", "alpha_name", "positions"):
+        vals = [json.dumps(tr.meta.get(k), sort_keys=True, default=str, ensure_ascii=False) for tr in traces]
+        if all(tr.meta.get(k) is None for tr in traces):
+            continue
+        if len(set(vals)) == 1:
+            settings.append(f"<dt>{esc(k)}</dt><dd><code>{esc(_plain(traces[0].meta.get(k)))}</code></dd>")
+        else:
+            settings += [f"<dt>{esc(k)} ({esc(tr.label)})</dt><dd><code>{esc(_plain(tr.meta.get(k)))}</code></dd>"
+                         for tr in traces]
+    if comparison is not None and comparison.meta:
+        settings.append(f"<dt>comparison settings</dt><dd><code>{esc(_plain(comparison.meta))}</code></dd>")
+    return (f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+            f'<h3>Options used</h3><dl>{"".join(settings)}</dl>')
+
+
+def _plain(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _figures(traces: list[Trace], comparison: Comparison | None, plot_dir: Path) -> tuple[str, str]:
+    """Draw every PNG into ``plot_dir``; return (main figures HTML, series figure HTML)."""
+    out = [_img(plots.plot_depth(traces, plot_dir / "depth.png"), "depth trace",
+                "a_ℓ with its 95% bootstrap CI and mean L_ℓ with its q25–q75 band; "
+                "hollow markers: fit status not ok.")]
+    if comparison is not None and comparison.pairs:
+        out.append(_img(plots.plot_deltas(comparison, plot_dir / "deltas.png"), "per-layer differences",
+                        "Δa and ΔL per layer with paired 95% CIs; grey: ± null spread; stars: Holm p < 0.05; "
+                        "orange: terminal window."))
+    out.append(_img(plots.plot_curve(traces, plot_dir / "curve.png"), "depth trajectory",
+                    "The (L, a) trajectory of each checkpoint; colour = layer, arrows point deeper."))
+    spec = []
+    for i, tr in enumerate(traces):
+        layers = [int(l) for l in tr.table["layer"] if int(l) in tr.spectra]
+        for layer in sorted({layers[len(layers) // 2], layers[-1]}) if layers else []:
+            p = plots.plot_spectrum(tr, layer, plot_dir / f"spectrum_{i}_layer{layer}.png")
+            spec.append(_img(p, f"spectrum {tr.label} layer {layer}", f"{tr.label}, layer {layer}"))
+    if spec:
+        out.append("<h3>Spectra (middle and last layer of each checkpoint)</h3>"
+                   f'<div class="grid">{"".join(spec)}</div>')
+    series = ""
+    if comparison is not None and comparison.series is not None and not comparison.series.empty:
+        series = _img(plots.plot_series(comparison, plot_dir / "series.png"), "checkpoint series",
+                      "Terminal a gain, terminal L change and coherence per checkpoint; red X: destabilized.")
+    return "".join(out), series
+
+
+def write_report(traces: list[Trace], comparison: Comparison | None, out_dir: str | Path) -> Path:
+    """Write ``out_dir/plots/*.png`` and the self-contained ``out_dir/report.html``; return the HTML's path."""
+    traces = list(traces)
+    if not traces:
+        raise InputError("no traces to report on; pass at least one trace folder")
+    out_dir = Path(out_dir)
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    figs, series_fig = _figures(traces, comparison, plot_dir)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    parts = [f"<h1>SPINAL depth audit</h1><p class=muted>{len(traces)} checkpoint(s): "
+             f"{esc(', '.join(t.label for t in traces))} · generated {esc(when)}</p>",
+             _header(traces, comparison), f"<h2>How to read this</h2><p>{esc(HOW_TO_READ)}</p>"]
+    if comparison is not None and comparison.pairs:
+        parts.append(f"<h2>Summary per pair</h2>{_summary_table(comparison)}")
+    parts.append(f"<h2>Figures</h2>{figs}")
+    if series_fig:
+        ramp = comparison.meta.get("ramp_onset")
+        onset = f"<p>Onset of the terminal a ramp: <b>{esc(ramp if ramp is not None else 'none')}</b></p>"
+        parts.append(f"<h2>Training series</h2>{onset}{series_fig}{_series_table(comparison.series)}")
+    if comparison is not None and comparison.pairs:
+        parts.append("<h2>Per-layer comparison</h2><p class=muted>Highlighted: Holm-adjusted p &lt; 0.05 "
+                     "(p cell), and also |Δ| above the null spread (Δ cell: the change counts). "
+                     "Marked rows: terminal window. ΔL at layer ℓ is the step ℓ→ℓ+1.</p>")
+        parts += [f"<h3>{esc(p.other)} − {esc(p.ref)}</h3>{_pair_table(p)}" for p in comparison.pairs]
+    parts.append("<h2>Per-layer traces</h2><p class=muted>Fit status: "
+                 "<span class=st-ok>ok</span>, <span class=st-bad>poor-fit</span>, "
+                 "<span class=st-few>too-few-ranks</span>.</p>")
+    parts += [f"<h3>{esc(tr.label)}</h3>{_trace_table(tr)}" for tr in traces]
+    defs = {**DEFINITIONS, **TRACE_DEFINITIONS}
+    parts.append("<h2>Definitions</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in defs.items())
+                 + "</dl>")
+    doc = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>SPINAL report</title>'
+           f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
+           f'<script>{SCRIPT}</script></head><body><div id="banner"></div>{"".join(parts)}</body></html>')
+    path = out_dir / "report.html"
+    path.write_text(doc, encoding="utf-8")
+    return path
