@@ -81,7 +81,7 @@ class PlanConfig:
     cpu_gflops_eigh: float = _opt("GFLOP/s per core in LAPACK eigvalsh, counted as 4/3·d³ per call "
                                   "(memory-bound: ~4 on one idle EPYC core at d=4096, less with all cores busy)",
                                   3.0, True)
-    cpu_gflops_f32: float = _opt("GFLOP/s per core, float32 matrix product (the logit lens)", 50.0, True)
+    cpu_gflops_f32: float = _opt("GFLOP/s per core, float32 matrix product (the logit lens)", 40.0, True)
     lens_tokens: int = _opt("tokens of the transport (lens) pass; 0 = all", _default(AnalyzeConfig, "lens_tokens"),
                             True)
     n_boot: int = _opt("bootstrap resamples per layer (one eigvalsh each)", _default(AnalyzeConfig, "n_boot"), True)
@@ -252,8 +252,8 @@ def _parts(model: nn.Module) -> list[tuple[str, str | int]]:
                 out.extend((f"{full}.{i}", i) for i in range(len(child)))
             elif prefix.startswith(full + "."):
                 walk(child, full + ".")
-            else:
-                out.append((full, name))
+            elif any(True for _ in child.parameters()) or any(True for _ in child.buffers()):
+                out.append((full, name))  # modules without weights (dropout) hold nothing worth naming
 
     walk(model, "")
     return out
@@ -427,14 +427,15 @@ def capture_time(cfg: PlanConfig, meta: MetaModel, facts: ModelFacts, p: Placeme
 def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisCost:
     """CPU cost of one checkpoint's trace (METHOD.md §2–3), per stored layer:
 
-    - Gram: 2·N·d·r float64 (r = min(N, d): below d tokens the rows' N×N Gram is used);
-    - eigvalsh: 4/3·r³ each, for the centered and raw fits, every bootstrap resample and
+    - Gram: N·d² float64 (SYRK: the upper triangle only, analyze/gram.py), or 2·N²·d below d
+      tokens, where the rows' N×N Gram is used instead;
+    - eigvalsh: 4/3·r³ each (r = min(N, d)), for the centered and raw fits, every bootstrap resample and
       both halves of every null split;
     - lens: 2·T·d·V float32 for the T transport tokens (log-softmax and distances are O(T·V)).
     """
     n, d, layers = cfg.tokens, facts.hidden, s.layers
     r = min(n, d)
-    gram = layers * 2.0 * n * d * r
+    gram = layers * (float(n) * d * d if n >= d else 2.0 * n * n * d)
     calls = 2 + cfg.n_boot + 2 * cfg.null_splits
     eigh = layers * calls * (4 / 3) * float(r) ** 3
     t = n if cfg.lens_tokens == 0 else min(cfg.lens_tokens, n)

@@ -130,6 +130,10 @@ def build_meta_model(model: str, dtype: str = "auto") -> MetaModel:
         hf_cfg = AutoConfig.for_model(cfg["model_type"], **kw)
         with init_empty_weights():
             net = AutoModelForCausalLM.from_config(hf_cfg, dtype=_TORCH_DTYPES[real])
+        # init_empty_weights re-registers every parameter, which leaves tied embeddings untied (two
+        # copies: the map would place lm_head apart from the embedding and count it twice). Tie them
+        # again as a real load does.
+        net.tie_weights()
     except (ValueError, KeyError, TypeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"{source}: cannot build a causal LM from this config ({msg})") from None

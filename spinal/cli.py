@@ -22,7 +22,7 @@ app = typer.Typer(
     "capture: checkpoint + prompts -> lossless Zarr store of every layer's residual stream. "
     "analyze: store -> depth trace (contraction a, transport L per layer), CPU only. "
     "compare: traces -> Δ per layer with paired CIs. report: plots and one HTML page. run: the whole batch job from a TOML config. "
-    "inspect / verify: what a store holds, and whether every chunk reads back intact.",
+    "plan: size a cluster capture from a model config. inspect / verify: what a store holds, and whether every chunk reads back intact.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -293,6 +293,51 @@ def report(
     cmp = Comparison.load(comparison) if comparison else None
     path = write_report(loaded, cmp, out)
     err.print(f"report written to {path}", highlight=False)
+
+
+@app.command()
+@cli_errors
+def plan(
+    model: str = typer.Argument(..., help="preset (llama-3-8b, llama-3-70b, qwen2.5-72b, mistral-7b) or a local "
+                                          "config.json / checkpoint folder; no weights are read"),
+    gpus_per_node: int = typer.Option(8, help="GPUs in each node (a replica never spans nodes)"),
+    gpu_memory_gib: float = typer.Option(80.0, help="memory of one GPU, GiB"),
+    nodes: int = typer.Option(1, help="nodes with GPUs"),
+    tokens: int = typer.Option(512 * 512, help="stored tokens per checkpoint (prompts × tokens per prompt)"),
+    dtype: str = typer.Option("bfloat16", help="weights and activations dtype"),
+    layers: str = typer.Option("all", help="stored layers, capture's syntax"),
+    gpus_per_replica: Optional[int] = typer.Option(None, help="force the GPUs per replica (default: the fewest that fit)"),
+    allow_offload: bool = typer.Option(False, "--allow-offload", help="plan a replica that spills to CPU/disk"),
+    assume: Optional[list[str]] = typer.Option(
+        None, "--set", help="override any other PlanConfig field, e.g. --set gpu_tflops=312 --set mfu=0.35 "
+                            "(the throughput assumptions are printed with the plan)"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+) -> None:
+    """Size a capture before paying for it: GPUs per replica, device maps, store size, capture and analysis time."""
+    import dataclasses as dc
+
+    from spinal.cluster.plan import PlanConfig, plan as make_plan
+    from spinal.config import from_dict
+
+    values = dict(model=model, gpus_per_node=gpus_per_node, gpu_memory_gib=gpu_memory_gib, nodes=nodes,
+                  tokens=tokens, dtype=dtype, layers=layers, gpus_per_replica=gpus_per_replica,
+                  allow_offload=allow_offload)
+    types = {f.name: str(f.type) for f in dc.fields(PlanConfig)}
+    for item in assume or []:
+        if "=" not in item:
+            raise SpinalError(f"--set {item!r}: expected KEY=VALUE, e.g. --set mfu=0.35")
+        k, v = (x.strip() for x in item.split("=", 1))
+        typ = types.get(k, "")
+        try:
+            values[k] = int(v) if typ.startswith("int") else float(v) if "float" in typ else (
+                v.lower() in ("1", "true", "yes") if typ.startswith("bool") else v)
+        except ValueError:
+            raise SpinalError(f"--set {k}={v}: expected a number for {k} ({typ})") from None
+    result = make_plan(from_dict(PlanConfig, values, where="spinal plan"))
+    if as_json:
+        out.print_json(json.dumps(result.to_dict(), default=str))
+    else:
+        out.print(result.render(), highlight=False, soft_wrap=True)
 
 
 class _StageBars:

@@ -144,7 +144,7 @@ def test_capture_time_follows_the_stated_assumptions(llama70):
 
 def test_analysis_cost_counts_gram_eigvalsh_and_lens(plan70):
     a, n, d = plan70.analysis, 512 * 512, 8192
-    assert a.gram_flops == 81 * 2 * n * d * d
+    assert a.gram_flops == 81 * n * d * d  # SYRK: half a GEMM's 2·N·d²
     assert a.eigh_calls == 2 + 200 + 2 * 8
     assert a.lens_flops == 81 * 2 * n * d * 128256
     assert a.total_s == pytest.approx(a.gram_s + a.eigh_s + a.lens_s)
@@ -183,6 +183,23 @@ def test_local_config_json(tmp_path, as_folder):
     kw = _tiny_config()
     real = AutoModelForCausalLM.from_config(AutoConfig.for_model(kw.pop("model_type"), **kw))
     assert p.model.params == sum(t.numel() for t in real.parameters())
+
+
+def test_tied_embeddings_are_counted_and_placed_once(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kw = dict(n_embd=512, n_layer=8, n_head=8, vocab_size=16384, n_positions=256, bos_token_id=0, eos_token_id=0)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", **kw}))
+    real = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", **kw))
+    assert real.lm_head.weight is real.transformer.wte.weight
+    # 0.126 GiB of float32 weights on 0.1 GiB GPUs: the map must split over two
+    p = plan(PlanConfig(model=str(tmp_path), dtype="float32", gpus_per_node=4, gpu_memory_gib=0.1,
+                        headroom_gib=0, batch_size=1, seq_len=2, tokens=10))
+    assert p.model.params == sum(t.numel() for t in real.parameters())
+    assert p.model.compute_params == p.model.params - 16384 * 512  # one shared embedding matrix
+    dmap = p.placement.device_map
+    assert p.placement.gpus_per_replica == 2 and set(dmap.values()) == {0, 1}
+    assert dmap["lm_head"] == dmap["transformer.wte"]  # the shared matrix lives on one GPU
 
 
 def test_unknown_preset_lists_the_presets():
