@@ -89,7 +89,7 @@ def test_killed_driver_resumes_without_redoing_finished_units(checkpoint, tmp_pa
     import sys
     import time
 
-    rows = [{"id": f"q{i}", "prompt": f"Kindly describe topic {i} in two short sentences."} for i in range(48)]
+    rows = [{"id": f"q{i}", "prompt": f"Kindly describe topic {i} in two short sentences."} for i in range(24)]
     write_jsonl(tmp_path / "prompts.jsonl", rows)
     (tmp_path / "run.toml").write_text(
         '[run]\nout = "out"\nprompts = "prompts.jsonl"\n'
@@ -106,7 +106,10 @@ def test_killed_driver_resumes_without_redoing_finished_units(checkpoint, tmp_pa
     deadline = time.time() + 240
     while time.time() < deadline and not (done_dir.exists() and len(os.listdir(done_dir)) >= 3):
         time.sleep(0.05)
+    alive = proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
+    assert alive, "the run finished before it could be killed"
+    assert done_dir.exists(), "no unit was captured within the deadline"
     proc.wait()
     # the actors share the driver's fate; a unit already being written may still finish (and is then done,
     # exactly once): count after they are gone
