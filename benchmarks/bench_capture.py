@@ -65,6 +65,66 @@ def time_hf_save(model, batches, out: Path) -> tuple[float, int]:
     return dt, sum(f.stat().st_size for f in out.iterdir())
 
 
+@torch.no_grad()
+def time_transformerlens(ckpt: Path, model, tok, batches, out: Path) -> tuple[float, int]:
+    """TransformerLens (TransformerBridge) run_with_cache on the residual stream only, + np.save per batch."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(str(ckpt), hf_model=model, tokenizer=tok)
+    n = len(model.model.layers)
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n)]
+    wanted = set(names)
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    for i, (ids, mask) in enumerate(batches):
+        _, cache = bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda k: k in wanted)
+        np.save(out / f"batch{i:05d}.npy", torch.stack([cache[k] for k in names]).numpy())
+    dt = time.perf_counter() - t
+    return dt, sum(f.stat().st_size for f in out.iterdir())
+
+
+@torch.no_grad()
+def time_nnsight(model, tok, batches, out: Path) -> tuple[float, int]:
+    """nnsight trace saving every block's input/output, + np.save per batch."""
+    import nnsight
+    from nnsight import LanguageModel
+
+    lm = LanguageModel(model, tokenizer=tok)
+    n = len(model.model.layers)
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    for i, (ids, mask) in enumerate(batches):
+        with lm.trace({"input_ids": ids, "attention_mask": mask}):
+            outs = nnsight.save([])
+            outs.append(lm.model.layers[0].inputs)
+            for j in range(n):
+                outs.append(lm.model.layers[j].output)
+        args, kwargs = outs[0]
+        first = args[0] if args else kwargs["hidden_states"]
+        rest = [o[0] if isinstance(o, tuple) else o for o in outs[1:]]
+        np.save(out / f"batch{i:05d}.npy", torch.stack([first] + rest).numpy())
+    dt = time.perf_counter() - t
+    return dt, sum(f.stat().st_size for f in out.iterdir())
+
+
+def bit_exact(npy_dir: Path, store_path: Path, batches) -> bool:
+    """Does batch 0 of a peer's copy equal SPINAL's store (pre-norm states) at every stored token, bit for bit?"""
+    from spinal.store import Store
+
+    saved = np.load(npy_dir / "batch00000.npy")  # (layer, batch, seq, dim)
+    store = Store.open(str(store_path))
+    t = store.tokens()
+    mask = batches[0][1].numpy()
+    for li in range(saved.shape[0]):
+        ours = store.hidden[li][...]
+        for b in range(saved.shape[1]):
+            sel = (t["sequence"] == b)
+            pos = t["position"][sel]
+            if not np.array_equal(saved[li, b, pos], ours[sel]) or mask[b, pos].min() == 0:
+                return False
+    return True
+
+
 def time_spinal(ckpt: Path, prompts: Path, out: Path, batch: int, model, tok) -> tuple[float, int]:
     from spinal.capture import capture
     from spinal.capture.load import Loaded
@@ -76,7 +136,8 @@ def time_spinal(ckpt: Path, prompts: Path, out: Path, batch: int, model, tok) ->
     t = time.perf_counter()
     capture(cfg, loaded=Loaded(model, tok, source))
     dt = time.perf_counter() - t
-    return dt, sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    # activations only: the lens (here a 32000 × 512 float32 unembedding, 62.5 MiB) is reported apart
+    return dt, sum(f.stat().st_size for f in (out / "hidden").rglob("*") if f.is_file())
 
 
 def peak_memory(ckpt: Path, prompts: Path, out: Path, batch: int) -> float:
@@ -107,18 +168,26 @@ def main(argv=None) -> dict:
     base = time_forward(model, batches, base=True)
     spinal_s, spinal_bytes = time_spinal(ckpt, prompts, work / "spinal.zarr", args.batch, model, tok)
     hf_s, hf_bytes = time_hf_save(model, batches, work / "hf-npy")
+    tl_s, tl_bytes = time_transformerlens(ckpt, model, tok, batches, work / "tl-npy")
+    nn_s, nn_bytes = time_nnsight(model, tok, batches, work / "nnsight-npy")
+    exact = {name: bit_exact(work / d, work / "spinal.zarr", batches)
+             for name, d in (("hf_hidden_states_npy", "hf-npy"), ("transformerlens_npy", "tl-npy"),
+                             ("nnsight_npy", "nnsight-npy"))}
     prompts2 = write_prompts(work / "prompts2.jsonl", 2 * args.prompts, args.length, seed=1)
     mem1 = peak_memory(ckpt, prompts, work / "m1.zarr", args.batch)
     mem2 = peak_memory(ckpt, prompts2, work / "m2.zarr", args.batch)
     res = {
         "benchmark": "capture", "machine": machine(), "model_params": n_params, "layers_stored": 9,
         "prompts": args.prompts, "seq_len": args.length, "batch": args.batch, "stored_tokens": stored,
-        "seconds": {"bare_forward": bare, "base_forward": base, "spinal_capture": spinal_s, "hf_hidden_states_npy": hf_s},
+        "seconds": {"bare_forward": bare, "base_forward": base, "spinal_capture": spinal_s,
+                    "hf_hidden_states_npy": hf_s, "transformerlens_npy": tl_s, "nnsight_npy": nn_s},
         "ratio_to_bare_forward": {"spinal_capture": bare / spinal_s, "hf_hidden_states_npy": bare / hf_s,
+                                  "transformerlens_npy": bare / tl_s, "nnsight_npy": bare / nn_s,
                                   "base_forward": bare / base},
-        "bytes_on_disk": {"spinal_capture": spinal_bytes, "hf_hidden_states_npy": hf_bytes},
+        "bytes_on_disk": {"spinal_capture": spinal_bytes, "hf_hidden_states_npy": hf_bytes,
+                          "transformerlens_npy": tl_bytes, "nnsight_npy": nn_bytes},
         "peak_rss_mib": {f"{args.prompts} prompts": mem1, f"{2 * args.prompts} prompts": mem2},
-        "bit_exact": {"spinal_capture": True, "hf_hidden_states_npy": "float32 exact, but last layer final-normed and padding kept"},
+        "bit_exact_vs_pre_norm_states": {"spinal_capture": True, **exact},
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "capture-cpu.json").write_text(json.dumps(res, indent=2))
@@ -139,13 +208,22 @@ def render(r: dict) -> str:
         f"{r['prompts']} prompts × {r['seq_len']} tokens, batch {r['batch']}, float32, "
         f"{r['machine']['cores']} cores (`python benchmarks/bench_capture.py`):",
         "",
-        "| method | seconds | tokens/s | × bare forward | bytes on disk | persisted copy |",
+        "| method | seconds | tokens/s | throughput × bare forward | bytes on disk | persisted copy |",
         "|---|---:|---:|---:|---:|---|",
         f"| bare forward (causal LM, nothing kept) | {s['bare_forward']:.2f} | {tok / s['bare_forward']:,.0f} | 1.00 | – | – |",
+        f"| bare forward, base model only (no vocab head; what SPINAL runs) | {s['base_forward']:.2f} | "
+        f"{tok / s['base_forward']:,.0f} | {rt['base_forward']:.2f} | – | – |",
         f"| spinal capture (lossless Zarr, zstd + crc32c) | {s['spinal_capture']:.2f} | {tok / s['spinal_capture']:,.0f} | "
-        f"{rt['spinal_capture']:.2f} | {b['spinal_capture'] / 2**20:,.1f} MiB | bit-exact, pre-norm last layer |",
-        f"| HF `output_hidden_states` + `np.save` | {s['hf_hidden_states_npy']:.2f} | {tok / s['hf_hidden_states_npy']:,.0f} | "
-        f"{rt['hf_hidden_states_npy']:.2f} | {b['hf_hidden_states_npy'] / 2**20:,.1f} MiB | padding kept, last layer final-normed |",
+        f"{rt['spinal_capture']:.2f} | {b['spinal_capture'] / 2**20:,.1f} MiB (+ lens) | bit-exact, pre-norm last "
+        "layer, stored positions only |",
+    ]
+    ex = r["bit_exact_vs_pre_norm_states"]
+    for key, name in (("hf_hidden_states_npy", "HF `output_hidden_states` + `np.save`"),
+                      ("transformerlens_npy", "TransformerLens `run_with_cache` (resid only) + `np.save`"),
+                      ("nnsight_npy", "nnsight `trace` + `.save()` + `np.save`")):
+        rows.append(f"| {name} | {s[key]:.2f} | {tok / s[key]:,.0f} | {rt[key]:.2f} | {b[key] / 2**20:,.1f} MiB | "
+                    f"{'bit-exact' if ex[key] is True else 'not bit-exact (HF: last layer final-normed)'}, padding kept |")
+    rows += [
         "",
         f"Peak RSS of a capture process: {mem[0][1]:,.0f} MiB at {mem[0][0]}, {mem[1][1]:,.0f} MiB at {mem[1][0]}.",
     ]
