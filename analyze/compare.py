@@ -36,6 +36,9 @@ DEFINITIONS = {
     "destabilized": "training series: terminal a gain falls more than the null spread below its best so far, "
     "terminal ΔL rises more than the null spread above its lowest, or coherence drops more than its bootstrap spread",
     "ramp_onset": "first checkpoint in the series whose terminal a gain exceeds the null spread",
+    "cross_readout": "per layer, mean Fisher–Rao distance between lens_ref(h_ref) and lens_other(h_other) (total), "
+    "lens_ref(h_ref) and lens_ref(h_other) (the representation moved), lens_ref(h_other) and lens_other(h_other) "
+    "(the readout moved)",
     "spinal_score": "operational: weighted sum of z-scores: Δ_align / its bootstrap SE, Δcoherence / null spread, "
     "(grad share − uniform share) / uniform share; weights recorded",
 }
@@ -108,6 +111,16 @@ def _jsonable(o):
     if isinstance(o, (np.bool_,)):
         return bool(o)
     return str(o)
+
+
+def with_cross_readout(comparison: Comparison, frames: dict[str, pd.DataFrame]) -> Comparison:
+    """Add cross-readout columns (fr_total, fr_representation, fr_readout) to each pair's table, keyed by label."""
+    pairs = []
+    for p in comparison.pairs:
+        f = frames.get(p.other)
+        t = p.table if f is None else p.table.merge(f.drop(columns=["tokens"]), on="layer", how="left")
+        pairs.append(PairComparison(p.ref, p.other, t, p.summary))
+    return Comparison(tuple(pairs), comparison.series, comparison.meta)
 
 
 def terminal_layers(n_blocks: int) -> list[int]:

@@ -145,8 +145,10 @@ _SIG = ' class="sig"'
 
 def _pair_table(p) -> str:
     t = p.table
+    cross = "fr_total" in t.columns  # cross-readout lens columns, when the stores were at hand
     head = ("<tr><th>layer</th><th>terminal</th><th>Δa [95% CI]</th><th>Holm p (a)</th><th>null a</th>"
-            "<th>loc a</th><th>ΔL [95% CI]</th><th>Holm p (L)</th><th>null L</th><th>loc L</th></tr>")
+            "<th>loc a</th><th>ΔL [95% CI]</th><th>Holm p (L)</th><th>null L</th><th>loc L</th>"
+            + ("<th>FR total</th><th>FR representation</th><th>FR readout</th>" if cross else "") + "</tr>")
     rows = []
     for _, r in t.iterrows():
         term = bool(r["terminal"])
@@ -158,6 +160,8 @@ def _pair_table(p) -> str:
                       f"{num(r[f'd_{q}_hi'])}]</td>",
                       f"<td{_SIG if holm else ''}>{num(r[f'p_{q}_holm'])}</td>", f"<td>{num(r[f'null_{q}'])}</td>",
                       f"<td>{num(r[f'loc_{q}'])}</td>"]
+        if cross:
+            cells += [f"<td>{num(r[c])}</td>" for c in ("fr_total", "fr_representation", "fr_readout")]
         rows.append(f'<tr{" class=term" if term else ""}>' + "".join(cells) + "</tr>")
     return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
 

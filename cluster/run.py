@@ -140,6 +140,16 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
                 log.warning("gradient concentration skipped: %s", e)
         comparison = compare(traces, seed=cfg.compare.get("seed", 0), n_boot=cfg.compare.get("n_boot", 1000),
                              null_splits=cfg.compare.get("null_splits", 32), grad=grad)
+        n_cross = cfg.compare.get("cross_readout_tokens", 20000)
+        if n_cross:
+            from spinal.analyze.compare import with_cross_readout
+            from spinal.analyze.cross_readout import cross_readout
+
+            ref_store = str(out / "stores" / f"{cfg.checkpoints[0].label}.zarr")
+            frames = {ck.label: cross_readout(ref_store, str(out / "stores" / f"{ck.label}.zarr"),
+                                              lens_tokens=n_cross, seed=cfg.compare.get("seed", 0))
+                      for ck in cfg.checkpoints[1:]}
+            comparison = with_cross_readout(comparison, frames)
         comparison.save(out / "compare", overwrite=True)
         summary.comparison = str(out / "compare")
         summary.add("compare", ",".join(t.label for t in traces), time.perf_counter() - t0, False)

@@ -249,6 +249,9 @@ def compare(
     out: str = typer.Option(..., "--out", "-o", help="comparison folder (compare.parquet/.csv/.json, series.csv)"),
     weights: Optional[list[str]] = typer.Option(
         None, "--weights", help="checkpoint folders in the same order, for the per-block parameter change"),
+    stores: Optional[list[str]] = typer.Option(
+        None, "--stores", help="the traces' stores in the same order, for the cross-readout lens"),
+    cross_tokens: int = typer.Option(20000, help="tokens (seeded subsample) for the cross-readout lens"),
     n_boot: int = typer.Option(1000, help="bootstrap resamples for ΔL (Δa pairs the traces' own replicates)"),
     seed: int = typer.Option(0, help="seed of the ΔL bootstrap and the split-halves"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing comparison folder"),
@@ -266,6 +269,15 @@ def compare(
         n_blocks = int(max(loaded[0].table["layer"]))
         grad = [None] + [block_sq_change(weights[0], w, n_blocks) for w in weights[1:]]
     result = run_compare(loaded, seed=seed, n_boot=n_boot, grad=grad)
+    if stores:
+        from spinal.analyze.compare import with_cross_readout
+        from spinal.analyze.cross_readout import cross_readout
+
+        if len(stores) != len(traces):
+            raise SpinalError(f"--stores: got {len(stores)} stores for {len(traces)} traces; give one per trace")
+        frames = {t.label: cross_readout(stores[0], s, lens_tokens=cross_tokens, seed=seed)
+                  for t, s in zip(loaded[1:], stores[1:])}
+        result = with_cross_readout(result, frames)
     result.save(out, overwrite=overwrite)
     for p in result.pairs:
         s = p.summary

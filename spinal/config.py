@@ -193,10 +193,10 @@ class RunConfig:
         bad = {"store", "out", "overwrite"} & set(self.analyze)
         if bad:
             raise InputError(f"{self.source}: [analyze] may not set {sorted(bad)}; the run sets them")
-        unknown = set(self.compare) - {"n_boot", "seed", "weights", "null_splits"}
+        unknown = set(self.compare) - {"n_boot", "seed", "weights", "null_splits", "cross_readout_tokens"}
         if unknown:
             raise InputError(f"{self.source}: unknown key(s) {sorted(unknown)} in [compare]; "
-                             "known: n_boot, seed, null_splits, weights")
+                             "known: n_boot, seed, null_splits, weights, cross_readout_tokens")
 
     def cluster_config(self, **overrides):
         from spinal.cluster.actors import ClusterConfig

@@ -123,3 +123,27 @@ def test_gradient_concentration_from_weights(tmp_path):
     g = block_sq_change(a, b, 3)
     n = w["model.layers.2.mlp.down_proj.weight"].numel()
     np.testing.assert_allclose(g, [0, 0, 0.25 * n], rtol=1e-6)
+
+
+def test_cross_readout_separates_readout_from_representation(tmp_path, checkpoint):
+    """Same blocks, different final norm: representation unchanged (0), readout moved (= total)."""
+    from safetensors.torch import load_file, save_file
+
+    from spinal.analyze.cross_readout import cross_readout
+
+    a = checkpoint("llama")
+    b = save_checkpoint(tmp_path / "b", "llama")
+    w = load_file(b / "model.safetensors")
+    w["model.norm.weight"] = w["model.norm.weight"] * 1.5 + 0.2  # only the readout changes
+    save_file(w, b / "model.safetensors", metadata={"format": "pt"})
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"Hello number {i}, how are you?"}
+                                           for i in range(10)])
+    sa, sb = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    capture(CaptureConfig(model=str(a), prompts=str(p), out=sa))
+    capture(CaptureConfig(model=str(b), prompts=str(p), out=sb))
+    df = cross_readout(sa, sb, lens_tokens=0)
+    assert (df["fr_representation"] == 0).all()
+    assert (df["fr_readout"] > 1e-3).all()
+    np.testing.assert_allclose(df["fr_total"], df["fr_readout"], rtol=1e-6)
+    same = cross_readout(sa, sa, lens_tokens=0)
+    assert (same[["fr_total", "fr_representation", "fr_readout"]].to_numpy() == 0).all()

@@ -79,6 +79,8 @@ def test_run_end_to_end_then_resume_reuses_everything(tmp_path, checkpoint):
     assert len(doc["series"]) == 3
     html = (out / "report" / "report.html").read_text()
     assert "tuned2" in html and "data:image/png;base64," in html
+    assert {"fr_total", "fr_representation", "fr_readout"} <= set(cmp.columns)  # cross-readout lens
+    assert "FR readout" in html
 
     r = runner.invoke(app, ["run", str(f), "--no-progress"])
     assert r.exit_code == 2 and "--resume" in r.stderr
