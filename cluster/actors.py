@@ -47,18 +47,45 @@ class ClusterConfig:
 
 
 class CaptureActor:
-    """Holds one loaded replica; ``prepare`` binds it to the store, ``run_unit`` captures and writes one unit."""
+    """Holds one loaded replica; ``prepare`` binds it to a store, ``run_unit`` captures and writes one unit.
 
-    def __init__(self, cfg: dict):
+    Built with a capture config it loads that model on first ``prepare``; a service replica
+    (``load_now=True``) loads at start and serves any number of prompt sets for the same model.
+    """
+
+    def __init__(self, cfg: dict, load_now: bool = False):
         self.cfg = CaptureConfig(**cfg)
         self.session = None
+        self.loaded = None
+        self.loads = 0
+        self.captures = 0
+        if load_now:
+            self._load()
 
-    def prepare(self, create: bool) -> dict:
+    def _load(self):
+        from spinal.capture.load import load
+
+        c = self.cfg
+        self.loaded = load(c.model, dtype=c.dtype, device_map=c.device_map, max_memory=c.max_memory,
+                           trust_remote_code=c.trust_remote_code, allow_pickle=c.allow_pickle,
+                           allow_offload=c.allow_offload)
+        self.loads += 1
+        return self.loaded
+
+    def prepare(self, create: bool, cfg: dict | None = None) -> dict:
         from spinal.capture.runner import prepare
 
-        cfg = self.cfg if create else dataclasses.replace(self.cfg, resume=True, overwrite=False, self_check=False)
-        self.session = prepare(cfg)
+        cfg = CaptureConfig(**cfg) if cfg else self.cfg
+        if cfg.model != self.cfg.model:
+            raise SpinalError(f"this replica serves {self.cfg.model}, not {cfg.model}")
+        if not create:
+            cfg = dataclasses.replace(cfg, resume=True, overwrite=False, self_check=False)
+        self.session = prepare(cfg, loaded=self.loaded or self._load())
+        self.captures += 1
         return {"pid": os.getpid(), "n_units": self.session.store.meta["n_units"]}
+
+    def status(self) -> dict:
+        return {"pid": os.getpid(), "model": self.cfg.model, "loads": self.loads, "captures": self.captures}
 
     def run_unit(self, index: int) -> dict:
         _maybe_fault(index)

@@ -41,11 +41,10 @@ def _gpus(cluster: ClusterConfig) -> float:
 
 def capture_on_ray(cfg: CaptureConfig, cluster: ClusterConfig, progress: Callable[[int, int], None] | None = None
                    ) -> CaptureResult:
+    """Start ``cluster.replicas`` actors for this capture, drive it, and stop them."""
     import ray
 
-    exists = store_exists(cfg.out)
-    if exists and not (cfg.resume or cfg.overwrite):
-        raise StoreError(f"{cfg.out} already exists; pass --resume to finish it or --overwrite to replace it")
+    _check_out(cfg)
     check_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     connect(cluster.address)
     gpus = _gpus(cluster)
@@ -54,35 +53,51 @@ def capture_on_ray(cfg: CaptureConfig, cluster: ClusterConfig, progress: Callabl
         raise InputError(f"gpus_per_replica={gpus:g}, but the largest node has {nodes_gpus:g} GPUs; "
                          "a replica cannot span nodes")
     Actor = ray.remote(CaptureActor).options(num_gpus=gpus, num_cpus=cluster.cpus_per_replica, max_restarts=0)
-    cfg_dict = {**cfg.__dict__, "resume": cfg.resume or exists and not cfg.overwrite}
-    actors = [Actor.remote(cfg_dict) for _ in range(cluster.replicas)]
-    t0 = time.perf_counter()
+    actors = [Actor.remote(cfg.__dict__) for _ in range(cluster.replicas)]
     try:
-        first = _get(actors[0].prepare.remote(create=True))  # creates (or checks and reopens) the store
-        live = [actors[0]]
-        rest = {a.prepare.remote(create=False): a for a in actors[1:]}
-        for ref, a in rest.items():
-            try:
-                _get(ref)
-                live.append(a)
-            except ray.exceptions.RayActorError as e:
-                log.warning("a replica died while loading (%s); continuing with %d", e, len(live))
-        store = Store.open(cfg.out)
-        done = store.done()
-        units = store.units
-        todo = deque(u.index for u in units if not done[u.index])
-        seq_len = store.group["sequences/length"][:]
-        total = int(seq_len.sum())
-        finished = int(sum(seq_len[u.seq_start : u.seq_stop].sum() for u in units if done[u.index]))
-        written = _dispatch(todo, live, cluster.max_unit_retries, progress, finished, total)
-        store = Store.open(cfg.out, mode="r+")
-        store.mark_complete()
-        log.info("capture on %d replica(s) done: %s", len(live), first)
-        return CaptureResult(cfg.out, written, len(units) - written, total, time.perf_counter() - t0,
-                             store.meta.get("self_check"))
+        return drive(cfg, actors, cluster.max_unit_retries, progress)
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def _check_out(cfg: CaptureConfig) -> None:
+    if store_exists(cfg.out) and not (cfg.resume or cfg.overwrite):
+        raise StoreError(f"{cfg.out} already exists; pass --resume to finish it or --overwrite to replace it")
+
+
+def drive(cfg: CaptureConfig, actors: list, max_retries: int, progress=None) -> CaptureResult:
+    """Bind actors to the store (the first creates or reopens it), then feed them units until all are done.
+
+    Actors need ``prepare(create, cfg=None) -> dict`` and ``run_unit(index) -> dict``; they may be
+    fresh per capture or long-lived service replicas.
+    """
+    import ray
+
+    _check_out(cfg)
+    t0 = time.perf_counter()
+    first = _get(actors[0].prepare.remote(True, cfg.__dict__))  # creates (or checks and reopens) the store
+    live = [actors[0]]
+    rest = {a.prepare.remote(False, cfg.__dict__): a for a in actors[1:]}
+    for ref, a in rest.items():
+        try:
+            _get(ref)
+            live.append(a)
+        except ray.exceptions.RayActorError as e:
+            log.warning("a replica died while loading (%s); continuing with %d", e, len(live))
+    store = Store.open(cfg.out)
+    done = store.done()
+    units = store.units
+    todo = deque(u.index for u in units if not done[u.index])
+    seq_len = store.group["sequences/length"][:]
+    total = int(seq_len.sum())
+    finished = int(sum(seq_len[u.seq_start : u.seq_stop].sum() for u in units if done[u.index]))
+    written = _dispatch(todo, live, max_retries, progress, finished, total)
+    store = Store.open(cfg.out, mode="r+")
+    store.mark_complete()
+    log.info("capture on %d replica(s) done: %s", len(live), first)
+    return CaptureResult(cfg.out, written, len(units) - written, total, time.perf_counter() - t0,
+                         store.meta.get("self_check"))
 
 
 def _get(ref):

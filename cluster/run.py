@@ -83,7 +83,7 @@ def check_inputs(cfg: RunConfig) -> None:
 
 
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: Progress | None = None,
-        address: str | None = None) -> RunSummary:
+        address: str | None = None, service: bool = False) -> RunSummary:
     """Run every stage, in-process for one replica without an address, else on Ray (local or ``address``)."""
     from spinal.analyze.compare import compare
     from spinal.analyze.trace import Trace, analyze
@@ -95,7 +95,15 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
     out = prepare_out(cfg, resume, overwrite)
     summary = RunSummary(str(out))
     capture_fn, analyze_submit = capture, None
-    if cluster.uses_ray:
+    labels = {ck.path: ck.label for ck in cfg.checkpoints}
+    if service:
+        from spinal.cluster.ray_capture import ray_submit
+        from spinal.cluster.service import capture_with_service
+
+        capture_fn = lambda c, p: capture_with_service(c, labels[c.model], cluster.address,  # noqa: E731
+                                                       cluster.max_unit_retries, p)
+        analyze_submit = ray_submit
+    elif cluster.uses_ray:
         from spinal.cluster.ray_capture import capture_on_ray, connect, ray_submit
 
         connect(cluster.address)

@@ -22,7 +22,7 @@ app = typer.Typer(
     "capture: checkpoint + prompts -> lossless Zarr store of every layer's residual stream. "
     "analyze: store -> depth trace (contraction a, transport L per layer), CPU only. "
     "compare: traces -> Δ per layer with paired CIs. report: plots and one HTML page. run: the whole batch job from a TOML config. "
-    "plan: size a cluster capture from a model config. inspect / verify: what a store holds, and whether every chunk reads back intact.",
+    "serve: keep checkpoints loaded on Ray. plan: size a cluster capture from a model config. inspect / verify: what a store holds, and whether every chunk reads back intact.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -102,7 +102,7 @@ C = CaptureConfig
 @app.command()
 @cli_errors
 def capture(
-    model: str = typer.Argument(..., help=_h(C, "model")),
+    model: Optional[str] = typer.Argument(None, help=_h(C, "model") + " (omit with --service)"),
     prompts: str = typer.Option(..., "--prompts", "-p", help=_h(C, "prompts")),
     out: str = typer.Option(..., "--out", "-o", help=_h(C, "out")),
     layers: str = typer.Option(_d(C, "layers"), help=_h(C, "layers")),
@@ -120,6 +120,9 @@ def capture(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=_h(C, "allow_pickle")),
     allow_offload: bool = typer.Option(False, "--allow-offload", help=_h(C, "allow_offload")),
     no_self_check: bool = typer.Option(False, "--no-self-check", help="skip the start-up self-checks (not advised)"),
+    service: Optional[str] = typer.Option(None, "--service", help="send the prompts to the loaded replicas of this "
+                                          "label (see `spinal serve`) instead of loading the model here"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster of the service (default: auto)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="draw a progress bar on stderr"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens"),
 ) -> None:
@@ -130,6 +133,17 @@ def capture(
     Interrupted runs finish with --resume, redoing exactly the units not marked done.
     """
     _setup_logging(verbose)
+    if service:
+        from spinal.cluster.service import status
+
+        served = [r for r in status(address) if r.label == service and r.alive]
+        if not served:
+            raise SpinalError(f"no live replica serves {service!r}; start it with `spinal serve CONFIG`")
+        if model and model != served[0].model:
+            raise SpinalError(f"service {service!r} serves {served[0].model}, not {model}")
+        model = served[0].model
+    if not model:
+        raise SpinalError("give the MODEL folder (or --service LABEL)")
     cfg = CaptureConfig(
         model=model, prompts=prompts, out=out, layers=layers, positions=positions, batch_size=batch_size,
         max_length=max_length, dtype=dtype, device_map=device_map, max_memory=max_memory,
@@ -140,7 +154,12 @@ def capture(
     from spinal.capture import capture as run_capture
 
     with _Bar("capture", "tok", enabled=progress) as bar:
-        result = run_capture(cfg, progress=bar)
+        if service:
+            from spinal.cluster.service import capture_with_service
+
+            result = capture_with_service(cfg, service, address, progress=bar)
+        else:
+            result = run_capture(cfg, progress=bar)
     rate = result.tokens / result.seconds if result.seconds else 0.0
     err.print(
         f"wrote {result.units_written} unit(s) ({result.units_skipped} already done) to {result.path}: "
@@ -291,6 +310,39 @@ def compare(
 
 @app.command()
 @cli_errors
+def serve(
+    config: Optional[str] = typer.Argument(None, help="run config whose checkpoints to serve (its cluster table: replicas, "
+                                                      "gpus_per_replica)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster (default: auto, the running one)"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="serve/stop only these checkpoint labels"),
+    show: bool = typer.Option(False, "--status", help="list the serving replicas"),
+    stop_: bool = typer.Option(False, "--stop", help="stop the serving replicas"),
+) -> None:
+    """Keep checkpoints loaded on a Ray cluster as named, detached replicas; `capture --service` and
+    `run --service` send prompt sets to them without reloading."""
+    from spinal.cluster import service as svc
+
+    if stop_:
+        names = svc.stop(address, only)
+        err.print(f"stopped {len(names)} replica(s): {', '.join(names) or 'none'}", highlight=False)
+        return
+    if not show:
+        if not config:
+            raise SpinalError("give a run config to serve, or --status / --stop")
+        from spinal.config import load_run_config
+
+        svc.serve(load_run_config(config), address, only)
+    replicas = svc.status(address)
+    if not replicas:
+        out.print("no replicas serving")
+    for r in replicas:
+        state = "alive" if r.alive else "DEAD"
+        out.print(f"{r.name:<28} {state:<6} pid {r.pid}  loads {r.loads}  captures {r.captures}  {r.model}",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command()
+@cli_errors
 def report(
     traces: list[str] = typer.Argument(..., help="trace folders (the reference first)"),
     out: str = typer.Option(..., "--out", "-o", help="report folder: report.html and plots/*.png"),
@@ -386,6 +438,8 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="delete the run folder and start again"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join ('auto' or HOST:PORT); "
                                           "default: in-process, or a local Ray instance when [cluster] replicas > 1"),
+    service: bool = typer.Option(False, "--service", help="capture on the replicas started by `spinal serve` for "
+                                                         "each checkpoint label"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="draw progress bars on stderr"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens"),
 ) -> None:
@@ -397,7 +451,7 @@ def run(
     cfg = load_run_config(config)
     t0 = __import__("time").perf_counter()
     with _StageBars(progress) as bars:
-        summary = run_all(cfg, resume=resume, overwrite=overwrite, progress=bars, address=address)
+        summary = run_all(cfg, resume=resume, overwrite=overwrite, progress=bars, address=address, service=service)
     for s in summary.stages:
         tag = "reused" if s["skipped"] else f"{s['seconds']:.1f} s"
         err.print(f"  {s['stage']:<8} {s['label']:<24} {tag:>10}  {s['detail']}", highlight=False)

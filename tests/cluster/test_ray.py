@@ -124,3 +124,37 @@ def test_killed_driver_resumes_without_redoing_finished_units(checkpoint, tmp_pa
     base = [s for s in summary["stages"] if s["stage"] == "capture" and s["label"] == "base"][0]
     assert f"{n_units - done_at_kill} units written, {done_at_kill} reused" in base["detail"]
     assert (tmp_path / "out" / "report" / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_service_keeps_the_model_loaded_across_prompt_sets(two_nodes, checkpoint, tmp_path):
+    from spinal.cluster import service
+    from spinal.config import load_run_config
+
+    two_nodes.touch()  # no fault injection here
+    ckpt = checkpoint("llama")
+    _prompts(tmp_path)
+    (tmp_path / "serve.toml").write_text(
+        f'[run]\nout = "o"\nprompts = "p.jsonl"\n[[checkpoints]]\nlabel = "tiny"\npath = "{ckpt}"\n'
+        "[capture]\nunit_tokens = 64\n[cluster]\nreplicas = 2\n")
+    cfg = load_run_config(str(tmp_path / "serve.toml"))
+    try:
+        reps = service.serve(cfg)
+        assert [(r.name, r.alive, r.loads, r.captures) for r in reps] == [("tiny/0", True, 1, 0), ("tiny/1", True, 1, 0)]
+        pids = {r.pid for r in reps}
+        for k, n in ((1, 12), (2, 20)):  # two prompt sets back to back
+            rows = [{"id": f"s{k}-{i}", "prompt": f"Set {k}, question {i}: why is the sky blue?"} for i in range(n)]
+            p = write_jsonl(tmp_path / f"set{k}.jsonl", rows)
+            c = CaptureConfig(model=str(ckpt), prompts=str(p), out=str(tmp_path / f"set{k}.zarr"), unit_tokens=64)
+            service.capture_with_service(c, "tiny")
+            local = CaptureConfig(**{**c.__dict__, "out": str(tmp_path / f"local{k}.zarr")})
+            capture(local)
+            assert np.array_equal(_arrays(c.out)["hidden"], _arrays(local.out)["hidden"])
+        after = service.status()
+        assert {r.pid for r in after} == pids  # the same processes served both sets
+        assert all(r.loads == 1 for r in after) and sum(r.captures for r in after) == 4
+        with pytest.raises(Exception, match="no service named 'other'"):
+            service.capture_with_service(c, "other")
+    finally:
+        service.stop()
+    assert service.status() == []
