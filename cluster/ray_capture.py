@@ -23,12 +23,28 @@ def connect(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    if address and address != "auto" and not address.startswith("ray://"):
+        _reachable(address)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "a local instance"
         raise InputError(f"cannot reach Ray at {where}: {str(e).splitlines()[0]}; start it with `ray start --head` "
                          "or drop --address") from None
+
+
+def _reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at HOST:PORT (ray.init would retry for ~2 minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--address {address!r}: expected 'auto', HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise InputError(f"cannot reach Ray at {address} ({e.strerror or e}); start it with `ray start --head` "
+                         "or check the address") from None
 
 
 def _gpus(cluster: ClusterConfig) -> float:

@@ -92,6 +92,10 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
 
     check_inputs(cfg)
     cluster = cfg.cluster_config(**({"address": address} if address else {}))
+    if cluster.uses_ray or service:
+        from spinal.cluster.ray_capture import connect
+
+        connect(cluster.address or ("auto" if service else None))  # before the output folder is touched
     out = prepare_out(cfg, resume, overwrite)
     summary = RunSummary(str(out))
     capture_fn, analyze_submit = capture, None

@@ -92,3 +92,18 @@ def test_run_end_to_end_then_resume_reuses_everything(tmp_path, checkpoint):
     f.write_text(f.read_text().replace("n_boot = 30", "n_boot = 31"))
     r = runner.invoke(app, ["run", str(f), "--no-progress", "--resume"])
     assert r.exit_code == 2 and "config changed" in r.stderr and "n_boot" in r.stderr
+
+
+def test_unreachable_ray_address_fails_fast_and_keeps_the_run_folder(tmp_path, checkpoint):
+    import socket
+
+    f = _config(tmp_path, {"a": checkpoint("llama"), "b": checkpoint("llama", seed=1)})
+    keep = tmp_path / "out" / "keep.txt"
+    keep.parent.mkdir()
+    keep.write_text("earlier results")
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = runner.invoke(app, ["run", str(f), "--no-progress", "--overwrite", "--address", f"127.0.0.1:{port}"])
+    assert r.exit_code == 2 and "cannot reach Ray" in r.stderr, r.output
+    assert keep.read_text() == "earlier results"
