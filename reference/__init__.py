@@ -1,0 +1,1 @@
+"""SPINAL's reference model family: offline data, training and evaluation scripts (not part of the spinal package)."""
