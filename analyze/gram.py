@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property, reduce
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -88,6 +88,24 @@ def _top_eigenvalues(gram: np.ndarray, rank: int) -> np.ndarray:
     return np.clip(ev, 0.0, None)  # a PSD matrix's tiny negative eigenvalues are rounding
 
 
+def merge_all(stats: tuple[GramStats, ...] | list[GramStats], dim: int) -> GramStats:
+    """All groups at once: ``M = Σ M_b + Σ n_b (μ_b − μ)(μ_b − μ)ᵀ`` around the pooled mean μ.
+
+    The k-group form of Chan's update (deviations from the pooled mean, no raw sums), one
+    (d, d) product instead of k − 1 pairwise merges; equal to folding ``GramStats.merge``.
+    """
+    full = [s for s in stats if s.n]
+    if not full:
+        return GramStats.empty(dim)
+    n_b = np.array([s.n for s in full], dtype=np.float64)  # (group,)
+    means = np.stack([s.mean for s in full])  # (group, dim)
+    n = n_b.sum()
+    mean = n_b @ means / n  # (dim,)
+    dev = means - mean  # (group, dim)
+    scatter = np.sum([s.scatter for s in full], axis=0) + (dev * n_b[:, None]).T @ dev  # (dim, dim)
+    return GramStats(int(n), mean, scatter)
+
+
 def _symmetric_from_upper(m: np.ndarray) -> np.ndarray:
     """A full symmetric copy of ``m`` built from its upper triangle (diagonal included)."""
     out = np.triu(m)
@@ -128,7 +146,7 @@ class GramResult:
         """Stats of all tokens (merged blocks, or computed from the kept rows)."""
         if self.rows is not None:
             return GramStats.from_rows(self.rows)
-        return reduce(GramStats.merge, self.blocks, GramStats.empty(self.dim))
+        return merge_all(self.blocks, self.dim)
 
     @property
     def n(self) -> int:

@@ -45,15 +45,15 @@ def layer_spectrum(store_path: str, layer: int, *, blocks: int, n_boot: int, nul
     raw = fit_gram(res, centered=False, **kw)
     nonempty = np.flatnonzero(res.block_sizes > 0)
     rng = seeded_rng(seed, 1)
-    boot = np.array([fit_gram(resample(res, draw_blocks(res, rng)), centered=True, **kw).a_wls
+    boot = np.array([fit_gram(resample(res, draw_blocks(res, rng)), centered=True, with_mle=False, **kw).a_wls
                      for _ in range(n_boot if nonempty.size >= 2 else 0)], dtype=np.float64)
     null = []
     split_rng = seeded_rng(seed, 2)
     for _ in range(null_splits if nonempty.size >= 2 else 0):
         perm = split_rng.permutation(nonempty)
         half = perm.size // 2
-        a1 = fit_gram(resample(res, perm[:half]), centered=True, **kw).a_wls
-        a2 = fit_gram(resample(res, perm[half:]), centered=True, **kw).a_wls
+        a1 = fit_gram(resample(res, perm[:half]), centered=True, with_mle=False, **kw).a_wls
+        a2 = fit_gram(resample(res, perm[half:]), centered=True, with_mle=False, **kw).a_wls
         null.append(a1 - a2)
     return LayerSpectrum(layer, res.n, centered, raw, boot, np.array(null, dtype=np.float64),
                          singular_values(res.eigenvalues(True)))

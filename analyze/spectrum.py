@@ -228,8 +228,11 @@ class SpectrumFit:
 
 def fit_spectrum(eigenvalues: np.ndarray, *, n_tokens: int, dim: int, rms: float | np.ndarray,
                  storage_dtype: Any, centered: bool = True, window: tuple[int, int] | None = None,
-                 min_ranks: int = MIN_RANKS) -> SpectrumFit:
+                 min_ranks: int = MIN_RANKS, with_mle: bool = True) -> SpectrumFit:
     """Spikes, noise floor, window and both fits of one spectrum (eigenvalues of the scatter or raw Gram).
+
+    ``with_mle=False`` skips the MLE cross-check (a_mle, ks NaN; status from R² alone): bootstrap
+    replicates need only a_wls under the same window rule.
 
     ``rms`` is the uncentered root-mean-square of the stored entries, scalar or per coordinate
     (dim,), as ``GramResult.column_mean_square ** 0.5`` gives it. ``window`` overrides the default
@@ -265,18 +268,18 @@ def fit_spectrum(eigenvalues: np.ndarray, *, n_tokens: int, dim: int, rms: float
         return SpectrumFit(a_wls=math.nan, r2=math.nan, a_mle=math.nan, ks=math.nan, k_xmin=0,
                            status="too-few-ranks", **base)
     wls = fit_wls(sv, k_lo, k_hi, offset)
-    mle = fit_mle(sv, k_lo, k_hi, offset)
-    agree = math.isfinite(mle.a) and abs(mle.a - wls.a) <= MAX_MLE_GAP * abs(wls.a)
+    mle = fit_mle(sv, k_lo, k_hi, offset) if with_mle else MleFit(math.nan, math.nan, 0, math.nan)
+    agree = not with_mle or (math.isfinite(mle.a) and abs(mle.a - wls.a) <= MAX_MLE_GAP * abs(wls.a))
     status = "ok" if wls.r2 >= MIN_R2 and agree and offset == spikes else "poor-fit"
     return SpectrumFit(a_wls=wls.a, r2=wls.r2, a_mle=mle.a, ks=mle.ks, k_xmin=mle.k_xmin, status=status, **base)
 
 
 def fit_gram(result: GramResult, *, storage_dtype: Any, centered: bool = True,
-             window: tuple[int, int] | None = None, min_ranks: int = MIN_RANKS) -> SpectrumFit:
+             window: tuple[int, int] | None = None, min_ranks: int = MIN_RANKS, with_mle: bool = True) -> SpectrumFit:
     """``fit_spectrum`` of an accumulated layer, taking N, d and the per-coordinate rms from it."""
     return fit_spectrum(result.eigenvalues(centered), n_tokens=result.n, dim=result.dim,
                         rms=np.sqrt(result.column_mean_square), storage_dtype=storage_dtype,
-                        centered=centered, window=window, min_ranks=min_ranks)
+                        centered=centered, window=window, min_ranks=min_ranks, with_mle=with_mle)
 
 
 def bootstrap_ci(block_stats: GramResult, rng: np.random.Generator, n_boot: int,

@@ -91,13 +91,16 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
         raise InputError(f"need ≥ 2 layers for a depth trace, got {layers}")
     window = parse_window(cfg.window)
     sub = token_subsample(store, cfg.lens_tokens, cfg.seed)
+    comp = token_subsample(store, cfg.companion_tokens, cfg.seed, within=sub, purpose=4)
+    if comp is None and sub is not None:
+        comp = sub
     n_units = store.meta["n_units"]
     workers = cfg.workers or os.cpu_count() or 1
     groups = [list(g) for g in np.array_split(np.arange(n_units), min(n_units, max(1, workers))) if len(g)]
     spec_kw = dict(blocks=cfg.blocks, n_boot=cfg.n_boot, null_splits=cfg.null_splits, seed=cfg.seed, window=window)
     tasks = [(layer_spectrum, dict(store_path=cfg.store, layer=l, **spec_kw)) for l in layers]
     tasks += [(lens_pass, dict(store_path=cfg.store, units=[int(u) for u in g], layers=layers,
-                               chunk_mib=cfg.chunk_mib, subsample=sub)) for g in groups]
+                               chunk_mib=cfg.chunk_mib, subsample=sub, companions=comp)) for g in groups]
     t0 = time.perf_counter()
     results = (submit or _run_tasks)(tasks, workers, progress)
     spectra: list[LayerSpectrum] = results[: len(layers)]
@@ -118,6 +121,7 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
         "n_tokens": int(spectra[0].n_tokens),
         "n_sequences": int(store.meta["n_sequences"]),
         "lens_tokens": int(lens.n),
+        "companion_tokens": int(lens.n_companion),
         "layers": layers,
         "options": asdict(cfg),
         "positions": store.meta.get("positions"),
@@ -139,6 +143,7 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
 def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tuple[pd.DataFrame, np.ndarray]:
     rows = []
     n = max(lens.n, 1)
+    nc = max(lens.n_companion, 1)
     n_seq = int(store.meta["n_sequences"])
     seq_L = np.full((n_seq, len(spectra) - 1), np.nan)
     for j, s in enumerate(spectra):
@@ -150,13 +155,13 @@ def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tup
             "top1_share": c.top1_share, "status": c.status,
             "a_raw": r.a_wls, "status_raw": r.status, "spikes_raw": r.spikes, "top1_share_raw": r.top1_share,
             "null_sd_a": float(np.sqrt(np.mean(s.null_diffs**2))) if s.null_diffs.size else math.nan,
-            "entropy": lens.sums["entropy"][j] / n, "kl_final": lens.sums["kl_final"][j] / n,
+            "entropy": lens.sums["entropy"][j] / nc, "kl_final": lens.sums["kl_final"][j] / nc,
         }
         if j < len(spectra) - 1:
             stats = TransportStats().update(lens.steps_L[j]).result()
             row.update({"L_mean": stats.mean, "L_q05": stats.q05, "L_q25": stats.q25, "L_q50": stats.q50,
                         "L_q75": stats.q75, "L_q95": stats.q95,
-                        "hellinger": lens.sums["hellinger"][j] / n, "js": lens.sums["js"][j] / n})
+                        "hellinger": lens.sums["hellinger"][j] / n, "js": lens.sums["js"][j] / nc})
             if lens.seq.size:
                 sums = np.bincount(lens.seq, weights=lens.steps_L[j], minlength=n_seq)
                 counts = np.bincount(lens.seq, minlength=n_seq)
@@ -195,14 +200,28 @@ def _run_tasks(tasks, workers: int, progress: Progress | None):
             if progress:
                 progress(i + 1, len(tasks))
         return out
-    with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn"),
-                                initializer=_worker_init) as ex:
-        futs = {ex.submit(_call, t): i for i, t in enumerate(tasks)}
-        for k, f in enumerate(cf.as_completed(futs), 1):
-            out[futs[f]] = f.result()
-            if progress:
-                progress(k, len(tasks))
+    # One BLAS/OpenMP thread per worker: the pool is the parallelism (threads × processes would
+    # oversubscribe the cores). BLAS reads these at import, so they must be in the children's env.
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: "1" for k in _THREAD_VARS})
+    try:
+        with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn"),
+                                    initializer=_worker_init) as ex:
+            futs = {ex.submit(_call, t): i for i, t in enumerate(tasks)}
+            for k, f in enumerate(cf.as_completed(futs), 1):
+                out[futs[f]] = f.result()
+                if progress:
+                    progress(k, len(tasks))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return out
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _worker_init() -> None:

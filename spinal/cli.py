@@ -226,6 +226,7 @@ def analyze(
     null_splits: int = typer.Option(_d(A, "null_splits"), help=_h(A, "null_splits")),
     seed: int = typer.Option(_d(A, "seed"), help=_h(A, "seed")),
     lens_tokens: int = typer.Option(_d(A, "lens_tokens"), help=_h(A, "lens_tokens")),
+    companion_tokens: int = typer.Option(_d(A, "companion_tokens"), help=_h(A, "companion_tokens")),
     chunk_mib: int = typer.Option(_d(A, "chunk_mib"), help=_h(A, "chunk_mib")),
     workers: int = typer.Option(_d(A, "workers"), help=_h(A, "workers")),
     overwrite: bool = typer.Option(False, "--overwrite", help=_h(A, "overwrite")),
@@ -240,7 +241,8 @@ def analyze(
     """
     _setup_logging(verbose)
     cfg = AnalyzeConfig(store=store, out=out, layers=layers, window=window, blocks=blocks, n_boot=n_boot,
-                        null_splits=null_splits, seed=seed, lens_tokens=lens_tokens, chunk_mib=chunk_mib,
+                        null_splits=null_splits, seed=seed, lens_tokens=lens_tokens, companion_tokens=companion_tokens,
+                        chunk_mib=chunk_mib,
                         workers=workers, overwrite=overwrite)
     from pathlib import Path
 

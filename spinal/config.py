@@ -131,6 +131,9 @@ class AnalyzeConfig:
     null_splits: int = _help("random split-halves per layer for the null spread of Δα", default=8)
     seed: int = _help("seed of the bootstrap draws and the lens token subsample", default=0)
     lens_tokens: int = _help("tokens for the transport pass (seeded subsample; 0 = all)", default=0)
+    companion_tokens: int = _help(
+        "tokens (a seeded subset of the lens tokens) for the companions JS, KL to final and entropy, whose "
+        "cancellation-free float32 forms cost ~4× the Fisher–Rao step; 0 = every lens token", default=4096)
     chunk_mib: int = _help("memory budget of one lens chunk (token × vocab float32), MiB", default=256)
     workers: int = _help("processes for the per-layer and lens tasks (0 = one per core)", default=0)
     overwrite: bool = _help("replace an existing trace folder", default=False)
@@ -139,7 +142,7 @@ class AnalyzeConfig:
         for name in ("blocks", "chunk_mib"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 1")
-        for name in ("n_boot", "null_splits", "lens_tokens", "workers"):
+        for name in ("n_boot", "null_splits", "lens_tokens", "companion_tokens", "workers"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
         parse_window(self.window)

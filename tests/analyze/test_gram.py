@@ -191,3 +191,20 @@ def test_bad_input_is_refused():
     single = GramAccumulator(4, blocks=2).update(np.ones((3, 4)), np.zeros(3, dtype=int)).result()
     with pytest.raises(ValueError, match="non-empty"):
         draw_blocks(single, np.random.default_rng(0))
+
+
+def test_merge_all_equals_folded_pairwise_merges_and_one_shot():
+    from functools import reduce
+
+    from spinal.analyze.gram import GramStats, merge_all
+
+    rng = np.random.default_rng(5)
+    parts = [rng.standard_normal((n, 7)) * [1, 1, 1, 1, 1, 1, 1e4] + 300.0 for n in (3, 40, 1, 17, 9)]
+    stats = [GramStats.from_rows(p) for p in parts] + [GramStats.empty(7)]
+    folded = reduce(GramStats.merge, stats, GramStats.empty(7))
+    allat = merge_all(stats, 7)
+    one = GramStats.from_rows(np.concatenate(parts))
+    assert allat.n == folded.n == one.n
+    np.testing.assert_allclose(allat.mean, one.mean, rtol=1e-12)
+    np.testing.assert_allclose(allat.scatter, one.scatter, rtol=1e-10, atol=1e-9 * np.abs(one.scatter).max())
+    np.testing.assert_allclose(allat.scatter, folded.scatter, rtol=1e-10, atol=1e-9 * np.abs(one.scatter).max())

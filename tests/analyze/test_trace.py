@@ -135,3 +135,23 @@ def test_incomplete_store_is_refused(store, tmp_path):
     g["units/done"][0] = 0
     with pytest.raises(StoreError, match="incomplete"):
         analyze(AnalyzeConfig(store=str(copy), out=str(tmp_path / "o"), workers=1))
+
+
+def test_companions_on_a_seeded_subset_match_brute_force(store, tmp_path):
+    from spinal.analyze.lens_pass import token_subsample
+
+    tr = analyze(AnalyzeConfig(store=store[0], out=str(tmp_path / "c"), n_boot=0, null_splits=0, workers=1,
+                               companion_tokens=500))
+    assert tr.meta["companion_tokens"] == 500 and tr.meta["lens_tokens"] == tr.meta["n_tokens"]
+    s = Store.open(store[0])
+    picked = token_subsample(s, 500, 0, purpose=4)  # the documented seeded draw
+    model = AutoModelForCausalLM.from_pretrained(store[1]).double().eval()
+    li = s.layer_index(2)
+    h = torch.from_numpy(s.hidden[li][picked].astype(np.float64))
+    with torch.no_grad():
+        p = torch.softmax(model.lm_head(model.transformer.ln_f(h)), -1).numpy()
+    ent = -(p * np.log(p)).sum(-1).mean()
+    assert tr.table["entropy"][2] == pytest.approx(ent, rel=1e-4)
+    full = tr.table["L_mean"][2]
+    assert full == pytest.approx(analyze(AnalyzeConfig(store=store[0], out=str(tmp_path / "d"), n_boot=0,
+                                                       null_splits=0, workers=1)).table["L_mean"][2], rel=1e-6)
