@@ -33,8 +33,9 @@ DEFINITIONS = {
     "that arrive in T, so the window is defined at any depth)",
     "coherence": "operational: 1 / (1 + mean_T κ), κ_ℓ = ‖x_{ℓ+1} − 2x_ℓ + x_{ℓ−1}‖ of the curve x_ℓ = (ℓ/n, z(a_ℓ), z(L_ℓ))",
     "grad_concentration": "operational: share of Σ‖θ_other − θ_ref‖² (per block, streamed from safetensors) in T",
-    "destabilized": "training series: terminal a gain falls more than the null spread below its best so far, "
-    "terminal ΔL rises more than the null spread above its lowest, or coherence drops more than its bootstrap spread",
+    "destabilized": "training series: against the best value of the earlier checkpoints after the reference, the "
+    "terminal a gain falls by more than the null spread, the terminal ΔL rises by more than the null spread, or "
+    "coherence drops by more than its bootstrap spread",
     "ramp_onset": "first checkpoint in the series whose terminal a gain exceeds the null spread",
     "cross_readout": "per layer, mean Fisher–Rao distance between lens_ref(h_ref) and lens_other(h_other) (total), "
     "lens_ref(h_ref) and lens_ref(h_other) (the representation moved), lens_ref(h_other) and lens_other(h_other) "
@@ -367,8 +368,11 @@ def _series(traces: list[Trace], pairs, term) -> tuple[pd.DataFrame, str | None]
     null_coh = _coherence_null(traces[0], term)
     if not math.isfinite(null_coh) or null_coh <= 0:
         null_coh = 0.1 * rows[0]["coherence"]  # no bootstrap: a 10% drop stands in for the null spread
-    best_a, best_L, best_coh = rows[0]["terminal_a_gain"], rows[0]["terminal_L_change"], rows[0]["coherence"]
-    for r in rows[1:]:
+    # "Reverses" / "rises again" / "drops" compare a checkpoint with the best value reached by the
+    # earlier checkpoints of the series (the reference excluded): the first step cannot reverse.
+    first = rows[1]
+    best_a, best_L, best_coh = first["terminal_a_gain"], first["terminal_L_change"], first["coherence"]
+    for r in rows[2:]:
         why = []
         if r["terminal_a_gain"] < best_a - null_a:
             why.append(f"terminal a gain fell {best_a - r['terminal_a_gain']:.3g} below its best")

@@ -147,3 +147,24 @@ def test_cross_readout_separates_readout_from_representation(tmp_path, checkpoin
     np.testing.assert_allclose(df["fr_total"], df["fr_readout"], rtol=1e-6)
     same = cross_readout(sa, sa, lens_tokens=0)
     assert (same[["fr_total", "fr_representation", "fr_readout"]].to_numpy() == 0).all()
+
+
+def test_series_flags_a_reversal_of_the_terminal_gain_not_the_first_step(traces):
+    base = traces["base"]
+    layers = base.table["layer"].to_numpy()
+
+    def shifted(label, gain):
+        shift = np.where(layers == layers.max(), gain, 0.0)  # terminal window of a 3-block model: layer 3
+        tab = base.table.assign(a=base.table["a"] + shift)
+        return Trace(tab, {**base.meta, "label": label}, base.boot + shift[:, None], base.seq_L, base.spectra)
+
+    series = [base, shifted("s1", 0.5), shifted("s2", 0.7), shifted("s3", 0.1)]
+    c = compare(series, n_boot=200)
+    rows = c.series.set_index("label")
+    np.testing.assert_allclose(rows["terminal_a_gain"].to_numpy(), [0, 0.5, 0.7, 0.1], atol=1e-12)
+    assert not rows.loc["s1", "destabilized"] and not rows.loc["s2", "destabilized"]
+    assert rows.loc["s3", "destabilized"] and "terminal a gain fell 0.6" in rows.loc["s3", "reason"]
+    assert c.meta["ramp_onset"] == "s1"
+    # a first step that loses ground against the reference is not a reversal
+    c2 = compare([base, shifted("down", -0.5), shifted("up", 0.2)], n_boot=200)
+    assert not c2.series["destabilized"].any()

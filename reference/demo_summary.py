@@ -1,0 +1,114 @@
+"""Write the README's demo results (table, verdicts, figures) from a finished `spinal run configs/demo.toml`.
+
+    .venv/bin/spinal run configs/demo.toml --overwrite
+    .venv/bin/python -m reference.demo_summary          # updates README.md and reference/figures/
+
+Every number and every yes/no in the README block comes from out/demo; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- demo:results -->", "<!-- /demo:results -->"
+
+
+def summarize(out: Path) -> str:
+    doc = json.loads((out / "compare" / "compare.json").read_text())
+    cmp = pd.read_parquet(out / "compare" / "compare.parquet")
+    term = doc["terminal_layers"]
+    series = {r["label"]: r for r in doc["series"] or []}
+    traces = {lab: json.loads((out / "traces" / lab / "trace.json").read_text()) for lab in doc["labels"]}
+    tables = {lab: pd.read_parquet(out / "traces" / lab / "trace.parquet") for lab in doc["labels"]}
+    ref = doc["reference"]
+    n_blocks = doc["n_blocks"]
+    uniform = len(term) / (n_blocks + 1)
+    lines = [
+        f"Reference `{ref}` (DPO's own reference model); terminal window: layers {term[0]}–{term[-1]} of {n_blocks} "
+        f"blocks (same relative depth as blocks 21–30 of 30); {traces[ref]['n_tokens']:,} response tokens of "
+        f"{traces[ref]['n_sequences']} held-out audit prompts.",
+        "",
+        "| checkpoint | terminal Δa | terminal ΔL | share of \\|Δa\\| in terminal window | onset a / L | Δ_align ± SE | "
+        "path length Σ L | final-layer entropy | flagged destabilized |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|",
+        f"| `{ref}` | – | – | – | – | – | {traces[ref]['path_length']:.3f} | "
+        f"{tables[ref]['entropy'].iloc[-1]:.2f} | – |",
+    ]
+    verdicts = []
+    for p in doc["pairs"]:
+        o = p["other"]
+        s = series.get(o, {})
+        flag = ("yes: " + s["reason"]) if s.get("destabilized") else "no"
+        lines.append(
+            f"| `{o}` | {s.get('terminal_a_gain', np.nan):+.3f} | {s.get('terminal_L_change', np.nan):+.3f} | "
+            f"{p['terminal_share_a']:.2f} (uniform: {uniform:.2f}) | {p['onset_a']} / {p['onset_L']} | "
+            f"{p['delta_align']:+.3f} ± {p['delta_align_se']:.3f} | {traces[o]['path_length']:.3f} | "
+            f"{tables[o]['entropy'].iloc[-1]:.2f} | {flag} |"
+        )
+        t = cmp[(cmp["other"] == o)]
+        T = t["terminal"].to_numpy()
+        sig_a = bool(((t["p_a_holm"] < 0.05) & (t["d_a"] > 0) & (t["d_a"].abs() > t["null_a"]))[T].any())
+        ramp = s.get("terminal_a_gain", 0) > 0 and p["terminal_share_a"] > uniform and sig_a
+        drop = s.get("terminal_L_change", 0) < 0
+        verdicts.append((o, ramp, drop))
+    lines += ["", "What the audit shows at this scale (computed from the table above):", ""]
+    dpo = [v for v in verdicts if "overtrained" not in v[0]]
+    over = [v for v in verdicts if "overtrained" in v[0]]
+    if dpo:
+        ramps = [o for o, r, _ in dpo if r]
+        drops = [o for o, _, d in dpo if d]
+        lines.append(
+            f"- **Late-layer α ramp**: {'appears' if len(ramps) == len(dpo) else 'appears in ' + str(len(ramps)) + ' of ' + str(len(dpo))} "
+            f"for the DPO checkpoints ({', '.join(f'`{o}`' for o in ramps) or 'none'}): Δa is positive, Holm-significant "
+            "and larger than the split-half noise in the terminal window, and the terminal window holds more than its "
+            "uniform share of |Δa|.")
+        lines.append(
+            f"- **Reduction of L**: {'appears' if len(drops) == len(dpo) else 'does not appear' if not drops else 'appears in ' + str(len(drops)) + ' of ' + str(len(dpo))} "
+            "for the DPO checkpoints: "
+            + ("terminal ΔL is negative." if len(drops) == len(dpo) else
+               "terminal ΔL is positive — adjacent layers' readouts move *more* after DPO here, the opposite of the "
+               "paper's claim for large models."))
+    healthy_flagged = [o for o, _, _ in dpo if series.get(o, {}).get("destabilized")]
+    if healthy_flagged:
+        lines.append(
+            f"- **Destabilization flag**: METHOD.md's rule flags {', '.join(f'`{o}`' for o in healthy_flagged)} because "
+            "their terminal L keeps rising through DPO (the rule expects L to fall and treats a renewed rise as "
+            "instability); their behaviour is healthy (reference/EVAL.md), so at this scale the flag misfires.")
+    for o, _, _ in over:
+        s = series.get(o, {})
+        lines.append(
+            f"- **Over-trained `{o}`**: a jumps at every block, not only late (terminal Δa {s.get('terminal_a_gain', 0):+.2f}), "
+            f"path length falls to {traces[o]['path_length']:.2f} from {traces[ref]['path_length']:.2f}, and the "
+            f"final-layer entropy rises to {tables[o]['entropy'].iloc[-1]:.2f} nats from {tables[ref]['entropy'].iloc[-1]:.2f} "
+            "(its greedy replies are word salad, see reference/EVAL.md). METHOD.md's destabilization rule "
+            f"({'flags' if s.get('destabilized') else 'does not flag'} it) looks for a *reversal* of the terminal gain "
+            "or a renewed rise of L; this collapse is the opposite signature, so read the depth plot, not only the flag.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "demo")
+    args = ap.parse_args(argv)
+    block = summarize(args.out)
+    figs = ROOT / "reference" / "figures"
+    figs.mkdir(exist_ok=True)
+    for name in ("depth.png", "deltas.png", "series.png"):
+        shutil.copy(args.out / "report" / "plots" / name, figs / f"demo-{name}")
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+    print(block)
+
+
+if __name__ == "__main__":
+    main()
