@@ -205,6 +205,11 @@ class GramAccumulator:
         self._mean: np.ndarray | None = None  # (block, dim)
         self._scatter: np.ndarray | None = None  # (block, dim, dim)
         self._buf: np.ndarray | None = None  # (dim, dim) scratch for products
+        # Rows wait per block until a SYRK is worth it (a few hundred rows make it slow): at most
+        # ~256 MiB of float64 pending in all, 256…8192 rows per block.
+        self._flush_rows = int(min(8192, max(256, (256 << 20) // (8 * dim * blocks))))
+        self._pending: list[list[np.ndarray]] = [[] for _ in range(blocks)]
+        self._pending_n = np.zeros(blocks, dtype=np.int64)
 
     @property
     def keeps_rows(self) -> bool:
@@ -241,6 +246,8 @@ class GramAccumulator:
             for rows, ids in zip(other._rows, other._row_blocks):
                 self.update(rows, ids)
             return self
+        other._flush_all()
+        self._flush_all()
         if self.keeps_rows:
             self._start_scatter()
         for b in range(self.n_blocks):
@@ -250,6 +257,7 @@ class GramAccumulator:
 
     def result(self) -> GramResult:
         """Frozen copy of the current state (the accumulator stays usable)."""
+        self._flush_all()
         if self.keeps_rows:
             rows = np.concatenate(self._rows) if self._rows else np.zeros((0, self.dim))
             ids = np.concatenate(self._row_blocks) if self._row_blocks else np.zeros(0, dtype=np.int64)
@@ -282,17 +290,36 @@ class GramAccumulator:
             self._absorb(x, b)
 
     def _absorb(self, x: np.ndarray, ids: np.ndarray) -> None:
-        """Center each block's share of the chunk on its own mean, then Chan-merge it in place."""
-        present = np.unique(ids)
-        for b in present:
-            part = x if present.size == 1 else x[ids == b]  # (token, dim)
-            mean = part.mean(axis=0)
-            xc = part - mean  # (token, dim), centered per chunk
-            # float64 SYRK: only the upper triangle of xcᵀxc, half a GEMM's flops. The lower triangle of
-            # the per-block scatter is never read; result() mirrors the upper one.
-            upper = dsyrk(1.0, xc.T, trans=0, lower=0)  # (dim, dim): xc.T is the Fortran view of xc
-            self._chan_add(int(b), part.shape[0], mean, upper)
-            self.n += part.shape[0]
+        """Queue each block's share of the chunk; a block's queue is centered and merged once it is long enough."""
+        order = np.argsort(ids, kind="stable")
+        xs, bs = x[order], ids[order]  # (token, dim) grouped by block
+        bounds = np.searchsorted(bs, np.arange(self.n_blocks + 1))
+        for b in range(self.n_blocks):
+            lo, hi = int(bounds[b]), int(bounds[b + 1])
+            if hi > lo:
+                self._pending[b].append(xs[lo:hi])
+                self._pending_n[b] += hi - lo
+                if self._pending_n[b] >= self._flush_rows:
+                    self._flush(b)
+        self.n += x.shape[0]
+
+    def _flush(self, b: int) -> None:
+        """Center block b's queued rows on their own mean (per chunk, METHOD.md §2) and Chan-merge them."""
+        if not self._pending_n[b]:
+            return
+        part = np.concatenate(self._pending[b]) if len(self._pending[b]) > 1 else self._pending[b][0]
+        self._pending[b], self._pending_n[b] = [], 0
+        mean = part.mean(axis=0)
+        xc = part - mean  # (token, dim), centered per chunk
+        # float64 SYRK: only the upper triangle of xcᵀxc, half a GEMM's flops. The lower triangle of
+        # the per-block scatter is never read; result() mirrors the upper one.
+        upper = dsyrk(1.0, xc.T, trans=0, lower=0)  # (dim, dim): xc.T is the Fortran view of xc
+        self._chan_add(b, part.shape[0], mean, upper)
+
+    def _flush_all(self) -> None:
+        if self._scatter is not None:
+            for b in range(self.n_blocks):
+                self._flush(b)
 
     def _chan_add(self, b: int, n_b: int, mean_b: np.ndarray, scatter_b: np.ndarray) -> None:
         """In-place ``M_a ← M_a + M_b + (n_a n_b / n) δ δᵀ``, ``μ_a ← μ_a + δ n_b / n`` for block b."""

@@ -107,22 +107,30 @@ def time_nnsight(model, tok, batches, out: Path) -> tuple[float, int]:
     return dt, sum(f.stat().st_size for f in out.iterdir())
 
 
-def bit_exact(npy_dir: Path, store_path: Path, batches) -> bool:
-    """Does batch 0 of a peer's copy equal SPINAL's store (pre-norm states) at every stored token, bit for bit?"""
+def max_abs_diff(npy_dir: Path, store_path: Path) -> list[float]:
+    """Per layer, max |peer − SPINAL| over batch 0's stored tokens (0.0 = bit-exact)."""
     from spinal.store import Store
 
     saved = np.load(npy_dir / "batch00000.npy")  # (layer, batch, seq, dim)
     store = Store.open(str(store_path))
     t = store.tokens()
-    mask = batches[0][1].numpy()
+    out = []
     for li in range(saved.shape[0]):
         ours = store.hidden[li][...]
+        worst = 0.0
         for b in range(saved.shape[1]):
-            sel = (t["sequence"] == b)
-            pos = t["position"][sel]
-            if not np.array_equal(saved[li, b, pos], ours[sel]) or mask[b, pos].min() == 0:
-                return False
-    return True
+            sel = t["sequence"] == b
+            worst = max(worst, float(np.abs(saved[li, b, t["position"][sel]] - ours[sel]).max()))
+        out.append(worst)
+    return out
+
+
+def describe(diffs: list[float]) -> str:
+    if all(d == 0 for d in diffs):
+        return "bit-exact"
+    if all(d == 0 for d in diffs[:-1]):
+        return f"bit-exact except the last layer (final-normed; max abs diff {diffs[-1]:.2g})"
+    return f"max abs diff {max(diffs):.2g} (layers {[i for i, d in enumerate(diffs) if d]})"
 
 
 def time_spinal(ckpt: Path, prompts: Path, out: Path, batch: int, model, tok) -> tuple[float, int]:
@@ -168,9 +176,12 @@ def main(argv=None) -> dict:
     base = time_forward(model, batches, base=True)
     spinal_s, spinal_bytes = time_spinal(ckpt, prompts, work / "spinal.zarr", args.batch, model, tok)
     hf_s, hf_bytes = time_hf_save(model, batches, work / "hf-npy")
-    tl_s, tl_bytes = time_transformerlens(ckpt, model, tok, batches, work / "tl-npy")
-    nn_s, nn_bytes = time_nnsight(model, tok, batches, work / "nnsight-npy")
-    exact = {name: bit_exact(work / d, work / "spinal.zarr", batches)
+    from transformers import AutoModelForCausalLM
+
+    fresh = lambda: AutoModelForCausalLM.from_pretrained(ckpt).eval()  # noqa: E731  (wrappers may reconfigure it)
+    tl_s, tl_bytes = time_transformerlens(ckpt, fresh(), tok, batches, work / "tl-npy")
+    nn_s, nn_bytes = time_nnsight(fresh(), tok, batches, work / "nnsight-npy")
+    exact = {name: describe(max_abs_diff(work / d, work / "spinal.zarr"))
              for name, d in (("hf_hidden_states_npy", "hf-npy"), ("transformerlens_npy", "tl-npy"),
                              ("nnsight_npy", "nnsight-npy"))}
     prompts2 = write_prompts(work / "prompts2.jsonl", 2 * args.prompts, args.length, seed=1)
@@ -187,7 +198,7 @@ def main(argv=None) -> dict:
         "bytes_on_disk": {"spinal_capture": spinal_bytes, "hf_hidden_states_npy": hf_bytes,
                           "transformerlens_npy": tl_bytes, "nnsight_npy": nn_bytes},
         "peak_rss_mib": {f"{args.prompts} prompts": mem1, f"{2 * args.prompts} prompts": mem2},
-        "bit_exact_vs_pre_norm_states": {"spinal_capture": True, **exact},
+        "agreement_with_spinal_store": exact,
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "capture-cpu.json").write_text(json.dumps(res, indent=2))
@@ -217,12 +228,12 @@ def render(r: dict) -> str:
         f"{rt['spinal_capture']:.2f} | {b['spinal_capture'] / 2**20:,.1f} MiB (+ lens) | bit-exact, pre-norm last "
         "layer, stored positions only |",
     ]
-    ex = r["bit_exact_vs_pre_norm_states"]
+    ex = r["agreement_with_spinal_store"]
     for key, name in (("hf_hidden_states_npy", "HF `output_hidden_states` + `np.save`"),
                       ("transformerlens_npy", "TransformerLens `run_with_cache` (resid only) + `np.save`"),
                       ("nnsight_npy", "nnsight `trace` + `.save()` + `np.save`")):
         rows.append(f"| {name} | {s[key]:.2f} | {tok / s[key]:,.0f} | {rt[key]:.2f} | {b[key] / 2**20:,.1f} MiB | "
-                    f"{'bit-exact' if ex[key] is True else 'not bit-exact (HF: last layer final-normed)'}, padding kept |")
+                    f"vs SPINAL's store: {ex[key]}; padding kept |")
     rows += [
         "",
         f"Peak RSS of a capture process: {mem[0][1]:,.0f} MiB at {mem[0][0]}, {mem[1][1]:,.0f} MiB at {mem[1][0]}.",

@@ -177,3 +177,53 @@ def test_nan_activation_names_layer_and_token(prompts_file, tmp_path, self_check
     assert_refused(run(*argv), "non-finite", "layer 2")
     if not self_check:
         assert not Store.open(str(tmp_path / "s")).done().any()
+
+
+def test_parquet_and_text_prompt_files(llama, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spinal.capture.prompts import load_prompts
+
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["Hi there", "Bye now"], "response": [" ok", " fine"]}),
+                   tmp_path / "p.parquet")
+    (tmp_path / "p.txt").write_text("Hi there\n\nBye now\n")
+    par, txt = load_prompts(str(tmp_path / "p.parquet")), load_prompts(str(tmp_path / "p.txt"))
+    assert [(p.id, p.prompt, p.response) for p in par.prompts] == [("a", "Hi there", " ok"), ("b", "Bye now", " fine")]
+    assert [p.prompt for p in txt.prompts] == ["Hi there", "Bye now"]
+    r = run("capture", llama, "-p", tmp_path / "p.parquet", "-o", tmp_path / "s", "--positions", "response",
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    pq.write_table(pa.table({"text": ["x"]}), tmp_path / "bad.parquet")
+    assert_refused(run("capture", llama, "-p", tmp_path / "bad.parquet", "-o", tmp_path / "t"), "'prompt' column")
+
+
+def test_wrong_lens_is_refused_by_the_self_check(llama, prompts_file, tmp_path, monkeypatch):
+    """If discovery described the readout wrongly, the logits check refuses the model instead of storing it."""
+    import dataclasses
+
+    import spinal.capture.runner as runner_mod
+    from spinal.capture.discover import discover as real_discover
+
+    def wrong(model):
+        a = real_discover(model)
+        return dataclasses.replace(a, spec=dataclasses.replace(a.spec, weight_offset=1.0))  # Gemma's 1 + w on Llama
+
+    monkeypatch.setattr(runner_mod, "discover", wrong)
+    assert_refused(run("capture", llama, "-p", prompts_file, "-o", tmp_path / "s"), "LlamaForCausalLM",
+                   "lens does not reproduce the model's logits")
+    assert not (tmp_path / "s").exists()
+
+
+def test_device_map_spilling_to_cpu_is_refused_without_opt_in():
+    from spinal.capture.load import _refuse_offload
+    from spinal.errors import ModelError
+
+    class Fake(torch.nn.Module):
+        hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu", "lm_head": "disk"}
+
+    with pytest.raises(ModelError, match="spills 2 module"):
+        _refuse_offload(Fake(), allow_offload=False)
+    _refuse_offload(Fake(), allow_offload=True)
+    Fake.hf_device_map = {"": "cpu"}  # a CPU-only replica is not offload
+    _refuse_offload(Fake(), allow_offload=False)

@@ -158,3 +158,14 @@ def test_service_keeps_the_model_loaded_across_prompt_sets(two_nodes, checkpoint
     finally:
         service.stop()
     assert service.status() == []
+
+
+def test_more_gpus_per_replica_than_a_node_has_is_refused(two_nodes, checkpoint, tmp_path):
+    from spinal.cluster.ray_capture import capture_on_ray
+    from spinal.errors import InputError
+
+    cfg = CaptureConfig(model=str(checkpoint("llama")), prompts=str(_prompts(tmp_path, 4)),
+                        out=str(tmp_path / "g.zarr"))
+    with pytest.raises(InputError, match="gpus_per_replica=2, but the largest node has 0 GPUs"):
+        capture_on_ray(cfg, ClusterConfig(replicas=1, gpus_per_replica=2))
+    assert not (tmp_path / "g.zarr").exists()
