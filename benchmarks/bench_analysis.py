@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import scipy.linalg
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, update_readme  # noqa: E402
+from common import child_peak_rss_mib, machine, update_readme  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -103,8 +102,7 @@ def peak_gram_rss(n: int, d: int) -> float:
         "    x = rng.standard_normal((4096, %d)).astype(np.float32); acc.update(x, np.arange(4096) %% 16)\n"
         "acc.result().eigenvalues(True); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     ) % (str(HERE), d, n, d)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(r.stdout.strip().splitlines()[-1])
+    return child_peak_rss_mib(code)
 
 
 def main(argv=None) -> dict:

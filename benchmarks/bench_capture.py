@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import llama_50m, machine, peak_rss_mib, update_readme, write_prompts  # noqa: E402
+from common import child_peak_rss_mib, llama_50m, machine, update_readme, write_prompts  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -154,8 +153,7 @@ def peak_memory(ckpt: Path, prompts: Path, out: Path, batch: int) -> float:
         f"capture(CaptureConfig(model={str(ckpt)!r}, prompts={str(prompts)!r}, out={str(out)!r}, batch_size={batch},"
         " overwrite=True)); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(r.stdout.strip().splitlines()[-1])
+    return child_peak_rss_mib(code)
 
 
 def main(argv=None) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 from pathlib import Path
 
 import torch
@@ -40,8 +39,13 @@ def write_prompts(path: Path, n: int, length: int, seed: int = 0) -> Path:
     return path
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def child_peak_rss_mib(code: str) -> float:
+    """Run ``code`` in a fresh Python that prints its own peak RSS (MiB) last; return that number."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
 
 
 def machine() -> dict:
