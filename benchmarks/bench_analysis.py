@@ -56,6 +56,24 @@ def spinal_spectrum(h: np.ndarray, chunk: int = 4096) -> np.ndarray:
     return singular_values(acc.result().eigenvalues(centered=True))
 
 
+def weightwatcher_fit(h: np.ndarray) -> dict | None:
+    """WeightWatcher's power-law fit of the same matrix (as a layer weight), timed; None if not installed."""
+    try:
+        import logging
+
+        import weightwatcher as ww
+    except ImportError:
+        return None
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    lin = torch.nn.Linear(h.shape[1], h.shape[0], bias=False)
+    lin.weight.data = torch.from_numpy(h)  # (out = token, in = dim): its ESD is that of HᵀH
+    t = time.perf_counter()
+    df = ww.WeightWatcher(model=torch.nn.Sequential(lin)).analyze()
+    secs = time.perf_counter() - t
+    alpha = float(df["alpha"].iloc[0])
+    return {"seconds": secs, "alpha_esd": alpha, "a": 1 / (2 * (alpha - 1))}
+
+
 def gemm_rate(m: int, k: int, n: int, dtype) -> float:
     x = np.random.default_rng(0).standard_normal((m, k)).astype(dtype)
     y = np.random.default_rng(1).standard_normal((k, n)).astype(dtype)
@@ -112,7 +130,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--lens-tokens", type=int, default=4096)
     ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--render-only", action="store_true", help="re-render the README table from results/ JSON")
     args = ap.parse_args(argv)
+    if args.render_only:
+        res = json.loads((HERE / "results" / "analysis-cpu.json").read_text())
+        update_readme("analysis", render(res))
+        return res
     n, d = args.tokens, args.dim
     h = power_law_matrix(n, d)
     sv_ours = spinal_spectrum(h)
@@ -122,6 +145,11 @@ def main(argv=None) -> dict:
     t_np = best_of(lambda: np.linalg.svd(hc, compute_uv=False), 1)  # centering excluded from their time
     sv_np = np.linalg.svd(hc, compute_uv=False)
     t_sp = best_of(lambda: scipy.linalg.svd(hc, compute_uv=False, lapack_driver="gesdd"), 1)
+    from spinal.analyze.spectrum import fit_spectrum
+
+    ours_fit = fit_spectrum(sv_ours**2, n_tokens=n, dim=d, rms=np.sqrt((h.astype(np.float64) ** 2).mean(0)),
+                            storage_dtype="float32")
+    wwr = weightwatcher_fit(h)
     keep = sv_np >= 1e-5 * sv_np[0]
     rel = float(np.max(np.abs(sv_ours[: keep.sum()] - sv_np[keep]) / sv_np[keep]))
     # Gram pass alone (no eigvalsh) vs float64 GEMM on the same (dim × chunk) @ (chunk × dim) shapes
@@ -143,6 +171,7 @@ def main(argv=None) -> dict:
         "spectrum_seconds": {"spinal": t_ours, "numpy_svd": t_np, "scipy_svd_gesdd": t_sp},
         "spectrum_speedup": {"vs_numpy_svd": t_np / t_ours, "vs_scipy_svd": t_sp / t_ours},
         "spectrum_max_rel_diff": rel,
+        "true_a": 1.0, "spinal_a": ours_fit.a_wls, "spinal_status": ours_fit.status, "weightwatcher": wwr,
         "gram_gflops": gram_gflops, "gemm64_gflops": gemm64, "gram_fraction_of_gemm": gram_gflops / gemm64,
         "lens": lens, "lens_fraction_of_gemm": lens["gflops"] / lens["gemm_gflops"],
         "lens_speedup_vs_naive": lens["naive_seconds"] / lens["seconds"],
@@ -169,7 +198,12 @@ def render(r: dict) -> str:
         f"{r['spectrum_speedup']['vs_numpy_svd']:.1f}× faster |",
         f"| | | scipy SVD (gesdd) {s['scipy_svd_gesdd']:.2f} s | {r['spectrum_speedup']['vs_scipy_svd']:.1f}× faster |",
         f"| same singular values (σ_k ≥ 1e-5 σ₁) | max relative difference {r['spectrum_max_rel_diff']:.1e} | | |",
-        f"| float64 Gram pass | {r['gram_gflops']:.1f} GFLOP/s | float64 GEMM {r['gemm64_gflops']:.1f} GFLOP/s | "
+        (f"| power-law fit, true a = {r['true_a']:g} | a = {r['spinal_a']:.3f} ({r['spinal_status']}), "
+         f"{s['spinal']:.2f} s incl. spectrum | WeightWatcher α = {r['weightwatcher']['alpha_esd']:.3f} → "
+         f"a = {r['weightwatcher']['a']:.3f}, {r['weightwatcher']['seconds']:.2f} s | "
+         f"{r['weightwatcher']['seconds'] / s['spinal']:.1f}× faster |") if r.get("weightwatcher") else
+        "| power-law fit | | WeightWatcher not installed | |",
+        f"| float64 Gram pass (2·N·d² counted; SYRK computes half) | {r['gram_gflops']:.1f} GFLOP/s | float64 GEMM {r['gemm64_gflops']:.1f} GFLOP/s | "
         f"{r['gram_fraction_of_gemm']:.0%} of GEMM |",
         f"| lens + Fisher–Rao (vocab {r['vocab']:,}) | {r['lens']['gflops']:.1f} GFLOP/s | float32 GEMM "
         f"{r['lens']['gemm_gflops']:.1f} GFLOP/s | {r['lens_fraction_of_gemm']:.0%} of GEMM |",

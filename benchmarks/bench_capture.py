@@ -18,11 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import functools
+
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import child_peak_rss_mib, llama_50m, machine, update_readme, write_prompts  # noqa: E402
+from common import child_peak_rss_mib, gpt2_small, llama_50m, machine, update_readme, write_prompts  # noqa: E402
+from spinal.capture.discover import discover  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -70,7 +73,7 @@ def time_transformerlens(ckpt: Path, model, tok, batches, out: Path) -> tuple[fl
     from transformer_lens.model_bridge import TransformerBridge
 
     bridge = TransformerBridge.boot_transformers(str(ckpt), hf_model=model, tokenizer=tok)
-    n = len(model.model.layers)
+    n = len(discover(model).blocks)
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n)]
     wanted = set(names)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,15 +92,18 @@ def time_nnsight(model, tok, batches, out: Path) -> tuple[float, int]:
     from nnsight import LanguageModel
 
     lm = LanguageModel(model, tokenizer=tok)
-    n = len(model.model.layers)
+    blocks = discover(model).blocks
+    path = next(name for name, m in model.named_modules() if m is blocks)  # "model.layers", "transformer.h", …
+    n = len(blocks)
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     for i, (ids, mask) in enumerate(batches):
         with lm.trace({"input_ids": ids, "attention_mask": mask}):
+            layers = functools.reduce(getattr, path.split("."), lm)  # the envoy of the block list
             outs = nnsight.save([])
-            outs.append(lm.model.layers[0].inputs)
+            outs.append(layers[0].inputs)
             for j in range(n):
-                outs.append(lm.model.layers[j].output)
+                outs.append(layers[j].output)
         args, kwargs = outs[0]
         first = args[0] if args else kwargs["hidden_states"]
         rest = [o[0] if isinstance(o, tuple) else o for o in outs[1:]]
@@ -161,11 +167,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompts", type=int, default=192)
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--model", choices=("llama-50m", "gpt2-small"), default="llama-50m",
+                    help="a ~58M Llama-style model, or a GPT-2-small-shaped one (124M, LayerNorm, tied head)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--update-readme", action="store_true")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="spinal-bench-"))
-    ckpt = llama_50m(work / "llama50m")
+    ckpt = llama_50m(work / "llama50m") if args.model == "llama-50m" else gpt2_small(work / "gpt2-small")
     prompts = write_prompts(work / "prompts.jsonl", args.prompts, args.length)
     model, tok, batches, stored = _batches(ckpt, prompts, args.batch)
     n_params = sum(p.numel() for p in model.parameters())
@@ -186,7 +194,8 @@ def main(argv=None) -> dict:
     mem1 = peak_memory(ckpt, prompts, work / "m1.zarr", args.batch)
     mem2 = peak_memory(ckpt, prompts2, work / "m2.zarr", args.batch)
     res = {
-        "benchmark": "capture", "machine": machine(), "model_params": n_params, "layers_stored": 9,
+        "benchmark": "capture", "model": args.model, "machine": machine(), "model_params": n_params,
+        "architecture": type(model).__name__, "layers_stored": len(discover(model).blocks) + 1,
         "prompts": args.prompts, "seq_len": args.length, "batch": args.batch, "stored_tokens": stored,
         "seconds": {"bare_forward": bare, "base_forward": base, "spinal_capture": spinal_s,
                     "hf_hidden_states_npy": hf_s, "transformerlens_npy": tl_s, "nnsight_npy": nn_s},
@@ -199,11 +208,12 @@ def main(argv=None) -> dict:
         "agreement_with_spinal_store": exact,
     }
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "capture-cpu.json").write_text(json.dumps(res, indent=2))
+    suffix = "" if args.model == "llama-50m" else f"-{args.model}"
+    (HERE / "results" / f"capture-cpu{suffix}.json").write_text(json.dumps(res, indent=2))
     table = render(res)
     print(table)
     if args.update_readme:
-        update_readme("capture", table)
+        update_readme(f"capture{suffix}", table)
     shutil.rmtree(work, ignore_errors=True) if args.workdir is None else None
     return res
 
@@ -213,9 +223,9 @@ def render(r: dict) -> str:
     tok = r["stored_tokens"]
     mem = list(r["peak_rss_mib"].items())
     rows = [
-        f"Capture, {r['model_params'] / 1e6:.0f}M-parameter Llama-style model, all {r['layers_stored']} layers, "
+        f"Capture, {r['model_params'] / 1e6:.0f}M-parameter {r.get('architecture', 'Llama')}, all {r['layers_stored']} layers, "
         f"{r['prompts']} prompts × {r['seq_len']} tokens, batch {r['batch']}, float32, "
-        f"{r['machine']['cores']} cores (`python benchmarks/bench_capture.py`):",
+        f"{r['machine']['cores']} cores (`python benchmarks/bench_capture.py --model {r.get('model', 'llama-50m')}`):",
         "",
         "| method | seconds | tokens/s | throughput × bare forward | bytes on disk | persisted copy |",
         "|---|---:|---:|---:|---:|---|",

@@ -12,8 +12,7 @@ import torch
 
 def llama_50m(path: Path, seed: int = 0) -> Path:
     """A random-weight Llama-style checkpoint of ~58M parameters (d=512, 8 blocks, vocab 32000)."""
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     if (path / "config.json").exists():
         return path
@@ -22,12 +21,32 @@ def llama_50m(path: Path, seed: int = 0) -> Path:
                       bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(seed)
     LlamaForCausalLM(cfg).save_pretrained(path)
+    _word_tokenizer().save_pretrained(path)
+    return path
+
+
+def gpt2_small(path: Path, seed: int = 0) -> Path:
+    """A random-weight GPT-2-small-shaped checkpoint (124M: d=768, 12 blocks, LayerNorm, tied head, vocab 50257)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if (path / "config.json").exists():
+        return path
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024,
+                               bos_token_id=1, eos_token_id=2)).save_pretrained(path)
+    _word_tokenizer().save_pretrained(path)
+    return path
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
     vocab = {f"w{i}": i for i in range(32000)}
     t = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
     t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     t.post_processor = processors.TemplateProcessing(single="w1 $A", special_tokens=[("w1", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=t, bos_token="w1", eos_token="w2", unk_token="w0").save_pretrained(path)
-    return path
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="w1", eos_token="w2", unk_token="w0")
 
 
 def write_prompts(path: Path, n: int, length: int, seed: int = 0) -> Path:
