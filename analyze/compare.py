@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace import Trace, jsonable
 from spinal.errors import InputError
 
 COMPARE_FORMAT = 1
@@ -80,7 +80,7 @@ class Comparison:
         doc = {**self.meta, "compare_format": COMPARE_FORMAT, "definitions": DEFINITIONS,
                "pairs": [{"ref": p.ref, "other": p.other, **p.summary} for p in self.pairs],
                "series": None if self.series is None else self.series.to_dict(orient="records")}
-        (out / "compare.json").write_text(json.dumps(doc, indent=2, default=_jsonable))
+        (out / "compare.json").write_text(json.dumps(doc, indent=2, default=jsonable))
         return out
 
     @classmethod
@@ -101,17 +101,6 @@ class Comparison:
         meta = {k: v for k, v in doc.items() if k not in ("pairs", "series")}
         return cls(tuple(pairs), series, meta)
 
-
-def _jsonable(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return None if math.isnan(float(o)) else float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    return str(o)
 
 
 def with_cross_readout(comparison: Comparison, frames: dict[str, pd.DataFrame]) -> Comparison:

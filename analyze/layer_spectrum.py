@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,10 +57,3 @@ def layer_spectrum(store_path: str, layer: int, *, blocks: int, n_boot: int, nul
     return LayerSpectrum(layer, res.n, centered, raw, boot, np.array(null, dtype=np.float64),
                          singular_values(res.eigenvalues(True)))
 
-
-def ci(boot: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval; NaN if any replicate has no fit (dropping them would bias it)."""
-    if boot.size == 0 or not np.isfinite(boot).all():
-        return math.nan, math.nan
-    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)

@@ -294,7 +294,13 @@ def bootstrap_ci(block_stats: GramResult, rng: np.random.Generator, n_boot: int,
         raise ValueError(f"need 0 < level < 1 and n_boot ≥ 1, got level={level}, n_boot={n_boot}")
     a = np.array([fit_gram(resample(block_stats, draw_blocks(block_stats, rng)), **fit_kwargs).a_wls
                   for _ in range(n_boot)])
-    if not np.isfinite(a).all():
+    return percentile_ci(a, level)
+
+
+def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates; (NaN, NaN) if there are none or any has no fit
+    (dropping those would bias the interval)."""
+    if replicates.size == 0 or not np.isfinite(replicates).all():
         return math.nan, math.nan
-    lo, hi = np.percentile(a, [50 * (1 - level), 50 * (1 + level)])
+    lo, hi = np.percentile(replicates, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)

@@ -17,8 +17,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from spinal.analyze.layer_spectrum import LayerSpectrum, ci, layer_spectrum
+from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum
 from spinal.analyze.lens_pass import LensPartial, lens_pass, token_subsample
+from spinal.analyze.spectrum import percentile_ci
 from spinal.analyze.transport import TransportStats
 from spinal.config import AnalyzeConfig, parse_layers, parse_window
 from spinal.errors import InputError, StoreError
@@ -54,7 +55,7 @@ class Trace:
         steps = [f"{a}->{b}" for a, b in zip(layers[:-1], layers[1:])]
         pd.DataFrame(self.seq_L, columns=steps).to_parquet(out / "sequences.parquet")
         np.savez_compressed(out / "spectra.npz", **{str(k): v for k, v in self.spectra.items()})
-        (out / "trace.json").write_text(json.dumps(self.meta, indent=2, default=_jsonable))
+        (out / "trace.json").write_text(json.dumps(self.meta, indent=2, default=jsonable))
         return out
 
     @classmethod
@@ -148,7 +149,7 @@ def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tup
     seq_L = np.full((n_seq, len(spectra) - 1), np.nan)
     for j, s in enumerate(spectra):
         c, r = s.centered, s.raw
-        lo, hi = ci(s.boot)
+        lo, hi = percentile_ci(s.boot)
         row = {
             "layer": s.layer, "a": c.a_wls, "a_lo": lo, "a_hi": hi, "a_mle": c.a_mle, "r2": c.r2, "ks": c.ks,
             "k_lo": c.k_lo, "k_hi": c.k_hi, "rank": c.rank, "spikes": c.spikes, "floor_rank": c.floor_rank,
@@ -240,11 +241,14 @@ def _software() -> dict:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _jsonable(o):
-    if isinstance(o, (np.integer,)):
+def jsonable(o):
+    """``json.dumps(default=…)`` for numpy values (NaN as null, which every JSON reader accepts)."""
+    if isinstance(o, np.integer):
         return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
+    if isinstance(o, np.floating):
+        return None if math.isnan(float(o)) else float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import child_peak_rss_mib, llama_50m, machine, update_readme, write_prompts  # noqa: E402
+from common import child_peak_rss_mib, llama_50m, machine, run_child, update_readme, write_prompts  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -38,10 +38,9 @@ _GRAM = (
 
 
 def _run(code: str) -> tuple[float, float]:
-    import subprocess
-
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(r.stderr.strip().splitlines()[-1]), float(r.stdout.strip().splitlines()[-1])
+    """(seconds printed last on stderr, peak RSS MiB printed last on stdout) of a child process."""
+    rss, secs = run_child(code)
+    return float(secs), float(rss)
 
 
 def slope(x, y) -> float:

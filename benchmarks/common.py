@@ -58,13 +58,19 @@ def write_prompts(path: Path, n: int, length: int, seed: int = 0) -> Path:
     return path
 
 
-def child_peak_rss_mib(code: str) -> float:
-    """Run ``code`` in a fresh Python that prints its own peak RSS (MiB) last; return that number."""
+def run_child(code: str) -> tuple[str, str]:
+    """Run ``code`` in a fresh Python; return the last line of its stdout and of its stderr."""
     import subprocess
     import sys
 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(r.stdout.strip().splitlines()[-1])
+    last = lambda s: (s.strip().splitlines() or [""])[-1]  # noqa: E731
+    return last(r.stdout), last(r.stderr)
+
+
+def child_peak_rss_mib(code: str) -> float:
+    """Run ``code`` in a fresh Python that prints its own peak RSS (MiB) last; return that number."""
+    return float(run_child(code)[0])
 
 
 def machine() -> dict:

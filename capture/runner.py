@@ -23,7 +23,8 @@ from spinal.capture.tokens import Tokenized, tokenize
 from spinal.config import CaptureConfig, parse_layers
 from spinal.errors import InputError, IntegrityError, StoreError
 from spinal.lens import Lens
-from spinal.store import Store, TokenLayout, Unit, chunk_sizes, encode, plan_layout, sha256_text, store_exists
+from spinal.store import (Store, Unit, chunk_sizes, decode, encode, plan_layout, sha256_text,
+                          storage_dtype, store_exists)
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +113,13 @@ def prepare(cfg: CaptureConfig, loaded: Loaded | None = None) -> Session:
         check = store.meta.get("self_check")
     else:
         arrays = lens_arrays(anatomy)
-        lens = Lens.from_arrays(anatomy.spec, {k: _decoded(v) for k, v in arrays.items()})
+        lens = Lens.from_arrays(anatomy.spec, {k: decode(arr, real) for k, (arr, real) in arrays.items()})
         check = None
         if cfg.self_check:
             ids, mask, _ = _batch(tokd, list(range(min(2, len(tokd.input_ids)))), tok, _input_device(model))
             check = run_self_check(model, anatomy, lens, ids, mask, real_dtype).to_dict()
             log.info("self-check passed: %s", check)
-        t_chunk, t_shard = chunk_sizes(dim, np.dtype(_np_storage(real_dtype)).itemsize, cfg.unit_tokens)
+        t_chunk, t_shard = chunk_sizes(dim, np.dtype(storage_dtype(real_dtype)).itemsize, cfg.unit_tokens)
         layout = plan_layout(tokd.stored_ids, tokd.positions, t_chunk=t_chunk, t_shard=t_shard,
                              unit_tokens=cfg.unit_tokens)
         meta = _metadata(cfg, loaded, prompts, tokd, identity, check)
@@ -173,7 +174,7 @@ def _capture_unit(unit: Unit, model, tok, rec: Recorder, tokd: Tokenized, prompt
     """Run a unit's sequences in batches; returns its (layer, unit tokens, dim) block in storage dtype."""
     n_tok = unit.token_stop - unit.token_start
     dim = store.hidden.shape[2]
-    block = np.zeros((len(store.layers), n_tok, dim), dtype=_np_storage(store.dtype))  # (layer, token, dim)
+    block = np.zeros((len(store.layers), n_tok, dim), dtype=storage_dtype(store.dtype))  # (layer, token, dim)
     offsets = np.asarray(store.group["sequences/offset"][unit.seq_start : unit.seq_stop]) - unit.token_start
     seqs = list(range(unit.seq_start, unit.seq_stop))
     for b in range(0, len(seqs), batch_size):
@@ -324,19 +325,6 @@ def _metadata(cfg, loaded: Loaded, prompts: PromptSet, tokd: Tokenized, identity
                      "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _decoded(item):
-    from spinal.store import decode
-
-    arr, real = item
-    return decode(arr, real)
-
-
-def _np_storage(real: str) -> str:
-    from spinal.store import storage_dtype
-
-    return storage_dtype(real)
 
 
 def _input_device(model) -> torch.device:

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from spinal.config import CaptureConfig
-from spinal.errors import SpinalError
+from spinal.errors import InputError, SpinalError
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ class ClusterConfig:
         default=0, metadata={"help": "concurrent analysis tasks (0: as many as the cluster has CPUs)"})
 
     def __post_init__(self) -> None:
-        from spinal.errors import InputError
-
         if self.replicas < 1:
             raise InputError(f"[cluster] replicas={self.replicas}; must be ≥ 1")
         if self.max_unit_retries < 0:

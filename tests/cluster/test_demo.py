@@ -41,7 +41,9 @@ def test_demo_on_96_prompts_finds_what_dpo_did_and_reports_it(tmp_path):
     html = (out / "report" / "report.html").read_text()
     for label in ("sft", "dpo-step0200", "dpo-overtrained"):
         assert label in html
-    assert f"{pair['delta_align']:+.3f}"[:5] in html or f"{pair['delta_align']:.3g}" in html
+    from spinal.analyze.report import num
+
+    assert f"{num(pair['delta_align'])} ± {num(pair['delta_align_se'])}" in html  # the summary row's own numbers
     assert "operational definition" in html and html.count("data:image/png;base64,") >= 4
     tr = json.loads((out / "traces" / "sft" / "trace.json").read_text())
     assert tr["options"]["lens_tokens"] == 8192 and tr["positions"] == "response"
