@@ -61,7 +61,8 @@ def test_sigkill_then_resume_equals_uninterrupted(checkpoint, tmp_path):
     proc.wait()
     partial = Store.open(str(killed))
     done_before = partial.done()
-    assert 3 <= done_before.sum() < n_units, "the kill must land mid-run"
+    # three marker files were seen; the last may be torn by the kill and then (rightly) reads as not done
+    assert 2 <= done_before.sum() < n_units, "the kill must land mid-run"
     assert not partial.complete
 
     # a reader sees only done units and refuses the incomplete store by default
