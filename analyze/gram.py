@@ -93,6 +93,7 @@ def merge_all(stats: tuple[GramStats, ...] | list[GramStats], dim: int) -> GramS
 
     The k-group form of Chan's update (deviations from the pooled mean, no raw sums), one
     (d, d) product instead of k − 1 pairwise merges; equal to folding ``GramStats.merge``.
+    A group listed w times (a bootstrap draw) is added once with weight w.
     """
     full = [s for s in stats if s.n]
     if not full:
@@ -102,22 +103,43 @@ def merge_all(stats: tuple[GramStats, ...] | list[GramStats], dim: int) -> GramS
     n = n_b.sum()
     mean = n_b @ means / n  # (dim,)
     dev = means - mean  # (group, dim)
-    scatter = np.sum([s.scatter for s in full], axis=0) + (dev * n_b[:, None]).T @ dev  # (dim, dim)
+    scatter = (dev * n_b[:, None]).T @ dev  # (dim, dim) between-group term
+    weight: dict[int, list] = {}
+    for s in full:  # in place, never a (group, dim, dim) stack
+        weight.setdefault(id(s.scatter), [s.scatter, 0])[1] += 1
+    for m, w in weight.values():
+        scatter += m if w == 1 else w * m
     return GramStats(int(n), mean, scatter)
 
 
-def _symmetric_from_upper(m: np.ndarray) -> np.ndarray:
-    """A full symmetric copy of ``m`` built from its upper triangle (diagonal included)."""
-    out = np.triu(m)
-    out += np.triu(m, 1).T
+def _symmetric_from_upper(m: np.ndarray, tile: int = 128, copy: bool = True) -> np.ndarray:
+    """``m``'s upper triangle (diagonal included) mirrored to a full symmetric matrix, in a copy or in place.
+
+    Copying one strip of columns at a time keeps the transposed reads in cache: about half the time
+    of ``m + mᵀ`` at d = 1024.
+    """
+    out = np.array(m, dtype=np.float64, copy=True) if copy else m
+    for i in range(0, m.shape[0], tile):
+        out[i : i + tile, :i] = m[:i, i : i + tile].T
+        diag = out[i : i + tile, i : i + tile]
+        diag[np.tril_indices(diag.shape[0], -1)] = diag.T[np.tril_indices(diag.shape[0], -1)]
     return out
 
 
-def _as_float64(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Upcast a (token, dim) chunk of any float dtype (bf16 included) to float64 numpy for the Gram product."""
+def _as_float(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A (token, dim) chunk as float32 or float64 numpy (bf16/fp16 widen exactly to float32); no float64 copy yet."""
     if isinstance(x, torch.Tensor):
-        return x.detach().to(device="cpu", dtype=torch.float64).numpy()
-    return np.asarray(x, dtype=np.float64)
+        x = x.detach().to("cpu")
+        return (x if x.dtype == torch.float64 else x.to(torch.float32)).numpy()
+    x = np.asarray(x)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
+
+
+def _count_non_finite(x: np.ndarray) -> int:
+    """Number of NaN/inf entries; a float64 sum of float32 data cannot overflow, so one cheap pass decides."""
+    if np.isfinite(x.sum(dtype=np.float64)):
+        return 0
+    return int((~np.isfinite(x)).sum())  # also 0 when only a float64 sum overflowed
 
 
 @dataclass(frozen=True)
@@ -186,12 +208,12 @@ class GramResult:
 class GramAccumulator:
     """Accumulates float64 per-block moments chunk by chunk: ``update(x, block_ids)``, ``merge``, ``result``.
 
-    Each chunk is upcast to float64, centered on its own mean and Chan-merged into its block,
-    never ``G − s sᵀ/N`` (METHOD.md §2, "Precision"). Callers assign whole sequences to blocks
-    so the block bootstrap resamples sequences.
+    Each block's rows are queued (upcast to float64), then centered on their own mean and
+    Chan-merged into the block, never ``G − s sᵀ/N`` (METHOD.md §2, "Precision"). Callers assign
+    whole sequences to blocks so the block bootstrap resamples sequences.
     """
 
-    def __init__(self, dim: int, blocks: int = 16):
+    def __init__(self, dim: int, blocks: int = 16, *, flush_rows: int | None = None):
         if dim < 1 or blocks < 1:
             raise ValueError(f"need dim ≥ 1 and blocks ≥ 1, got dim={dim}, blocks={blocks}")
         self.dim = dim
@@ -200,16 +222,18 @@ class GramAccumulator:
         # Kept-rows mode (n < dim): float64 chunks and their block ids.
         self._rows: list[np.ndarray] = []
         self._row_blocks: list[np.ndarray] = []
-        # Scatter mode (n ≥ dim): per-block count, mean and centered scatter, updated in place.
+        # Scatter mode (n ≥ dim): per-block count, mean and the upper triangle of the centered
+        # scatter (the strictly lower triangle stays 0), updated in place.
         self._count: np.ndarray | None = None  # (block,)
         self._mean: np.ndarray | None = None  # (block, dim)
         self._scatter: np.ndarray | None = None  # (block, dim, dim)
-        self._buf: np.ndarray | None = None  # (dim, dim) scratch for products
-        # Rows wait per block until a SYRK is worth it (a few hundred rows make it slow): at most
-        # ~256 MiB of float64 pending in all, 256…8192 rows per block.
-        self._flush_rows = int(min(8192, max(256, (256 << 20) // (8 * dim * blocks))))
-        self._pending: list[list[np.ndarray]] = [[] for _ in range(blocks)]
-        self._pending_n = np.zeros(blocks, dtype=np.int64)
+        # Rows wait per block until a SYRK is worth it. At d = 1024 on 2 cores, 256-row SYRKs already
+        # run at the rate of one 32k-row SYRK, so 256…512 rows per block (≤ 256 MiB of float64 in
+        # all). One spare row per block carries Chan's mean-shift term into the same SYRK.
+        self._flush_rows = flush_rows or int(min(512, max(256, (256 << 20) // (8 * dim * blocks))))
+        self._queue: np.ndarray | None = None  # (block, flush_rows + 1, dim) float64, pages touched as filled
+        self._fill = np.zeros(blocks, dtype=np.int64)
+        self._spent = False
 
     @property
     def keeps_rows(self) -> bool:
@@ -217,12 +241,14 @@ class GramAccumulator:
 
     def update(self, x: np.ndarray | torch.Tensor, block_ids: np.ndarray) -> GramAccumulator:
         """Add a chunk ``x`` (token, dim) whose tokens belong to blocks ``block_ids`` (token,) in [0, blocks)."""
-        x = _as_float64(x)
+        if self._spent:
+            raise ValueError("this accumulator was finished; start a new one")
+        x = _as_float(x)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected a (token, {self.dim}) chunk, got shape {x.shape}")
         ids = self._check_ids(block_ids, x.shape[0])
-        if not np.isfinite(x).all():
-            raise ValueError(f"chunk has {int((~np.isfinite(x)).sum())} non-finite entries")
+        if bad := _count_non_finite(x):
+            raise ValueError(f"chunk has {bad} non-finite entries")
         if x.shape[0] == 0:
             return self
         if self.keeps_rows and self.n + x.shape[0] < self.dim:
@@ -237,6 +263,8 @@ class GramAccumulator:
 
     def merge(self, other: GramAccumulator) -> GramAccumulator:
         """Fold another accumulator of the same dim and block count into this one (Ray fan-in)."""
+        if self._spent or other._spent:
+            raise ValueError("cannot merge a finished accumulator; its result was handed over")
         if (other.dim, other.n_blocks) != (self.dim, self.n_blocks):
             raise ValueError(
                 f"cannot merge accumulators with (dim, blocks) = {(self.dim, self.n_blocks)} "
@@ -251,19 +279,40 @@ class GramAccumulator:
         if self.keeps_rows:
             self._start_scatter()
         for b in range(self.n_blocks):
-            self._chan_add(b, int(other._count[b]), other._mean[b], other._scatter[b])
+            n_a, n_b = int(self._count[b]), int(other._count[b])
+            if n_b == 0:
+                continue
+            n = n_a + n_b
+            delta = other._mean[b] - self._mean[b]  # (dim,)
+            self._scatter[b] += other._scatter[b]  # both upper-triangular
+            if n_a:
+                self._syrk_into(b, np.sqrt(n_a * n_b / n) * delta[None, :])  # + (n_a n_b / n) δ δᵀ
+            self._mean[b] += delta * (n_b / n)
+            self._count[b] = n
         self.n += other.n
         return self
 
     def result(self) -> GramResult:
         """Frozen copy of the current state (the accumulator stays usable)."""
+        return self._result(copy=True)
+
+    def finish(self) -> GramResult:
+        """The result without copying the block scatters (half the peak memory); the accumulator is spent."""
+        res = self._result(copy=False)
+        self._scatter = self._mean = self._count = self._queue = None
+        self._rows, self._row_blocks, self._spent = [], [], True
+        return res
+
+    def _result(self, copy: bool) -> GramResult:
+        if self._spent:
+            raise ValueError("this accumulator was finished; its result was handed over")
         self._flush_all()
         if self.keeps_rows:
             rows = np.concatenate(self._rows) if self._rows else np.zeros((0, self.dim))
             ids = np.concatenate(self._row_blocks) if self._row_blocks else np.zeros(0, dtype=np.int64)
             return GramResult(self.dim, self.n_blocks, rows=rows, row_blocks=ids)
         blocks = tuple(
-            GramStats(int(self._count[b]), self._mean[b].copy(), _symmetric_from_upper(self._scatter[b]))
+            GramStats(int(self._count[b]), self._mean[b].copy(), _symmetric_from_upper(self._scatter[b], copy=copy))
             for b in range(self.n_blocks)
         )
         return GramResult(self.dim, self.n_blocks, blocks=blocks)
@@ -284,57 +333,65 @@ class GramAccumulator:
         self._count = np.zeros(self.n_blocks, dtype=np.int64)
         self._mean = np.zeros((self.n_blocks, self.dim))
         self._scatter = np.zeros((self.n_blocks, self.dim, self.dim))
-        self._buf = np.empty((self.dim, self.dim))
+        self._queue = np.empty((self.n_blocks, self._flush_rows + 1, self.dim))
         self.n = 0
         for x, b in zip(rows, ids):
             self._absorb(x, b)
 
     def _absorb(self, x: np.ndarray, ids: np.ndarray) -> None:
-        """Queue each block's share of the chunk; a block's queue is centered and merged once it is long enough."""
-        order = np.argsort(ids, kind="stable")
-        xs, bs = x[order], ids[order]  # (token, dim) grouped by block
-        bounds = np.searchsorted(bs, np.arange(self.n_blocks + 1))
-        for b in range(self.n_blocks):
-            lo, hi = int(bounds[b]), int(bounds[b + 1])
-            if hi > lo:
-                self._pending[b].append(xs[lo:hi])
-                self._pending_n[b] += hi - lo
-                if self._pending_n[b] >= self._flush_rows:
+        """Copy each run of equal block ids into that block's queue; a full queue is merged at once."""
+        cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+        if cuts.size > max(4 * self.n_blocks, x.shape[0] // 32):  # ids interleaved: group them first
+            order = np.argsort(ids, kind="stable")
+            x, ids = x[order], ids[order]
+            cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, ids.size]):
+            b, lo = int(ids[lo]), int(lo)
+            while lo < hi:
+                f = int(self._fill[b])
+                take = min(int(hi) - lo, self._flush_rows - f)
+                self._queue[b, f : f + take] = x[lo : lo + take]  # the float64 upcast happens in this copy
+                self._fill[b] += take
+                lo += take
+                if self._fill[b] == self._flush_rows:
                     self._flush(b)
         self.n += x.shape[0]
 
     def _flush(self, b: int) -> None:
-        """Center block b's queued rows on their own mean (per chunk, METHOD.md §2) and Chan-merge them."""
-        if not self._pending_n[b]:
+        """Center block b's queued rows on their own mean (per chunk, METHOD.md §2) and Chan-merge them.
+
+        ``M ← M + Σ (x − m)(x − m)ᵀ + (n_a k / n) δ δᵀ`` is one SYRK over the centered rows plus one
+        extra row ``√(n_a k / n) δ``, with δ = m − μ_a.
+        """
+        k = int(self._fill[b])
+        if not k:
             return
-        part = np.concatenate(self._pending[b]) if len(self._pending[b]) > 1 else self._pending[b][0]
-        self._pending[b], self._pending_n[b] = [], 0
-        mean = part.mean(axis=0)
-        xc = part - mean  # (token, dim), centered per chunk
-        # float64 SYRK: only the upper triangle of xcᵀxc, half a GEMM's flops. The lower triangle of
-        # the per-block scatter is never read; result() mirrors the upper one.
-        upper = dsyrk(1.0, xc.T, trans=0, lower=0)  # (dim, dim): xc.T is the Fortran view of xc
-        self._chan_add(b, part.shape[0], mean, upper)
+        rows = self._queue[b]
+        mean = rows[:k].mean(axis=0)
+        rows[:k] -= mean  # centered per chunk, in place
+        n_a = int(self._count[b])
+        n = n_a + k
+        delta = mean - self._mean[b]
+        if n_a:
+            np.multiply(delta, np.sqrt(n_a * k / n), out=rows[k])
+        self._syrk_into(b, rows[: k + 1 if n_a else k])
+        self._mean[b] += delta * (k / n)
+        self._count[b] = n
+        self._fill[b] = 0
+
+    def _syrk_into(self, b: int, rows: np.ndarray) -> None:
+        """Upper triangle of block b's scatter += rowsᵀ rows, in float64 BLAS (half a GEMM's flops)."""
+        # In Fortran order the C-contiguous (dim, dim) scatter is its transpose: C's upper triangle
+        # is Fortran's lower one. rows.T is the Fortran view of the C-contiguous (token, dim) rows.
+        target = self._scatter[b].T
+        out = dsyrk(1.0, rows.T, beta=1.0, c=target, trans=0, lower=1, overwrite_c=1)
+        if not np.shares_memory(out, target):  # f2py had to copy: write the sum back
+            target[...] = out
 
     def _flush_all(self) -> None:
         if self._scatter is not None:
             for b in range(self.n_blocks):
                 self._flush(b)
-
-    def _chan_add(self, b: int, n_b: int, mean_b: np.ndarray, scatter_b: np.ndarray) -> None:
-        """In-place ``M_a ← M_a + M_b + (n_a n_b / n) δ δᵀ``, ``μ_a ← μ_a + δ n_b / n`` for block b."""
-        n_a = int(self._count[b])
-        if n_b == 0:
-            return
-        n = n_a + n_b
-        delta = mean_b - self._mean[b]  # (dim,)
-        self._scatter[b] += scatter_b  # scatter_b may be self._buf, which is free again after this line
-        if n_a:
-            outer = np.outer(delta, delta, out=self._buf)  # (dim, dim)
-            outer *= n_a * n_b / n
-            self._scatter[b] += outer
-        self._mean[b] += delta * (n_b / n)
-        self._count[b] = n
 
 
 def draw_blocks(result: GramResult, rng: np.random.Generator) -> np.ndarray:

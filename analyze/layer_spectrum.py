@@ -32,7 +32,7 @@ def accumulate(store: Store, layer: int, blocks: int) -> GramResult:
     acc = GramAccumulator(int(store.meta["dim"]), blocks=blocks)
     for h, seq in store.iter_layer(layer):  # h: (token, dim) float32 decoded
         acc.update(h, seq % blocks)
-    return acc.result()
+    return acc.finish()
 
 
 def layer_spectrum(store_path: str, layer: int, *, blocks: int, n_boot: int, null_splits: int, seed: int,

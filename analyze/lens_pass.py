@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spinal.analyze.transport import fisher_rao, jensen_shannon, kl
+from spinal.analyze.transport import entropy, fisher_rao_from_chord, jensen_shannon, kl
+from spinal.lens import Lens
 from spinal.store import Store, decode
 
 
@@ -40,12 +41,6 @@ class LensPartial:
         )
 
 
-def _entropy(logp: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
-    """−Σ p log p per token from log p and √p (p = √p², no second exp); 0·log 0 = 0."""
-    terms = (root * root) * logp
-    return -torch.where(torch.isneginf(logp), torch.zeros_like(terms), terms).sum(dim=-1)
-
-
 def token_subsample(store: Store, n: int, seed: int, within: np.ndarray | None = None, purpose: int = 3
                     ) -> np.ndarray | None:
     """A seeded, sorted subset of n valid tokens (flat indices; of ``within`` if given), or None for all of them."""
@@ -58,6 +53,49 @@ def token_subsample(store: Store, n: int, seed: int, within: np.ndarray | None =
     return np.sort(rng.choice(within, size=n, replace=False))
 
 
+@dataclass(frozen=True)
+class ChunkTransport:
+    """Transport of one chunk of k tokens through all layers."""
+
+    steps_L: list[np.ndarray]  # per step ℓ→ℓ+1: L per token (k,) float32
+    chord: np.ndarray  # FR(p_first, p_last) per token (k,)
+    sums: dict[str, np.ndarray]  # hellinger, js (per step; all tokens / companions), entropy, kl_final (per layer)
+
+
+@torch.no_grad()
+def transport_chunk(lens: Lens, h: torch.Tensor, companions: torch.Tensor, bufs: list[torch.Tensor]
+                    ) -> ChunkTransport:
+    """Pure maths of the pass: h (layer, k, dim), companion rows (c,), three (k, vocab) float32 scratch buffers.
+
+    One lens readout per layer, as √p in a scratch buffer (``Lens.sqrt_probs``); the step chord
+    ``‖√p − √q‖₂`` is taken in place in the earlier layer's buffer, which then takes the next
+    readout. The final layer is read first (KL to final needs it) and kept. Companions (JS, KL to
+    final, entropy) use log p on their rows only.
+    """
+    n_layers = h.shape[0]
+    sums = {key: np.zeros(n_layers) for key in ("hellinger", "js", "entropy", "kl_final")}
+    final, final_c = lens.sqrt_probs(h[-1], out=bufs[0], rows=companions)
+    prev, prev_c = lens.sqrt_probs(h[0], out=bufs[1], rows=companions)
+    spare = bufs[2]
+    chord_ends = fisher_rao_from_chord(torch.linalg.vector_norm(torch.sub(prev, final, out=spare), dim=-1))
+    sums["entropy"][0] = float(entropy(prev_c).sum())
+    sums["kl_final"][0] = float(kl(final_c, prev_c).sum())
+    steps = []
+    for j in range(1, n_layers):
+        if j == n_layers - 1:
+            cur, cur_c = final, final_c
+        else:
+            cur, cur_c = lens.sqrt_probs(h[j], out=spare, rows=companions)
+        chord = torch.linalg.vector_norm(prev.sub_(cur), dim=-1)  # ‖√p − √q‖₂ (k,); prev is spent
+        steps.append(fisher_rao_from_chord(chord).numpy())
+        sums["hellinger"][j - 1] = float((chord / math.sqrt(2.0)).sum())
+        sums["js"][j - 1] = float(jensen_shannon(prev_c, cur_c).sum())
+        sums["entropy"][j] = float(entropy(cur_c).sum())
+        sums["kl_final"][j] = float(kl(final_c, cur_c).sum())
+        spare, prev, prev_c = prev, cur, cur_c
+    return ChunkTransport(steps, chord_ends.numpy(), sums)
+
+
 @torch.no_grad()
 def lens_pass(store_path: str, units: list[int], layers: list[int], *, chunk_mib: int,
               subsample: np.ndarray | None, companions: np.ndarray | None = None) -> LensPartial:
@@ -66,7 +104,8 @@ def lens_pass(store_path: str, units: list[int], layers: list[int], *, chunk_mib
     lens = store.lens()
     li = [store.layer_index(l) for l in layers]
     seq_all = store.group["tokens/sequence"][:]
-    chunk = max(1, (chunk_mib << 20) // (4 * lens.vocab * 3))  # three (chunk, vocab) float32 live at once
+    chunk = max(1, (chunk_mib << 20) // (4 * lens.vocab * 3))  # three (chunk, vocab) float32 buffers, reused
+    bufs = [torch.empty(0)] * 3  # allocated at the first unit with tokens (none for an empty range)
     n_steps = len(layers) - 1
     steps = [[] for _ in range(n_steps)]
     sums = {k: np.zeros(len(layers)) for k in ("hellinger", "js", "entropy", "kl_final")}
@@ -89,30 +128,19 @@ def lens_pass(store_path: str, units: list[int], layers: list[int], *, chunk_mib
         block = np.stack([decode(np.asarray(store.hidden[i, u.token_start : u.token_stop, :])[rows], store.dtype)
                           for i in li])  # (layer, token, dim) float32
         seqs.append(seq_all[u.token_start : u.token_stop][rows])
+        if bufs[0].shape[0] < min(chunk, rows.size):
+            bufs = [torch.empty(min(chunk, max(rows.size, bufs[0].shape[0])), lens.vocab) for _ in range(3)]
         n += rows.size
         for a in range(0, rows.size, chunk):
-            h = torch.from_numpy(block[:, a : a + chunk])  # (layer, chunk, dim)
+            h = torch.from_numpy(block[:, a : a + chunk])  # (layer, k, dim)
             c = torch.from_numpy(np.flatnonzero(comp_rows[a : a + chunk]))  # companion rows of this chunk
             n_comp += int(c.numel())
-            final = lens.log_probs(h[-1])  # (chunk, vocab)
-            final_c = final.index_select(0, c)
-            prev = lens.log_probs(h[0])
-            first = prev
-            root_prev = torch.exp(0.5 * prev)  # √p, reused by the next step (METHOD.md §3: √p = exp(½ log p))
-            sums["entropy"][0] += float(_entropy(prev, root_prev).index_select(0, c).sum())
-            sums["kl_final"][0] += float(kl(final_c, prev.index_select(0, c)).sum())
-            for j in range(1, len(layers)):
-                cur = final if j == len(layers) - 1 else lens.log_probs(h[j])
-                root = torch.exp(0.5 * cur)
-                chord = torch.linalg.vector_norm(root_prev - root, dim=-1)  # ‖√p − √q‖₂ (token,)
-                steps[j - 1].append((4 * torch.asin((chord / 2).clamp(0.0, 1.0))).clamp(0.0, math.pi).numpy())
-                sums["hellinger"][j - 1] += float((chord / math.sqrt(2.0)).sum())
-                cur_c = cur.index_select(0, c)
-                sums["js"][j - 1] += float(jensen_shannon(prev.index_select(0, c), cur_c).sum())
-                sums["entropy"][j] += float(_entropy(cur, root).index_select(0, c).sum())
-                sums["kl_final"][j] += float(kl(final_c, cur_c).sum())
-                prev, root_prev = cur, root
-            chords.append(fisher_rao(first, final).numpy())
+            part = transport_chunk(lens, h, c, [buf[: h.shape[1]] for buf in bufs])
+            for j, values in enumerate(part.steps_L):
+                steps[j].append(values)
+            for key, value in part.sums.items():
+                sums[key] += value
+            chords.append(part.chord)
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.float32)  # noqa: E731
     return LensPartial(layers, [cat(s) for s in steps], sums, cat(chords),
                        cat(seqs).astype(np.int64) if seqs else np.zeros(0, np.int64), n, n_comp)

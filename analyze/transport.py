@@ -42,7 +42,12 @@ def fisher_rao(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     returns exactly 0 below L ≈ 1e-3 (METHOD.md §3, "Stable formula").
     """
     logp, logq = _work(logp, logq)
-    half_chord = (_sqrt_diff_norm(logp, logq) / 2).clamp(0.0, 1.0)  # ≤ √2/2 if normalized; guards asin
+    return fisher_rao_from_chord(_sqrt_diff_norm(logp, logq))
+
+
+def fisher_rao_from_chord(chord: torch.Tensor) -> torch.Tensor:
+    """``L = 4 arcsin(c / 2)`` per token from the chord ``c = ‖√p − √q‖₂``, in [0, π]."""
+    half_chord = (chord / 2).clamp(0.0, 1.0)  # ≤ √2/2 if normalized; guards asin
     return (4 * torch.asin(half_chord)).clamp(0.0, math.pi)
 
 

@@ -68,6 +68,11 @@ def run_child(code: str) -> tuple[str, str]:
     return last(r.stdout), last(r.stderr)
 
 
+# The child's own peak RSS in MiB, printed last. Not ru_maxrss: Linux carries the parent's RSS at fork
+# into the child's ru_maxrss across exec, so a child of a large benchmark process would report that.
+PRINT_PEAK_RSS = ("print(int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024)")
+
+
 def child_peak_rss_mib(code: str) -> float:
     """Run ``code`` in a fresh Python that prints its own peak RSS (MiB) last; return that number."""
     return float(run_child(code)[0])

@@ -98,18 +98,35 @@ class Lens:
             x = x + self.norm_bias
         return x
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Lens logits (token, vocab) in float32 for hidden states h (token, dim)."""
-        z = self.normalize(h) @ self.unembed.T  # (token, vocab)
+    def logits(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Lens logits (token, vocab) in float32 for hidden states h (token, dim), written into ``out`` if given."""
+        z = torch.matmul(self.normalize(h), self.unembed.T, out=out)  # (token, vocab)
         if self.unembed_bias is not None:
-            z = z + self.unembed_bias
+            z.add_(self.unembed_bias)
         if self.spec.logit_scale != 1.0:
-            z = z * self.spec.logit_scale
+            z.mul_(self.spec.logit_scale)
         if self.spec.logit_softcap is not None:
             c = self.spec.logit_softcap
-            z = c * torch.tanh(z / c)
+            z.div_(c).tanh_().mul_(c)
         return z
 
     def log_probs(self, h: torch.Tensor) -> torch.Tensor:
         """float32 log-softmax of the lens logits (METHOD.md §3: √p = exp(½ log p) downstream)."""
         return torch.log_softmax(self.logits(h), dim=-1)
+
+    def sqrt_probs(self, h: torch.Tensor, out: torch.Tensor | None = None, rows: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """√p (token, vocab) float32 in one buffer, and log p of the tokens ``rows`` (or None).
+
+        ``√p = r / ‖r‖₂`` with ``r = exp(½ (z − max z))``: the same values as ``exp(½ log_softmax z)``
+        (METHOD.md §3) in three in-place passes after the product, with no (token, vocab) temporary.
+        """
+        z = self.logits(h, out=out)
+        top = z.amax(dim=-1, keepdim=True)  # (token, 1)
+        z_rows = None if rows is None else z.index_select(0, rows)  # before z is overwritten
+        r = z.sub_(top).mul_(0.5).exp_()
+        norm = torch.linalg.vector_norm(r, dim=-1, keepdim=True)  # ‖r‖² = Σ exp(z − max)
+        logp = None
+        if rows is not None:  # log p = z − max − log Σ exp(z − max)
+            logp = z_rows.sub_(top.index_select(0, rows) + 2 * torch.log(norm.index_select(0, rows)))
+        return r.div_(norm), logp

@@ -36,8 +36,9 @@ def _assert_scatter_close(got: np.ndarray, ref: np.ndarray, rtol: float) -> None
     assert (np.abs(got - ref) <= rtol * scale).all(), np.abs(got - ref).max() / scale.max()
 
 
-def _stream(x: np.ndarray, ids: np.ndarray, sizes: list[int], dim: int, blocks: int) -> GramAccumulator:
-    acc = GramAccumulator(dim, blocks)
+def _stream(x: np.ndarray, ids: np.ndarray, sizes: list[int], dim: int, blocks: int,
+            flush_rows: int | None = None) -> GramAccumulator:
+    acc = GramAccumulator(dim, blocks, flush_rows=flush_rows)
     start = 0
     for size in sizes:
         acc.update(x[start : start + size], ids[start : start + size])
@@ -96,6 +97,58 @@ def test_merge_of_two_accumulators_equals_one():
         assert got.n == ref.n
         np.testing.assert_allclose(got.mean, ref.mean, rtol=1e-13)
         _assert_scatter_close(got.scatter, ref.scatter, rtol=1e-11)
+
+
+@pytest.mark.parametrize("flush_rows", [1, 7, 64])
+@pytest.mark.parametrize("layout", ["runs", "interleaved"])
+def test_queues_flushed_many_times_equal_one_shot_per_block(flush_rows, layout):
+    """Many Chan merges per block (short queues), ids in runs of a sequence or scattered token by token."""
+    rng = np.random.default_rng(12)
+    x = _hard_matrix(rng, 1300, 24)
+    ids = np.arange(1300) // 13 % 5 if layout == "runs" else rng.integers(0, 5, size=1300)
+    acc = _stream(x, ids, [30, 170, 400, 700], dim=24, blocks=5, flush_rows=flush_rows)
+    left = _stream(x[:500], ids[:500], [500], dim=24, blocks=5, flush_rows=flush_rows)
+    right = _stream(x[500:], ids[500:], [350, 450], dim=24, blocks=5, flush_rows=flush_rows)
+    for res in (acc.result(), left.merge(right).result()):
+        for b, stats in enumerate(res.blocks):
+            mean, scatter = _one_shot(x[ids == b])
+            assert stats.n == (ids == b).sum()
+            np.testing.assert_allclose(stats.mean, mean, rtol=1e-12)
+            _assert_scatter_close(stats.scatter, scatter, rtol=1e-10)
+            np.testing.assert_array_equal(stats.scatter, stats.scatter.T)  # mirrored exactly
+        mean, scatter = _one_shot(x)
+        _assert_scatter_close(res.total.scatter, scatter, rtol=1e-10)
+
+
+def test_wide_block_scatters_are_mirrored_across_every_tile():
+    """dim 300 spans three 128-wide tiles of the upper → full mirroring."""
+    rng = np.random.default_rng(13)
+    x = _hard_matrix(rng, 700, 300)
+    ids = np.arange(700) // 50 % 2
+    res = _stream(x, ids, [350, 350], dim=300, blocks=2).result()
+    for b, stats in enumerate(res.blocks):
+        _, scatter = _one_shot(x[ids == b])
+        _assert_scatter_close(stats.scatter, scatter, rtol=1e-10)
+        np.testing.assert_array_equal(stats.scatter, stats.scatter.T)
+
+
+def test_finish_hands_over_the_same_result_and_spends_the_accumulator():
+    rng = np.random.default_rng(14)
+    x = _hard_matrix(rng, 400, 150)
+    ids = np.arange(400) // 20 % 4
+    acc = _stream(x, ids, [200, 200], dim=150, blocks=4)
+    copied = acc.result()
+    handed = acc.finish()
+    for a, b in zip(copied.blocks, handed.blocks):
+        assert a.n == b.n
+        np.testing.assert_array_equal(a.mean, b.mean)
+        np.testing.assert_array_equal(a.scatter, b.scatter)
+    with pytest.raises(ValueError, match="finished"):
+        acc.update(x[:10], ids[:10])
+    with pytest.raises(ValueError, match="finished"):
+        acc.result()
+    with pytest.raises(ValueError, match="finished"):
+        _stream(x, ids, [400], dim=150, blocks=4).merge(acc)
 
 
 def test_merge_of_kept_rows_accumulators():
