@@ -81,28 +81,27 @@ def kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return torch.where(p == 0, q, terms).sum(dim=-1)  # p = 0 entries carry q (Σ q − Σ p = 0)
 
 
-def _log_cosh(x: torch.Tensor) -> torch.Tensor:
-    """log cosh x without overflow for large |x| or lost digits for small |x|."""
-    small = torch.log1p(2 * torch.sinh(x / 2) ** 2)  # cosh x − 1 = 2 sinh²(x/2)
-    large = x.abs() + torch.log1p(torch.exp(-2 * x.abs())) - math.log(2.0)
-    return torch.where(x.abs() < 1, small, large)
-
-
 def jensen_shannon(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """Jensen–Shannon divergence in nats per token, ``½ KL(p ‖ m) + ½ KL(q ‖ m)``, m = (p + q)/2, in [0, ln 2].
 
-    With d = log q − log p: log(p/m) = −d/2 − log cosh(d/2) and log(q/m) = d/2 − log cosh(d/2),
-    so each term ½[(q − p) d/2 − (p + q) log cosh(d/2)] is O(d²) and the sum keeps its digits
-    for tiny steps; a zero on one side contributes ½ (p + q) ln 2.
+    Per entry, with u = |log q − log p|, M = max(p, q) and e = expm1(−u), the two KL terms sum to
+    ``½ M g(u)`` with two exact forms of g, each used where it has no cancellation:
+
+        u < 1:  g = −e u/2 − (2 + e) log1p(2 sinh²(u/4))   (O(u²): tiny steps keep their digits)
+        u ≥ 1:  g = −(2 + e) log1p(e/2) − (1 + e) u         (→ ln 2 exactly when one side is 0)
+
+    u is capped at 150 (g = ln 2 there to float32 precision), so zeros need no branch of their own.
     """
     logp, logq = _work(logp, logq)
-    p, q, d = torch.exp(logp), torch.exp(logq), logq - logp  # d is exact for close inputs (Sterbenz)
-    diff = torch.where(d.abs() < 1, p * torch.expm1(d), q - p)  # q − p without cancellation
-    terms = 0.5 * (diff * d / 2 - (p + q) * _log_cosh(d / 2))
-    one_sided = 0.5 * (p + q) * math.log(2.0)
-    terms = torch.where(torch.isinf(d), one_sided, terms)
-    terms = torch.where((p == 0) & (q == 0), torch.zeros_like(terms), terms)
-    return terms.sum(dim=-1).clamp_min(0.0)
+    u = torch.sub(logq, logp).abs_().nan_to_num_(nan=0.0).clamp_(max=150.0)  # both −inf: M = 0 anyway
+    big = torch.maximum(logp, logq).exp_()  # M = max(p, q)
+    e = torch.neg(u).expm1_()  # e^{−u} − 1, in [−1, 0]
+    two_e = e + 2.0  # 1 + e^{−u}
+    small = torch.mul(u, 0.25).sinh_().square_().mul_(2.0).log1p_().mul_(two_e)  # (1 + e^{−u}) log cosh(u/2)
+    small = torch.mul(e, u).mul_(-0.5).sub_(small)
+    large = torch.mul(e, 0.5).log1p_().mul_(two_e).neg_().sub_(e.add_(1.0).mul_(u))
+    g = torch.where(u < 1.0, small, large)
+    return g.mul_(big).sum(dim=-1).mul_(0.5).clamp_min(0.0)
 
 
 def entropy(logp: torch.Tensor) -> torch.Tensor:
