@@ -129,7 +129,7 @@ def lens_pass(store_path: str, units: list[int], layers: list[int], *, chunk_mib
                           for i in li])  # (layer, token, dim) float32
         seqs.append(seq_all[u.token_start : u.token_stop][rows])
         if bufs[0].shape[0] < min(chunk, rows.size):
-            bufs = [torch.empty(min(chunk, max(rows.size, bufs[0].shape[0])), lens.vocab) for _ in range(3)]
+            bufs = [torch.empty(min(chunk, rows.size), lens.vocab) for _ in range(3)]
         n += rows.size
         for a in range(0, rows.size, chunk):
             h = torch.from_numpy(block[:, a : a + chunk])  # (layer, k, dim)

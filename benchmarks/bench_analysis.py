@@ -25,7 +25,7 @@ from scipy.linalg.blas import dsyrk
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import PRINT_PEAK_RSS, child_peak_rss_mib, machine, update_readme  # noqa: E402
+from common import PRINT_PEAK_RSS, child_peak_rss_mib, machine, publish, update_readme  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -105,7 +105,7 @@ def lens_rates(n: int, d: int, vocab: int, n_layers: int = 5) -> dict:
 
     def ours():
         bufs = [torch.empty(min(chunk, n), vocab) for _ in range(3)]
-        parts = [transport_chunk(lens, h[:, a : a + chunk], none, [b[: h[:, a : a + chunk].shape[1]] for b in bufs])
+        parts = [transport_chunk(lens, h[:, a : a + chunk], none, [b[: min(chunk, n - a)] for b in bufs])
                  for a in range(0, n, chunk)]
         return [np.concatenate([p.steps_L[j] for p in parts]) for j in range(n_layers - 1)]
 
@@ -209,12 +209,7 @@ def main(argv=None) -> dict:
         "lens_speedup_vs_naive": lens["naive_seconds"] / lens["seconds"],
         "peak_rss_mib": mem,
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "analysis-cpu.json").write_text(json.dumps(res, indent=2))
-    table = render(res)
-    print(table)
-    if args.update_readme:
-        update_readme("analysis", table)
+    publish(res, "analysis-cpu", render(res), "analysis", args.update_readme)
     return res
 
 

@@ -11,7 +11,6 @@ forward pass of the causal LM (what a user times first), plus peak memory at N a
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import PRINT_PEAK_RSS, child_peak_rss_mib, gpt2_small, llama_50m, machine, update_readme, write_prompts  # noqa: E402
+from common import PRINT_PEAK_RSS, child_peak_rss_mib, gpt2_small, llama_50m, machine, publish, write_prompts  # noqa: E402
 from spinal.capture.discover import discover  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -213,13 +212,8 @@ def main(argv=None) -> dict:
         "peak_rss_mib": {f"{args.prompts} prompts": mem1, f"{2 * args.prompts} prompts": mem2},
         "agreement_with_spinal_store": exact,
     }
-    (HERE / "results").mkdir(exist_ok=True)
     suffix = "" if args.model == "llama-50m" else f"-{args.model}"
-    (HERE / "results" / f"capture-cpu{suffix}.json").write_text(json.dumps(res, indent=2))
-    table = render(res)
-    print(table)
-    if args.update_readme:
-        update_readme(f"capture{suffix}", table)
+    publish(res, f"capture-cpu{suffix}", render(res), f"capture{suffix}", args.update_readme)
     shutil.rmtree(work, ignore_errors=True) if args.workdir is None else None
     return res
 

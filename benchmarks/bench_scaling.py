@@ -9,7 +9,6 @@ linear in tokens; a slope near 0 in memory means memory does not grow with token
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import PRINT_PEAK_RSS, child_peak_rss_mib, llama_50m, machine, run_child, update_readme, write_prompts  # noqa: E402
+from common import PRINT_PEAK_RSS, child_peak_rss_mib, llama_50m, machine, publish, run_child, write_prompts  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -76,12 +75,7 @@ def main(argv=None) -> dict:
             "gram_time_vs_dim": slope([g[0] for g in gram_d], [g[1] for g in gram_d]),
         },
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "scaling-cpu.json").write_text(json.dumps(res, indent=2))
-    table = render(res)
-    print(table)
-    if args.update_readme:
-        update_readme("scaling", table)
+    publish(res, "scaling-cpu", render(res), "scaling", args.update_readme)
     return res
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+HERE = Path(__file__).parent
+
 
 def llama_50m(path: Path, seed: int = 0) -> Path:
     """A random-weight Llama-style checkpoint of ~58M parameters (d=512, 8 blocks, vocab 32000)."""
@@ -81,6 +83,15 @@ def child_peak_rss_mib(code: str) -> float:
 def machine() -> dict:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def publish(res: dict, result_name: str, table: str, readme_marker: str, update: bool) -> None:
+    """Write ``results/<result_name>.json``, print the table, and refresh the README block if asked."""
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / f"{result_name}.json").write_text(json.dumps(res, indent=2))
+    print(table)
+    if update:
+        update_readme(readme_marker, table)
 
 
 def update_readme(name: str, table: str) -> None:
