@@ -16,6 +16,7 @@ import pandas as pd
 
 from spinal.analyze.trace import Trace, jsonable
 from spinal.errors import InputError
+from spinal.outputs import atomic_folder, check_output, check_whole
 
 COMPARE_FORMAT = 1
 LEVEL = 0.95  # two-sided CI level and family-wise α = 0.05 for Holm
@@ -66,21 +67,19 @@ class Comparison:
     meta: dict = field(default_factory=dict)
 
     def save(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write the comparison folder whole or not at all (temporary sibling, swapped in)."""
         out = Path(out)
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise InputError(f"comparison folder {out} exists and is not empty; pass --overwrite to replace it")
-        out.mkdir(parents=True, exist_ok=True)
-        frames = []
-        for p in self.pairs:
-            frames.append(p.table.assign(ref=p.ref, other=p.other))
-        pd.concat(frames).to_parquet(out / "compare.parquet", index=False)
-        pd.concat(frames).to_csv(out / "compare.csv", index=False)
-        if self.series is not None:
-            self.series.to_csv(out / "series.csv", index=False)
-        doc = {**self.meta, "compare_format": COMPARE_FORMAT, "definitions": DEFINITIONS,
-               "pairs": [{"ref": p.ref, "other": p.other, **p.summary} for p in self.pairs],
-               "series": None if self.series is None else self.series.to_dict(orient="records")}
-        (out / "compare.json").write_text(json.dumps(doc, indent=2, default=jsonable))
+        check_output(out, "comparison", overwrite)
+        with atomic_folder(out, "comparison", {"traces": self.meta.get("traces")}) as tmp:
+            frames = [p.table.assign(ref=p.ref, other=p.other) for p in self.pairs]
+            pd.concat(frames).to_parquet(tmp / "compare.parquet", index=False)
+            pd.concat(frames).to_csv(tmp / "compare.csv", index=False)
+            if self.series is not None:
+                self.series.to_csv(tmp / "series.csv", index=False)
+            doc = {**self.meta, "compare_format": COMPARE_FORMAT, "definitions": DEFINITIONS,
+                   "pairs": [{"ref": p.ref, "other": p.other, **p.summary} for p in self.pairs],
+                   "series": None if self.series is None else self.series.to_dict(orient="records")}
+            (tmp / "compare.json").write_text(json.dumps(doc, indent=2, default=jsonable))
         return out
 
     @classmethod
@@ -88,19 +87,82 @@ class Comparison:
         p = Path(path)
         if not (p / "compare.json").exists():
             raise InputError(f"{p} is not a comparison folder (no compare.json); make one with `spinal compare`")
-        doc = json.loads((p / "compare.json").read_text())
-        if doc.get("compare_format", 0) > COMPARE_FORMAT:
-            raise InputError(f"{p} has comparison format {doc['compare_format']}; upgrade spinal")
-        df = pd.read_parquet(p / "compare.parquet")
-        pairs = []
-        for s in doc["pairs"]:
-            t = df[(df["ref"] == s["ref"]) & (df["other"] == s["other"])].drop(columns=["ref", "other"])
-            summary = {k: v for k, v in s.items() if k not in ("ref", "other")}
-            pairs.append(PairComparison(s["ref"], s["other"], t.reset_index(drop=True), summary))
+        check_whole(p, "comparison")
+        try:
+            doc = json.loads((p / "compare.json").read_text())
+            if doc.get("compare_format", 0) > COMPARE_FORMAT:
+                raise InputError(f"{p} has comparison format {doc['compare_format']}; upgrade spinal")
+            df = pd.read_parquet(p / "compare.parquet")
+            pairs = []
+            for s in doc["pairs"]:
+                t = df[(df["ref"] == s["ref"]) & (df["other"] == s["other"])].drop(columns=["ref", "other"])
+                summary = {k: v for k, v in s.items() if k not in ("ref", "other")}
+                pairs.append(PairComparison(s["ref"], s["other"], t.reset_index(drop=True), summary))
+        except InputError:
+            raise
+        except Exception as e:  # a torn file of a folder without digests (SPINAL 0.1)
+            raise InputError(f"{p}: the comparison cannot be read ({type(e).__name__}: {e}); rerun "
+                             "`spinal compare … --overwrite`") from None
         series = pd.DataFrame(doc["series"]) if doc.get("series") else None
         meta = {k: v for k, v in doc.items() if k not in ("pairs", "series")}
         return cls(tuple(pairs), series, meta)
 
+    def check_traces(self, traces: list[Trace], where: str) -> None:
+        """Refuse traces other than the ones this comparison was computed from."""
+        recorded = self.meta.get("traces")
+        given = [t.identity for t in traces]
+        if recorded is None:  # SPINAL 0.1: only labels are known
+            labels = {p.ref for p in self.pairs} | {p.other for p in self.pairs}
+            extra = sorted(labels - {g["label"] for g in given})
+            if extra:
+                raise InputError(f"{where}: the comparison covers {sorted(labels)}, not the traces given "
+                                 f"({[g['label'] for g in given]})")
+            return
+        by_label = {r["label"]: r for r in recorded}
+        for g in given:
+            r = by_label.get(g["label"])
+            if r is None:
+                raise InputError(f"{where}: trace {g['label']!r} is not in the comparison (it compares "
+                                 f"{', '.join(by_label)}); pass the comparison of these traces")
+            for key in ("tokens_sha256", "weights_fingerprint", "created", "trace_id"):
+                if r.get(key) != g.get(key):
+                    raise InputError(f"{where}: trace {g['label']!r} is not the one the comparison was computed "
+                                     f"from ({key} differs: the trace was remade or comes from another run); "
+                                     "rerun `spinal compare`")
+
+
+def check_weights(traces: list[Trace], folders: list[str]) -> None:
+    """``--weights``: one checkpoint folder per trace, each the one its trace's store was captured from."""
+    from spinal.capture.load import fingerprint
+
+    if len(folders) != len(traces):
+        raise InputError(f"--weights: got {len(folders)} folders for {len(traces)} traces; give one per trace")
+    for t, f in zip(traces, folders):
+        p = Path(f)
+        if not p.is_dir():
+            raise InputError(f"--weights {f}: no checkpoint folder there")
+        want = t.meta.get("weights_fingerprint")
+        got = fingerprint(p)
+        if want is not None and got != want:
+            raise InputError(f"--weights {f} is not the checkpoint trace {t.label!r} was captured from (weights "
+                             "fingerprint differs); give the folders in the traces' order")
+
+
+def check_stores(traces: list[Trace], stores: list[str]) -> None:
+    """``--stores``: one store per trace, each the one its trace was analyzed from."""
+    from spinal.analyze.trace import tokens_sha256
+    from spinal.store import Store
+
+    if len(stores) != len(traces):
+        raise InputError(f"--stores: got {len(stores)} stores for {len(traces)} traces; give one per trace")
+    for t, path in zip(traces, stores):
+        s = Store.open(path)
+        s.check_tables()
+        same = (s.meta.get("identity") == t.meta.get("store_identity")
+                and tokens_sha256(s) == t.meta.get("tokens_sha256"))
+        if not same:
+            raise InputError(f"--stores {path} is not the store trace {t.label!r} was analyzed from (its capture "
+                             "identity or token stream differs); give the stores in the traces' order")
 
 
 def with_cross_readout(comparison: Comparison, frames: dict[str, pd.DataFrame]) -> Comparison:
@@ -151,6 +213,8 @@ def compare(traces: list[Trace], *, seed: int = 0, n_boot: int = 1000, null_spli
     """
     if len(traces) < 2:
         raise InputError("compare needs at least two traces: a reference and a checkpoint to compare with it")
+    if n_boot < 1:
+        raise InputError(f"n_boot={n_boot}; the ΔL bootstrap needs ≥ 1 resample (1000 is the default)")
     check_comparable(traces)
     labels = [t.label for t in traces]
     if len(set(labels)) != len(labels):
@@ -162,7 +226,8 @@ def compare(traces: list[Trace], *, seed: int = 0, n_boot: int = 1000, null_spli
         for i, t in enumerate(traces[1:], 1)
     )
     series, ramp = _series(traces, pairs, term) if len(traces) >= 3 else (None, None)
-    meta = {"ramp_onset": ramp,"labels": labels, "reference": labels[0], "seed": seed, "n_boot": n_boot, "null_splits": null_splits,
+    meta = {"ramp_onset": ramp, "labels": labels, "reference": labels[0], "seed": seed, "n_boot": n_boot,
+            "null_splits": null_splits, "traces": [t.identity for t in traces],
             "score_weights": list(weights), "terminal_layers": term, "n_blocks": n_blocks,
             "note": "Δ_align, coherence, gradient concentration and SPINALScore are this project's operational "
                     "definitions; the paper's exact formulas are not public."}

@@ -16,6 +16,7 @@ from spinal.analyze import plots
 from spinal.analyze.compare import DEFINITIONS, Comparison
 from spinal.analyze.trace import Trace
 from spinal.errors import InputError
+from spinal.outputs import atomic_folder, check_output
 
 OPERATIONAL = "operational definition — the paper's exact formula is not public"
 CONTRACTION_COLUMNS = ["layer", "a", "a_lo", "a_hi", "a_mle", "r2", "ks", "k_lo", "k_hi", "rank", "spikes",
@@ -266,12 +267,25 @@ def _figures(traces: list[Trace], comparison: Comparison | None, plot_dir: Path)
     return "".join(out), series
 
 
-def write_report(traces: list[Trace], comparison: Comparison | None, out_dir: str | Path) -> Path:
-    """Write ``out_dir/plots/*.png`` and the self-contained ``out_dir/report.html``; return the HTML's path."""
+def write_report(traces: list[Trace], comparison: Comparison | None, out_dir: str | Path,
+                 overwrite: bool = False) -> Path:
+    """Write ``out_dir/plots/*.png`` and the self-contained ``out_dir/report.html`` whole or not at all
+    (no stale plots survive a rewrite); return the HTML's path."""
     traces = list(traces)
     if not traces:
         raise InputError("no traces to report on; pass at least one trace folder")
-    out_dir = Path(out_dir)
+    final = Path(out_dir)
+    check_output(final, "report", overwrite)
+    if comparison is not None:
+        comparison.check_traces(traces, "report --compare")
+    identity = {"traces": [t.identity for t in traces],
+                "comparison": None if comparison is None else comparison.meta.get("traces")}
+    with atomic_folder(final, "report", identity) as tmp:
+        _write(traces, comparison, tmp)
+    return final / "report.html"
+
+
+def _write(traces: list[Trace], comparison: Comparison | None, out_dir: Path) -> None:
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     figs, series_fig = _figures(traces, comparison, plot_dir)
@@ -301,6 +315,4 @@ def write_report(traces: list[Trace], comparison: Comparison | None, out_dir: st
     doc = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>SPINAL report</title>'
            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
            f'<script>{SCRIPT}</script></head><body><div id="banner"></div>{"".join(parts)}</body></html>')
-    path = out_dir / "report.html"
-    path.write_text(doc, encoding="utf-8")
-    return path
+    (out_dir / "report.html").write_text(doc, encoding="utf-8")

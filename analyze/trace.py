@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import platform
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ from spinal.analyze.spectrum import percentile_ci
 from spinal.analyze.transport import TransportStats
 from spinal.config import AnalyzeConfig, parse_layers, parse_window
 from spinal.errors import InputError, StoreError
+from spinal.outputs import atomic_folder, check_output, check_whole
 from spinal.store import Store
 
 TRACE_FORMAT = 1
@@ -43,35 +45,62 @@ class Trace:
     def label(self) -> str:
         return self.meta.get("label") or Path(self.meta["store"]).stem
 
+    @property
+    def identity(self) -> dict:
+        """What this trace was made from: comparisons and reports check their inputs against it."""
+        return {"label": self.label, "tokens_sha256": self.meta.get("tokens_sha256"),
+                "weights_fingerprint": self.meta.get("weights_fingerprint"),
+                "store_identity": self.meta.get("store_identity"), "created": self.meta.get("created"),
+                "trace_id": self.meta.get("trace_id")}
+
     def save(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write the trace folder whole or not at all (temporary sibling, swapped in)."""
         out = Path(out)
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise InputError(f"trace folder {out} exists and is not empty; pass --overwrite to replace it")
-        out.mkdir(parents=True, exist_ok=True)
-        self.table.to_parquet(out / "trace.parquet", index=False)
-        self.table.to_csv(out / "trace.csv", index=False)
-        layers = self.table["layer"].to_numpy()
-        pd.DataFrame(self.boot.T, columns=[str(l) for l in layers]).to_parquet(out / "bootstrap.parquet")
-        steps = [f"{a}->{b}" for a, b in zip(layers[:-1], layers[1:])]
-        pd.DataFrame(self.seq_L, columns=steps).to_parquet(out / "sequences.parquet")
-        np.savez_compressed(out / "spectra.npz", **{str(k): v for k, v in self.spectra.items()})
-        (out / "trace.json").write_text(json.dumps(self.meta, indent=2, default=jsonable))
+        check_output(out, "trace", overwrite)
+        with atomic_folder(out, "trace", self.identity) as tmp:
+            self.table.to_parquet(tmp / "trace.parquet", index=False)
+            self.table.to_csv(tmp / "trace.csv", index=False)
+            layers = self.table["layer"].to_numpy()
+            pd.DataFrame(self.boot.T, columns=[str(l) for l in layers]).to_parquet(tmp / "bootstrap.parquet")
+            steps = [f"{a}->{b}" for a, b in zip(layers[:-1], layers[1:])]
+            pd.DataFrame(self.seq_L, columns=steps).to_parquet(tmp / "sequences.parquet")
+            np.savez_compressed(tmp / "spectra.npz", **{str(k): v for k, v in self.spectra.items()})
+            (tmp / "trace.json").write_text(json.dumps(self.meta, indent=2, default=jsonable))
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> "Trace":
         p = Path(path)
+        if not p.is_dir():
+            raise InputError(f"{p} is not a trace folder ({'a file' if p.exists() else 'nothing is there'}); "
+                             "make one with `spinal analyze`")
         if not (p / "trace.json").exists():
             raise InputError(f"{p} is not a trace folder (no trace.json); make one with `spinal analyze`")
-        meta = json.loads((p / "trace.json").read_text())
-        v = meta.get("trace_format")
+        try:
+            meta = json.loads((p / "trace.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{p}/trace.json cannot be read ({e}); rerun `spinal analyze … --overwrite`") from None
+        v = meta.get("trace_format") if isinstance(meta, dict) else None
         if not isinstance(v, int) or v > TRACE_FORMAT:
             raise InputError(f"{p} has trace format {v}; this SPINAL reads ≤ {TRACE_FORMAT}: upgrade spinal")
-        table = pd.read_parquet(p / "trace.parquet")
-        boot = pd.read_parquet(p / "bootstrap.parquet").to_numpy().T
-        seq_L = pd.read_parquet(p / "sequences.parquet").to_numpy()
-        with np.load(p / "spectra.npz") as z:
-            spectra = {int(k): z[k] for k in z.files}
+        check_whole(p, "trace")
+        name = "trace.parquet"
+        try:
+            table = pd.read_parquet(p / name)
+            name = "bootstrap.parquet"
+            boot = pd.read_parquet(p / name).to_numpy().T
+            name = "sequences.parquet"
+            seq_L = pd.read_parquet(p / name).to_numpy()
+            name = "spectra.npz"
+            with np.load(p / name) as z:
+                spectra = {int(k): z[k] for k in z.files}
+        except Exception as e:  # missing or torn file of a folder without digests (SPINAL 0.1)
+            why = "is missing" if not (p / name).exists() else f"cannot be read ({type(e).__name__})"
+            raise InputError(f"{p}: {name} {why}; rerun `spinal analyze … --overwrite`") from None
+        missing = {"layer", "a", "a_lo", "a_hi", "L_mean", "status"} - set(table.columns)
+        if missing or len(table) != len(meta.get("layers", table)) or boot.shape[0] != len(table):
+            raise InputError(f"{p}: its files do not belong together (columns missing: {sorted(missing)}, "
+                             f"{len(table)} table rows, {boot.shape[0]} bootstrap rows); rerun `spinal analyze`")
         return cls(table, meta, boot, seq_L, spectra)
 
 
@@ -79,9 +108,11 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
             submit: Callable | None = None) -> Trace:
     """Run the analysis of one store. ``submit`` (optional) maps (fn, kwargs-list) -> results, e.g. Ray."""
     store = Store.open(cfg.store)
-    if not store.complete or not store.done().all():
+    store.check_tables()  # a damaged table is one clear refusal before any work
+    done = store.done(strict=True)
+    if not store.complete or not done.all():
         raise StoreError(
-            f"{cfg.store} is incomplete ({int((~store.done()).sum())} of {store.meta['n_units']} units missing); "
+            f"{cfg.store} is incomplete ({int((~done).sum())} of {store.meta['n_units']} units missing); "
             "finish it with `spinal capture … --resume`"
         )
     layers = parse_layers(cfg.layers, None) or store.layers
@@ -91,6 +122,7 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     if len(layers) < 2:
         raise InputError(f"need ≥ 2 layers for a depth trace, got {layers}")
     window = parse_window(cfg.window)
+    _check_design(cfg, store, window)
     sub = token_subsample(store, cfg.lens_tokens, cfg.seed)
     comp = token_subsample(store, cfg.companion_tokens, cfg.seed, within=sub, purpose=4)
     if comp is None and sub is not None:
@@ -136,9 +168,26 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
         "seconds": time.perf_counter() - t0,
         "software": _software(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "trace_id": uuid.uuid4().hex,  # comparisons and reports name the exact traces they were made from
     }
     return Trace(table, meta, np.stack([s.boot for s in spectra]) if cfg.n_boot else np.zeros((len(layers), 0)),
                  seq_L, {s.layer: s.sv for s in spectra})
+
+
+def _check_design(cfg: AnalyzeConfig, store: Store, window: tuple[int, int] | None) -> None:
+    """Options that cannot give numbers on this store are refused before any work, not turned into NaN."""
+    n_seq, n_tok, dim = int(store.meta["n_sequences"]), int(store.meta["n_tokens_valid"]), int(store.meta["dim"])
+    rank = min(n_tok - 1, dim)
+    if window is not None and window[1] > rank:
+        raise InputError(f"--window {cfg.window}: the spectra of {store.path} have rank {rank} ({n_tok} tokens, "
+                         f"d = {dim}); end the window at ≤ {max(2, rank // 2)} (half the rank, METHOD.md §2) or use auto")
+    if cfg.blocks > n_seq:
+        raise InputError(f"--blocks {cfg.blocks}: the store holds {n_seq} sequence(s) and each bootstrap block needs "
+                         f"at least one; use --blocks ≤ {n_seq} (the default 16 needs ≥ 16 prompts)")
+    if (cfg.n_boot or cfg.null_splits) and min(n_seq, cfg.blocks) < 2:
+        raise InputError(f"{store.path} holds {n_seq} sequence(s) in {min(n_seq, cfg.blocks)} block(s): a confidence "
+                         "interval and a null spread need ≥ 2; capture more prompts, or pass --n-boot 0 "
+                         "--null-splits 0 for point estimates only")
 
 
 def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tuple[pd.DataFrame, np.ndarray]:

@@ -38,12 +38,16 @@ def load_prompts(path: str) -> PromptSet:
         raise InputError(f"prompt file {path} does not exist")
     if p.is_dir():
         raise InputError(f"prompt file {path} is a folder; give a .jsonl, .txt or .parquet file")
-    if p.suffix == ".parquet":
-        records = _parquet(p)
-    elif p.suffix in (".jsonl", ".json"):
-        records = _jsonl(p)
-    else:
-        records = _text(p)
+    try:
+        if p.suffix == ".parquet":
+            records = _parquet(p)
+        elif p.suffix in (".jsonl", ".json"):
+            records = _jsonl(p)
+        else:
+            records = _text(p)
+    except UnicodeDecodeError as e:
+        raise InputError(f"prompt file {path} is not UTF-8 text (byte {e.start} cannot be decoded); give a "
+                         ".jsonl, .txt or .parquet file") from None
     if not records:
         raise InputError(f"prompt file {path} holds no prompts")
     seen: dict[str, int] = {}

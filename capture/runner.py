@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import platform
 import queue
 import threading
@@ -23,8 +24,9 @@ from spinal.capture.tokens import Tokenized, tokenize
 from spinal.config import CaptureConfig, parse_layers
 from spinal.errors import InputError, IntegrityError, StoreError
 from spinal.lens import Lens
-from spinal.store import (Store, Unit, chunk_sizes, decode, encode, plan_layout, sha256_text,
-                          storage_dtype, store_exists)
+from spinal.lock import StoreLock, check_token, refuse_if_held
+from spinal.store import (Store, Unit, chunk_sizes, decode, encode, location_state, plan_layout, remove_stray,
+                          sha256_text, storage_dtype)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,12 @@ class Session:
     tokd: Tokenized
     store: Store
     check: dict | None
+    lock: StoreLock | None = None  # held by this session (None: a Ray replica under its driver's lock)
+    lock_token: str | None = None  # a replica's: the driver's lock, checked before each unit is written
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def lengths(self) -> np.ndarray:
@@ -74,6 +82,8 @@ class Session:
         t0 = time.perf_counter()
         with self.recorder() as rec:
             block = self.capture_unit(unit, rec)
+        if self.lock_token is not None:
+            check_token(self.store.path, self.lock_token)
         try:
             self.store.write_unit(unit, block)
         except OSError as e:
@@ -84,16 +94,70 @@ class Session:
 
 def capture(cfg: CaptureConfig, progress: Progress | None = None, loaded: Loaded | None = None) -> CaptureResult:
     """Run a capture in this process. Every check that can refuse runs before an existing store is touched."""
-    return _run_units(prepare(cfg, loaded), progress)
+    session = prepare(cfg, loaded)
+    try:
+        return _run_units(session, progress)
+    finally:
+        session.close()
 
 
-def prepare(cfg: CaptureConfig, loaded: Loaded | None = None) -> Session:
-    """Load, discover, tokenize, self-check, then create the store (or open it to resume)."""
-    exists = store_exists(cfg.out)
-    if exists and not (cfg.resume or cfg.overwrite):
-        raise StoreError(f"{cfg.out} already exists; pass --resume to finish it or --overwrite to replace it")
-    if cfg.resume and not exists:
-        raise StoreError(f"--resume: no store at {cfg.out} to resume; drop --resume to start one")
+def check_location(cfg: CaptureConfig) -> str:
+    """What the capture will do at ``cfg.out`` ('create' or 'resume'), or one refusal; touches nothing.
+
+    ``--resume`` means "finish or start": with no store, an empty folder or a creation that never
+    finished, it starts one. A plain run starts one there too, and refuses a finished store.
+    ``--overwrite`` replaces only a SPINAL store; anything else at the path is refused.
+    """
+    try:
+        state = location_state(cfg.out)
+    except OSError as e:
+        raise StoreError(f"cannot read the output location {cfg.out}: {e.strerror or e}") from None
+    if state == "file":
+        raise StoreError(f"--out {cfg.out} is a file; give a folder path for the store")
+    if state == "foreign":
+        raise StoreError(f"--out {cfg.out} holds something that is not a SPINAL store; refusing to write there "
+                         "(nothing was touched): choose another --out")
+    if state == "damaged" and not cfg.overwrite:
+        raise StoreError(f"{cfg.out} is a damaged SPINAL store (its root zarr.json is missing or unreadable); "
+                         "replace it with --overwrite")
+    if state == "ready":
+        if cfg.overwrite:
+            return "create"
+        if not cfg.resume:
+            raise StoreError(f"{cfg.out} already exists; pass --resume to finish it or --overwrite to replace it")
+        return "resume"
+    if state not in ("absent", "empty"):
+        check_writable(cfg.out)
+    return "create"
+
+
+def check_writable(path: str) -> None:
+    """Refuse up front (one line) an output location this process cannot write."""
+    if "://" in path and not path.startswith("file://"):
+        return  # remote stores report their own errors on first write
+    local = path[len("file://"):] if path.startswith("file://") else path
+    probe = os.path.abspath(local)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.isfile(probe) and probe != os.path.abspath(local):
+        raise StoreError(f"cannot create {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write to {path}: {probe} is not writable (permission denied)")
+
+
+def prepare(cfg: CaptureConfig, loaded: Loaded | None = None, lock_token: str | None = None) -> Session:
+    """Load, discover, tokenize, self-check, then create the store (or open it to resume).
+
+    The writer lock is taken before the store is touched and kept by the session; a Ray
+    replica passes its driver's ``lock_token`` instead and checks it is still the holder.
+    """
+    action = check_location(cfg)
+    check_writable(cfg.out)
+    if lock_token is None:
+        refuse_if_held(cfg.out)
     prompts = load_prompts(cfg.prompts)
     loaded = loaded or load(
         cfg.model, dtype=cfg.dtype, device_map=cfg.device_map, max_memory=cfg.max_memory,
@@ -103,41 +167,84 @@ def prepare(cfg: CaptureConfig, loaded: Loaded | None = None) -> Session:
     anatomy = discover(model)
     layers = parse_layers(cfg.layers, anatomy.n_layers)
     tokd = tokenize(prompts, tok, max_length=cfg.max_length, chat_template=cfg.chat_template, positions=cfg.positions)
+    _check_context(model, tokd, prompts, cfg.max_length)
     real_dtype = dtype_name(next(model.parameters()).dtype)
     dim = int(anatomy.unembed.weight.shape[1])
     identity = _identity(cfg, loaded, prompts, layers, real_dtype)
-
-    if cfg.resume:
-        store = Store.open(cfg.out, mode="r+")
-        _check_same(store, identity, cfg.out)
-        check = store.meta.get("self_check")
-    else:
-        arrays = lens_arrays(anatomy)
+    arrays = lens_arrays(anatomy)
+    check = None
+    if action == "resume":  # refuse changed inputs before taking the lock
+        _check_same(Store.open(cfg.out), identity, cfg.out)
+    elif cfg.self_check:  # a refused model never touches the output location
         lens = Lens.from_arrays(anatomy.spec, {k: decode(arr, real) for k, (arr, real) in arrays.items()})
-        check = None
-        if cfg.self_check:
-            ids, mask, _ = _batch(tokd, list(range(min(2, len(tokd.input_ids)))), tok, _input_device(model))
-            check = run_self_check(model, anatomy, lens, ids, mask, real_dtype).to_dict()
-            log.info("self-check passed: %s", check)
-        t_chunk, t_shard = chunk_sizes(dim, np.dtype(storage_dtype(real_dtype)).itemsize, cfg.unit_tokens)
-        layout = plan_layout(tokd.stored_ids, tokd.positions, t_chunk=t_chunk, t_shard=t_shard,
-                             unit_tokens=cfg.unit_tokens)
-        meta = _metadata(cfg, loaded, prompts, tokd, identity, check)
-        store = Store.create(
-            cfg.out, layout=layout, layers=layers, dim=dim, dtype=real_dtype,
-            sequences={
+        ids, mask, _ = _batch(tokd, list(range(min(2, len(tokd.input_ids)))), tok, _input_device(model))
+        check = run_self_check(model, anatomy, lens, ids, mask, real_dtype).to_dict()
+        log.info("self-check passed: %s", check)
+
+    lock = None
+    if lock_token is None:
+        lock = StoreLock(cfg.out).acquire()
+    else:
+        check_token(cfg.out, lock_token)
+    try:
+        # Re-read the location under the lock: another writer may have made the store meanwhile.
+        if location_state(cfg.out) == "ready" and not cfg.overwrite:
+            if action == "create" and not cfg.resume and lock is not None:
+                raise StoreError(f"{cfg.out} was created by another capture meanwhile; rerun with --resume")
+            action = "resume"
+        if action == "resume":
+            store = Store.open(cfg.out, mode="r+")
+            _check_same(store, identity, cfg.out)
+            check = store.meta.get("self_check")
+            if lock is not None:
+                n, size = remove_stray(cfg.out)
+                if n:
+                    log.warning("removed %d temporary file(s) (%.1f MB) left by killed writers", n, size / 1e6)
+        else:
+            t_chunk, t_shard = chunk_sizes(dim, np.dtype(storage_dtype(real_dtype)).itemsize, cfg.unit_tokens)
+            layout = plan_layout(tokd.stored_ids, tokd.positions, t_chunk=t_chunk, t_shard=t_shard,
+                                 unit_tokens=cfg.unit_tokens)
+            sequences = {
                 "prompt_id": np.array([p.id for p in prompts.prompts], dtype=object),
                 "text_hash": np.array([sha256_text(p.prompt + "\x00" + (p.response or "")) for p in prompts.prompts],
                                       dtype=object),
                 "input_length": tokd.input_length,
                 "truncated": tokd.truncated,
-            },
-            lens_arrays=arrays, lens_spec=anatomy.spec, meta=meta, overwrite=cfg.overwrite,
-        )
+            }
+            meta = _metadata(cfg, loaded, prompts, tokd, identity, check)
+            if lock is not None:
+                lock.check()
+            try:
+                store = Store.create(cfg.out, layout=layout, layers=layers, dim=dim, dtype=real_dtype,
+                                     sequences=sequences, lens_arrays=arrays, lens_spec=anatomy.spec, meta=meta)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise StoreError(f"disk full while creating {cfg.out}; nothing else was touched: free space "
+                                     "and rerun (with --resume, or not)") from None
+                raise StoreError(f"creating {cfg.out} failed: {e.strerror or e}") from None
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     if tokd.truncated.any():
         log.warning("%d of %d prompts were truncated to %d tokens", int(tokd.truncated.sum()),
                     len(tokd.truncated), cfg.max_length)
-    return Session(cfg, loaded, anatomy, prompts, tokd, store, check)
+    return Session(cfg, loaded, anatomy, prompts, tokd, store, check, lock, lock_token)
+
+
+def _check_context(model, tokd: Tokenized, prompts: PromptSet, max_length: int) -> None:
+    """An input longer than the model's context gives activations the model was never trained on: refuse it."""
+    cfg = model.config
+    ctx = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                if isinstance(getattr(cfg, k, None), int)), None)
+    if ctx is None:
+        return
+    lengths = [len(x) for x in tokd.input_ids]
+    longest = int(np.argmax(lengths))
+    if lengths[longest] > ctx:
+        raise InputError(f"--max-length {max_length} lets prompt {prompts.prompts[longest].id!r} run to "
+                         f"{lengths[longest]} tokens, beyond the model's context of {ctx} positions; "
+                         f"use --max-length ≤ {ctx}")
 
 
 def _run_units(session: Session, progress: Progress | None) -> CaptureResult:

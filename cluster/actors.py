@@ -70,7 +70,9 @@ class CaptureActor:
         self.loads += 1
         return self.loaded
 
-    def prepare(self, create: bool, cfg: dict | None = None) -> dict:
+    def prepare(self, create: bool, cfg: dict | None = None, lock_token: str | None = None) -> dict:
+        """Bind to the store under the driver's writer lock (``lock_token``): the first replica creates or
+        reopens it, the others reopen it."""
         from spinal.capture.runner import prepare
 
         cfg = CaptureConfig(**cfg) if cfg else self.cfg
@@ -78,7 +80,7 @@ class CaptureActor:
             raise SpinalError(f"this replica serves {self.cfg.model}, not {cfg.model}")
         if not create:
             cfg = dataclasses.replace(cfg, resume=True, overwrite=False, self_check=False)
-        self.session = prepare(cfg, loaded=self.loaded or self._load())
+        self.session = prepare(cfg, loaded=self.loaded or self._load(), lock_token=lock_token)
         self.captures += 1
         return {"pid": os.getpid(), "n_units": self.session.store.meta["n_units"]}
 

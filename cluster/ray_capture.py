@@ -8,11 +8,12 @@ from collections import deque
 from typing import Callable
 
 from spinal.capture.load import check_checkpoint
-from spinal.capture.runner import CaptureResult
+from spinal.capture.runner import CaptureResult, check_location, check_writable
 from spinal.cluster.actors import CaptureActor, ClusterConfig, user_error
 from spinal.config import CaptureConfig
 from spinal.errors import InputError, SpinalError, StoreError
-from spinal.store import Store, store_exists
+from spinal.lock import StoreLock, refuse_if_held
+from spinal.store import Store, remove_stray
 
 log = logging.getLogger(__name__)
 
@@ -78,40 +79,55 @@ def capture_on_ray(cfg: CaptureConfig, cluster: ClusterConfig, progress: Callabl
 
 
 def _check_out(cfg: CaptureConfig) -> None:
-    if store_exists(cfg.out) and not (cfg.resume or cfg.overwrite):
-        raise StoreError(f"{cfg.out} already exists; pass --resume to finish it or --overwrite to replace it")
+    check_location(cfg)
+    check_writable(cfg.out)
+    refuse_if_held(cfg.out)
 
 
 def drive(cfg: CaptureConfig, actors: list, max_retries: int, progress=None) -> CaptureResult:
-    """Bind actors to the store (the first creates or reopens it), then feed them units until all are done.
+    """Hold the store's writer lock, bind actors to the store (the first creates or reopens it), then feed
+    them units until all are done.
 
-    Actors need ``prepare(create, cfg=None) -> dict`` and ``run_unit(index) -> dict``; they may be
-    fresh per capture or long-lived service replicas.
+    Actors need ``prepare(create, cfg=None, lock_token=None) -> dict`` and ``run_unit(index) -> dict``;
+    they may be fresh per capture or long-lived service replicas. They write under the driver's lock.
     """
+    _check_out(cfg)
+    with StoreLock(cfg.out) as lock:
+        return _drive(cfg, actors, max_retries, progress, lock)
+
+
+def _drive(cfg: CaptureConfig, actors: list, max_retries: int, progress, lock: StoreLock) -> CaptureResult:
     import ray
 
-    _check_out(cfg)
     t0 = time.perf_counter()
-    first = _get(actors[0].prepare.remote(True, cfg.__dict__))  # creates (or checks and reopens) the store
+    first = _get(actors[0].prepare.remote(True, cfg.__dict__, lock.token))  # creates (or checks and reopens)
     live = [actors[0]]
-    rest = {a.prepare.remote(False, cfg.__dict__): a for a in actors[1:]}
+    rest = {a.prepare.remote(False, cfg.__dict__, lock.token): a for a in actors[1:]}
     for ref, a in rest.items():
         try:
             _get(ref)
             live.append(a)
         except ray.exceptions.RayActorError as e:
             log.warning("a replica died while loading (%s); continuing with %d", e, len(live))
+    n_started = len(actors)
     store = Store.open(cfg.out)
+    remove_stray(cfg.out)  # temporary files of killed writers (the lock is ours)
     done = store.done()
     units = store.units
     todo = deque(u.index for u in units if not done[u.index])
-    seq_len = store.group["sequences/length"][:]
+    seq_len = store.read("sequences/length")
     total = int(seq_len.sum())
     finished = int(sum(seq_len[u.seq_start : u.seq_stop].sum() for u in units if done[u.index]))
-    written = _dispatch(todo, live, max_retries, progress, finished, total)
+    written, died = _dispatch(todo, live, max_retries, progress, finished, total)
+    lock.check()
     store = Store.open(cfg.out, mode="r+")
     store.mark_complete()
-    log.info("capture on %d replica(s) done: %s", len(live), first)
+    alive = len(live) - died
+    if alive == n_started:
+        log.info("capture on %d replica(s) done: %s", alive, first)
+    else:
+        log.warning("capture done on %d of %d replica(s): %d died while loading, %d during capture "
+                    "(their units were redone on the others)", alive, n_started, n_started - len(live), died)
     return CaptureResult(cfg.out, written, len(units) - written, total, time.perf_counter() - t0,
                          store.meta.get("self_check"))
 
@@ -128,14 +144,16 @@ def _get(ref):
         raise
 
 
-def _dispatch(todo: deque, actors: list, max_retries: int, progress, finished: int, total: int) -> int:
-    """Keep every live actor busy with one unit; requeue the unit of a dead actor; stop on a unit that keeps failing."""
+def _dispatch(todo: deque, actors: list, max_retries: int, progress, finished: int, total: int) -> tuple[int, int]:
+    """Keep every live actor busy with one unit; requeue the unit of a dead actor; stop on a unit that keeps failing.
+
+    Returns (units written, replicas that died)."""
     import ray
 
     idle = list(actors)
     inflight: dict = {}
     failures: dict[int, int] = {}
-    written = 0
+    written = died = 0
     if progress:
         progress(finished, total)
     while todo or inflight:
@@ -152,6 +170,7 @@ def _dispatch(todo: deque, actors: list, max_retries: int, progress, finished: i
             meta = ray.get(ref)
         except ray.exceptions.RayActorError:
             log.warning("replica died during unit %d; the unit goes back in the queue", u)
+            died += 1
             todo.appendleft(u)  # the dead actor is not returned to the idle pool
             continue
         except ray.exceptions.RayTaskError as e:
@@ -169,7 +188,22 @@ def _dispatch(todo: deque, actors: list, max_retries: int, progress, finished: i
         if progress:
             progress(finished, total)
         idle.append(a)
-    return written
+    return written, died
+
+
+def _wait_for_a_free_cpu(patience_s: float = 15.0) -> None:
+    """Analysis tasks need one CPU each: refuse (instead of waiting forever) a cluster whose CPUs are all held,
+    e.g. by serving replicas. Actors just stopped free theirs within seconds, hence the patience."""
+    import ray
+
+    deadline = time.monotonic() + patience_s
+    while ray.available_resources().get("CPU", 0) < 1:
+        if time.monotonic() > deadline:
+            total = ray.cluster_resources().get("CPU", 0)
+            raise InputError(f"analysis needs at least 1 free CPU on the Ray cluster, but all {total:g} are held "
+                             "(serving replicas hold theirs: see `spinal serve --status`); stop one with "
+                             "`spinal serve --stop --only LABEL`, or add CPUs (`ray start --num-cpus N`)")
+        time.sleep(0.5)
 
 
 def ray_submit(tasks, workers: int, progress) -> list:
@@ -178,6 +212,7 @@ def ray_submit(tasks, workers: int, progress) -> list:
 
     from spinal.analyze.trace import _call
 
+    _wait_for_a_free_cpu()
     remote = ray.remote(num_cpus=1, max_retries=2)(_call)
     refs = [remote.remote(t) for t in tasks]
     index = {r: i for i, r in enumerate(refs)}

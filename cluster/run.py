@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Callable
 
 from spinal.config import RunConfig
 from spinal.errors import InputError
+from spinal.lock import LOCK_NAME, StoreLock
+from spinal.outputs import MARKER, check_output, move_aside, write_marker, write_text_atomic
 from spinal.store import Store, store_exists
 
 log = logging.getLogger(__name__)
@@ -49,54 +50,78 @@ def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def prepare_out(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
-    """Create the output folder, or check a resumed one was made by the same config."""
+def prepare_out(cfg: RunConfig, resume: bool, overwrite: bool, prompts_sha256: str | None = None
+                ) -> tuple[Path, StoreLock]:
+    """Take the run folder's writer lock, then create the folder, or check a resumed one was made by the
+    same config and prompts. Returns the folder and the held lock (one `spinal run` per folder).
+
+    ``--overwrite`` replaces only a SPINAL run folder that holds nothing else (moved aside whole, then
+    deleted); anything else at the path is refused with nothing touched.
+    """
     out = Path(cfg.out)
-    record = _config_record(cfg)
+    record = {**_config_record(cfg), "prompts_sha256": prompts_sha256}
     rec_file = out / "run.json"
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
-            raise InputError(f"run folder {out} exists; pass --resume to finish it or --overwrite to start again")
+    check_output(out, "run", overwrite, flag="--resume to finish it or --overwrite to start again", resume=resume)
+    lock = StoreLock(str(out)).acquire()
+    try:
+        if overwrite and any(n.name != LOCK_NAME for n in out.iterdir()):
+            move_aside(out)  # the old run goes whole, with the lock we held in it
+            lock.release()
+            lock = StoreLock(str(out)).acquire()
         elif rec_file.exists():
-            old = json.loads(rec_file.read_text())
+            try:
+                old = json.loads(rec_file.read_text())
+            except ValueError:
+                raise InputError(f"{rec_file} cannot be read; start again with --overwrite") from None
             diff = _changes(old, record)
             if diff:
-                raise InputError(f"--resume refused: the config changed since {out} was started ({'; '.join(diff[:4])})")
-    out.mkdir(parents=True, exist_ok=True)
-    rec_file.write_text(json.dumps(record, indent=2))
-    return out
+                raise InputError(f"--resume refused: the config or the prompt file changed since {out} was started "
+                                 f"({'; '.join(diff[:4])}); start again with --overwrite or use another [run] out")
+        write_text_atomic(rec_file, json.dumps(record, indent=2))
+        if not (out / MARKER).exists():
+            write_marker(out, "run")
+    except BaseException:
+        lock.release()
+        raise
+    return out, lock
 
 
-def check_inputs(cfg: RunConfig) -> None:
-    """Everything that can be checked before any model is loaded."""
+def check_inputs(cfg: RunConfig) -> str:
+    """Everything that can be checked before any model is loaded; returns the prompt set's hash."""
     from spinal.capture.load import check_checkpoint
     from spinal.capture.prompts import load_prompts
 
-    load_prompts(cfg.prompts)
+    prompts = load_prompts(cfg.prompts)
     for ck in cfg.checkpoints:
         c = cfg.capture_config(ck, out="-")
         check_checkpoint(ck.path, allow_pickle=c.allow_pickle, trust_remote_code=c.trust_remote_code)
     cfg.analyze_config("-", "-")
     cfg.cluster_config()
+    return prompts.sha256
 
 
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: Progress | None = None,
         address: str | None = None, service: bool = False) -> RunSummary:
     """Run every stage, in-process for one replica without an address, else on Ray (local or ``address``)."""
-    from spinal.analyze.compare import compare
-    from spinal.analyze.trace import Trace, analyze
-    from spinal.analyze.weights import block_sq_change
-    from spinal.capture import capture
-
-    check_inputs(cfg)
+    prompts_sha256 = check_inputs(cfg)
     cluster = cfg.cluster_config(**({"address": address} if address else {}))
     if cluster.uses_ray or service:
         from spinal.cluster.ray_capture import connect
 
         connect(cluster.address or ("auto" if service else None))  # before the output folder is touched
-    out = prepare_out(cfg, resume, overwrite)
+    out, lock = prepare_out(cfg, resume, overwrite, prompts_sha256)
+    try:
+        return _stages(cfg, out, progress, cluster, service)
+    finally:
+        lock.release()
+
+
+def _stages(cfg: RunConfig, out: Path, progress: Progress | None, cluster, service: bool) -> RunSummary:
+    from spinal.analyze.compare import compare
+    from spinal.analyze.trace import analyze
+    from spinal.analyze.weights import block_sq_change
+    from spinal.capture import capture
+
     summary = RunSummary(str(out))
     capture_fn, analyze_submit = capture, None
     labels = {ck.path: ck.label for ck in cfg.checkpoints}
@@ -128,8 +153,9 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
             summary.add("capture", ck.label, 0.0, True, "store complete")
         tdir = out / "traces" / ck.label
         t0 = time.perf_counter()
-        if (tdir / "trace.json").exists():
-            traces.append(Trace.load(tdir))
+        reused = _reusable_trace(tdir)
+        if reused is not None:
+            traces.append(reused)
             summary.add("analyze", ck.label, 0.0, True, "trace exists")
         else:
             acfg = cfg.analyze_config(store, str(tdir), overwrite=True)
@@ -168,7 +194,20 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
     t0 = time.perf_counter()
     from spinal.analyze.report import write_report
 
-    summary.report = str(write_report(traces, comparison, out / "report"))
+    summary.report = str(write_report(traces, comparison, out / "report", overwrite=True))
     summary.add("report", "all", time.perf_counter() - t0, False)
-    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(asdict(summary), indent=2))
     return summary
+
+
+def _reusable_trace(tdir: Path):
+    """A trace folder of this run that is whole (every digest matches), or None to redo it."""
+    from spinal.analyze.trace import Trace
+
+    if not (tdir / "trace.json").exists():
+        return None
+    try:
+        return Trace.load(tdir)
+    except InputError as e:
+        log.warning("redoing the trace in %s: %s", tdir, e)
+        return None

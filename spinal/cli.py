@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from spinal.config import AnalyzeConfig, CaptureConfig
@@ -47,7 +48,12 @@ def cli_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SpinalError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as e:  # the environment refused (disk full, read-only, permissions): one line, not a trace
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            err.print(f"[bold red]error:[/] {escape((e.strerror or str(e)) + where)}; nothing stored before was "
+                      "lost (finish a capture with --resume)", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted; finished units are kept (rerun with --resume)")
@@ -203,6 +209,9 @@ def verify(
     for d in report.damage:
         out.print(f"DAMAGED {d}", highlight=False)
     note = f"; {report.units_not_done} unit(s) not captured yet" if report.units_not_done else ""
+    if report.unchecked:
+        err.print(f"note: {len(report.unchecked)} array(s) carry no checksum (made by an older SPINAL), so "
+                  f"damage there cannot be detected: {', '.join(report.unchecked)}", highlight=False)
     if report.ok:
         out.print(f"OK: {report.chunks_read:,} chunks read, no damage{note}", highlight=False)
     else:
@@ -244,12 +253,10 @@ def analyze(
                         null_splits=null_splits, seed=seed, lens_tokens=lens_tokens, companion_tokens=companion_tokens,
                         chunk_mib=chunk_mib,
                         workers=workers, overwrite=overwrite)
-    from pathlib import Path
-
     from spinal.analyze.trace import analyze as run_analyze
+    from spinal.outputs import check_output
 
-    if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
-        raise SpinalError(f"trace folder {out} exists and is not empty; pass --overwrite to replace it")
+    check_output(out, "trace", overwrite)  # before any work: a refused output costs nothing
     with _Bar("analyze", "tasks", enabled=progress) as bar:
         trace = run_analyze(cfg, progress=bar, label=label)
     trace.save(out, overwrite=overwrite)
@@ -278,15 +285,21 @@ def compare(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing comparison folder"),
 ) -> None:
     """Compare checkpoints on the identical token stream: Δa and ΔL per layer with paired CIs (Holm), onset, localization."""
-    from spinal.analyze.compare import compare as run_compare
+    from spinal.analyze.compare import check_stores, check_weights, compare as run_compare
     from spinal.analyze.trace import Trace
     from spinal.analyze.weights import block_sq_change
+    from spinal.outputs import check_output
 
+    check_output(out, "comparison", overwrite)
+    if n_boot < 1:
+        raise SpinalError(f"--n-boot {n_boot}: the ΔL bootstrap needs ≥ 1 resample (default 1000)")
     loaded = [Trace.load(t) for t in traces]
+    if weights:
+        check_weights(loaded, weights)
+    if stores:
+        check_stores(loaded, stores)
     grad = None
     if weights:
-        if len(weights) != len(traces):
-            raise SpinalError(f"--weights: got {len(weights)} folders for {len(traces)} traces; give one per trace")
         n_blocks = int(max(loaded[0].table["layer"]))
         grad = [None] + [block_sq_change(weights[0], w, n_blocks) for w in weights[1:]]
     result = run_compare(loaded, seed=seed, n_boot=n_boot, grad=grad)
@@ -294,8 +307,6 @@ def compare(
         from spinal.analyze.compare import with_cross_readout
         from spinal.analyze.cross_readout import cross_readout
 
-        if len(stores) != len(traces):
-            raise SpinalError(f"--stores: got {len(stores)} stores for {len(traces)} traces; give one per trace")
         frames = {t.label: cross_readout(stores[0], s, lens_tokens=cross_tokens, seed=seed)
                   for t, s in zip(loaded[1:], stores[1:])}
         result = with_cross_readout(result, frames)
@@ -349,15 +360,19 @@ def report(
     traces: list[str] = typer.Argument(..., help="trace folders (the reference first)"),
     out: str = typer.Option(..., "--out", "-o", help="report folder: report.html and plots/*.png"),
     comparison: Optional[str] = typer.Option(None, "--compare", "-c", help="comparison folder from `spinal compare`"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing report folder (only a SPINAL one)"),
 ) -> None:
     """Write PNG plots and one self-contained HTML report (opens offline) from traces and a comparison."""
     from spinal.analyze.compare import Comparison
     from spinal.analyze.report import write_report
     from spinal.analyze.trace import Trace
 
+    from spinal.outputs import check_output
+
+    check_output(out, "report", overwrite)
     loaded = [Trace.load(t) for t in traces]
     cmp = Comparison.load(comparison) if comparison else None
-    path = write_report(loaded, cmp, out)
+    path = write_report(loaded, cmp, out, overwrite=overwrite)
     err.print(f"report written to {path}", highlight=False)
 
 

@@ -225,7 +225,9 @@ def load_run_config(path: str) -> RunConfig:
     if not p.is_file():
         raise InputError(f"run config {path} does not exist")
     try:
-        doc = tomllib.loads(p.read_text())
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a TOML run config") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{path}: not valid TOML ({e})") from None
     known = {"run", "checkpoints", "capture", "analyze", "compare", "cluster"}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -30,6 +31,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from spinal.errors import IntegrityError, StoreError
 from spinal.lens import Lens, LensSpec
+from spinal.lock import LOCK_NAME
 
 FORMAT_VERSION = 1
 ATTR_KEY = "spinal"
@@ -163,12 +165,138 @@ def open_group(path: str, mode: str) -> zarr.Group:
     return zarr.open_group(path, mode=mode)
 
 
-def store_exists(path: str) -> bool:
+# -- the location of a store: what is there before a writer touches it -----------------------
+
+# Everything SPINAL writes at a store's top level; --overwrite removes these names and nothing else.
+STORE_ENTRIES = ("zarr.json", "hidden", "tokens", "sequences", "units", "lens", LOCK_NAME)
+
+
+def _fs(path: str):
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    return fs, root.rstrip("/")
+
+
+def _root_meta(path: str) -> tuple[str, dict | None]:
+    """('missing' | 'unreadable' | 'ok', root zarr.json as a dict)."""
+    fs, root = _fs(path)
     try:
-        open_group(path, mode="r")
-        return True
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        raw = fs.cat_file(f"{root}/zarr.json")
+    except FileNotFoundError:
+        return "missing", None
+    except (IsADirectoryError, PermissionError, OSError):
+        return "unreadable", None
+    try:
+        doc = json.loads(raw)
+        return ("ok", doc) if isinstance(doc, dict) else ("unreadable", None)
+    except ValueError:
+        return "unreadable", None
+
+
+def location_state(path: str) -> str:
+    """What is at a store path, for writers deciding what they may do:
+
+    absent    nothing there                 empty     a folder with nothing of anyone's in it
+    file      a plain file                  foreign   something that is not a SPINAL store
+    creating  a SPINAL store whose creation never finished (safe to start again)
+    ready     a SPINAL store (complete or resumable)
+    damaged   SPINAL's folders whose root ``zarr.json`` is missing or unreadable
+    """
+    fs, root = _fs(path)
+    if not fs.exists(root):
+        return "absent"
+    if fs.isfile(root):
+        return "file"
+    names = {n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(root, detail=False)}
+    names = {n for n in names if not _stray(n) and n != LOCK_NAME}
+    if not names:
+        return "empty"
+    state, doc = _root_meta(path)
+    if state == "ok":
+        meta = (doc.get("attributes") or {}).get(ATTR_KEY)
+        if doc.get("node_type") != "group" or not isinstance(meta, dict):
+            return "foreign"
+        return "creating" if meta.get("state") == "creating" else "ready"
+    # No readable root: ours only if every entry is a SPINAL name and `hidden` says it is SPINAL's.
+    if not names <= set(STORE_ENTRIES):
+        return "foreign"
+    try:
+        hidden = json.loads(fs.cat_file(f"{root}/hidden/zarr.json"))
+        return "damaged" if "spinal_dtype" in (hidden.get("attributes") or {}) else "foreign"
+    except Exception:
+        return "damaged" if names <= {"zarr.json", LOCK_NAME} else "foreign"
+
+
+def _stray(name: str) -> bool:
+    """Temporary files of a killed writer: zarr's ``*.partial`` and the lock's ``*.tmp``."""
+    return name.endswith(".partial") or name.endswith(".tmp")
+
+
+def store_exists(path: str) -> bool:
+    """A SPINAL store whose creation finished is at ``path``."""
+    try:
+        return location_state(path) == "ready"
+    except (OSError, ValueError):
         return False
+
+
+def remove_stray(path: str) -> tuple[int, int]:
+    """Delete temporary files left by killed writers (call with the writer lock held): (files, bytes)."""
+    fs, root = _fs(path)
+    n = size = 0
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        return 0, 0
+    for name, info in found.items():
+        if _stray(name.rsplit("/", 1)[-1]):
+            try:
+                fs.rm_file(name)
+                n += 1
+                size += int(info.get("size") or 0)
+            except FileNotFoundError:
+                pass
+    return n, size
+
+
+def _write_root(path: str, meta: dict) -> None:
+    """Write the root group's zarr.json atomically (temporary file, then rename)."""
+    fs, root = _fs(path)
+    fs.makedirs(root, exist_ok=True)
+    doc = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {ATTR_KEY: meta}}, indent=2).encode()
+    if "://" in path and not path.startswith("file://"):
+        fs.pipe_file(f"{root}/zarr.json", doc)  # object stores replace an object whole
+        return
+    tmp = f"{root}/zarr.json.{os.getpid()}.partial"
+    with open(tmp, "wb") as f:
+        f.write(doc)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, f"{root}/zarr.json")
+
+
+def clear_for_creation(path: str) -> None:
+    """Mark the location 'creating' first, then remove SPINAL's entries (and only those).
+
+    A kill at any point leaves a location that reads as 'creating': the next writer starts
+    again; a user's own files beside SPINAL's are never touched.
+    """
+    _write_root(path, {"format_version": FORMAT_VERSION, "state": "creating"})
+    fs, root = _fs(path)
+    for name in STORE_ENTRIES:
+        if name in ("zarr.json", LOCK_NAME):
+            continue
+        if fs.exists(f"{root}/{name}"):
+            fs.rm(f"{root}/{name}", recursive=True)
+    remove_stray(path)
+
+
+TABLES = {
+    "tokens": ("ids", "sequence", "position"),
+    "sequences": ("prompt_id", "text_hash", "offset", "length", "input_length", "truncated", "unit"),
+    "units": ("seq_start", "seq_stop", "token_start", "token_stop"),
+}
 
 
 class Store:
@@ -181,14 +309,22 @@ class Store:
         if ATTR_KEY not in attrs:
             raise StoreError(f"{path} is a Zarr group but not a SPINAL store (no '{ATTR_KEY}' attributes)")
         self.meta: dict = attrs[ATTR_KEY]
+        if self.meta.get("state") == "creating":
+            raise StoreError(f"{path}: the store's creation never finished (the capture was stopped while "
+                             "creating it); rerun the capture, with or without --resume, to start it again")
         version = self.meta.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise StoreError(
                 f"{path} has store format version {version}; this SPINAL reads ≤ {FORMAT_VERSION}: upgrade spinal"
             )
-        self.hidden = group["hidden"]
-        self.dtype: str = self.hidden.attrs["spinal_dtype"]
+        try:
+            self.hidden = group["hidden"]
+            self.dtype: str = self.hidden.attrs["spinal_dtype"]
+        except Exception as e:
+            raise IntegrityError(f"{path}: the 'hidden' array's metadata cannot be read ({_first_line(e)}); "
+                                 f"run `spinal verify {path}`") from None
         self.layers: list[int] = list(self.meta["layers"])
+        self._units: list[Unit] | None = None
 
     # -- creation --------------------------------------------------------------------------
 
@@ -205,10 +341,15 @@ class Store:
         lens_arrays: dict[str, tuple[np.ndarray, str]],
         lens_spec: LensSpec,
         meta: dict,
-        overwrite: bool = False,
     ) -> "Store":
-        """Write the layout, tables, lens and attributes; ``hidden`` starts empty, no unit is done."""
-        g = open_group(path, mode="w" if overwrite else "w-")
+        """Write the layout, tables, lens and attributes; ``hidden`` starts empty, no unit is done.
+
+        The caller holds the writer lock. The root is marked 'creating' before anything else is
+        written and gets its full attributes last, so a creation cut short at any point reads as
+        'creating' (started again by the next capture), never as a store.
+        """
+        clear_for_creation(path)
+        g = open_group(path, mode="r+")
         n_layers, n_tok = len(layers), layout.n_tokens
         hidden = g.create_array(
             "hidden",
@@ -236,8 +377,9 @@ class Store:
             _small(g, f"units/{field_}", vals, ("unit",))
         g.create_array(
             "units/done", shape=(len(layout.units),), chunks=(1,), dtype="uint8", fill_value=0,
-            compressors=None, dimension_names=("unit",),
-        )  # one chunk per unit: marking a unit done never touches another unit's key
+            compressors=[Crc32cCodec()], dimension_names=("unit",),
+        )  # one chunk per unit: marking a unit done never touches another unit's key; checksummed so a
+        #    flipped bit reads as damage (verify names it; resume redoes the unit), not as "not done"
         lens_g = g.require_group("lens")
         lens_g.attrs["spec"] = lens_spec.to_dict()
         for name, (arr, real) in lens_arrays.items():
@@ -265,32 +407,78 @@ class Store:
     @classmethod
     def open(cls, path: str, mode: str = "r") -> "Store":
         try:
+            state = location_state(path)
+        except OSError as e:
+            raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
+        if state == "absent":
+            raise StoreError(f"no SPINAL store at {path}: nothing is there")
+        if state == "file":
+            raise StoreError(f"no SPINAL store at {path}: it is a file, not a store folder")
+        if state == "empty":
+            raise StoreError(f"no SPINAL store at {path}: the folder is empty")
+        if state == "damaged":
+            what, _ = _root_meta(path)
+            raise IntegrityError(f"{path}: the store's root zarr.json is {what}; the arrays are there but "
+                                 "the store's metadata is lost: recapture with --overwrite")
+        if state == "foreign":
+            raise StoreError(f"{path} is not a SPINAL store (no SPINAL attributes in its zarr.json)")
+        try:
             g = open_group(path, mode=mode)
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-            raise StoreError(f"no SPINAL store at {path}") from None
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+            raise StoreError(f"no SPINAL store at {path} ({_first_line(e)})") from None
         return cls(g, path)
 
     # -- units and manifest ----------------------------------------------------------------
 
+    def read(self, name: str) -> np.ndarray:
+        """A whole small array (tables, tokens), or one clear IntegrityError naming it."""
+        try:
+            return np.asarray(self.group[name][...])
+        except Exception as e:
+            raise IntegrityError(f"{self.path}: array '{name}' is damaged ({_first_line(e)}); "
+                                 f"run `spinal verify {self.path}`") from None
+
+    def check_tables(self) -> None:
+        """Read every small array (tokens, sequences, units, lens) once: the first damaged one is a clear
+        IntegrityError naming it. Readers call this before they start work."""
+        for grp, names in TABLES.items():
+            for name in names:
+                self.read(f"{grp}/{name}")
+        self.done(strict=True)
+        self.lens()
+
     @property
     def units(self) -> list[Unit]:
-        u = self.group["units"]
-        cols = [np.asarray(u[c][:]) for c in ("seq_start", "seq_stop", "token_start", "token_stop")]
-        return [Unit(i, *(int(c[i]) for c in cols)) for i in range(len(cols[0]))]
+        if self._units is None:
+            cols = [self.read(f"units/{c}") for c in ("seq_start", "seq_stop", "token_start", "token_stop")]
+            self._units = [Unit(i, *(int(c[i]) for c in cols)) for i in range(len(cols[0]))]
+        return self._units
 
-    def done(self) -> np.ndarray:
-        """(unit,) bool. A done marker that cannot be read (killed mid-write) counts as not done."""
-        arr = self.group["units/done"]
+    def done(self, strict: bool = False) -> np.ndarray:
+        """(unit,) bool. An unreadable done marker counts as not done (its unit is redone on resume),
+        or, with ``strict`` (readers), raises an IntegrityError naming the units."""
         try:
+            arr = self.group["units/done"]
             return np.asarray(arr[:]).astype(bool)
-        except Exception:  # a torn 1-byte chunk: fall back to one read per unit
-            out = np.zeros(arr.shape[0], dtype=bool)
-            for i in range(arr.shape[0]):
-                try:
-                    out[i] = bool(arr[i])
-                except Exception:
-                    out[i] = False
-            return out
+        except Exception:  # a torn or damaged chunk: one read per unit
+            pass
+        try:
+            arr = self.group["units/done"]
+        except Exception as e:
+            raise IntegrityError(f"{self.path}: the manifest 'units/done' cannot be read ({_first_line(e)})") from None
+        out = np.zeros(arr.shape[0], dtype=bool)
+        bad = []
+        for i in range(arr.shape[0]):
+            try:
+                out[i] = bool(arr[i])
+            except Exception:
+                bad.append(i)
+        if bad and strict:
+            raise IntegrityError(
+                f"{self.path}: the done markers (units/done) of unit(s) {_ranges(bad)} are damaged; "
+                "`spinal capture … --resume` rewrites those units"
+            )
+        return out
 
     def write_unit(self, unit: Unit, block: np.ndarray) -> None:
         """Write a unit's whole shards (block: (layer, unit tokens, dim), storage dtype), then mark it done."""
@@ -301,6 +489,7 @@ class Store:
         self.group["units/done"][unit.index] = 1
 
     def mark_complete(self) -> None:
+        self.group = open_group(self.path, mode="r+")  # zarr caches attributes: reread what others wrote
         if not self.done().all():
             raise StoreError(f"{self.path}: cannot mark complete, units not done: {np.flatnonzero(~self.done())[:10]}")
         meta = dict(self.meta)
@@ -315,12 +504,17 @@ class Store:
     # -- reads -----------------------------------------------------------------------------
 
     def tokens(self) -> dict[str, np.ndarray]:
-        t = self.group["tokens"]
-        return {k: np.asarray(t[k][:]) for k in ("ids", "sequence", "position")}
+        return {k: self.read(f"tokens/{k}") for k in ("ids", "sequence", "position")}
 
     def sequences(self) -> dict[str, np.ndarray]:
-        s = self.group["sequences"]
-        return {k: np.asarray(s[k][:]) for k, _ in s.arrays()}
+        names = ("prompt_id", "text_hash", "offset", "length", "input_length", "truncated", "unit")
+        return {k: self.read(f"sequences/{k}") for k in names if k in self._sequence_names()}
+
+    def _sequence_names(self) -> set[str]:
+        try:
+            return {k for k, _ in self.group["sequences"].arrays()}
+        except Exception as e:
+            raise IntegrityError(f"{self.path}: the 'sequences' table cannot be listed ({_first_line(e)})") from None
 
     def layer_index(self, layer: int) -> int:
         if layer not in self.layers:
@@ -329,14 +523,14 @@ class Store:
 
     def iter_layer(self, layer: int, *, require_complete: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (hidden float32 (token, dim), sequence (token,)) per done unit, valid tokens only."""
-        done = self.done()
+        done = self.done(strict=require_complete)
         if require_complete and not done.all():
             raise StoreError(
                 f"{self.path} is incomplete: {int((~done).sum())} of {done.size} units not captured; "
                 "finish it with `spinal capture … --resume`"
             )
         li = self.layer_index(layer)
-        seq = self.group["tokens/sequence"][:]
+        seq = self.read("tokens/sequence")
         for u in self.units:
             if not done[u.index]:
                 continue
@@ -352,22 +546,30 @@ class Store:
             yield decode(raw[valid], self.dtype), seq[sl][valid]
 
     def lens(self) -> Lens:
-        g = self.group["lens"]
-        spec = LensSpec.from_dict(dict(g.attrs["spec"]))
-        arrays = {name: decode(np.asarray(a[...]), a.attrs["spinal_dtype"]) for name, a in g.arrays()}
+        try:
+            g = self.group["lens"]
+            spec = LensSpec.from_dict(dict(g.attrs["spec"]))
+            arrays = {name: decode(np.asarray(a[...]), a.attrs["spinal_dtype"]) for name, a in g.arrays()}
+        except Exception as e:
+            raise IntegrityError(f"{self.path}: the stored lens is damaged ({_first_line(e)}); "
+                                 f"run `spinal verify {self.path}`") from None
         return Lens.from_arrays(spec, arrays)
 
 
 def _small(g: zarr.Group, name: str, values: np.ndarray, dims: tuple[str, ...]) -> None:
     values = np.asarray(values)
     dtype = str if values.dtype.kind in "UO" else values.dtype
-    a = g.create_array(
+    a = g.create_array(  # every array carries a checksum, strings too (after their vlen-utf8 encoding)
         name, shape=values.shape, chunks=values.shape if values.size else (1,), dtype=dtype,
-        compressors=[ZstdCodec(level=3), Crc32cCodec()] if dtype is not str else "auto",
-        dimension_names=dims,
+        compressors=[ZstdCodec(level=3), Crc32cCodec()], dimension_names=dims,
     )
     if values.size:
         a[...] = values
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".strip().rstrip(":")
 
 
 def _ranges(xs: Sequence[int]) -> str:

@@ -1,4 +1,4 @@
-"""Read every chunk of a store, check checksums and finiteness, and name the layer and token range of any damage."""
+"""Read every chunk of a store, check checksums and finiteness, and name the array and range of any damage."""
 
 from __future__ import annotations
 
@@ -7,21 +7,24 @@ from typing import Callable
 
 import numpy as np
 
-from spinal.store import Store, decode
+from spinal.store import TABLES, Store, _ranges, decode
 
 
 @dataclass(frozen=True)
 class Damage:
-    where: str  # "hidden", "tokens/ids", "lens/unembed", …
+    where: str  # "hidden", "tokens/ids", "units/done", "lens/unembed", …
     layer: int | None
     token_start: int | None
     token_stop: int | None
     error: str
+    span: str | None = None  # e.g. "units 3–4" for the manifest
 
     def __str__(self) -> str:
-        if self.layer is None:
-            return f"{self.where}: {self.error}"
-        return f"{self.where}: layer {self.layer}, tokens {self.token_start}–{self.token_stop}: {self.error}"
+        if self.layer is not None:
+            return f"{self.where}: layer {self.layer}, tokens {self.token_start}–{self.token_stop}: {self.error}"
+        if self.span:
+            return f"{self.where}: {self.span}: {self.error}"
+        return f"{self.where}: {self.error}"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class VerifyReport:
     chunks_read: int
     damage: tuple[Damage, ...] = field(default_factory=tuple)
     units_not_done: int = 0
+    unchecked: tuple[str, ...] = ()  # arrays without a checksum codec (stores made before SPINAL 0.2)
 
     @property
     def ok(self) -> bool:
@@ -36,23 +40,33 @@ class VerifyReport:
 
 
 def verify(store: Store, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
-    """Read every chunk of ``hidden`` (done units only) and every small array."""
+    """Read every small array, every done marker and every chunk of ``hidden`` (done units only); never raises
+    on damage, names it."""
     damage: list[Damage] = []
-    read = hidden_read = 0
-    for path in _small_arrays(store):
+    unchecked: list[str] = []
+    read = 0
+    for path in _small_arrays(store, damage):
+        if path == "units/done":
+            continue
         try:
-            np.asarray(store.group[path][...])
+            arr = store.group[path]
+            if not _has_checksum(arr):
+                unchecked.append(path)
+            np.asarray(arr[...])
             read += 1
         except Exception as e:
             damage.append(Damage(path, None, None, None, _msg(e)))
-    done = store.done()
+    done, bad_units, n_read = _done_markers(store, damage, unchecked)
+    read += n_read
     t_chunk = int(store.meta["t_chunk"])
-    ranges = [
-        (a, min(a + t_chunk, u.token_stop))
-        for u in store.units if done[u.index]
-        for a in range(u.token_start, u.token_stop, t_chunk)
-    ]
+    try:
+        units = [u for u in store.units if done[u.index]]
+        ranges = [(a, min(a + t_chunk, u.token_stop)) for u in units for a in range(u.token_start, u.token_stop, t_chunk)]
+    except Exception:  # the unit table is damaged (already named): read the whole token axis
+        n = store.hidden.shape[1]
+        ranges = [(a, min(a + t_chunk, n)) for a in range(0, n, t_chunk)]
     total = len(ranges) * len(store.layers)
+    hidden_read = 0
     for li, layer in enumerate(store.layers):
         for a, b in ranges:
             try:
@@ -65,13 +79,50 @@ def verify(store: Store, progress: Callable[[int, int], None] | None = None) -> 
             hidden_read += 1
             if progress:
                 progress(hidden_read, total)
-    return VerifyReport(read, tuple(damage), int((~done).sum()))
+    not_done = int((~done).sum()) - len(bad_units)
+    return VerifyReport(read, tuple(damage), not_done, tuple(unchecked))
 
 
-def _small_arrays(store: Store) -> list[str]:
-    out = []
+def _done_markers(store: Store, damage: list[Damage], unchecked: list[str]) -> tuple[np.ndarray, list[int], int]:
+    """Read the manifest one marker (chunk) at a time: (done, damaged unit indices, chunks read)."""
+    try:
+        arr = store.group["units/done"]
+    except Exception as e:
+        damage.append(Damage("units/done", None, None, None, _msg(e)))
+        n = int(store.meta.get("n_units", 0))
+        return np.zeros(n, dtype=bool), list(range(n)), 0
+    if not _has_checksum(arr):
+        unchecked.append("units/done")
+    done = np.zeros(arr.shape[0], dtype=bool)
+    bad, errors = [], []
+    for i in range(arr.shape[0]):
+        try:
+            done[i] = bool(arr[i])
+        except Exception as e:
+            bad.append(i)
+            errors.append(_msg(e))
+    if bad:
+        damage.append(Damage("units/done", None, None, None, errors[0] + "; `spinal capture … --resume` redoes them",
+                             span=f"unit(s) {_ranges(bad)}"))
+    return done, bad, arr.shape[0]
+
+
+def _has_checksum(arr) -> bool:
+    return any(type(c).__name__ == "Crc32cCodec" for c in arr.metadata.codecs)
+
+
+KNOWN = {**TABLES, "units": (*TABLES["units"], "done")}
+
+
+def _small_arrays(store: Store, damage: list[Damage]) -> list[str]:
+    """Every array a store must have (so one whose metadata is gone is named) plus any others listed."""
+    out = {f"{g}/{n}" for g, names in KNOWN.items() for n in names}
     for grp in ("tokens", "sequences", "units", "lens"):
-        out += [f"{grp}/{name}" for name, _ in store.group[grp].arrays()]
+        try:
+            out |= {f"{grp}/{name}" for name, _ in store.group[grp].arrays()}
+        except Exception as e:
+            if grp == "lens":
+                damage.append(Damage(grp, None, None, None, _msg(e)))
     return sorted(out)
 
 

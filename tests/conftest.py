@@ -107,3 +107,31 @@ def checkpoint(ckpt_dir):
 @pytest.fixture()
 def prompts_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+
+
+def assert_refused(result, *needles):
+    """A CLI result that is bad input done right: exit 2, one line on stderr naming the problem, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: "), lines
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert "Traceback" not in result.output
+
+
+def store_arrays(path) -> dict:
+    """Every array of a Zarr hierarchy by path, as numpy (to compare two stores value for value)."""
+    import numpy as np
+    import zarr
+
+    out = {}
+
+    def walk(grp, prefix=""):
+        for name, a in grp.arrays():
+            out[prefix + name] = np.asarray(a[...])
+        for name, sub in grp.groups():
+            walk(sub, prefix + name + "/")
+
+    walk(zarr.open_group(str(path), mode="r"))
+    return out

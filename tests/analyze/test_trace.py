@@ -100,7 +100,7 @@ def test_save_load_round_trip_and_recorded_options(trace, tmp_path):
     assert meta["options"]["n_boot"] == 40 and meta["options"]["seed"] == 0
     assert meta["window_rule"].startswith("auto") and "rank-decay" in meta["alpha_name"]
     assert pd.read_csv(tmp_path / "t" / "trace.csv").shape[0] == len(trace.table)
-    with pytest.raises(InputError, match="not empty"):
+    with pytest.raises(InputError, match="exists; pass --overwrite"):
         trace.save(tmp_path / "t")
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import PROMPTS, save_checkpoint, write_jsonl
+from conftest import PROMPTS, assert_refused, save_checkpoint, write_jsonl
 from spinal.cli import app
 from spinal.store import Store
 
@@ -29,16 +29,6 @@ def tree_digest(path: Path) -> str:
         h.update(str(f.relative_to(path)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def assert_refused(result, *needles):
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: ")
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture()
@@ -227,3 +217,62 @@ def test_device_map_spilling_to_cpu_is_refused_without_opt_in():
     _refuse_offload(Fake(), allow_offload=True)
     Fake.hf_device_map = {"": "cpu"}  # a CPU-only replica is not offload
     _refuse_offload(Fake(), allow_offload=False)
+
+
+# -- the class behind the fault campaign's tracebacks and silent nonsense: validated up front -----------
+
+def test_binary_prompt_file_is_one_line(llama, tmp_path):
+    for name in ("p.jsonl", "p.txt"):
+        (tmp_path / name).write_bytes(bytes(range(256)) * 4)
+        assert_refused(run("capture", llama, "-p", tmp_path / name, "-o", tmp_path / "s"), "not UTF-8")
+    assert not (tmp_path / "s").exists()
+
+
+def test_binary_run_config_is_one_line(tmp_path):
+    (tmp_path / "run.toml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    assert_refused(run("run", tmp_path / "run.toml", "--no-progress"), "not a text file")
+
+
+def test_corrupt_root_metadata_is_refused_everywhere(llama, prompts_file, existing, tmp_path):
+    out, _ = existing
+    (out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')  # torn by hand, not by SPINAL
+    before = tree_digest(out)
+    assert_refused(run("inspect", out), "root zarr.json is unreadable")
+    assert_refused(run("analyze", out, "-o", tmp_path / "t", "--no-progress"), "root zarr.json is unreadable")
+    assert_refused(run("capture", llama, "-p", prompts_file, "-o", out, "--resume"), "damaged", "--overwrite")
+    assert tree_digest(out) == before
+    r = run("capture", llama, "-p", prompts_file, "-o", out, "--overwrite", "--unit-tokens", "16", "--no-progress")
+    assert r.exit_code == 0, r.output
+
+
+@pytest.fixture()
+def one_prompt_store(llama, tmp_path):
+    p = write_jsonl(tmp_path / "one.jsonl", PROMPTS[:1])
+    out = tmp_path / "one.zarr"
+    assert run("capture", llama, "-p", p, "-o", out, "--no-progress").exit_code == 0
+    return out
+
+
+def test_one_prompt_store_refuses_intervals_instead_of_nan(one_prompt_store, tmp_path):
+    assert_refused(run("analyze", one_prompt_store, "-o", tmp_path / "t", "--blocks", "1", "--no-progress"),
+                   "1 sequence(s)", "--n-boot 0")
+    r = run("analyze", one_prompt_store, "-o", tmp_path / "t", "--blocks", "1", "--n-boot", "0", "--null-splits", "0",
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+
+
+def test_more_blocks_than_sequences_and_window_past_the_rank(existing, tmp_path):
+    out, _ = existing
+    assert_refused(run("analyze", out, "-o", tmp_path / "t", "--blocks", "1000", "--no-progress"),
+                   "--blocks 1000", "5 sequence(s)")
+    assert_refused(run("analyze", out, "-o", tmp_path / "t", "--blocks", "4", "--window", "5:5000",
+                       "--no-progress"), "--window 5:5000", "rank")
+    assert not (tmp_path / "t").exists()
+
+
+def test_max_length_beyond_the_context_is_refused(llama, tmp_path):
+    long = write_jsonl(tmp_path / "long.jsonl", [{"id": "essay", "prompt": "word " * 80}])  # 400 characters
+    assert_refused(run("capture", llama, "-p", long, "-o", tmp_path / "s", "--max-length", "1000"),
+                   "'essay'", "context of 256", "--max-length ≤ 256")
+    r = run("capture", llama, "-p", long, "-o", tmp_path / "s", "--max-length", "256", "--no-progress")
+    assert r.exit_code == 0, r.output

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import write_jsonl
+from conftest import store_arrays, write_jsonl
 from spinal.store import Store
 
 
@@ -25,20 +25,6 @@ def _prompts(tmp_path, n=240):
 def _argv(ckpt, prompts, out, *extra):
     return [sys.executable, "-m", "spinal.cli", "capture", str(ckpt), "--prompts", str(prompts), "--out", str(out),
             "--unit-tokens", "64", "--batch-size", "2", "--no-progress", *extra]
-
-
-def _arrays(path) -> dict[str, np.ndarray]:
-    g = zarr.open_group(str(path), mode="r")
-    out = {}
-
-    def walk(grp, prefix=""):
-        for name, a in grp.arrays():
-            out[prefix + name] = np.asarray(a[...])
-        for name, sub in grp.groups():
-            walk(sub, prefix + name + "/")
-
-    walk(g)
-    return out
 
 
 @pytest.mark.slow
@@ -76,7 +62,7 @@ def test_sigkill_then_resume_equals_uninterrupted(checkpoint, tmp_path):
     r = subprocess.run(_argv(ckpt, prompts, killed, "--resume"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"({int(done_before.sum())} already done)" in r.stderr  # finished units were not redone
-    a, b = _arrays(ref), _arrays(killed)
+    a, b = store_arrays(ref), store_arrays(killed)
     assert a.keys() == b.keys()
     for k in a:
         assert np.array_equal(a[k], b[k]), k

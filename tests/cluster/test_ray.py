@@ -45,15 +45,22 @@ def _arrays(path):
 
 
 @pytest.mark.slow
-def test_killed_actor_unit_is_redone_elsewhere_and_store_equals_uninterrupted(two_nodes, checkpoint, tmp_path):
+def test_killed_actor_unit_is_redone_elsewhere_and_store_equals_uninterrupted(two_nodes, checkpoint, tmp_path,
+                                                                              caplog):
+    import logging
+
     from spinal.cluster.ray_capture import capture_on_ray
 
     ckpt, p = checkpoint("llama"), _prompts(tmp_path)
     cfg = CaptureConfig(model=str(ckpt), prompts=str(p), out=str(tmp_path / "ray.zarr"), unit_tokens=64)
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2
-    res = capture_on_ray(cfg, ClusterConfig(replicas=2, cpus_per_replica=1))
+    with caplog.at_level(logging.INFO, logger="spinal.cluster.ray_capture"):
+        res = capture_on_ray(cfg, ClusterConfig(replicas=2, cpus_per_replica=1))
     assert two_nodes.exists(), "the fault hook must have killed an actor"
+    # the log tells the truth: one of the two replicas died, its unit was redone on the other
+    assert "capture done on 1 of 2 replica(s): 0 died while loading, 1 during capture" in caplog.text
+    assert "capture on 2 replica(s) done" not in caplog.text
     ref = CaptureConfig(**{**cfg.__dict__, "out": str(tmp_path / "local.zarr")})
     capture(ref)
     a, b = _arrays(cfg.out), _arrays(ref.out)
@@ -123,3 +130,26 @@ def test_more_gpus_per_replica_than_a_node_has_is_refused(two_nodes, checkpoint,
     with pytest.raises(InputError, match="gpus_per_replica=2, but the largest node has 0 GPUs"):
         capture_on_ray(cfg, ClusterConfig(replicas=1, gpus_per_replica=2))
     assert not (tmp_path / "g.zarr").exists()
+
+
+def test_analysis_on_a_cluster_with_every_cpu_held_is_refused_not_hung(two_nodes):
+    import time
+
+    from spinal.cluster.ray_capture import ray_submit
+    from spinal.errors import InputError
+
+    @ray.remote(num_cpus=1)
+    class Holder:  # as a serving replica does
+        def ping(self):
+            return 1
+
+    holders = [Holder.remote() for _ in range(int(ray.cluster_resources()["CPU"]))]
+    try:
+        ray.get([h.ping.remote() for h in holders])
+        t0 = time.monotonic()
+        with pytest.raises(InputError, match="all 3 are held"):
+            ray_submit([(abs, {"x": -1})], 1, None)
+        assert time.monotonic() - t0 < 60  # refused, not waiting forever
+    finally:
+        for h in holders:
+            ray.kill(h)

@@ -91,7 +91,7 @@ def test_run_end_to_end_then_resume_reuses_everything(tmp_path, checkpoint):
 
     f.write_text(f.read_text().replace("n_boot = 30", "n_boot = 31"))
     r = runner.invoke(app, ["run", str(f), "--no-progress", "--resume"])
-    assert r.exit_code == 2 and "config changed" in r.stderr and "n_boot" in r.stderr
+    assert r.exit_code == 2 and "changed since" in r.stderr and "n_boot" in r.stderr
 
 
 def test_unreachable_ray_address_fails_fast_and_keeps_the_run_folder(tmp_path, checkpoint):
