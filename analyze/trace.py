@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -28,6 +29,7 @@ from spinal.outputs import atomic_folder, check_output, check_whole
 from spinal.store import Store
 
 TRACE_FORMAT = 1
+log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (tasks done, total)
 
 
@@ -130,7 +132,8 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     n_units = store.meta["n_units"]
     workers = cfg.workers or os.cpu_count() or 1
     groups = [list(g) for g in np.array_split(np.arange(n_units), min(n_units, max(1, workers))) if len(g)]
-    spec_kw = dict(blocks=cfg.blocks, n_boot=cfg.n_boot, null_splits=cfg.null_splits, seed=cfg.seed, window=window)
+    blocks_used = min(cfg.blocks, int(store.meta["n_sequences"]))  # s mod blocks: the same blocks either way
+    spec_kw = dict(blocks=blocks_used, n_boot=cfg.n_boot, null_splits=cfg.null_splits, seed=cfg.seed, window=window)
     tasks = [(layer_spectrum, dict(store_path=cfg.store, layer=l, **spec_kw)) for l in layers]
     tasks += [(lens_pass, dict(store_path=cfg.store, units=[int(u) for u in g], layers=layers,
                                chunk_mib=cfg.chunk_mib, subsample=sub, companions=comp)) for g in groups]
@@ -154,6 +157,7 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
         "n_tokens": int(spectra[0].n_tokens),
         "n_sequences": int(store.meta["n_sequences"]),
         "lens_tokens": int(lens.n),
+        "blocks_used": blocks_used,
         "companion_tokens": int(lens.n_companion),
         "layers": layers,
         "options": asdict(cfg),
@@ -182,8 +186,8 @@ def _check_design(cfg: AnalyzeConfig, store: Store, window: tuple[int, int] | No
         raise InputError(f"--window {cfg.window}: the spectra of {store.path} have rank {rank} ({n_tok} tokens, "
                          f"d = {dim}); end the window at ≤ {max(2, rank // 2)} (half the rank, METHOD.md §2) or use auto")
     if cfg.blocks > n_seq:
-        raise InputError(f"--blocks {cfg.blocks}: the store holds {n_seq} sequence(s) and each bootstrap block needs "
-                         f"at least one; use --blocks ≤ {n_seq} (the default 16 needs ≥ 16 prompts)")
+        log.warning("--blocks %d is more than the %d sequences of %s: the bootstrap resamples %d blocks of one "
+                    "sequence each (recorded as blocks_used)", cfg.blocks, n_seq, store.path, n_seq)
     if (cfg.n_boot or cfg.null_splits) and min(n_seq, cfg.blocks) < 2:
         raise InputError(f"{store.path} holds {n_seq} sequence(s) in {min(n_seq, cfg.blocks)} block(s): a confidence "
                          "interval and a null spread need ≥ 2; capture more prompts, or pass --n-boot 0 "

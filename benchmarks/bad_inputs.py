@@ -217,6 +217,7 @@ class Case:
     name: str
     prepare: Callable[[Path], Spec]  # given the case's fresh folder
     accepted: str | None = None  # reason the CLI accepts this by design (exit 0 expected)
+    serial: bool = False  # touches the shared run folder: never alongside another case (--jobs)
 
     @property
     def key(self) -> str:
@@ -246,6 +247,11 @@ class Work:
         self.R = root / "R"
         self.run_dir = root / "run1"
         self.run_toml = self.run_dir / "run.toml"
+
+    def shared(self) -> list[Path]:
+        """The setup's artefacts many cases point at (each case checks the ones it targets; this is the backstop)."""
+        return [self.model, self.model1, self.model_pickle, self.prompts, self.prompts_other, self.one, self.long,
+                self.S, self.S1, self.S_one, self.T, self.T1, self.T_alt, self.C, self.C_alt, self.R, self.run_dir]
 
     # the commands every setup step and many cases use
     def cap(self, model, prompts, out, *extra) -> list[str]:
@@ -354,9 +360,9 @@ def other_zarr(d: Path, name: str = "other.zarr") -> Path:
 def cases(w: Work) -> list[Case]:
     C: list[Case] = []
 
-    def add(family: str, name: str, accepted: str | None = None):
+    def add(family: str, name: str, accepted: str | None = None, serial: bool = False):
         def deco(fn: Callable[[Path], Spec]):
-            C.append(Case(family, name, fn, accepted))
+            C.append(Case(family, name, fn, accepted, serial))
             return fn
         return deco
 
@@ -665,7 +671,7 @@ def cases(w: Work) -> list[Case]:
     def compare_case(name: str, argv: Callable[[Path], list[str]]):
         @add("compare", name)
         def _(d: Path) -> Spec:
-            return Spec(argv(d), protect=[w.T, w.T1], new_outputs=[d / "cmp"])
+            return Spec(argv(d), protect=[w.T, w.T1, w.S, w.S1, w.S_one, w.model, w.model1], new_outputs=[d / "cmp"])
 
     compare_case("one-trace", lambda d: w.cmp([w.T], d / "cmp"))
     compare_case("same-trace-twice", lambda d: w.cmp([w.T, w.T], d / "cmp"))
@@ -742,15 +748,27 @@ def cases(w: Work) -> list[Case]:
     run_case("missing-checkpoint-path", lambda d: w.write_run(d, ckpts=[("a", str(w.model)), ("b", str(d / "nowhere"))]))
     run_case("checkpoint-is-a-file", lambda d: w.write_run(d, ckpts=[("a", str(w.model)), ("b", str(a_file(d)))]))
     run_case("prompts-missing", lambda d: w.write_run(d, prompts="nowhere.jsonl"))
-    run_case("prompts-binary", lambda d: (d / "p.jsonl").write_bytes(binary) or w.write_run(d, prompts="p.jsonl"))
-    run_case("resume-and-overwrite", lambda d: w.write_run(d), "--resume", "--overwrite")
+
+    def binary_prompts_run(d: Path) -> Path:
+        (d / "p.jsonl").write_bytes(binary)
+        return w.write_run(d, prompts="p.jsonl")
+
+    run_case("prompts-binary", binary_prompts_run)
+
+    @add("run", "resume-and-overwrite-on-existing-run")
+    def _(d: Path) -> Spec:  # a finished 1-checkpoint run of its own, then both flags at once
+        f = w.write_run(d, ckpts=[("base", str(w.model))])
+        res = run_cli(["run", str(f), "--no-progress"], d, 600)
+        if res["rc"] != 0:
+            raise RuntimeError(f"preparing the run failed (exit {res['rc']}): {res['stderr'][-400:]}")
+        return Spec(["run", str(f), "--no-progress", "--resume", "--overwrite"], protect=[d / "out", f])
     run_case("unreachable-address", lambda d: w.write_run(d), "--address", "127.0.0.1:1")
 
-    @add("run", "existing-run-folder-no-flag")
+    @add("run", "existing-run-folder-no-flag", serial=True)
     def _(d: Path) -> Spec:
         return Spec(["run", str(w.run_toml), "--no-progress"], protect=[w.run_dir])
 
-    @add("run", "resume-after-prompt-content-changed")
+    @add("run", "resume-after-prompt-content-changed", serial=True)
     def _(d: Path) -> Spec:
         p = w.run_dir / "prompts.jsonl"
         original = p.read_bytes()
@@ -834,7 +852,7 @@ def run_case(case: Case, w: Work, timeout: float) -> dict:
         if tree_hash(p) != h:
             changed[str(p)] = changed_files(p, digests)[:5] or ["(structure)"]
     for p, files in changed.items():
-        reasons.append(f"bytes of {p} changed: {', '.join(files)}")
+        reasons.append(f"bytes of {p.replace(str(w.root), '$W')} changed: {', '.join(files)}")
     for p in spec.must_not_exist:
         if p.exists():
             reasons.append(f"{p.name} exists: checkpoint code ran")
@@ -871,7 +889,7 @@ def print_report(results: list[dict], seconds: float) -> None:
     if failing:
         print("\nfailing cases:")
         for r in failing:
-            print(f"- {r['family']}/{r['name']}: exit {r['rc']}; {'; '.join(r['reasons'])}")
+            print(f"- {r['family']}/{r['name']}: {'; '.join(r['reasons'])}")
             print(f"    $ spinal {' '.join(r['argv'])}")
             for l in r["stderr_head"][:3]:
                 print(f"    | {l[:300]}")
@@ -897,6 +915,7 @@ def main() -> None:
                                                     "a given folder is kept and its setup reused")
     ap.add_argument("--keep", action="store_true", help="keep the temp work folder")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per case before it counts as a hang")
+    ap.add_argument("--jobs", type=int, default=1, help="cases run at once (default 1; the timings then overlap)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     args = ap.parse_args()
 
@@ -920,20 +939,45 @@ def main() -> None:
           flush=True)
     t0 = time.perf_counter()
     results: list[dict] = []
+    shared_changed: list[str] = []
     try:
         w.setup(args.timeout)
-        for i, case in enumerate(chosen, 1):
+        shared_before = {p: tree_hash(p) for p in w.shared()}
+        done: dict[str, dict] = {}
+
+        def one(case: Case) -> None:
             rec = run_case(case, w, args.timeout)
-            results.append(rec)
-            tag = {"ok": "ok", "accepted": "accepted"}.get(rec["status"], rec["status"].upper())
-            first = rec["stderr_head"][0][:140] if rec["stderr_head"] else ""
-            why = "" if rec["status"] in ("ok", "accepted") else f" [{'; '.join(rec['reasons'])[:160]}]"
-            print(f"[{i:>3}/{len(chosen)}] {case.key:<58} {tag:<8} exit {rec['rc']} {rec['seconds']:>5.1f} s"
-                  f"{why}  {first}", flush=True)
+            with lock:
+                done[case.key] = rec
+                tag = {"ok": "ok", "accepted": "accepted"}.get(rec["status"], rec["status"].upper())
+                first = rec["stderr_head"][0][:140] if rec["stderr_head"] else ""
+                why = "" if rec["status"] in ("ok", "accepted") else f" [{'; '.join(rec['reasons'])[:160]}]"
+                print(f"[{len(done):>3}/{len(chosen)}] {case.key:<58} {tag:<8} exit {rec['rc']} "
+                      f"{rec['seconds']:>5.1f} s{why}  {first}", flush=True)
+
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        lock = threading.Lock()
+        try:
+            if args.jobs > 1:
+                with ThreadPoolExecutor(args.jobs) as pool:
+                    list(pool.map(one, [c for c in chosen if not c.serial]))
+                for c in chosen:
+                    if c.serial:
+                        one(c)
+            else:
+                for c in chosen:
+                    one(c)
+        finally:
+            results.extend(done[c.key] for c in chosen if c.key in done)
+            shared_changed = [str(p).replace(str(root), "$W") for p, h in shared_before.items() if tree_hash(p) != h]
     finally:
         seconds = time.perf_counter() - t0
         if results:
             print_report(results, seconds)
+            if shared_changed:
+                print(f"\nWARNING: the setup's shared artefacts changed during the battery: {', '.join(shared_changed)}")
             bad = [r for r in results if not r["accepted_by_design"]]
             doc = {
                 "benchmark": "bad-inputs", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -943,6 +987,7 @@ def main() -> None:
                 "total": len(bad), "one_line_exit_2": sum(r["status"] == "ok" for r in bad),
                 "failing": [f"{r['family']}/{r['name']}" for r in bad if r["status"] != "ok"],
                 "hangs": [f"{r['family']}/{r['name']}" for r in bad if r["status"] == "hang"],
+                "shared_artefacts_changed": shared_changed,
                 "accepted_by_design": [{"case": f"{r['family']}/{r['name']}", "reason": r["accepted_by_design"],
                                         "status": r["status"]} for r in results if r["accepted_by_design"]],
                 "cases": results,

@@ -79,7 +79,7 @@ def prepare_out(cfg: RunConfig, resume: bool, overwrite: bool, prompts_sha256: s
                                  f"({'; '.join(diff[:4])}); start again with --overwrite or use another [run] out")
         write_text_atomic(rec_file, json.dumps(record, indent=2))
         if not (out / MARKER).exists():
-            write_marker(out, "run")
+            write_marker(out, "run", digests=False)
     except BaseException:
         lock.release()
         raise

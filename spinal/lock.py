@@ -208,6 +208,8 @@ class _Fs:
         try:
             if self.url:
                 self.fs.rm(self.path)
+                if self.fs.exists(self.dir):  # file systems with folders keep an empty one
+                    self.fs.rmdir(self.dir)
             else:
                 os.unlink(self.path)
                 os.rmdir(self.dir)  # an empty folder would show to Zarr as an unknown member

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -99,9 +100,11 @@ def _digest(f: Path) -> str:
     return h.hexdigest()
 
 
-def write_marker(folder: Path, kind: str, identity: dict | None = None) -> None:
+def write_marker(folder: Path, kind: str, identity: dict | None = None, digests: bool = True) -> None:
+    """The folder's marker; ``digests``: the SHA-256 of every file (not for a run folder, which keeps
+    changing: its parts carry their own markers)."""
     files = {str(f.relative_to(folder)): _digest(f) for f in sorted(folder.rglob("*"))
-             if f.is_file() and f.name != MARKER}
+             if digests and f.is_file() and f.name != MARKER}
     doc = {"kind": kind, "marker_format": 1, "identity": identity or {}, "files": files,
            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     tmp = folder / f".{MARKER}.tmp"
@@ -169,11 +172,15 @@ def move_aside(final: Path) -> None:
 def _clean_leftovers(final: Path) -> None:
     """Temporary siblings of ``final`` left by killed writers. An old folder left between the two renames
     is put back when the final name is empty (the kill landed in between), else deleted."""
-    for n in final.parent.glob(f".spinal-*-{final.name}-*"):
-        pid = n.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+    pattern = re.compile(rf"\.spinal-(new|old)-{re.escape(final.name)}-(\d+)-[0-9a-f]{{8}}")
+    for n in final.parent.iterdir():
+        m = pattern.fullmatch(n.name)
+        if m is None:
+            continue
+        pid = int(m.group(2))
+        if pid != os.getpid() and _alive(pid):
             continue  # another live process's work in progress
-        if n.name.startswith(".spinal-old-") and not final.exists():
+        if m.group(1) == "old" and not final.exists():
             os.rename(n, final)
         else:
             shutil.rmtree(n, ignore_errors=True)

@@ -591,6 +591,16 @@ def dumps(meta: dict) -> str:
     return json.dumps(meta, indent=2, sort_keys=True, default=str)
 
 
+def _writer(path: str) -> str | None:
+    """Who holds the store's writer lock now (None: nobody)."""
+    from spinal.lock import _stale, read_holder
+
+    h = read_holder(path)
+    if h is None:
+        return None
+    return h.describe() + (" (gone: the next writer takes the lock over)" if _stale(h) else "")
+
+
 def summary(store: Store) -> dict:
     """What is inside a store, how complete, how large (for `spinal inspect`)."""
     done = store.done()
@@ -620,6 +630,7 @@ def summary(store: Store) -> dict:
         * (4 if store.dtype == "float32" else 2),
         "prompts_sha256": store.meta.get("prompts", {}).get("sha256"),
         "created": store.meta.get("created"),
+        "writer": _writer(store.path),
         "software": store.meta.get("software"),
         "self_check": store.meta.get("self_check"),
     }

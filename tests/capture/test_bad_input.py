@@ -261,10 +261,12 @@ def test_one_prompt_store_refuses_intervals_instead_of_nan(one_prompt_store, tmp
     assert r.exit_code == 0, r.output
 
 
-def test_more_blocks_than_sequences_and_window_past_the_rank(existing, tmp_path):
+def test_more_blocks_than_sequences_is_said_and_recorded_and_window_past_the_rank_refused(existing, tmp_path, caplog):
     out, _ = existing
-    assert_refused(run("analyze", out, "-o", tmp_path / "t", "--blocks", "1000", "--no-progress"),
-                   "--blocks 1000", "5 sequence(s)")
+    r = run("analyze", out, "-o", tmp_path / "b", "--blocks", "1000", "--n-boot", "10", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "--blocks 1000 is more than the 5 sequences" in caplog.text
+    assert json.loads((tmp_path / "b" / "trace.json").read_text())["blocks_used"] == 5
     assert_refused(run("analyze", out, "-o", tmp_path / "t", "--blocks", "4", "--window", "5:5000",
                        "--no-progress"), "--window 5:5000", "rank")
     assert not (tmp_path / "t").exists()

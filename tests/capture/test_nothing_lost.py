@@ -309,3 +309,20 @@ def test_resume_removes_temporary_files_of_killed_writers(llama, prompts_file, r
     assert r.returncode == 0, r.stderr
     assert not any(p.exists() for p in strays)
     assert "removed 3 temporary file(s)" in r.stderr
+
+
+def test_fsspec_url_store_takes_and_releases_the_lock(llama, prompts_file, tmp_path):
+    url = f"file://{tmp_path}/remote.zarr"
+    argv = ("capture", llama, "-p", prompts_file, "-o", url, "--unit-tokens", "16", "--no-progress")
+    assert cli(*argv).exit_code == 0
+    assert_refused(cli(*argv), "already exists")
+    (tmp_path / "remote.zarr" / LOCK_NAME).mkdir()
+    rec = {"host": "gpu-node-7", "pid": 4242, "started": None, "since": time.time(), "heartbeat": time.time(),
+           "token": "theirs"}
+    (tmp_path / "remote.zarr" / LOCK_NAME / "zarr.json").write_text(
+        json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"spinal_lock": rec}}))
+    assert_refused(cli(*argv, "--overwrite"), "gpu-node-7")
+    (tmp_path / "remote.zarr" / LOCK_NAME / "zarr.json").unlink()
+    assert cli(*argv, "--overwrite").exit_code == 0
+    assert not (tmp_path / "remote.zarr" / LOCK_NAME).exists()
+    assert cli("verify", url, "--no-progress").exit_code == 0

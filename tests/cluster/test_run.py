@@ -92,6 +92,24 @@ def test_run_end_to_end_then_resume_reuses_everything(tmp_path, checkpoint):
     f.write_text(f.read_text().replace("n_boot = 30", "n_boot = 31"))
     r = runner.invoke(app, ["run", str(f), "--no-progress", "--resume"])
     assert r.exit_code == 2 and "changed since" in r.stderr and "n_boot" in r.stderr
+    f.write_text(f.read_text().replace("n_boot = 31", "n_boot = 30"))
+
+    # the same prompt file path with other content: refused at once, before any stage reruns
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(prompts.read_text().replace("politely", "briefly"))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    r = runner.invoke(app, ["run", str(f), "--no-progress", "--resume"])
+    assert r.exit_code == 2 and "prompts_sha256" in r.stderr, r.output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_run_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, checkpoint):
+    f = _config(tmp_path, {"a": checkpoint("llama")})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("mine")
+    r = runner.invoke(app, ["run", str(f), "--no-progress", "--overwrite"])
+    assert r.exit_code == 2 and "not a SPINAL output folder" in r.stderr, r.output
+    assert (tmp_path / "out" / "thesis.tex").read_text() == "mine"
 
 
 def test_unreachable_ray_address_fails_fast_and_keeps_the_run_folder(tmp_path, checkpoint):
