@@ -185,13 +185,13 @@ def _check_design(cfg: AnalyzeConfig, store: Store, window: tuple[int, int] | No
     if window is not None and window[1] > rank:
         raise InputError(f"--window {cfg.window}: the spectra of {store.path} have rank {rank} ({n_tok} tokens, "
                          f"d = {dim}); end the window at ≤ {max(2, rank // 2)} (half the rank, METHOD.md §2) or use auto")
-    if cfg.blocks > n_seq:
-        log.warning("--blocks %d is more than the %d sequences of %s: the bootstrap resamples %d blocks of one "
-                    "sequence each (recorded as blocks_used)", cfg.blocks, n_seq, store.path, n_seq)
     if (cfg.n_boot or cfg.null_splits) and min(n_seq, cfg.blocks) < 2:
         raise InputError(f"{store.path} holds {n_seq} sequence(s) in {min(n_seq, cfg.blocks)} block(s): a confidence "
                          "interval and a null spread need ≥ 2; capture more prompts, or pass --n-boot 0 "
                          "--null-splits 0 for point estimates only")
+    if cfg.blocks > n_seq:
+        log.warning("--blocks %d is more than the %d sequences of %s: the bootstrap resamples %d blocks of one "
+                    "sequence each (recorded as blocks_used)", cfg.blocks, n_seq, store.path, n_seq)
 
 
 def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tuple[pd.DataFrame, np.ndarray]:

@@ -58,7 +58,21 @@ def check_checkpoint(path: str, *, allow_pickle: bool, trust_remote_code: bool) 
             f"{path} has only pickle weights ({', '.join(f.name for f in pickles[:3])}); pickles can run code "
             "when loaded: convert to safetensors, or pass --allow-pickle if you trust the source"
         )
-    cfg = json.loads((p / "config.json").read_text())
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{p / 'config.json'} is not valid JSON ({e}); is the checkpoint folder intact?") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{p / 'config.json'} holds no JSON object; is the checkpoint folder intact?")
+    for f in safe:  # a torn or foreign weights file is named before transformers reads it
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:
+            raise ModelError(f"{f} is not a readable safetensors file ({_first_line(e)}); re-download or "
+                             "re-save the checkpoint") from None
     if cfg.get("auto_map") and not trust_remote_code:
         raise ModelError(
             f"{path} needs its own Python code (auto_map in config.json); pass --trust-remote-code if you trust it"
@@ -112,7 +126,7 @@ def load(
         raise ModelError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {_first_line(e)})") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except Exception as e:  # transformers and safetensors raise many kinds for a damaged checkpoint
         raise ModelError(f"{path}: cannot load the model ({type(e).__name__}: {_first_line(e)})") from None
     model.eval()
     _refuse_offload(model, allow_offload)

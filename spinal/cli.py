@@ -462,6 +462,8 @@ def run(
 ) -> None:
     """Batch job: capture every checkpoint, analyze each store, compare against the first, write the HTML report."""
     _setup_logging(verbose)
+    if resume and overwrite:
+        raise SpinalError("--resume and --overwrite contradict each other: choose one")
     from spinal.cluster.run import run as run_all
     from spinal.config import load_run_config
 
@@ -476,9 +478,26 @@ def run(
               highlight=False)
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def main() -> None:
+    """Console entry: usage errors (unknown option, wrong type, missing option) are one line and exit 2 too."""
+    try:  # typer ≥ 0.20 carries its own copy of click
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc
+
+    try:
+        rv = app(standalone_mode=False)
+    except click_exc.UsageError as e:
+        cmd = e.ctx.command_path.replace("python -m spinal.cli", "spinal") if e.ctx else "spinal"
+        err.print(f"[bold red]error:[/] {escape(e.format_message())} (see `{cmd} --help`)", highlight=False,
+                  soft_wrap=True)
+        sys.exit(2)
+    except Exception as e:
+        if type(e).__name__ == "Abort":  # Ctrl-C outside a command
+            sys.exit(130)
+        raise
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+if __name__ == "__main__":
+    main()

@@ -278,3 +278,35 @@ def test_max_length_beyond_the_context_is_refused(llama, tmp_path):
                    "'essay'", "context of 256", "--max-length ≤ 256")
     r = run("capture", llama, "-p", long, "-o", tmp_path / "s", "--max-length", "256", "--no-progress")
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("damaged", ["config.json", "model.safetensors"])
+def test_damaged_checkpoint_file_is_named(llama, prompts_file, tmp_path, damaged):
+    d = tmp_path / "ckpt"
+    shutil.copytree(llama, d)
+    (d / damaged).write_bytes(b"{ this is not what it claims to be")
+    assert_refused(run("capture", d, "-p", prompts_file, "-o", tmp_path / "s"), damaged)
+    assert not (tmp_path / "s").exists()
+
+
+def test_one_prompt_store_with_default_blocks_is_one_line(one_prompt_store, tmp_path):
+    assert_refused(run("analyze", one_prompt_store, "-o", tmp_path / "t", "--no-progress"), "1 sequence(s)")
+
+
+def test_run_resume_and_overwrite_together_is_refused(tmp_path):
+    assert_refused(run("run", tmp_path / "any.toml", "--resume", "--overwrite"), "contradict")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["inspect", "x", "--frobnicate"], "No such option: --frobnicate"),
+    (["capture", "m", "-p", "x", "--batch-size", "abc"], "'--batch-size'"),
+    (["capture", "m", "-p", "x"], "Missing option '--out'"),
+])
+def test_usage_errors_are_one_line_from_the_console_entry(argv, needle):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "spinal.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
