@@ -44,6 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import char_tokenizer, save_tiny_llama, tiny_llama  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -51,54 +54,21 @@ SETUP_MARK = "setup-done.json"
 SETUP_VERSION = 1
 
 
-# -- the model and prompts (a small equivalent of tests/conftest.py, llama only) -----------------
-
-def make_tokenizer(bos: bool = True):
-    """A character-level tokenizer over printable ASCII; with ``bos`` it prepends <s> like Llama's."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {chr(i): i - 32 for i in range(32, 127)}
-    vocab.update({"<s>": 95, "<unk>": 96, "</s>": 97})
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    if bos:
-        t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 95)])
-    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-
-
-def build_model(seed: int = 0):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.for_model(
-        "llama", vocab_size=128, bos_token_id=95, eos_token_id=97, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg)
-    with torch.no_grad():  # give norms non-trivial weights so a wrong lens formula would show
-        for name, p in model.named_parameters():
-            if "norm" in name or "ln_" in name or "layernorm" in name:
-                p.add_(0.3 * torch.randn_like(p))
-    return model.to(torch.float32).eval()
-
+# -- the model (common.py: the tests' tiny Llama) and prompts -----------------------------------
 
 def save_checkpoint(path: Path, seed: int = 0) -> Path:
-    build_model(seed).save_pretrained(path)
-    make_tokenizer(bos=True).save_pretrained(path)
-    return path
+    return save_tiny_llama(path, seed)
 
 
 def save_pickle_checkpoint(path: Path, seed: int = 0) -> Path:
     """The same checkpoint with only pickle weights (pytorch_model.bin)."""
     import torch
 
-    model = build_model(seed)
+    model = tiny_llama(seed)
     path.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(path)
     torch.save(model.state_dict(), path / "pytorch_model.bin")
-    make_tokenizer(bos=True).save_pretrained(path)
+    char_tokenizer(bos=True).save_pretrained(path)
     return path
 
 

@@ -40,6 +40,43 @@ def gpt2_small(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def char_tokenizer(bos: bool = True):
+    """A character-level tokenizer over printable ASCII (ids 0–94; <s> 95, <unk> 96, </s> 97), as the tests use."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {chr(i): i - 32 for i in range(32, 127)}
+    vocab.update({"<s>": 95, "<unk>": 96, "</s>": 97})
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    if bos:
+        t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 95)])
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_llama(seed: int = 0):
+    """The tests' tiny random Llama (d = 64, 3 blocks, vocab 128) with non-trivial norm weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(
+        "llama", vocab_size=128, bos_token_id=95, eos_token_id=97, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():  # non-trivial norm weights, so a wrong lens formula would show
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return model.to(torch.float32).eval()
+
+
+def save_tiny_llama(path: Path, seed: int = 0) -> Path:
+    tiny_llama(seed).save_pretrained(path)
+    char_tokenizer(bos=True).save_pretrained(path)
+    return path
+
+
 def _word_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast

@@ -44,6 +44,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import save_tiny_llama  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 FALLBACK_MESSAGES = ("not a spinal store", "no store")
@@ -52,34 +55,7 @@ UNIT_TOKENS = 64
 BATCH_SIZE = 2
 
 
-# -- the model and prompts (a small equivalent of tests/conftest.py, llama only) -----------------
-
-def build_checkpoint(path: Path, seed: int = 0) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    cfg = AutoConfig.for_model(
-        "llama", vocab_size=128, bos_token_id=95, eos_token_id=97, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg)
-    with torch.no_grad():  # non-trivial norm weights, as the tests do
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(0.3 * torch.randn_like(p))
-    model.to(torch.float32).eval().save_pretrained(path)
-
-    vocab = {chr(i): i - 32 for i in range(32, 127)}
-    vocab.update({"<s>": 95, "<unk>": 96, "</s>": 97})
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 95)])
-    PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(path)
-    return path
-
+# -- the prompts (the model is common.save_tiny_llama, the tests' tiny Llama) --------------------
 
 def write_prompts(path: Path, n: int) -> Path:
     rows = [{"id": f"q{i}", "prompt": f"Question number {i}: what is {i} times {i % 7}? Think about it."}
@@ -259,7 +235,7 @@ def campaign(args) -> dict:
     t_start = time.perf_counter()
     print(f"work folder {work}", flush=True)
     if not (model / "config.json").exists():
-        build_checkpoint(model)
+        save_tiny_llama(model)
     write_prompts(prompts, args.prompts)
 
     # 1. the reference: one uninterrupted run, timed

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import platform
 import queue
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -25,6 +25,7 @@ from spinal.config import CaptureConfig, parse_layers
 from spinal.errors import InputError, IntegrityError, StoreError
 from spinal.lens import Lens
 from spinal.lock import StoreLock, check_token, refuse_if_held
+from spinal.outputs import check_writable_dir
 from spinal.store import (Store, Unit, chunk_sizes, decode, encode, location_state, plan_layout, remove_stray,
                           sha256_text, storage_dtype)
 
@@ -126,8 +127,6 @@ def check_location(cfg: CaptureConfig) -> str:
         if not cfg.resume:
             raise StoreError(f"{cfg.out} already exists; pass --resume to finish it or --overwrite to replace it")
         return "resume"
-    if state not in ("absent", "empty"):
-        check_writable(cfg.out)
     return "create"
 
 
@@ -135,17 +134,7 @@ def check_writable(path: str) -> None:
     """Refuse up front (one line) an output location this process cannot write."""
     if "://" in path and not path.startswith("file://"):
         return  # remote stores report their own errors on first write
-    local = path[len("file://"):] if path.startswith("file://") else path
-    probe = os.path.abspath(local)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if os.path.isfile(probe) and probe != os.path.abspath(local):
-        raise StoreError(f"cannot create {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot write to {path}: {probe} is not writable (permission denied)")
+    check_writable_dir(Path(path[len("file://"):] if path.startswith("file://") else path))
 
 
 def prepare(cfg: CaptureConfig, loaded: Loaded | None = None, lock_token: str | None = None) -> Session:

@@ -64,7 +64,8 @@ def _proc_start(pid: int) -> float | None:
         return None
 
 
-def _pid_alive(pid: int, started: float | None) -> bool:
+def pid_alive(pid: int, started: float | None = None) -> bool:
+    """The process runs (not a zombie); with ``started``, it is the same process that recorded it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -233,9 +234,9 @@ def _parse(raw: bytes | None) -> Holder | None:
         return Holder("?", -1, None, 0.0, 0.0, "?")
 
 
-def _stale(h: Holder) -> bool:
+def is_stale(h: Holder) -> bool:
     if h.host == socket.gethostname() and h.pid > 0:
-        return not _pid_alive(h.pid, h.started)
+        return not pid_alive(h.pid, h.started)
     return time.time() - h.heartbeat > STALE_S
 
 
@@ -273,7 +274,7 @@ class StoreLock:
             if holder is None:
                 self.fs.mkdirs()
                 continue  # released between our two steps: try again
-            if not _stale(holder):
+            if not is_stale(holder):
                 refuse_if_held(self.store_path)
             if self.fs.move_away(raw):
                 log.warning("took over the lock of %s from a writer that is gone (%s)", self.store_path,
@@ -316,7 +317,7 @@ class StoreLock:
 def refuse_if_held(store_path: str) -> None:
     """Fail fast, before a model is loaded, when a live writer holds the store (the lock is taken later)."""
     h = read_holder(store_path)
-    if h is not None and not _stale(h):
+    if h is not None and not is_stale(h):
         raise LockedError(f"{store_path} is being written by another SPINAL process ({h.describe()}); "
                           "wait for it to finish or stop it, then rerun with --resume")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from spinal.errors import InputError
+from spinal.lock import pid_alive
 
 MARKER = "spinal-output.json"
 # The key file a v0.1 folder of each kind has (made before the marker existed), and every name SPINAL
@@ -79,13 +80,20 @@ def check_output(path: str | Path, kind: str, overwrite: bool, flag: str = "--ov
 
 
 def check_parent_writable(p: Path) -> None:
-    probe = p.parent.resolve()
+    """Outputs are written beside ``p`` and renamed into place: its folder must be writable."""
+    check_writable_dir(p.parent, target=p)
+
+
+def check_writable_dir(folder: Path, target: Path | None = None) -> None:
+    """The nearest existing folder at or above ``folder`` must be a writable folder (else one clear line)."""
+    target = target or folder
+    probe = folder.resolve()
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise InputError(f"cannot create {p}: {probe} is a file, not a folder")
+        raise InputError(f"cannot create {target}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {p}: {probe} is not writable (permission denied)")
+        raise InputError(f"cannot write {target}: {probe} is not writable (permission denied)")
 
 
 def _ours_tmp(n: Path) -> bool:
@@ -178,22 +186,12 @@ def _clean_leftovers(final: Path) -> None:
         if m is None:
             continue
         pid = int(m.group(2))
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue  # another live process's work in progress
         if m.group(1) == "old" and not final.exists():
             os.rename(n, final)
         else:
             shutil.rmtree(n, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def write_text_atomic(path: Path, text: str) -> None:

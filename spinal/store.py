@@ -593,12 +593,12 @@ def dumps(meta: dict) -> str:
 
 def _writer(path: str) -> str | None:
     """Who holds the store's writer lock now (None: nobody)."""
-    from spinal.lock import _stale, read_holder
+    from spinal.lock import is_stale, read_holder
 
     h = read_holder(path)
     if h is None:
         return None
-    return h.describe() + (" (gone: the next writer takes the lock over)" if _stale(h) else "")
+    return h.describe() + (" (gone: the next writer takes the lock over)" if is_stale(h) else "")
 
 
 def summary(store: Store) -> dict:

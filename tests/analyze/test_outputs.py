@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import assert_refused, write_jsonl
+from conftest import assert_refused, tree, write_jsonl
 from spinal.cli import app
 
 runner = CliRunner()
@@ -21,10 +21,6 @@ runner = CliRunner()
 
 def cli(*argv):
     return runner.invoke(app, [str(a) for a in argv])
-
-
-def tree(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
 
 
 FAST = ("--n-boot", "20", "--null-splits", "2", "--workers", "1", "--no-progress")

@@ -18,7 +18,7 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from conftest import assert_refused, store_arrays, write_jsonl
+from conftest import assert_refused, store_arrays, tree, write_jsonl
 from spinal.cli import app
 from spinal.lock import LOCK_NAME
 from spinal.store import Store, location_state
@@ -28,10 +28,6 @@ runner = CliRunner()
 
 def cli(*argv):
     return runner.invoke(app, [str(a) for a in argv])
-
-
-def tree(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
 
 
 def capture_argv(ckpt, prompts, out, *extra):
