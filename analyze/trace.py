@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
 import platform
 import time
@@ -21,6 +19,7 @@ import pandas as pd
 
 from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum
 from spinal.analyze.lens_pass import LensPartial, lens_pass, token_subsample
+from spinal.analyze.pool import Progress, run_tasks
 from spinal.analyze.spectrum import percentile_ci
 from spinal.analyze.transport import TransportStats
 from spinal.config import AnalyzeConfig, parse_layers, parse_window
@@ -30,7 +29,6 @@ from spinal.store import Store
 
 TRACE_FORMAT = 1
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int], None]  # (tasks done, total)
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     tasks += [(lens_pass, dict(store_path=cfg.store, units=[int(u) for u in g], layers=layers,
                                chunk_mib=cfg.chunk_mib, subsample=sub, companions=comp)) for g in groups]
     t0 = time.perf_counter()
-    results = (submit or _run_tasks)(tasks, workers, progress)
+    results = (submit or run_tasks)(tasks, workers, progress)
     spectra: list[LayerSpectrum] = results[: len(layers)]
     lens_parts: list[LensPartial] = results[len(layers):]
     lens = lens_parts[0]
@@ -236,52 +234,6 @@ def tokens_sha256(store: Store) -> str:
     for k in ("ids", "sequence", "position"):
         h.update(np.ascontiguousarray(t[k][valid]).astype(np.int64).tobytes())
     return h.hexdigest()
-
-
-def _call(fn_kwargs):
-    fn, kw = fn_kwargs
-    return fn(**kw)
-
-
-def _run_tasks(tasks, workers: int, progress: Progress | None):
-    """In-process for one worker; else a spawn-based process pool (no fork after torch/zarr threads start)."""
-    out = [None] * len(tasks)
-    if progress:
-        progress(0, len(tasks))
-    if workers <= 1 or len(tasks) == 1:
-        for i, t in enumerate(tasks):
-            out[i] = _call(t)
-            if progress:
-                progress(i + 1, len(tasks))
-        return out
-    # One BLAS/OpenMP thread per worker: the pool is the parallelism (threads × processes would
-    # oversubscribe the cores). BLAS reads these at import, so they must be in the children's env.
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    os.environ.update({k: "1" for k in _THREAD_VARS})
-    try:
-        with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn"),
-                                    initializer=_worker_init) as ex:
-            futs = {ex.submit(_call, t): i for i, t in enumerate(tasks)}
-            for k, f in enumerate(cf.as_completed(futs), 1):
-                out[futs[f]] = f.result()
-                if progress:
-                    progress(k, len(tasks))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return out
-
-
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one core per worker process: the pool provides the parallelism
 
 
 def _software() -> dict:

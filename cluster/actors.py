@@ -5,43 +5,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
 
 from spinal.config import CaptureConfig
-from spinal.errors import InputError, SpinalError
+from spinal.errors import SpinalError
 
 log = logging.getLogger(__name__)
 
 # Test-only fault injection: "UNIT:MARKER" makes the actor that first starts UNIT exit hard (a real
 # process death, as a crashed GPU worker would), once; MARKER records that it happened.
 FAULT_ENV = "SPINAL_FAULT_EXIT_ON_UNIT"
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Where and how wide a run executes."""
-
-    address: str | None = dataclasses.field(
-        default=None, metadata={"help": "Ray address: None = in-process (1 replica) or a local Ray instance; "
-                                        "'auto' joins the running cluster"})
-    replicas: int = dataclasses.field(default=1, metadata={"help": "model replicas (capture actors)"})
-    gpus_per_replica: int = dataclasses.field(
-        default=-1, metadata={"help": "GPUs per replica actor (-1: 1 if the cluster has GPUs, else 0)"})
-    cpus_per_replica: int = dataclasses.field(default=1, metadata={"help": "CPUs reserved per replica actor"})
-    max_unit_retries: int = dataclasses.field(
-        default=2, metadata={"help": "retries of a unit that raised an error before the run stops"})
-    analysis_workers: int = dataclasses.field(
-        default=0, metadata={"help": "concurrent analysis tasks (0: as many as the cluster has CPUs)"})
-
-    def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise InputError(f"[cluster] replicas={self.replicas}; must be ≥ 1")
-        if self.max_unit_retries < 0:
-            raise InputError(f"[cluster] max_unit_retries={self.max_unit_retries}; must be ≥ 0")
-
-    @property
-    def uses_ray(self) -> bool:
-        return self.address is not None or self.replicas > 1
 
 
 class CaptureActor:

@@ -9,51 +9,14 @@ from typing import Callable
 
 from spinal.capture.load import check_checkpoint
 from spinal.capture.runner import CaptureResult, check_location, check_writable
-from spinal.cluster.actors import CaptureActor, ClusterConfig, user_error
-from spinal.config import CaptureConfig
-from spinal.errors import InputError, SpinalError, StoreError
+from spinal.cluster.actors import CaptureActor, user_error
+from spinal.cluster.ray_cluster import connect, replica_gpus
+from spinal.config import CaptureConfig, ClusterConfig
+from spinal.errors import InputError, StoreError
 from spinal.lock import StoreLock, refuse_if_held
 from spinal.store import Store, remove_stray
 
 log = logging.getLogger(__name__)
-
-
-def connect(address: str | None) -> None:
-    """Join ``address`` ('auto' or host:port) or start a local Ray instance; a clear error if unreachable."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address and address != "auto" and not address.startswith("ray://"):
-        _reachable(address)
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = address or "a local instance"
-        raise InputError(f"cannot reach Ray at {where}: {str(e).splitlines()[0]}; start it with `ray start --head` "
-                         "or drop --address") from None
-
-
-def _reachable(address: str, timeout: float = 3.0) -> None:
-    """Fail in seconds, not minutes, when nothing listens at HOST:PORT (ray.init would retry for ~2 minutes)."""
-    import socket
-
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--address {address!r}: expected 'auto', HOST:PORT or ray://HOST:PORT")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise InputError(f"cannot reach Ray at {address} ({e.strerror or e}); start it with `ray start --head` "
-                         "or check the address") from None
-
-
-def _gpus(cluster: ClusterConfig) -> float:
-    import ray
-
-    if cluster.gpus_per_replica >= 0:
-        return float(cluster.gpus_per_replica)
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
 def capture_on_ray(cfg: CaptureConfig, cluster: ClusterConfig, progress: Callable[[int, int], None] | None = None
@@ -64,7 +27,7 @@ def capture_on_ray(cfg: CaptureConfig, cluster: ClusterConfig, progress: Callabl
     _check_out(cfg)
     check_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     connect(cluster.address)
-    gpus = _gpus(cluster)
+    gpus = replica_gpus(cluster)
     nodes_gpus = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
     if gpus > 0 and gpus > nodes_gpus:
         raise InputError(f"gpus_per_replica={gpus:g}, but the largest node has {nodes_gpus:g} GPUs; "
@@ -189,46 +152,3 @@ def _dispatch(todo: deque, actors: list, max_retries: int, progress, finished: i
             progress(finished, total)
         idle.append(a)
     return written, died
-
-
-def _wait_for_a_free_cpu(patience_s: float = 15.0) -> None:
-    """Analysis tasks need one CPU each: refuse (instead of waiting forever) a cluster whose CPUs are all held,
-    e.g. by serving replicas. Actors just stopped free theirs within seconds, hence the patience."""
-    import ray
-
-    deadline = time.monotonic() + patience_s
-    while ray.available_resources().get("CPU", 0) < 1:
-        if time.monotonic() > deadline:
-            total = ray.cluster_resources().get("CPU", 0)
-            raise InputError(f"analysis needs at least 1 free CPU on the Ray cluster, but all {total:g} are held "
-                             "(serving replicas hold theirs: see `spinal serve --status`); stop one with "
-                             "`spinal serve --stop --only LABEL`, or add CPUs (`ray start --num-cpus N`)")
-        time.sleep(0.5)
-
-
-def ray_submit(tasks, workers: int, progress) -> list:
-    """Analysis fan-out as Ray CPU tasks (one per layer spectrum or lens unit range); results in task order."""
-    import ray
-
-    from spinal.analyze.trace import _call
-
-    _wait_for_a_free_cpu()
-    remote = ray.remote(num_cpus=1, max_retries=2)(_call)
-    refs = [remote.remote(t) for t in tasks]
-    index = {r: i for i, r in enumerate(refs)}
-    out = [None] * len(refs)
-    pending = list(refs)
-    if progress:
-        progress(0, len(refs))
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        try:
-            out[index[ready[0]]] = ray.get(ready[0])
-        except ray.exceptions.RayTaskError as e:
-            err = user_error(e)
-            if err is not None:
-                raise err from None
-            raise SpinalError(f"analysis task failed: {str(e).splitlines()[0]}") from None
-        if progress:
-            progress(len(refs) - len(pending), len(refs))
-    return out

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from spinal.config import RunConfig
+from spinal.cluster.backends import Backend, backend_for
+from spinal.config import AnalyzeConfig, CaptureConfig, ClusterConfig, CompareConfig, RunConfig
 from spinal.errors import InputError
+from spinal.fields import default_of
 from spinal.lock import LOCK_NAME, StoreLock
 from spinal.outputs import MARKER, check_output, move_aside, write_marker, write_text_atomic
 from spinal.store import Store, store_exists
@@ -32,11 +36,29 @@ class RunSummary:
         self.stages.append({"stage": stage, "label": label, "seconds": round(seconds, 2), "skipped": skipped,
                             "detail": detail})
 
+    @contextmanager
+    def timed(self, stage: str, label: str):
+        """Time a stage that runs; the body may append its one-line detail to the yielded list."""
+        t0, detail = time.perf_counter(), []
+        yield detail
+        self.add(stage, label, time.perf_counter() - t0, False, "; ".join(detail))
 
-def _config_record(cfg: RunConfig) -> dict:
-    d = asdict(cfg)
-    d.pop("source", None)
-    return json.loads(json.dumps(d, default=str))
+
+def _record(cfg: RunConfig, prompts_sha256: str | None) -> dict:
+    return json.loads(json.dumps({**cfg.record(), "prompts_sha256": prompts_sha256}, default=str))
+
+
+def _with_defaults(old: dict) -> dict:
+    """A run.json written before the tables were typed holds only the options given: fill in the defaults."""
+    old = dict(old)
+    for table, cls in (("capture", CaptureConfig), ("analyze", AnalyzeConfig), ("compare", CompareConfig),
+                       ("cluster", ClusterConfig)):
+        skip = getattr(cls, "RUN_SETS", frozenset())
+        defaults = {f.name: default_of(f) for f in dataclasses.fields(cls) if f.name not in skip}
+        defaults = {k: v for k, v in defaults.items() if v is not dataclasses.MISSING}
+        if isinstance(old.get(table), dict):
+            old[table] = {**defaults, **old[table]}
+    return json.loads(json.dumps(old, default=str))
 
 
 def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -59,7 +81,7 @@ def prepare_out(cfg: RunConfig, resume: bool, overwrite: bool, prompts_sha256: s
     deleted); anything else at the path is refused with nothing touched.
     """
     out = Path(cfg.out)
-    record = {**_config_record(cfg), "prompts_sha256": prompts_sha256}
+    record = _record(cfg, prompts_sha256)
     rec_file = out / "run.json"
     check_output(out, "run", overwrite, flag="--resume to finish it or --overwrite to start again", resume=resume)
     lock = StoreLock(str(out)).acquire()
@@ -73,7 +95,7 @@ def prepare_out(cfg: RunConfig, resume: bool, overwrite: bool, prompts_sha256: s
                 old = json.loads(rec_file.read_text())
             except ValueError:
                 raise InputError(f"{rec_file} cannot be read; start again with --overwrite") from None
-            diff = _changes(old, record)
+            diff = _changes(_with_defaults(old), record)
             if diff:
                 raise InputError(f"--resume refused: the config or the prompt file changed since {out} was started "
                                  f"({'; '.join(diff[:4])}); start again with --overwrite or use another [run] out")
@@ -93,111 +115,82 @@ def check_inputs(cfg: RunConfig) -> str:
 
     prompts = load_prompts(cfg.prompts)
     for ck in cfg.checkpoints:
-        c = cfg.capture_config(ck, out="-")
-        check_checkpoint(ck.path, allow_pickle=c.allow_pickle, trust_remote_code=c.trust_remote_code)
-    cfg.analyze_config("-", "-")
-    cfg.cluster_config()
+        check_checkpoint(ck.path, allow_pickle=cfg.capture.allow_pickle, trust_remote_code=cfg.capture.trust_remote_code)
     return prompts.sha256
 
 
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: Progress | None = None,
         address: str | None = None, service: bool = False) -> RunSummary:
-    """Run every stage, in-process for one replica without an address, else on Ray (local or ``address``)."""
+    """Run every stage: in-process for one replica without an address, else on Ray (local or ``address``), or on
+    the replicas `spinal serve` started (``service``). The backend connects before the run folder is touched."""
     prompts_sha256 = check_inputs(cfg)
     cluster = cfg.cluster_config(**({"address": address} if address else {}))
-    if cluster.uses_ray or service:
-        from spinal.cluster.ray_capture import connect
-
-        connect(cluster.address or ("auto" if service else None))  # before the output folder is touched
+    backend = backend_for(cluster, {ck.path: ck.label for ck in cfg.checkpoints} if service else None)
     out, lock = prepare_out(cfg, resume, overwrite, prompts_sha256)
     try:
-        return _stages(cfg, out, progress, cluster, service)
+        summary = RunSummary(str(out))
+        traces = []
+        for ck in cfg.checkpoints:
+            store = _capture_stage(cfg, ck, backend, progress, summary)
+            traces.append(_analyze_stage(cfg, ck, store, backend, progress, summary))
+        comparison = _compare_stage(cfg, traces, summary) if len(traces) >= 2 else None
+        with summary.timed("report", "all"):
+            from spinal.analyze.report import write_report
+
+            summary.report = str(write_report(traces, comparison, out / "report", overwrite=True))
+        write_text_atomic(out / "summary.json", json.dumps(asdict(summary), indent=2))
+        return summary
     finally:
         lock.release()
 
 
-def _stages(cfg: RunConfig, out: Path, progress: Progress | None, cluster, service: bool) -> RunSummary:
-    from spinal.analyze.compare import compare
+def _bar(progress: Progress | None, stage: str, label: str):
+    return (lambda d, t: progress(stage, label, d, t)) if progress else None
+
+
+def _capture_stage(cfg: RunConfig, ck, backend: Backend, progress: Progress | None, summary: RunSummary) -> str:
+    """The checkpoint's store, captured (or finished) unless it is complete already."""
+    store = cfg.store_path(ck)
+    if store_exists(store) and Store.open(store).complete:
+        summary.add("capture", ck.label, 0.0, True, "store complete")
+        return store
+    with summary.timed("capture", ck.label) as detail:
+        res = backend.capture(cfg.capture_config(ck, store, resume=store_exists(store)),
+                              _bar(progress, "capture", ck.label))
+        detail.append(f"{res.tokens:,} tokens, {res.units_written} units written, {res.units_skipped} reused")
+    return store
+
+
+def _analyze_stage(cfg: RunConfig, ck, store: str, backend: Backend, progress: Progress | None,
+                   summary: RunSummary):
+    """The checkpoint's trace: reused when whole, else analyzed from its store."""
     from spinal.analyze.trace import analyze
-    from spinal.analyze.weights import block_sq_change
-    from spinal.capture import capture
 
-    summary = RunSummary(str(out))
-    capture_fn, analyze_submit = capture, None
-    labels = {ck.path: ck.label for ck in cfg.checkpoints}
-    if service:
-        from spinal.cluster.ray_capture import ray_submit
-        from spinal.cluster.service import capture_with_service
+    tdir = cfg.trace_path(ck)
+    reused = _reusable_trace(Path(tdir))
+    if reused is not None:
+        summary.add("analyze", ck.label, 0.0, True, "trace exists")
+        return reused
+    with summary.timed("analyze", ck.label) as detail:
+        tr = analyze(cfg.analyze_config(store, tdir, overwrite=True), progress=_bar(progress, "analyze", ck.label),
+                     label=ck.label, submit=backend.submit)
+        tr.save(tdir, overwrite=True)
+        detail.append(f"path length {tr.meta['path_length']:.4g}")
+    return tr
 
-        capture_fn = lambda c, p: capture_with_service(c, labels[c.model], cluster.address,  # noqa: E731
-                                                       cluster.max_unit_retries, p)
-        analyze_submit = ray_submit
-    elif cluster.uses_ray:
-        from spinal.cluster.ray_capture import capture_on_ray, connect, ray_submit
 
-        connect(cluster.address)
-        capture_fn = lambda c, p: capture_on_ray(c, cluster, p)  # noqa: E731
-        analyze_submit = ray_submit
-    traces = []
-    for ck in cfg.checkpoints:
-        store = str(out / "stores" / f"{ck.label}.zarr")
-        t0 = time.perf_counter()
-        done = store_exists(store) and Store.open(store).complete
-        if not done:
-            ccfg = cfg.capture_config(ck, store, resume=store_exists(store))
-            cb = (lambda d, t, _l=ck.label: progress("capture", _l, d, t)) if progress else None
-            res = capture_fn(ccfg, cb)
-            summary.add("capture", ck.label, time.perf_counter() - t0, False,
-                        f"{res.tokens:,} tokens, {res.units_written} units written, {res.units_skipped} reused")
-        else:
-            summary.add("capture", ck.label, 0.0, True, "store complete")
-        tdir = out / "traces" / ck.label
-        t0 = time.perf_counter()
-        reused = _reusable_trace(tdir)
-        if reused is not None:
-            traces.append(reused)
-            summary.add("analyze", ck.label, 0.0, True, "trace exists")
-        else:
-            acfg = cfg.analyze_config(store, str(tdir), overwrite=True)
-            cb = (lambda d, t, _l=ck.label: progress("analyze", _l, d, t)) if progress else None
-            tr = analyze(acfg, progress=cb, label=ck.label, submit=analyze_submit)
-            tr.save(tdir, overwrite=True)
-            traces.append(tr)
-            summary.add("analyze", ck.label, time.perf_counter() - t0, False,
-                        f"path length {tr.meta['path_length']:.4g}")
-    comparison = None
-    if len(traces) >= 2:
-        t0 = time.perf_counter()
-        grad = None
-        if cfg.compare.get("weights", True):
-            n_blocks = int(max(traces[0].table["layer"]))
-            try:
-                grad = [None] + [block_sq_change(cfg.checkpoints[0].path, ck.path, n_blocks)
-                                 for ck in cfg.checkpoints[1:]]
-            except InputError as e:
-                log.warning("gradient concentration skipped: %s", e)
-        comparison = compare(traces, seed=cfg.compare.get("seed", 0), n_boot=cfg.compare.get("n_boot", 1000),
-                             null_splits=cfg.compare.get("null_splits", 32), grad=grad)
-        n_cross = cfg.compare.get("cross_readout_tokens", 20000)
-        if n_cross:
-            from spinal.analyze.compare import with_cross_readout
-            from spinal.analyze.cross_readout import cross_readout
+def _compare_stage(cfg: RunConfig, traces: list, summary: RunSummary):
+    """Every checkpoint against the first, written to compare/."""
+    from spinal.analyze.pipeline import comparison
 
-            ref_store = str(out / "stores" / f"{cfg.checkpoints[0].label}.zarr")
-            frames = {ck.label: cross_readout(ref_store, str(out / "stores" / f"{ck.label}.zarr"),
-                                              lens_tokens=n_cross, seed=cfg.compare.get("seed", 0))
-                      for ck in cfg.checkpoints[1:]}
-            comparison = with_cross_readout(comparison, frames)
-        comparison.save(out / "compare", overwrite=True)
-        summary.comparison = str(out / "compare")
-        summary.add("compare", ",".join(t.label for t in traces), time.perf_counter() - t0, False)
-    t0 = time.perf_counter()
-    from spinal.analyze.report import write_report
-
-    summary.report = str(write_report(traces, comparison, out / "report", overwrite=True))
-    summary.add("report", "all", time.perf_counter() - t0, False)
-    write_text_atomic(out / "summary.json", json.dumps(asdict(summary), indent=2))
-    return summary
+    with summary.timed("compare", ",".join(t.label for t in traces)):
+        c = cfg.compare
+        result = comparison(traces, c, weights=[ck.path for ck in cfg.checkpoints] if c.weights else None,
+                            stores=[cfg.store_path(ck) for ck in cfg.checkpoints] if c.cross_readout_tokens else None,
+                            weights_optional=True)
+        result.save(Path(cfg.out) / "compare", overwrite=True)
+        summary.comparison = str(Path(cfg.out) / "compare")
+    return result
 
 
 def _reusable_trace(tdir: Path):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from spinal.cluster.actors import CaptureActor, ClusterConfig
-from spinal.cluster.ray_capture import _gpus, connect, drive
-from spinal.config import CaptureConfig, RunConfig
+from spinal.cluster.actors import CaptureActor
+from spinal.cluster.ray_capture import drive
+from spinal.cluster.ray_cluster import connect, replica_gpus
+from spinal.config import CaptureConfig, ClusterConfig, RunConfig
 from spinal.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def serve(cfg: RunConfig, address: str | None = None, labels: list[str] | None =
     _connect(address)
     cluster: ClusterConfig = cfg.cluster_config()
     existing = set(_named())
-    gpus = _gpus(cluster)
+    gpus = replica_gpus(cluster)
     started = []
     for ck in cfg.checkpoints:
         if labels and ck.label not in labels:

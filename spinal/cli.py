@@ -1,21 +1,18 @@
-"""The `spinal` command line: one typer function per verb, flags -> config -> one call; errors -> one line, exit 2."""
+"""The `spinal` command line: one typer function per verb: flags -> config -> one call; errors -> one line, exit 2."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
-import logging
 import sys
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from spinal.config import AnalyzeConfig, CaptureConfig
+from spinal.cli_options import config_options
+from spinal.config import AnalyzeConfig, CaptureConfig, CompareConfig
 from spinal.errors import SpinalError
+from spinal.terminal import Bar, StageBars, cli_errors, err, out, setup_logging
 
 app = typer.Typer(
     name="spinal",
@@ -28,117 +25,30 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, soft_wrap=True)
-out = Console()
-
-
-def _h(cls, name: str) -> str:
-    return {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("help", "")
-
-
-def _d(cls, name: str):
-    return {f.name: f for f in dataclasses.fields(cls)}[name].default
-
-
-def cli_errors(fn):
-    """Map SpinalError (and a few user-caused OS errors) to one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SpinalError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except OSError as e:  # the environment refused (disk full, read-only, permissions): one line, not a trace
-            where = f": {e.filename}" if getattr(e, "filename", None) else ""
-            err.print(f"[bold red]error:[/] {escape((e.strerror or str(e)) + where)}; nothing stored before was "
-                      "lost (finish a capture with --resume)", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; finished units are kept (rerun with --resume)")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # transformers is optional for inspect/verify
-        pass
-
-
-class _Bar:
-    """A rich progress bar with a rate, driven by (done, total) callbacks."""
-
-    def __init__(self, label: str, unit: str, enabled: bool = True):
-        self.unit = unit
-        self.p = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} " + unit),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=err, disable=not enabled, transient=False,
-        )
-        self.task = None
-        self.start_done = None
-
-    def __enter__(self):
-        self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.p.__exit__(*exc)
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.task = self.p.add_task("", total=total, rate="")
-            self.start_done = done
-        t = self.p.tasks[self.task]
-        rate = (done - self.start_done) / t.elapsed if t.elapsed else 0.0
-        self.p.update(self.task, completed=done, total=total, rate=f"{rate:,.0f} {self.unit}/s")
-
-
-C = CaptureConfig
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="draw a progress bar on stderr")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="log what happens")
 
 
 @app.command()
 @cli_errors
+@config_options(CaptureConfig, arguments={"model": None})
 def capture(
-    model: Optional[str] = typer.Argument(None, help=_h(C, "model") + " (omit with --service)"),
-    prompts: str = typer.Option(..., "--prompts", "-p", help=_h(C, "prompts")),
-    out: str = typer.Option(..., "--out", "-o", help=_h(C, "out")),
-    layers: str = typer.Option(_d(C, "layers"), help=_h(C, "layers")),
-    positions: str = typer.Option(_d(C, "positions"), help=_h(C, "positions")),
-    batch_size: int = typer.Option(_d(C, "batch_size"), help=_h(C, "batch_size")),
-    max_length: int = typer.Option(_d(C, "max_length"), help=_h(C, "max_length")),
-    dtype: str = typer.Option(_d(C, "dtype"), help=_h(C, "dtype")),
-    device_map: Optional[str] = typer.Option(None, help=_h(C, "device_map")),
-    max_memory: Optional[str] = typer.Option(None, help=_h(C, "max_memory")),
-    chat_template: bool = typer.Option(False, "--chat-template", help=_h(C, "chat_template")),
-    unit_tokens: int = typer.Option(_d(C, "unit_tokens"), help=_h(C, "unit_tokens")),
-    resume: bool = typer.Option(False, "--resume", help=_h(C, "resume")),
-    overwrite: bool = typer.Option(False, "--overwrite", help=_h(C, "overwrite")),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=_h(C, "trust_remote_code")),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=_h(C, "allow_pickle")),
-    allow_offload: bool = typer.Option(False, "--allow-offload", help=_h(C, "allow_offload")),
-    no_self_check: bool = typer.Option(False, "--no-self-check", help="skip the start-up self-checks (not advised)"),
+    options: dict,
     service: Optional[str] = typer.Option(None, "--service", help="send the prompts to the loaded replicas of this "
                                           "label (see `spinal serve`) instead of loading the model here"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster of the service (default: auto)"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="draw a progress bar on stderr"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens"),
+    progress: bool = PROGRESS,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Capture every layer's residual stream of MODEL on a prompt set into a lossless Zarr store.
 
     Layer 0 is the embedding output, layer ℓ the output of block ℓ before the final norm.
     The store also holds the lens (final norm + unembedding) so analysis never needs the model.
     Interrupted runs finish with --resume, redoing exactly the units not marked done.
+    With --service LABEL, omit MODEL: the loaded replicas of that label capture.
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
+    model = options["model"]
     if service:
         from spinal.cluster.service import status
 
@@ -150,16 +60,10 @@ def capture(
         model = served[0].model
     if not model:
         raise SpinalError("give the MODEL folder (or --service LABEL)")
-    cfg = CaptureConfig(
-        model=model, prompts=prompts, out=out, layers=layers, positions=positions, batch_size=batch_size,
-        max_length=max_length, dtype=dtype, device_map=device_map, max_memory=max_memory,
-        chat_template=chat_template, unit_tokens=unit_tokens, resume=resume, overwrite=overwrite,
-        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, allow_offload=allow_offload,
-        self_check=not no_self_check,
-    )
+    cfg = CaptureConfig(**{**options, "model": model})
     from spinal.capture import capture as run_capture
 
-    with _Bar("capture", "tok", enabled=progress) as bar:
+    with Bar("capture", "tok", enabled=progress) as bar:
         if service:
             from spinal.cluster.service import capture_with_service
 
@@ -197,14 +101,14 @@ def inspect(
 @cli_errors
 def verify(
     store: str = typer.Argument(..., help="store path or URL"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="draw a progress bar on stderr"),
+    progress: bool = PROGRESS,
 ) -> None:
     """Read every chunk of a store; report damaged chunks by layer and token range (exit 1 if any)."""
     from spinal.store import Store
     from spinal.verify import verify as run_verify
 
     s = Store.open(store)
-    with _Bar("verify", "chunks", enabled=progress) as bar:
+    with Bar("verify", "chunks", enabled=progress) as bar:
         report = run_verify(s, progress=bar)
     for d in report.damage:
         out.print(f"DAMAGED {d}", highlight=False)
@@ -219,28 +123,14 @@ def verify(
         raise typer.Exit(1)
 
 
-A = AnalyzeConfig
-
-
 @app.command()
 @cli_errors
+@config_options(AnalyzeConfig, arguments={"store": ...})
 def analyze(
-    store: str = typer.Argument(..., help=_h(A, "store")),
-    out: str = typer.Option(..., "--out", "-o", help=_h(A, "out")),
+    options: dict,
     label: Optional[str] = typer.Option(None, help="name of this checkpoint in tables and plots (default: store name)"),
-    layers: str = typer.Option(_d(A, "layers"), help=_h(A, "layers")),
-    window: str = typer.Option(_d(A, "window"), help=_h(A, "window")),
-    blocks: int = typer.Option(_d(A, "blocks"), help=_h(A, "blocks")),
-    n_boot: int = typer.Option(_d(A, "n_boot"), help=_h(A, "n_boot")),
-    null_splits: int = typer.Option(_d(A, "null_splits"), help=_h(A, "null_splits")),
-    seed: int = typer.Option(_d(A, "seed"), help=_h(A, "seed")),
-    lens_tokens: int = typer.Option(_d(A, "lens_tokens"), help=_h(A, "lens_tokens")),
-    companion_tokens: int = typer.Option(_d(A, "companion_tokens"), help=_h(A, "companion_tokens")),
-    chunk_mib: int = typer.Option(_d(A, "chunk_mib"), help=_h(A, "chunk_mib")),
-    workers: int = typer.Option(_d(A, "workers"), help=_h(A, "workers")),
-    overwrite: bool = typer.Option(False, "--overwrite", help=_h(A, "overwrite")),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="draw a progress bar on stderr"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens"),
+    progress: bool = PROGRESS,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Turn a store into a depth trace: contraction a and transport L per layer (CPU only, out of core).
 
@@ -248,22 +138,19 @@ def analyze(
     bootstrap.parquet (replicates of a, for paired comparisons), sequences.parquet (mean L per
     sequence) and spectra.npz.
     """
-    _setup_logging(verbose)
-    cfg = AnalyzeConfig(store=store, out=out, layers=layers, window=window, blocks=blocks, n_boot=n_boot,
-                        null_splits=null_splits, seed=seed, lens_tokens=lens_tokens, companion_tokens=companion_tokens,
-                        chunk_mib=chunk_mib,
-                        workers=workers, overwrite=overwrite)
+    setup_logging(verbose)
+    cfg = AnalyzeConfig(**options)
     from spinal.analyze.trace import analyze as run_analyze
     from spinal.outputs import check_output
 
-    check_output(out, "trace", overwrite)  # before any work: a refused output costs nothing
-    with _Bar("analyze", "tasks", enabled=progress) as bar:
+    check_output(cfg.out, "trace", cfg.overwrite)  # before any work: a refused output costs nothing
+    with Bar("analyze", "tasks", enabled=progress) as bar:
         trace = run_analyze(cfg, progress=bar, label=label)
-    trace.save(out, overwrite=overwrite)
+    trace.save(cfg.out, overwrite=cfg.overwrite)
     t = trace.table
     bad = int((t["status"] != "ok").sum())
     err.print(
-        f"trace of {trace.meta['n_tokens']:,} tokens × {len(t)} layers written to {out} "
+        f"trace of {trace.meta['n_tokens']:,} tokens × {len(t)} layers written to {cfg.out} "
         f"({trace.meta['seconds']:.1f} s); path length {trace.meta['path_length']:.4g}, "
         f"straightness {trace.meta['straightness']:.3g}; {bad} layer(s) with fit status other than ok",
         highlight=False,
@@ -272,44 +159,25 @@ def analyze(
 
 @app.command()
 @cli_errors
+@config_options(CompareConfig)
 def compare(
+    options: dict,
     traces: list[str] = typer.Argument(..., help="trace folders: the reference first, then checkpoints in order"),
     out: str = typer.Option(..., "--out", "-o", help="comparison folder (compare.parquet/.csv/.json, series.csv)"),
     weights: Optional[list[str]] = typer.Option(
         None, "--weights", help="checkpoint folders in the same order, for the per-block parameter change"),
     stores: Optional[list[str]] = typer.Option(
         None, "--stores", help="the traces' stores in the same order, for the cross-readout lens"),
-    cross_tokens: int = typer.Option(20000, help="tokens (seeded subsample) for the cross-readout lens"),
-    n_boot: int = typer.Option(1000, help="bootstrap resamples for ΔL (Δa pairs the traces' own replicates)"),
-    seed: int = typer.Option(0, help="seed of the ΔL bootstrap and the split-halves"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing comparison folder"),
 ) -> None:
     """Compare checkpoints on the identical token stream: Δa and ΔL per layer with paired CIs (Holm), onset, localization."""
-    from spinal.analyze.compare import check_stores, check_weights, compare as run_compare
+    from spinal.analyze.pipeline import comparison
     from spinal.analyze.trace import Trace
-    from spinal.analyze.weights import block_sq_change
     from spinal.outputs import check_output
 
     check_output(out, "comparison", overwrite)
-    if n_boot < 1:
-        raise SpinalError(f"--n-boot {n_boot}: the ΔL bootstrap needs ≥ 1 resample (default 1000)")
-    loaded = [Trace.load(t) for t in traces]
-    if weights:
-        check_weights(loaded, weights)
-    if stores:
-        check_stores(loaded, stores)
-    grad = None
-    if weights:
-        n_blocks = int(max(loaded[0].table["layer"]))
-        grad = [None] + [block_sq_change(weights[0], w, n_blocks) for w in weights[1:]]
-    result = run_compare(loaded, seed=seed, n_boot=n_boot, grad=grad)
-    if stores:
-        from spinal.analyze.compare import with_cross_readout
-        from spinal.analyze.cross_readout import cross_readout
-
-        frames = {t.label: cross_readout(stores[0], s, lens_tokens=cross_tokens, seed=seed)
-                  for t, s in zip(loaded[1:], stores[1:])}
-        result = with_cross_readout(result, frames)
+    cfg = CompareConfig(**options)
+    result = comparison([Trace.load(t) for t in traces], cfg, weights=weights, stores=stores)
     result.save(out, overwrite=overwrite)
     for p in result.pairs:
         s = p.summary
@@ -395,55 +263,17 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Size a capture before paying for it: GPUs per replica, device maps, store size, capture and analysis time."""
-    import dataclasses as dc
-
     from spinal.cluster.plan import PlanConfig, plan as make_plan
-    from spinal.config import from_dict
+    from spinal.fields import from_dict, settings
 
     values = dict(model=model, gpus_per_node=gpus_per_node, gpu_memory_gib=gpu_memory_gib, nodes=nodes,
                   tokens=tokens, dtype=dtype, layers=layers, gpus_per_replica=gpus_per_replica,
-                  allow_offload=allow_offload)
-    types = {f.name: str(f.type) for f in dc.fields(PlanConfig)}
-    for item in assume or []:
-        if "=" not in item:
-            raise SpinalError(f"--set {item!r}: expected KEY=VALUE, e.g. --set mfu=0.35")
-        k, v = (x.strip() for x in item.split("=", 1))
-        typ = types.get(k, "")
-        try:
-            values[k] = int(v) if typ.startswith("int") else float(v) if "float" in typ else (
-                v.lower() in ("1", "true", "yes") if typ.startswith("bool") else v)
-        except ValueError:
-            raise SpinalError(f"--set {k}={v}: expected a number for {k} ({typ})") from None
+                  allow_offload=allow_offload, **settings(PlanConfig, assume or [], "--set"))
     result = make_plan(from_dict(PlanConfig, values, where="spinal plan"))
     if as_json:
         out.print_json(json.dumps(result.to_dict(), default=str))
     else:
         out.print(result.render(), highlight=False, soft_wrap=True)
-
-
-class _StageBars:
-    """One progress line per (stage, checkpoint) for `spinal run`."""
-
-    def __init__(self, enabled: bool):
-        self.p = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=not enabled,
-        )
-        self.tasks: dict = {}
-
-    def __enter__(self):
-        self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.p.__exit__(*exc)
-
-    def __call__(self, stage: str, label: str, done: int, total: int) -> None:
-        key = (stage, label)
-        if key not in self.tasks:
-            unit = "tok" if stage == "capture" else "tasks"
-            self.tasks[key] = self.p.add_task(f"{stage:<8} {label} ({unit})", total=total)
-        self.p.update(self.tasks[key], completed=done, total=total)
 
 
 @app.command()
@@ -458,10 +288,10 @@ def run(
     service: bool = typer.Option(False, "--service", help="capture on the replicas started by `spinal serve` for "
                                                          "each checkpoint label"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="draw progress bars on stderr"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Batch job: capture every checkpoint, analyze each store, compare against the first, write the HTML report."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     if resume and overwrite:
         raise SpinalError("--resume and --overwrite contradict each other: choose one")
     from spinal.cluster.run import run as run_all
@@ -469,7 +299,7 @@ def run(
 
     cfg = load_run_config(config)
     t0 = __import__("time").perf_counter()
-    with _StageBars(progress) as bars:
+    with StageBars(progress) as bars:
         summary = run_all(cfg, resume=resume, overwrite=overwrite, progress=bars, address=address, service=service)
     for s in summary.stages:
         tag = "reused" if s["skipped"] else f"{s['seconds']:.1f} s"

@@ -1,63 +1,135 @@
-"""Frozen, documented run configurations shared by the CLI and TOML files; unknown keys are errors."""
+"""Frozen, documented configurations of every stage (capture, analyze, compare, cluster) and of a run."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from spinal.errors import InputError
-
-T = TypeVar("T")
+from spinal.fields import from_dict, option
 
 POSITION_RULES = ("all-but-first", "all", "last:K", "response")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
 
 
 @dataclass(frozen=True)
 class CaptureConfig:
     """What to capture: one checkpoint × one prompt set -> one store."""
 
-    model: str = _help("local checkpoint folder (safetensors) or hub id")
-    prompts: str = _help("prompt file: JSONL {id, prompt[, response]}, plain text (one per line) or Parquet")
-    out: str = _help("output store path (local folder or fsspec URL)")
-    layers: str = _help("layers to store: 'all' or a list/ranges like '0,4,8-12' (0 = embedding output)", default="all")
-    positions: str = _help(
+    RUN_SETS: ClassVar[frozenset] = frozenset({"model", "prompts", "out", "resume", "overwrite"})
+
+    model: str = option("local checkpoint folder (safetensors) or hub id")
+    prompts: str = option("prompt file: JSONL {id, prompt[, response]}, plain text (one per line) or Parquet",
+                          short="-p")
+    out: str = option("output store path (local folder or fsspec URL)", short="-o")
+    layers: str = option("layers to store: 'all' or a list/ranges like '0,4,8-12' (0 = embedding output)", "all")
+    positions: str = option(
         "token positions: 'all-but-first' (skip position 0, the attention sink), 'all', 'last:K', 'response'",
-        default="all-but-first",
-    )
-    batch_size: int = _help("sequences per forward pass", default=8)
-    max_length: int = _help("tokens per sequence; longer inputs are truncated (and reported)", default=512)
-    dtype: str = _help("compute dtype: auto (the checkpoint's), float32, bfloat16, float16", default="auto")
-    device_map: str | None = _help("accelerate device_map: 'auto', 'cpu', 'cuda:0', … (default: cpu or one GPU)", default=None)
-    max_memory: str | None = _help("accelerate max_memory, e.g. '0=70GiB,1=70GiB,cpu=200GiB'", default=None)
-    chat_template: bool = _help("wrap prompts with the tokenizer's chat template", default=False)
-    unit_tokens: int = _help("stored tokens per work unit (a unit owns whole shards)", default=8192)
-    resume: bool = _help("finish an interrupted store: redo exactly the units not marked done", default=False)
-    overwrite: bool = _help("replace an existing store at --out", default=False)
-    trust_remote_code: bool = _help("allow the checkpoint's own Python code (off: refused)", default=False)
-    allow_pickle: bool = _help("allow pickle (.bin/.pt) weights (off: safetensors only)", default=False)
-    allow_offload: bool = _help("allow a device map that spills to CPU or disk on a GPU replica", default=False)
-    self_check: bool = _help("compare captured states and lens logits with the model's own on a probe batch", default=True)
+        "all-but-first")
+    batch_size: int = option("sequences per forward pass", 8)
+    max_length: int = option("tokens per sequence; longer inputs are truncated (and reported)", 512)
+    dtype: str = option("compute dtype: auto (the checkpoint's), float32, bfloat16, float16", "auto")
+    device_map: str | None = option("accelerate device_map: 'auto', 'cpu', 'cuda:0', … (default: cpu or one GPU)",
+                                    None)
+    max_memory: str | None = option("accelerate max_memory, e.g. '0=70GiB,1=70GiB,cpu=200GiB'", None)
+    chat_template: bool = option("wrap prompts with the tokenizer's chat template", False)
+    unit_tokens: int = option("stored tokens per work unit (a unit owns whole shards)", 8192)
+    resume: bool = option("finish an interrupted store: redo exactly the units not marked done", False)
+    overwrite: bool = option("replace an existing store at --out", False)
+    trust_remote_code: bool = option("allow the checkpoint's own Python code (off: refused)", False)
+    allow_pickle: bool = option("allow pickle (.bin/.pt) weights (off: safetensors only)", False)
+    allow_offload: bool = option("allow a device map that spills to CPU or disk on a GPU replica", False)
+    self_check: bool = option("compare captured states and lens logits with the model's own on a probe batch "
+                              "before capturing (--no-self-check skips it: not advised)", True)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise InputError(f"batch_size={self.batch_size}; must be ≥ 1")
+        for name in ("batch_size", "unit_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 1")
         if self.max_length < 2:
             raise InputError(f"max_length={self.max_length}; must be ≥ 2")
-        if self.unit_tokens < 1:
-            raise InputError(f"unit_tokens={self.unit_tokens}; must be ≥ 1")
         if self.dtype not in DTYPES:
             raise InputError(f"dtype={self.dtype!r}; choose one of {', '.join(DTYPES)}")
         parse_positions(self.positions)
         if self.resume and self.overwrite:
             raise InputError("--resume and --overwrite contradict each other: choose one")
         parse_layers(self.layers, None)
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """How a store becomes a depth trace (METHOD.md §2–3); every value is recorded in the trace."""
+
+    RUN_SETS: ClassVar[frozenset] = frozenset({"store", "out", "overwrite"})
+
+    store: str = option("store path or URL")
+    out: str = option("trace folder to write (trace.parquet, trace.json, bootstrap/sequence tables)", short="-o")
+    layers: str = option("layers to analyze: 'all' or a list/ranges of stored layers", "all")
+    window: str = option("spectral fit window: 'auto' (METHOD.md §2 rule) or 'K_LO:K_HI' (1-based ranks)", "auto")
+    blocks: int = option("sequence blocks for the bootstrap (sequence s goes to block s mod blocks)", 16)
+    n_boot: int = option("bootstrap resamples per layer (0: no CI)", 200)
+    null_splits: int = option("random split-halves per layer for the null spread of Δα", 8)
+    seed: int = option("seed of the bootstrap draws and the lens token subsample", 0)
+    lens_tokens: int = option("tokens for the transport pass (seeded subsample; 0 = all)", 0)
+    companion_tokens: int = option(
+        "tokens (a seeded subset of the lens tokens) for the companions JS, KL to final and entropy, whose "
+        "cancellation-free float32 forms cost ~4× the Fisher–Rao step; 0 = every lens token", 4096)
+    chunk_mib: int = option("memory budget of one lens chunk (token × vocab float32), MiB", 256)
+    workers: int = option("processes for the per-layer and lens tasks (0 = one per core)", 0)
+    overwrite: bool = option("replace an existing trace folder", False)
+
+    def __post_init__(self) -> None:
+        for name in ("blocks", "chunk_mib"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 1")
+        for name in ("n_boot", "null_splits", "lens_tokens", "companion_tokens", "workers"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
+        parse_window(self.window)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """How traces become a comparison (METHOD.md §4): paired CIs, the null spread, optional companions."""
+
+    n_boot: int = option("bootstrap resamples for ΔL (Δa pairs the traces' own replicates)", 1000)
+    seed: int = option("seed of the ΔL bootstrap and the split-halves", 0)
+    null_splits: int = option("random split-halves of the reference's sequences for the null spread of ΔL", 32)
+    cross_readout_tokens: int = option("tokens (seeded subsample) for the cross-readout lens (0: none)", 20000,
+                                       flag="--cross-tokens")
+    weights: bool = option("per-block parameter change ‖θ − θ_ref‖², streamed from the safetensors", True, cli=False)
+
+    def __post_init__(self) -> None:
+        if self.n_boot < 1:
+            raise InputError(f"n_boot={self.n_boot}: the ΔL bootstrap needs ≥ 1 resample (default 1000)")
+        for name in ("null_splits", "cross_readout_tokens"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where and how wide a run executes."""
+
+    address: str | None = option("Ray address: None = in-process (1 replica) or a local Ray instance; "
+                                 "'auto' joins the running cluster", None)
+    replicas: int = option("model replicas (capture actors)", 1)
+    gpus_per_replica: int = option("GPUs per replica actor (-1: 1 if the cluster has GPUs, else 0)", -1)
+    cpus_per_replica: int = option("CPUs reserved per replica actor", 1)
+    max_unit_retries: int = option("retries of a unit that raised an error before the run stops", 2)
+    analysis_workers: int = option("concurrent analysis tasks (0: as many as the cluster has CPUs)", 0)
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise InputError(f"[cluster] replicas={self.replicas}; must be ≥ 1")
+        if self.max_unit_retries < 0:
+            raise InputError(f"[cluster] max_unit_retries={self.max_unit_retries}; must be ≥ 0")
+
+    @property
+    def uses_ray(self) -> bool:
+        return self.address is not None or self.replicas > 1
 
 
 def parse_positions(rule: str) -> tuple[str, int]:
@@ -94,60 +166,6 @@ def parse_layers(spec: str, n_layers: int | None) -> list[int] | None:
     return sorted(out)
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build a config dataclass from a TOML table, refusing unknown keys and wrong types by name."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    for k, v in data.items():
-        typ = str(fields[k].type)
-        ok = (
-            ("bool" in typ and isinstance(v, bool))
-            or ("int" in typ and isinstance(v, int) and not isinstance(v, bool))
-            or ("float" in typ and isinstance(v, (int, float)) and not isinstance(v, bool))
-            or ("str" in typ and isinstance(v, str))
-            or ("None" in typ and v is None)
-        )
-        if not ok:
-            raise InputError(f"{where}: key '{k}' = {v!r} has the wrong type; expected {typ}")
-    try:
-        return cls(**data)
-    except TypeError as e:
-        raise InputError(f"{where}: {e}") from None
-
-
-@dataclass(frozen=True)
-class AnalyzeConfig:
-    """How a store becomes a depth trace (METHOD.md §2–3); every value is recorded in the trace."""
-
-    store: str = _help("store path or URL")
-    out: str = _help("trace folder to write (trace.parquet, trace.json, bootstrap/sequence tables)")
-    layers: str = _help("layers to analyze: 'all' or a list/ranges of stored layers", default="all")
-    window: str = _help("spectral fit window: 'auto' (METHOD.md §2 rule) or 'K_LO:K_HI' (1-based ranks)",
-                        default="auto")
-    blocks: int = _help("sequence blocks for the bootstrap (sequence s goes to block s mod blocks)", default=16)
-    n_boot: int = _help("bootstrap resamples per layer (0: no CI)", default=200)
-    null_splits: int = _help("random split-halves per layer for the null spread of Δα", default=8)
-    seed: int = _help("seed of the bootstrap draws and the lens token subsample", default=0)
-    lens_tokens: int = _help("tokens for the transport pass (seeded subsample; 0 = all)", default=0)
-    companion_tokens: int = _help(
-        "tokens (a seeded subset of the lens tokens) for the companions JS, KL to final and entropy, whose "
-        "cancellation-free float32 forms cost ~4× the Fisher–Rao step; 0 = every lens token", default=4096)
-    chunk_mib: int = _help("memory budget of one lens chunk (token × vocab float32), MiB", default=256)
-    workers: int = _help("processes for the per-layer and lens tasks (0 = one per core)", default=0)
-    overwrite: bool = _help("replace an existing trace folder", default=False)
-
-    def __post_init__(self) -> None:
-        for name in ("blocks", "chunk_mib"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 1")
-        for name in ("n_boot", "null_splits", "lens_tokens", "companion_tokens", "workers"):
-            if getattr(self, name) < 0:
-                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
-        parse_window(self.window)
-
-
 def parse_window(spec: str) -> tuple[int, int] | None:
     if spec == "auto":
         return None
@@ -161,9 +179,9 @@ def parse_window(spec: str) -> tuple[int, int] | None:
 class Checkpoint:
     """One checkpoint of a run."""
 
-    label: str = _help("name in tables and plots (unique within the run)")
-    path: str = _help("local checkpoint folder (safetensors) or hub id")
-    revision: str | None = _help("hub revision or a note on the exact version", default=None)
+    label: str = option("name in tables and plots (unique within the run)")
+    path: str = option("local checkpoint folder (safetensors) or hub id")
+    revision: str | None = option("hub revision or a note on the exact version", None)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[\w.+-]+", self.label):
@@ -172,52 +190,53 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A batch run: several checkpoints on one prompt set -> stores, traces, comparison, report."""
+    """A batch run: several checkpoints on one prompt set -> stores, traces, comparison, report.
 
-    out: str = _help("output folder: stores/, traces/, compare/, report/")
-    prompts: str = _help("prompt file shared by every checkpoint")
-    checkpoints: tuple[Checkpoint, ...] = _help("checkpoints, the reference first, then in training order")
-    capture: dict = _help("CaptureConfig options (all but model/prompts/out)", default_factory=dict)
-    analyze: dict = _help("AnalyzeConfig options (all but store/out)", default_factory=dict)
-    compare: dict = _help("compare options: n_boot, seed, weights (bool: per-block parameter change)",
-                          default_factory=dict)
-    cluster: dict = _help("ClusterConfig options: address, replicas, gpus_per_replica, …", default_factory=dict)
-    source: str = _help("the TOML file this run came from", default="")
+    ``capture`` and ``analyze`` are the configs of the first checkpoint; ``capture_config`` and
+    ``analyze_config`` give any checkpoint's (only the paths differ)."""
+
+    out: str = option("output folder: stores/, traces/, compare/, report/")
+    prompts: str = option("prompt file shared by every checkpoint")
+    checkpoints: tuple[Checkpoint, ...] = option("checkpoints, the reference first, then in training order")
+    capture: CaptureConfig = option("[capture]: CaptureConfig options (all but model/prompts/out/resume/overwrite)")
+    analyze: AnalyzeConfig = option("[analyze]: AnalyzeConfig options (all but store/out/overwrite)")
+    compare: CompareConfig = option("[compare]: CompareConfig options", default_factory=CompareConfig)
+    cluster: ClusterConfig = option("[cluster]: ClusterConfig options", default_factory=ClusterConfig)
+    source: str = option("the TOML file this run came from", "")
 
     def __post_init__(self) -> None:
-        if len(self.checkpoints) < 1:
-            raise InputError(f"{self.source or 'run config'}: [[checkpoints]] is empty; list at least one")
         labels = [c.label for c in self.checkpoints]
         if len(set(labels)) != len(labels):
             raise InputError(f"{self.source}: checkpoint labels must be unique, got {labels}")
-        bad = {"model", "prompts", "out", "resume", "overwrite"} & set(self.capture)
-        if bad:
-            raise InputError(f"{self.source}: [capture] may not set {sorted(bad)}; the run sets them")
-        bad = {"store", "out", "overwrite"} & set(self.analyze)
-        if bad:
-            raise InputError(f"{self.source}: [analyze] may not set {sorted(bad)}; the run sets them")
-        unknown = set(self.compare) - {"n_boot", "seed", "weights", "null_splits", "cross_readout_tokens"}
-        if unknown:
-            raise InputError(f"{self.source}: unknown key(s) {sorted(unknown)} in [compare]; "
-                             "known: n_boot, seed, null_splits, weights, cross_readout_tokens")
 
-    def cluster_config(self, **overrides):
-        from spinal.cluster.actors import ClusterConfig
+    def store_path(self, ck: Checkpoint) -> str:
+        return f"{self.out}/stores/{ck.label}.zarr"
 
-        return from_dict(ClusterConfig, {**self.cluster, **overrides}, where=f"{self.source} [cluster]")
+    def trace_path(self, ck: Checkpoint) -> str:
+        return f"{self.out}/traces/{ck.label}"
 
     def capture_config(self, ck: Checkpoint, out: str, **kw) -> CaptureConfig:
-        return from_dict(CaptureConfig, {**self.capture, "model": ck.path, "prompts": self.prompts, "out": out, **kw},
-                         where=f"{self.source} [capture]")
+        return replace(self.capture, model=ck.path, prompts=self.prompts, out=out, **kw)
 
     def analyze_config(self, store: str, out: str, **kw) -> AnalyzeConfig:
-        return from_dict(AnalyzeConfig, {**self.analyze, "store": store, "out": out, **kw},
-                         where=f"{self.source} [analyze]")
+        return replace(self.analyze, store=store, out=out, **kw)
+
+    def cluster_config(self, **overrides) -> ClusterConfig:
+        return replace(self.cluster, **overrides)
+
+    def record(self) -> dict:
+        """What identifies the run (run.json): every resolved option, no paths the run sets itself."""
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        for table, cls in (("capture", CaptureConfig), ("analyze", AnalyzeConfig)):
+            for k in cls.RUN_SETS:
+                d[table].pop(k, None)
+        return d
 
 
 def load_run_config(path: str) -> RunConfig:
-    """Read a run TOML (tables: [run], [[checkpoints]], [capture], [analyze], [compare]); relative paths are
-    resolved against the TOML file's folder."""
+    """Read a run TOML (tables: [run], [[checkpoints]], [capture], [analyze], [compare], [cluster]) into typed
+    configs, checked once; relative paths are resolved against the TOML file's folder."""
     import tomllib
     from pathlib import Path
 
@@ -250,14 +269,22 @@ def load_run_config(path: str) -> RunConfig:
     for i, c in enumerate(doc.get("checkpoints", [])):
         ck = from_dict(Checkpoint, c, where=f"{path} [[checkpoints]] #{i + 1}")
         local = (base / ck.path).exists() or ck.path.startswith((".", "/"))
-        cks.append(Checkpoint(ck.label, rel(ck.path) if local else ck.path, ck.revision))
-    for table, cls, skip in (("capture", CaptureConfig, {"model", "prompts", "out"}),
-                             ("analyze", AnalyzeConfig, {"store", "out"})):
+        cks.append(replace(ck, path=rel(ck.path)) if local else ck)
+    if not cks:
+        raise InputError(f"{path}: [[checkpoints]] is empty; list at least one")
+    out, prompts = rel(run["out"]), rel(run["prompts"])
+    first = {"capture": {"model": cks[0].path, "prompts": prompts, "out": f"{out}/stores/{cks[0].label}.zarr"},
+             "analyze": {"store": f"{out}/stores/{cks[0].label}.zarr", "out": f"{out}/traces/{cks[0].label}"}}
+    stages = {}
+    for table, cls in (("capture", CaptureConfig), ("analyze", AnalyzeConfig), ("compare", CompareConfig),
+                       ("cluster", ClusterConfig)):
         vals = doc.get(table, {})
-        names = {f.name for f in dataclasses.fields(cls)} - skip
+        names = {f.name for f in dataclasses.fields(cls)} - getattr(cls, "RUN_SETS", frozenset())
         unknown = sorted(set(vals) - names)
         if unknown:
+            sets = sorted(set(unknown) & getattr(cls, "RUN_SETS", frozenset()))
+            if sets:
+                raise InputError(f"{path}: [{table}] may not set {sets}; the run sets them")
             raise InputError(f"{path}: unknown key(s) {unknown} in [{table}]; known: {sorted(names)}")
-    return RunConfig(out=rel(run["out"]), prompts=rel(run["prompts"]), checkpoints=tuple(cks),
-                     capture=doc.get("capture", {}), analyze=doc.get("analyze", {}), compare=doc.get("compare", {}),
-                     cluster=doc.get("cluster", {}), source=str(path))
+        stages[table] = from_dict(cls, {**vals, **first.get(table, {})}, where=f"{path} [{table}]")
+    return RunConfig(out=out, prompts=prompts, checkpoints=tuple(cks), source=str(path), **stages)

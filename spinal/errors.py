@@ -21,3 +21,9 @@ class StoreError(SpinalError):
 
 class IntegrityError(StoreError):
     """Stored bytes fail their checksum, or activations are not finite."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first non-empty line (or its type name): the part that fits a one-line error."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

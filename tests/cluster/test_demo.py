@@ -22,8 +22,8 @@ def test_demo_on_96_prompts_finds_what_dpo_did_and_reports_it(tmp_path):
     (tmp_path / "audit96.jsonl").write_text("\n".join(lines) + "\n")
     keep = [c for c in cfg.checkpoints if c.label in ("sft", "dpo-step0200", "dpo-overtrained")]
     small = dataclasses.replace(cfg, prompts=str(tmp_path / "audit96.jsonl"), out=str(tmp_path / "demo"),
-                                checkpoints=tuple(keep), analyze={**cfg.analyze, "n_boot": 100},
-                                compare={**cfg.compare, "n_boot": 300})
+                                checkpoints=tuple(keep), analyze=dataclasses.replace(cfg.analyze, n_boot=100),
+                                compare=dataclasses.replace(cfg.compare, n_boot=300))
     summary = run(small)
     out = Path(summary.out)
     doc = json.loads((out / "compare" / "compare.json").read_text())

@@ -10,7 +10,8 @@ import zarr
 
 from conftest import save_checkpoint, write_jsonl
 from spinal.capture import capture
-from spinal.cluster.actors import FAULT_ENV, ClusterConfig
+from spinal.cluster.actors import FAULT_ENV
+from spinal.config import ClusterConfig
 from spinal.config import CaptureConfig
 from spinal.errors import StoreError
 from spinal.store import Store
@@ -135,7 +136,7 @@ def test_more_gpus_per_replica_than_a_node_has_is_refused(two_nodes, checkpoint,
 def test_analysis_on_a_cluster_with_every_cpu_held_is_refused_not_hung(two_nodes):
     import time
 
-    from spinal.cluster.ray_capture import ray_submit
+    from spinal.cluster.backends import ray_map
     from spinal.errors import InputError
 
     @ray.remote(num_cpus=1)
@@ -148,7 +149,7 @@ def test_analysis_on_a_cluster_with_every_cpu_held_is_refused_not_hung(two_nodes
         ray.get([h.ping.remote() for h in holders])
         t0 = time.monotonic()
         with pytest.raises(InputError, match="all 3 are held"):
-            ray_submit([(abs, {"x": -1})], 1, None)
+            ray_map([(abs, {"x": -1})], None)
         assert time.monotonic() - t0 < 60  # refused, not waiting forever
     finally:
         for h in holders:

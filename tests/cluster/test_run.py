@@ -50,9 +50,8 @@ def test_unknown_and_mistyped_keys_are_named(tmp_path, checkpoint):
     with pytest.raises(InputError, match=r"unknown key\(s\) \['batchsize'\] in \[capture\]"):
         load_run_config(str(f))
     f.write_text(f.read_text().replace("batchsize = 4", 'batch_size = "four"'))
-    cfg = load_run_config(str(f))
-    with pytest.raises(InputError, match="'batch_size' = 'four' has the wrong type"):
-        cfg.capture_config(cfg.checkpoints[0], "x")
+    with pytest.raises(InputError, match=r"\[capture\]: key 'batch_size' = 'four' has the wrong type; expected int"):
+        load_run_config(str(f))  # typed once, at load: no stage starts on a config that cannot run
 
 
 def test_missing_checkpoint_is_refused_before_any_work(tmp_path, checkpoint):

@@ -1,0 +1,51 @@
+"""Traces (+ their checkpoints' weights and stores) -> one Comparison: the step `spinal compare` and `spinal run` share."""
+
+from __future__ import annotations
+
+import logging
+
+from spinal.analyze.compare import Comparison, check_stores, check_weights, compare, with_cross_readout
+from spinal.analyze.trace import Trace
+from spinal.config import CompareConfig
+from spinal.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | None = None,
+               stores: list[str] | None = None, weights_optional: bool = False) -> Comparison:
+    """Compare ``traces`` (the reference first) with paired statistics; with ``weights`` (one checkpoint folder
+    per trace) add the per-block parameter change, with ``stores`` (one per trace) the cross-readout lens.
+
+    Every input is checked against the traces before any work. ``weights_optional``: a checkpoint whose
+    weights cannot be compared (e.g. no safetensors) skips the parameter change with a warning instead of
+    refusing the whole comparison."""
+    if weights and not weights_optional:
+        check_weights(traces, weights)
+    if stores:
+        check_stores(traces, stores)
+    grad = _parameter_change(traces, weights, weights_optional) if weights else None
+    result = compare(traces, seed=cfg.seed, n_boot=cfg.n_boot, null_splits=cfg.null_splits, grad=grad)
+    if stores and cfg.cross_readout_tokens:
+        from spinal.analyze.cross_readout import cross_readout
+
+        frames = {t.label: cross_readout(stores[0], s, lens_tokens=cfg.cross_readout_tokens, seed=cfg.seed)
+                  for t, s in zip(traces[1:], stores[1:])}
+        result = with_cross_readout(result, frames)
+    return result
+
+
+def _parameter_change(traces: list[Trace], weights: list[str], optional: bool) -> list | None:
+    """[None, ‖θ_1 − θ_0‖² per block, …]; None (with a warning) when ``optional`` and the weights do not fit."""
+    from spinal.analyze.weights import block_sq_change
+
+    try:
+        if optional:
+            check_weights(traces, weights)
+        n_blocks = int(max(traces[0].table["layer"]))
+        return [None] + [block_sq_change(weights[0], w, n_blocks) for w in weights[1:]]
+    except InputError as e:
+        if not optional:
+            raise
+        log.warning("gradient concentration skipped: %s", e)
+        return None
