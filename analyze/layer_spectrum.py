@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spinal.analyze.gram import GramAccumulator, GramResult, draw_blocks, resample
+from spinal.analyze.gram import GramAccumulator
+from spinal.analyze.moments import GramResult, draw_blocks, resample
 from spinal.analyze.spectrum import SpectrumFit, fit_gram, singular_values
 from spinal.store import Store
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spinal.analyze.gram import GramResult, draw_blocks, resample
+from spinal.analyze.moments import GramResult, draw_blocks, resample
 
 # Half an ulp relative to |h| for each storage dtype: round-to-nearest with a p-bit significand
 # errs by at most 2^-p·|h| (bf16 p = 8, fp16 11, fp32 24, fp64 53). METHOD.md §2, "Storage noise floor".

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from spinal.analyze.gram import GramAccumulator, GramResult
+from spinal.analyze.gram import GramAccumulator
+from spinal.analyze.moments import GramResult
 from spinal.analyze.spectrum import (
     a_from_alpha_esd,
     alpha_esd,
@@ -41,7 +42,7 @@ def _accumulate(h: np.ndarray | torch.Tensor, blocks: int = 16) -> GramResult:
     acc = GramAccumulator(d, blocks)
     for start in range(0, n, 2048):
         acc.update(h[start : start + 2048], ids[start : start + 2048])
-    return acc.result()
+    return acc.finish()
 
 
 def _fit_exact(sv: np.ndarray, **kw):
