@@ -45,8 +45,6 @@ MAX_MLE_GAP = 0.15
 # least half the window above xmin, so its tail is never a handful of points.
 MLE_CANDIDATES = 128
 
-STATUSES = ("ok", "poor-fit", "too-few-ranks")
-
 
 def singular_values(eigenvalues: np.ndarray) -> np.ndarray:
     """σ = √λ, descending, with rounding negatives clipped to 0."""
