@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from spinal.analyze.gram import GramAccumulator, GramResult, draw_blocks, resample
+from spinal.analyze.gram import GramAccumulator
+from spinal.analyze.moments import GramResult, draw_blocks, resample
 from spinal.analyze.spectrum import SpectrumFit, fit_gram, singular_values
 from spinal.store import Store
 
@@ -35,6 +37,35 @@ def accumulate(store: Store, layer: int, blocks: int) -> GramResult:
     return acc.finish()
 
 
+def _replicate_a(res: GramResult, storage_dtype: Any, window: tuple[int, int] | None) -> float:
+    """Centered a_wls of a resample under the point estimate's window rule; no MLE, since replicates keep a only."""
+    return fit_gram(res, storage_dtype=storage_dtype, centered=True, window=window, with_mle=False).a_wls
+
+
+def bootstrap_a(res: GramResult, rng: np.random.Generator, n_boot: int, *, storage_dtype: Any,
+                window: tuple[int, int] | None) -> np.ndarray:
+    """a of ``n_boot`` block-bootstrap resamples (n_boot,), METHOD.md §2 "Uncertainty"; none with < 2 filled blocks."""
+    if np.count_nonzero(res.block_sizes) < 2:
+        return np.zeros(0)
+    return np.array([_replicate_a(resample(res, draw_blocks(res, rng)), storage_dtype, window)
+                     for _ in range(n_boot)], dtype=np.float64)
+
+
+def split_half_null(res: GramResult, rng: np.random.Generator, splits: int, *, storage_dtype: Any,
+                    window: tuple[int, int] | None) -> np.ndarray:
+    """a(half 1) − a(half 2) over ``splits`` random halvings of the filled blocks (splits,): METHOD.md §4's null spread."""
+    nonempty = np.flatnonzero(res.block_sizes > 0)
+    if nonempty.size < 2:
+        return np.zeros(0)
+    diffs = []
+    for _ in range(splits):
+        perm = rng.permutation(nonempty)
+        half = perm.size // 2
+        diffs.append(_replicate_a(resample(res, perm[:half]), storage_dtype, window)
+                     - _replicate_a(resample(res, perm[half:]), storage_dtype, window))
+    return np.array(diffs, dtype=np.float64)
+
+
 def layer_spectrum(store_path: str, layer: int, *, blocks: int, n_boot: int, null_splits: int, seed: int,
                    window: tuple[int, int] | None) -> LayerSpectrum:
     store = Store.open(store_path)
@@ -42,18 +73,6 @@ def layer_spectrum(store_path: str, layer: int, *, blocks: int, n_boot: int, nul
     kw = dict(storage_dtype=store.dtype, window=window)
     centered = fit_gram(res, centered=True, **kw)
     raw = fit_gram(res, centered=False, **kw)
-    nonempty = np.flatnonzero(res.block_sizes > 0)
-    rng = seeded_rng(seed, 1)
-    boot = np.array([fit_gram(resample(res, draw_blocks(res, rng)), centered=True, with_mle=False, **kw).a_wls
-                     for _ in range(n_boot if nonempty.size >= 2 else 0)], dtype=np.float64)
-    null = []
-    split_rng = seeded_rng(seed, 2)
-    for _ in range(null_splits if nonempty.size >= 2 else 0):
-        perm = split_rng.permutation(nonempty)
-        half = perm.size // 2
-        a1 = fit_gram(resample(res, perm[:half]), centered=True, with_mle=False, **kw).a_wls
-        a2 = fit_gram(resample(res, perm[half:]), centered=True, with_mle=False, **kw).a_wls
-        null.append(a1 - a2)
-    return LayerSpectrum(layer, res.n, centered, raw, boot, np.array(null, dtype=np.float64),
-                         singular_values(res.eigenvalues(True)))
-
+    boot = bootstrap_a(res, seeded_rng(seed, 1), n_boot, **kw)
+    null = split_half_null(res, seeded_rng(seed, 2), null_splits, **kw)
+    return LayerSpectrum(layer, res.n, centered, raw, boot, null, singular_values(res.eigenvalues(True)))

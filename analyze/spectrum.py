@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spinal.analyze.gram import GramResult, draw_blocks, resample
+from spinal.analyze.moments import GramResult
 
 # Half an ulp relative to |h| for each storage dtype: round-to-nearest with a p-bit significand
 # errs by at most 2^-p·|h| (bf16 p = 8, fp16 11, fp32 24, fp64 53). METHOD.md §2, "Storage noise floor".
@@ -44,23 +44,6 @@ MAX_MLE_GAP = 0.15
 # The MLE's KS scan tries at most this many xmin candidates (geometric in rank) and keeps at
 # least half the window above xmin, so its tail is never a handful of points.
 MLE_CANDIDATES = 128
-
-STATUSES = ("ok", "poor-fit", "too-few-ranks")
-
-
-def alpha_req(a: float) -> float:
-    """α-ReQ's eigenvalue-decay exponent (λ_k ∝ k^-α) from the rank-decay exponent a."""
-    return 2.0 * a
-
-
-def alpha_esd(a: float) -> float:
-    """WeightWatcher/HT-SR density exponent α_ESD = 1 + 1/(2a) from a."""
-    return 1.0 + 1.0 / (2.0 * a)
-
-
-def a_from_alpha_esd(alpha: float) -> float:
-    """Inverse of ``alpha_esd``: a = 1 / (2(α_ESD − 1))."""
-    return 1.0 / (2.0 * (alpha - 1.0))
 
 
 def singular_values(eigenvalues: np.ndarray) -> np.ndarray:
@@ -280,21 +263,6 @@ def fit_gram(result: GramResult, *, storage_dtype: Any, centered: bool = True,
     return fit_spectrum(result.eigenvalues(centered), n_tokens=result.n, dim=result.dim,
                         rms=np.sqrt(result.column_mean_square), storage_dtype=storage_dtype,
                         centered=centered, window=window, min_ranks=min_ranks, with_mle=with_mle)
-
-
-def bootstrap_ci(block_stats: GramResult, rng: np.random.Generator, n_boot: int,
-                 fit_kwargs: dict[str, Any], level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of a_wls over block-bootstrap resamples, each refit with the same window rule.
-
-    ``fit_kwargs`` are ``fit_gram``'s keywords (storage_dtype, centered, window, min_ranks); N and
-    the rms come from each resample. Returns (NaN, NaN) if any resample has no fit, since
-    dropping those would bias the interval.
-    """
-    if not 0 < level < 1 or n_boot < 1:
-        raise ValueError(f"need 0 < level < 1 and n_boot ≥ 1, got level={level}, n_boot={n_boot}")
-    a = np.array([fit_gram(resample(block_stats, draw_blocks(block_stats, rng)), **fit_kwargs).a_wls
-                  for _ in range(n_boot)])
-    return percentile_ci(a, level)
 
 
 def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum
 from spinal.analyze.lens_pass import LensPartial, lens_pass, token_subsample
 from spinal.analyze.pool import Progress, run_tasks
 from spinal.analyze.spectrum import percentile_ci
-from spinal.analyze.transport import TransportStats
+from spinal.analyze.transport import summarize
 from spinal.config import AnalyzeConfig, parse_layers, parse_window
 from spinal.errors import InputError, StoreError
 from spinal.outputs import atomic_folder, check_output, check_whole
@@ -210,7 +210,7 @@ def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tup
             "entropy": lens.sums["entropy"][j] / nc, "kl_final": lens.sums["kl_final"][j] / nc,
         }
         if j < len(spectra) - 1:
-            stats = TransportStats().update(lens.steps_L[j]).result()
+            stats = summarize(lens.steps_L[j])
             row.update({"L_mean": stats.mean, "L_q05": stats.q05, "L_q25": stats.q25, "L_q50": stats.q50,
                         "L_q75": stats.q75, "L_q95": stats.q95,
                         "hellinger": lens.sums["hellinger"][j] / n, "js": lens.sums["js"][j] / nc})

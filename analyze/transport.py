@@ -1,7 +1,8 @@
 """Per-token distances between adjacent layers' logit-lens distributions, led by the Fisher–Rao step L (METHOD.md §3).
 
-Every function takes one chunk of log-probabilities (token, vocab), as torch tensors, and returns
+Every distance takes one chunk of log-probabilities (token, vocab), as torch tensors, and returns
 one value per token; callers chunk over tokens so no more than chunk × vocab is ever held.
+``summarize`` turns a layer's per-token values into the mean and quantiles the trace reports.
 """
 
 from __future__ import annotations
@@ -30,11 +31,6 @@ def _work(logp: torch.Tensor, logq: torch.Tensor | None = None) -> tuple[torch.T
     return logp.to(dtype), logq.to(dtype)
 
 
-def _sqrt_diff_norm(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """‖√p − √q‖₂ per token (token,), with √p = exp(½ log p): no cancellation in 1 − BC."""
-    return torch.linalg.vector_norm(torch.exp(0.5 * logp) - torch.exp(0.5 * logq), dim=-1)
-
-
 def fisher_rao(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """Fisher–Rao distance ``L = 2 arccos BC = 4 arcsin(‖√p − √q‖₂ / 2)`` per token, in [0, π].
 
@@ -42,27 +38,15 @@ def fisher_rao(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     returns exactly 0 below L ≈ 1e-3 (METHOD.md §3, "Stable formula").
     """
     logp, logq = _work(logp, logq)
-    return fisher_rao_from_chord(_sqrt_diff_norm(logp, logq))
+    # ‖√p − √q‖₂ per token (token,), with √p = exp(½ log p): no cancellation in 1 − BC
+    chord = torch.linalg.vector_norm(torch.exp(0.5 * logp) - torch.exp(0.5 * logq), dim=-1)
+    return fisher_rao_from_chord(chord)
 
 
 def fisher_rao_from_chord(chord: torch.Tensor) -> torch.Tensor:
     """``L = 4 arcsin(c / 2)`` per token from the chord ``c = ‖√p − √q‖₂``, in [0, π]."""
     half_chord = (chord / 2).clamp(0.0, 1.0)  # ≤ √2/2 if normalized; guards asin
     return (4 * torch.asin(half_chord)).clamp(0.0, math.pi)
-
-
-def fisher_rao_reference(p: torch.Tensor | np.ndarray, q: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Brute-force float64 ``2 arccos(Σ √(p q))`` per token, for tests; loses digits as L → 0 (2e-5 relative at 1e-5)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    bc = np.sqrt(p * q).sum(axis=-1)
-    return 2 * np.arccos(np.clip(bc, 0.0, 1.0))  # BC can exceed 1 by rounding
-
-
-def hellinger(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Hellinger distance ``‖√p − √q‖₂ / √2`` per token, in [0, 1]."""
-    logp, logq = _work(logp, logq)
-    return _sqrt_diff_norm(logp, logq) / math.sqrt(2.0)
 
 
 def kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -124,44 +108,13 @@ class TransportSummary:
     q95: float
 
 
-class TransportStats:
-    """Collects one per-token quantity chunk by chunk: ``update(values)``, ``merge``, ``result``.
-
-    Keeps the float32 values themselves (N floats per layer), so quantiles are exact and a
-    merge of shards equals one pass over their tokens in the same order.
-    """
-
-    def __init__(self) -> None:
-        self._chunks: list[np.ndarray] = []
-
-    @property
-    def count(self) -> int:
-        return sum(c.size for c in self._chunks)
-
-    def update(self, values: torch.Tensor | np.ndarray) -> TransportStats:
-        """Add one chunk's per-token values (token,)."""
-        if isinstance(values, torch.Tensor):
-            values = values.detach().to("cpu").numpy()
-        values = np.asarray(values)
-        if values.ndim != 1:
-            raise ValueError(f"expected per-token values (token,), got shape {values.shape}")
-        self._chunks.append(values.astype(np.float32, copy=True))  # float32: 4 bytes × N tokens per layer
-        return self
-
-    def merge(self, other: TransportStats) -> TransportStats:
-        """Append another collector's values after this one's."""
-        self._chunks.extend(c.copy() for c in other._chunks)
-        return self
-
-    def values(self) -> np.ndarray:
-        """All values so far, in update order (token,) float32."""
-        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
-
-    def result(self) -> TransportSummary:
-        """Mean and QUANTILE_LEVELS quantiles (linear interpolation); NaN when empty."""
-        v = self.values().astype(np.float64)
-        if v.size == 0:
-            return TransportSummary(0, *([math.nan] * (1 + len(QUANTILE_LEVELS))))
-        with np.errstate(invalid="ignore"):  # infinite KL values interpolate to inf or NaN, as they should
-            qs = np.quantile(v, QUANTILE_LEVELS)
-        return TransportSummary(int(v.size), float(v.mean()), *(float(q) for q in qs))
+def summarize(values: np.ndarray) -> TransportSummary:
+    """Mean and QUANTILE_LEVELS quantiles (linear interpolation) of per-token values (token,) in float64; NaN if empty."""
+    v = np.asarray(values, dtype=np.float64)  # float32 per-token values widen exactly
+    if v.ndim != 1:
+        raise ValueError(f"expected per-token values (token,), got shape {v.shape}")
+    if v.size == 0:
+        return TransportSummary(0, *([math.nan] * (1 + len(QUANTILE_LEVELS))))
+    with np.errstate(invalid="ignore"):  # infinite KL values interpolate to inf or NaN, as they should
+        qs = np.quantile(v, QUANTILE_LEVELS)
+    return TransportSummary(int(v.size), float(v.mean()), *(float(q) for q in qs))

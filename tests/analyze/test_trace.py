@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import write_jsonl
+from references import fisher_rao_reference
 from spinal.analyze.spectrum import fit_spectrum
 from spinal.analyze.trace import Trace, analyze
-from spinal.analyze.transport import fisher_rao_reference
 from spinal.capture import capture
 from spinal.config import AnalyzeConfig, CaptureConfig
 from spinal.errors import InputError, StoreError

@@ -10,16 +10,8 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as scipy_entropy
 
-from spinal.analyze.transport import (
-    QUANTILE_LEVELS,
-    TransportStats,
-    entropy,
-    fisher_rao,
-    fisher_rao_reference,
-    hellinger,
-    jensen_shannon,
-    kl,
-)
+from references import fisher_rao_reference, jensen_shannon_reference
+from spinal.analyze.transport import QUANTILE_LEVELS, entropy, fisher_rao, jensen_shannon, kl, summarize
 
 PI32 = torch.tensor(math.pi, dtype=torch.float32).item()  # float32 π, the top of the clamp
 
@@ -56,7 +48,6 @@ def test_disjoint_supports_are_pi_apart():
     q[:, 2:] = math.log(0.25)
     assert torch.allclose(fisher_rao(p, q), torch.full((3,), math.pi), rtol=1e-6, atol=0)
     assert torch.allclose(jensen_shannon(p, q), torch.full((3,), math.log(2)), rtol=1e-6)
-    assert torch.allclose(hellinger(p, q), torch.ones(3), rtol=1e-6)
 
 
 def test_stable_formula_equals_float64_arccos_where_that_is_accurate():
@@ -88,11 +79,11 @@ def test_tiny_steps_keep_precision_in_kl_and_jensen_shannon():
     p = torch.log_softmax(logits, -1).float()
     q = torch.log_softmax(logits + 1e-3 * nudge, -1).float()
     pd, qd = p.double(), q.double()
-    # float64 references on the same float32 inputs, each renormalized as scipy would.
+    # float64 references on the same float32 inputs: KL renormalized as scipy would (the kernel
+    # assumes both sum to 1), JS as written (its kernel sums the same per-entry terms).
     pn, qn = pd.exp() / pd.exp().sum(-1, keepdim=True), qd.exp() / qd.exp().sum(-1, keepdim=True)
     kl_ref = (pn * (pn.log() - qn.log())).sum(-1)
-    m = (pn + qn) / 2
-    js_ref = 0.5 * (pn * (pn.log() - m.log())).sum(-1) + 0.5 * (qn * (qn.log() - m.log())).sum(-1)
+    js_ref = torch.from_numpy(jensen_shannon_reference(pd.exp().numpy(), qd.exp().numpy()))
     assert ((kl_ref > 1e-7) & (kl_ref < 1e-6)).all()  # KL ≈ L²/4 at L ≈ 1e-3
     torch.testing.assert_close(kl(p, q).double(), kl_ref, rtol=1e-4, atol=0)
     torch.testing.assert_close(jensen_shannon(p, q).double(), js_ref, rtol=1e-4, atol=0)
@@ -107,8 +98,6 @@ def test_tiny_steps_keep_precision_in_kl_and_jensen_shannon():
 def test_companions_match_scipy_float64():
     p, q = _with_zeros(_logp(20), 21), _logp(22)
     pn, qn = p.double().exp().numpy(), q.double().exp().numpy()
-    np.testing.assert_allclose(hellinger(p, q).numpy(), np.linalg.norm(np.sqrt(pn) - np.sqrt(qn), axis=-1) / np.sqrt(2),
-                               rtol=1e-5)
     np.testing.assert_allclose(jensen_shannon(p, q).numpy(), jensenshannon(pn, qn, axis=-1) ** 2, rtol=1e-4)
     np.testing.assert_allclose(kl(p, q).numpy(), scipy_entropy(pn, qn, axis=-1), rtol=1e-4)
     np.testing.assert_allclose(entropy(p).numpy(), scipy_entropy(pn, axis=-1), rtol=1e-5)
@@ -126,23 +115,43 @@ def test_low_precision_inputs_are_upcast():
         fisher_rao(p, q[:, :10])
 
 
-def test_transport_stats_merge_equals_single_pass():
+def _swapped_pairs(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-entry rows p = (σ(u), σ(−u)) and q = (σ(−u), σ(u)) in float64 log space: |log q − log p| = u exactly."""
+    logp = torch.stack([-torch.nn.functional.softplus(-u), -torch.nn.functional.softplus(u)], -1)
+    return logp, logp.flip(-1)
+
+
+def test_jensen_shannon_equals_plain_float64_reference():
+    """The fast kernel's two branches and its cap at u = 150 give the textbook sum's values, wherever that is exact."""
+    u = torch.tensor([0.01, 0.5, 0.99, 1 - 1e-9, 1.0, 1 + 1e-9, 1.01, 2.0, 40.0, 149.0, 151.0, 300.0],
+                     dtype=torch.float64)  # around the u = 1 switch and past the cap
+    pairs = [_swapped_pairs(u), (_logp(40).double(), _logp(41).double()),
+             (_with_zeros(_logp(42), 43).double(), _logp(44).double()),  # mass where the other has none
+             (_logp(45, scale=30.0).double(), _logp(46, scale=30.0).double())]
+    near = _logp(47).double()
+    pairs.append((near, torch.log_softmax(near + 0.5 * _logp(48, scale=1.0).double(), -1)))  # JS ≈ 0.01
+    for p, q in pairs:
+        ref = jensen_shannon_reference(p.exp().numpy(), q.exp().numpy())
+        assert (ref > 1e-6).all()  # steps large enough for the plain sum to keep ~1e-12 relative
+        got64 = jensen_shannon(p, q)
+        assert got64.dtype == torch.float64
+        np.testing.assert_allclose(got64.numpy(), ref, rtol=1e-12)
+        p32, q32 = p.float(), q.float()
+        ref32 = jensen_shannon_reference(p32.double().exp().numpy(), q32.double().exp().numpy())
+        np.testing.assert_allclose(jensen_shannon(p32, q32).numpy(), ref32, rtol=2e-6)  # float32 arithmetic
+
+
+def test_summarize_equals_float64_mean_and_quantiles():
     rng = np.random.default_rng(0)
-    chunks = [rng.exponential(size=n).astype(np.float32) for n in (5, 100, 37, 1)]
-    single = TransportStats()
-    for c in chunks:
-        single.update(torch.from_numpy(c))
-    left, right = TransportStats(), TransportStats()
-    for c in chunks[:2]:
-        left.update(c)
-    for c in chunks[2:]:
-        right.update(c)
-    merged = left.merge(right).result()
-    assert merged == single.result()
-    everything = np.concatenate(chunks).astype(np.float64)
-    assert merged.count == everything.size
-    assert merged.mean == pytest.approx(everything.mean(), rel=1e-12)
-    quantiles = (merged.q05, merged.q25, merged.q50, merged.q75, merged.q95)
-    np.testing.assert_allclose(quantiles, np.quantile(everything, QUANTILE_LEVELS), rtol=1e-12)
-    empty = TransportStats().result()
-    assert empty.count == 0 and math.isnan(empty.mean)
+    values = rng.exponential(size=143).astype(np.float32)  # per-token L of one step, as lens_pass keeps it
+    got = summarize(values)
+    wide = values.astype(np.float64)
+    assert got.count == 143
+    assert got.mean == pytest.approx(wide.mean(), rel=1e-15)
+    quantiles = (got.q05, got.q25, got.q50, got.q75, got.q95)
+    np.testing.assert_allclose(quantiles, np.quantile(wide, QUANTILE_LEVELS), rtol=1e-15)
+    assert got.q05 < got.q50 < got.q95
+    empty = summarize(np.zeros(0, dtype=np.float32))
+    assert empty.count == 0 and math.isnan(empty.mean) and math.isnan(empty.q50)
+    with pytest.raises(ValueError, match="per-token"):
+        summarize(values.reshape(11, 13))
