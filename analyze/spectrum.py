@@ -7,15 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from spinal.analyze.moments import GramResult
+from spinal.dtypes import TABLE, canonical, half_ulp
 
-# Half an ulp relative to |h| for each storage dtype: round-to-nearest with a p-bit significand
-# errs by at most 2^-p·|h| (bf16 p = 8, fp16 11, fp32 24, fp64 53). METHOD.md §2, "Storage noise floor".
-HALF_ULP = {"bfloat16": 2.0**-8, "float16": 2.0**-11, "float32": 2.0**-24, "float64": 2.0**-53}
-_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
-                  "float": "float32", "fp64": "float64", "double": "float64"}
 
 # A ratio σ_k/σ_{k+1} above SPIKE_GAP marks σ_1..σ_k as spikes. An unbroken power law gives
 # (1 + 1/k)^a ≤ 2^a, i.e. ≤ 4 for any a ≤ 2 (the largest at k = 1); massive activations give
@@ -54,15 +49,9 @@ def singular_values(eigenvalues: np.ndarray) -> np.ndarray:
 
 def storage_name(storage_dtype: Any) -> str:
     """Canonical name ("bfloat16", "float16", "float32", "float64") of a dtype, dtype name or alias."""
-    if isinstance(storage_dtype, torch.dtype):
-        name = str(storage_dtype).removeprefix("torch.")
-    elif isinstance(storage_dtype, str):
-        name = storage_dtype.lower()
-    else:
-        name = np.dtype(storage_dtype).name
-    name = _DTYPE_ALIASES.get(name, name)
-    if name not in HALF_ULP:
-        raise ValueError(f"storage_dtype {storage_dtype!r} unknown; expected one of {sorted(HALF_ULP)}")
+    name = canonical(storage_dtype)
+    if name is None:
+        raise ValueError(f"storage_dtype {storage_dtype!r} unknown; expected one of {sorted(TABLE)}")
     return name
 
 
@@ -90,7 +79,7 @@ def noise_floor(sv: np.ndarray, n_tokens: int, dim: int, rms: float | np.ndarray
     if rms.size > 1:
         rms = np.sort(rms)[::-1][spikes:] if spikes < rms.size else rms
     rms_bulk = math.sqrt(float(np.mean(rms**2)))
-    std = HALF_ULP[storage_name(storage_dtype)] * rms_bulk / math.sqrt(3.0)
+    std = half_ulp(storage_dtype) * rms_bulk / math.sqrt(3.0)  # bf16 2^-8, fp16 2^-11, fp32 2^-24, fp64 2^-53
     storage = std * (math.sqrt(n_tokens) + math.sqrt(dim))
     solver = math.sqrt(math.sqrt(dim) * np.finfo(np.float64).eps) * (float(sv[0]) if len(sv) else 0.0)
     return max(storage, solver)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
+from spinal.blocks import block_index, numbered_prefixes, pick
 from spinal.errors import InputError
 
-# Block index in parameter names across families: model.layers.7., transformer.h.7., gpt_neox.layers.7., blocks.7.
-_BLOCK = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 
 
 def _tensor_index(folder: Path) -> dict[str, Path]:
@@ -35,14 +33,16 @@ def block_sq_change(a: str | Path, b: str | Path, n_blocks: int) -> np.ndarray:
     if set(ia) != set(ib):
         diff = sorted(set(ia) ^ set(ib))[:3]
         raise InputError(f"{a} and {b} hold different tensors (e.g. {diff}); not checkpoints of one model")
+    prefix = pick(numbered_prefixes(sorted(ia)), n_blocks)  # the block-list rule, on tensor names
+    if prefix is None:
+        counts = sorted({n for _, n in numbered_prefixes(ia)}) or [0]
+        raise InputError(f"{a}: no tensors of {n_blocks} numbered blocks (e.g. model.layers.<i>.…) in its safetensors "
+                         f"(numbered groups found: {counts}); not a checkpoint of the traced model")
     out = np.zeros(n_blocks)
     for name in sorted(ia):
-        m = _BLOCK.search("." + name)
-        if not m:
+        blk = block_index(name, prefix)
+        if blk is None:
             continue  # embeddings, final norm, head: not a block
-        blk = int(m.group(1))
-        if blk >= n_blocks:
-            raise InputError(f"{name} names block {blk + 1}, but the model has {n_blocks} blocks")
         with safe_open(str(ia[name]), framework="pt") as fa, safe_open(str(ib[name]), framework="pt") as fb:
             ta, tb = fa.get_tensor(name).double(), fb.get_tensor(name).double()  # float64: exact squares of bf16 deltas
         if ta.shape != tb.shape:

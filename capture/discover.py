@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from spinal.blocks import pick
+from spinal.dtypes import CAPTURED, canonical
 from spinal.errors import ModelError
 from spinal.lens import Lens, LensSpec
 from spinal.store import encode
@@ -44,24 +46,28 @@ def text_config(model: nn.Module):
     return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
-def discover(model: nn.Module) -> Anatomy:
-    arch = type(model).__name__
+def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(name in ``model``, blocks): the shallowest nn.ModuleList of num_hidden_layers modules under the base
+    model (spinal/blocks.py's rule)."""
     cfg = text_config(model)
     n_blocks = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
     base = getattr(model, "base_model", model)
-    lists = [
-        (name, m) for name, m in base.named_modules()
-        if isinstance(m, nn.ModuleList) and len(m) > 0 and (n_blocks is None or len(m) == n_blocks)
-    ]
-    # The block list is the shallowest matching ModuleList (nested ones are e.g. experts).
-    lists.sort(key=lambda nm: nm[0].count("."))
-    if not lists:
+    lists = {name: m for name, m in base.named_modules() if isinstance(m, nn.ModuleList)}
+    name = pick(((n, len(m)) for n, m in lists.items()), n_blocks)
+    if name is None:
         raise ModelError(
-            f"{arch}: no decoder block list found (looked for an nn.ModuleList of "
+            f"{type(model).__name__}: no decoder block list found (looked for an nn.ModuleList of "
             f"num_hidden_layers={n_blocks} modules under {type(base).__name__})"
         )
-    blocks_name, blocks = lists[0]
-    norm = _find_norm(base, blocks_name)
+    prefix = next((n for n, m in model.named_modules() if m is base), "")
+    return (f"{prefix}.{name}" if prefix else name), lists[name]
+
+
+def discover(model: nn.Module) -> Anatomy:
+    arch = type(model).__name__
+    cfg = text_config(model)
+    blocks_name, blocks = block_list(model)
+    norm = _find_norm(model, blocks_name)
     if norm is None:
         raise ModelError(
             f"{arch}: no final norm found beside '{blocks_name}' (looked for attributes {list(_NORM_NAMES)})"
@@ -73,10 +79,11 @@ def discover(model: nn.Module) -> Anatomy:
     return Anatomy(arch, blocks, norm, unembed, spec)
 
 
-def _find_norm(base: nn.Module, blocks_name: str) -> nn.Module | None:
+def _find_norm(model: nn.Module, blocks_name: str) -> nn.Module | None:
+    """The final norm: an attribute of the block list's parent (or of the base model)."""
     parent_name = blocks_name.rsplit(".", 1)[0] if "." in blocks_name else ""
-    parent = base.get_submodule(parent_name) if parent_name else base
-    for holder in (parent, base):
+    parent = model.get_submodule(parent_name) if parent_name else model
+    for holder in (parent, getattr(model, "base_model", model)):
         for name in _NORM_NAMES:
             m = getattr(holder, name, None)
             if isinstance(m, nn.Module):
@@ -154,7 +161,8 @@ def lens_arrays(anatomy: Anatomy) -> dict[str, tuple[np.ndarray, str]]:
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    names = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-    if dtype not in names:
-        raise ModelError(f"dtype {dtype} is not supported for lossless storage; use float32, bfloat16 or float16")
-    return names[dtype]
+    """The stored name of a parameter or activation dtype; refused unless it is one stores hold."""
+    name = canonical(dtype)
+    if name not in CAPTURED:
+        raise ModelError(f"dtype {dtype} is not supported for lossless storage; use {', '.join(CAPTURED)}")
+    return name

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import torch
 
+from spinal.checkpoint import fingerprint
+from spinal.dtypes import torch_dtype
 from spinal.errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
-
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 @dataclass(frozen=True)
 class Loaded:
@@ -80,21 +79,6 @@ def check_checkpoint(path: str, *, allow_pickle: bool, trust_remote_code: bool) 
     return p
 
 
-def fingerprint(folder: Path | None) -> str | None:
-    """A cheap content hash of the weights: each safetensors header, size and three 1 MiB samples."""
-    if folder is None:
-        return None
-    h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")):
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with f.open("rb") as fh:
-            for off in (0, max(0, size // 2 - (1 << 19)), max(0, size - (1 << 20))):
-                fh.seek(off)
-                h.update(fh.read(1 << 20))
-    return "sha256-sampled:" + h.hexdigest()
-
-
 def load(
     path: str,
     *,
@@ -112,7 +96,7 @@ def load(
     if device_map is None:
         device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
     kwargs = dict(
-        dtype=_TORCH_DTYPES.get(dtype, "auto"),
+        dtype="auto" if dtype == "auto" else torch_dtype(dtype),
         device_map=device_map,
         trust_remote_code=trust_remote_code,
     )

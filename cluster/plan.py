@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from spinal.cluster.presets import (MetaModel, ModelFacts, block_list, build_meta_model, model_facts, resolve_config,
-                                   text_config)
+from spinal.capture.discover import block_list, text_config
+from spinal.cluster.presets import MetaModel, ModelFacts, build_meta_model, model_facts, resolve_config
 from spinal.config import DTYPES, AnalyzeConfig, CaptureConfig, parse_layers
 from spinal.errors import InputError
 from spinal.store import chunk_sizes, storage_dtype

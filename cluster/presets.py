@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from spinal.capture.discover import block_list, text_config
+from spinal.dtypes import CAPTURED, torch_dtype
 from spinal.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,6 @@ ALIASES = {
     "qwen2.5-72b": "Qwen/Qwen2.5-72B",
     "mistral-7b": "mistralai/Mistral-7B-v0.1",
 }
-
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 @dataclass(frozen=True)
 class MetaModel:
@@ -113,7 +111,7 @@ def resolve_config(model: str) -> tuple[str, str, dict]:
 def config_dtype(cfg: dict) -> str:
     """The dtype a config says its weights are stored in (float32 when it says nothing, as transformers does)."""
     d = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
-    return d if d in _TORCH_DTYPES else "float32"
+    return d if d in CAPTURED else "float32"
 
 
 def build_meta_model(model: str, dtype: str = "auto") -> MetaModel:
@@ -123,13 +121,13 @@ def build_meta_model(model: str, dtype: str = "auto") -> MetaModel:
 
     name, source, cfg = resolve_config(model)
     real = config_dtype(cfg) if dtype == "auto" else dtype
-    if real not in _TORCH_DTYPES:
-        raise InputError(f"dtype={dtype!r}; choose one of auto, {', '.join(_TORCH_DTYPES)}")
+    if real not in CAPTURED:
+        raise InputError(f"dtype={dtype!r}; choose one of auto, {', '.join(CAPTURED)}")
     kw = {k: v for k, v in cfg.items() if k not in ("model_type", "torch_dtype", "dtype", "transformers_version")}
     try:
         hf_cfg = AutoConfig.for_model(cfg["model_type"], **kw)
         with init_empty_weights():
-            net = AutoModelForCausalLM.from_config(hf_cfg, dtype=_TORCH_DTYPES[real])
+            net = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch_dtype(real))
         # init_empty_weights re-registers every parameter, which leaves tied embeddings untied (two
         # copies: the map would place lm_head apart from the embedding and count it twice). Tie them
         # again as a real load does.
@@ -155,21 +153,6 @@ class ModelFacts:
     params: int  # unique parameters
     compute_params: int  # without input embedding and lm_head: the base model's matmul weights
     weight_bytes: int  # parameters and buffers as accelerate counts them
-
-
-def text_config(model: nn.Module):
-    """The language model's config (multimodal configs nest it)."""
-    cfg = model.config
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-
-
-def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(name, blocks): the shallowest ModuleList of num_hidden_layers modules, as capture/discover.py finds it."""
-    n = getattr(text_config(model), "num_hidden_layers", None)
-    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
-    if not lists:
-        raise InputError(f"{type(model).__name__}: no list of num_hidden_layers={n} decoder blocks found")
-    return min(lists, key=lambda nm: nm[0].count("."))
 
 
 def model_facts(meta: MetaModel) -> ModelFacts:

@@ -7,11 +7,12 @@ import re
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from spinal.dtypes import CAPTURED
 from spinal.errors import InputError
 from spinal.fields import from_dict, option
 
 POSITION_RULES = ("all-but-first", "all", "last:K", "response")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", *CAPTURED)
 
 
 @dataclass(frozen=True)

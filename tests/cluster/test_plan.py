@@ -9,7 +9,8 @@ import re
 import pytest
 
 from spinal.cluster.plan import TABLE_BYTES_PER_TOKEN, PlanConfig, plan
-from spinal.cluster.presets import ALIASES, PRESETS, block_list, build_meta_model
+from spinal.capture.discover import block_list
+from spinal.cluster.presets import ALIASES, PRESETS, build_meta_model
 from spinal.errors import InputError
 
 GIB = 1 << 30
