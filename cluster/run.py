@@ -180,7 +180,7 @@ def _stages(cfg: RunConfig, out: Path, progress: Progress | None, cluster, servi
                              null_splits=cfg.compare.get("null_splits", 32), grad=grad)
         n_cross = cfg.compare.get("cross_readout_tokens", 20000)
         if n_cross:
-            from spinal.analyze.compare import with_cross_readout
+            from spinal.analyze.comparison import with_cross_readout
             from spinal.analyze.cross_readout import cross_readout
 
             ref_store = str(out / "stores" / f"{cfg.checkpoints[0].label}.zarr")

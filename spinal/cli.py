@@ -285,7 +285,8 @@ def compare(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing comparison folder"),
 ) -> None:
     """Compare checkpoints on the identical token stream: Δa and ΔL per layer with paired CIs (Holm), onset, localization."""
-    from spinal.analyze.compare import check_stores, check_weights, compare as run_compare
+    from spinal.analyze.compare import compare as run_compare
+    from spinal.analyze.comparison import check_stores, check_weights
     from spinal.analyze.trace import Trace
     from spinal.analyze.weights import block_sq_change
     from spinal.outputs import check_output
@@ -304,7 +305,7 @@ def compare(
         grad = [None] + [block_sq_change(weights[0], w, n_blocks) for w in weights[1:]]
     result = run_compare(loaded, seed=seed, n_boot=n_boot, grad=grad)
     if stores:
-        from spinal.analyze.compare import with_cross_readout
+        from spinal.analyze.comparison import with_cross_readout
         from spinal.analyze.cross_readout import cross_readout
 
         frames = {t.label: cross_readout(stores[0], s, lens_tokens=cross_tokens, seed=seed)
@@ -363,7 +364,7 @@ def report(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing report folder (only a SPINAL one)"),
 ) -> None:
     """Write PNG plots and one self-contained HTML report (opens offline) from traces and a comparison."""
-    from spinal.analyze.compare import Comparison
+    from spinal.analyze.comparison import Comparison
     from spinal.analyze.report import write_report
     from spinal.analyze.trace import Trace
 
