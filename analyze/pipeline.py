@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from spinal.analyze.compare import Comparison, check_stores, check_weights, compare, with_cross_readout
+from spinal.analyze.compare import compare
+from spinal.analyze.comparison import Comparison, check_stores, check_weights, with_cross_readout
 from spinal.analyze.trace import Trace
 from spinal.config import CompareConfig
 from spinal.errors import InputError

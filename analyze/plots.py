@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from spinal.analyze.compare import Comparison
+from spinal.analyze.comparison import Comparison
 from spinal.analyze.trace import Trace
 from spinal.errors import InputError
 

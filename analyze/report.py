@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from spinal.analyze import plots
-from spinal.analyze.compare import DEFINITIONS, Comparison
+from spinal.analyze.comparison import DEFINITIONS, Comparison
 from spinal.analyze.trace import Trace
 from spinal.errors import InputError
 from spinal.outputs import atomic_folder, check_output

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from spinal.cli_options import config_options
+from spinal.cluster.plan_config import PlanConfig
 from spinal.config import AnalyzeConfig, CaptureConfig, CompareConfig
 from spinal.errors import SpinalError
 from spinal.terminal import Bar, StageBars, cli_errors, err, out, setup_logging
@@ -231,7 +232,7 @@ def report(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing report folder (only a SPINAL one)"),
 ) -> None:
     """Write PNG plots and one self-contained HTML report (opens offline) from traces and a comparison."""
-    from spinal.analyze.compare import Comparison
+    from spinal.analyze.comparison import Comparison
     from spinal.analyze.report import write_report
     from spinal.analyze.trace import Trace
 
@@ -246,30 +247,20 @@ def report(
 
 @app.command()
 @cli_errors
+@config_options(PlanConfig, arguments={"model": ...})
 def plan(
-    model: str = typer.Argument(..., help="preset (llama-3-8b, llama-3-70b, qwen2.5-72b, mistral-7b) or a local "
-                                          "config.json / checkpoint folder; no weights are read"),
-    gpus_per_node: int = typer.Option(8, help="GPUs in each node (a replica never spans nodes)"),
-    gpu_memory_gib: float = typer.Option(80.0, help="memory of one GPU, GiB"),
-    nodes: int = typer.Option(1, help="nodes with GPUs"),
-    tokens: int = typer.Option(512 * 512, help="stored tokens per checkpoint (prompts × tokens per prompt)"),
-    dtype: str = typer.Option("bfloat16", help="weights and activations dtype"),
-    layers: str = typer.Option("all", help="stored layers, capture's syntax"),
-    gpus_per_replica: Optional[int] = typer.Option(None, help="force the GPUs per replica (default: the fewest that fit)"),
-    allow_offload: bool = typer.Option(False, "--allow-offload", help="plan a replica that spills to CPU/disk"),
+    options: dict,
     assume: Optional[list[str]] = typer.Option(
-        None, "--set", help="override any other PlanConfig field, e.g. --set gpu_tflops=312 --set mfu=0.35 "
-                            "(the throughput assumptions are printed with the plan)"),
+        None, "--set", help="override an assumption (the PlanConfig fields printed with the plan), e.g. "
+                            "--set gpu_tflops=312 --set mfu=0.35"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Size a capture before paying for it: GPUs per replica, device maps, store size, capture and analysis time."""
-    from spinal.cluster.plan import PlanConfig, plan as make_plan
-    from spinal.fields import from_dict, settings
+    from spinal.cluster.plan import plan as make_plan
+    from spinal.fields import settings
 
-    values = dict(model=model, gpus_per_node=gpus_per_node, gpu_memory_gib=gpu_memory_gib, nodes=nodes,
-                  tokens=tokens, dtype=dtype, layers=layers, gpus_per_replica=gpus_per_replica,
-                  allow_offload=allow_offload, **settings(PlanConfig, assume or [], "--set"))
-    result = make_plan(from_dict(PlanConfig, values, where="spinal plan"))
+    values = {**options, **settings(PlanConfig, assume or [], "--set")}
+    result = make_plan(PlanConfig(**values))
     if as_json:
         out.print_json(json.dumps(result.to_dict(), default=str))
     else:

@@ -13,10 +13,10 @@ T = TypeVar("T")
 
 
 def option(help: str, default: Any = dataclasses.MISSING, *, flag: str | None = None, short: str | None = None,
-           cli: bool = True, **kw: Any) -> Any:
+           cli: bool = True, extra: dict | None = None, **kw: Any) -> Any:
     """A documented config field: ``help`` is the CLI help and the TOML documentation; ``flag``/``short``
-    rename its CLI option (default ``--field-name``); ``cli=False`` keeps it TOML-only."""
-    meta = {"help": help, "flag": flag, "short": short, "cli": cli}
+    rename its CLI option (default ``--field-name``); ``cli=False`` keeps it TOML-only; ``extra``: more metadata."""
+    meta = {"help": help, "flag": flag, "short": short, "cli": cli, **(extra or {})}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta, **kw)
     return dataclasses.field(default=default, metadata=meta, **kw)
@@ -123,7 +123,7 @@ def parse_text(text: str, tp: Any, name: str) -> Any:
             return tp(text)
         except ValueError:
             raise InputError(f"{name}={text}: expected {'an integer' if tp is int else 'a number'} "
-                             f"for {name} ({type_name(tp)})") from None
+                             f"({type_name(tp)})") from None
     return text
 
 

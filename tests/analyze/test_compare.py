@@ -8,7 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import save_checkpoint, write_jsonl
-from spinal.analyze.compare import Comparison, compare, holm, terminal_layers
+from spinal.analyze.aggregates import terminal_layers
+from spinal.analyze.compare import compare, holm
+from spinal.analyze.comparison import Comparison
 from spinal.analyze.trace import Trace, analyze
 from spinal.analyze.weights import block_sq_change
 from spinal.capture import capture

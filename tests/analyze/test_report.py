@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from spinal.analyze import plots
-from spinal.analyze.compare import DEFINITIONS, Comparison, PairComparison, compare
+from spinal.analyze.compare import compare
+from spinal.analyze.comparison import DEFINITIONS, Comparison, PairComparison
 from spinal.analyze.report import OPERATIONAL, write_report
 from spinal.analyze.trace import Trace
 

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from spinal.cluster.plan import TABLE_BYTES_PER_TOKEN, PlanConfig, plan
+from spinal.cluster.plan import PlanConfig, plan
+from spinal.cluster.plan_cost import TABLE_BYTES_PER_TOKEN
 from spinal.capture.discover import block_list
 from spinal.cluster.presets import ALIASES, PRESETS, build_meta_model
 from spinal.errors import InputError

@@ -1,0 +1,94 @@
+"""What `spinal plan` plans: a model, the GPUs at hand, the capture size and the throughput assumptions (PlanConfig)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from spinal.config import DTYPES, AnalyzeConfig, CaptureConfig, parse_layers
+from spinal.errors import InputError
+from spinal.fields import option
+
+GIB = 1 << 30  # the unit of the *_gib fields
+
+
+def _default(cls: type, name: str) -> Any:
+    """One default in one place: the planner's batch, seq_len and bootstrap sizes are capture's and analyze's."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _opt(text: str, default: Any, assumption: bool = False) -> Any:
+    """A plan field; an assumption is set with ``spinal plan --set KEY=VALUE`` (and printed with the plan),
+    the others are the verb's own options."""
+    return option(text, default, cli=not assumption, extra={"assumption": assumption})
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """What to plan: a model, the GPUs at hand, the capture size and the throughput assumptions."""
+
+    model: str = option("preset (llama-3-8b, llama-3-70b, qwen2.5-72b, mistral-7b, or its hub id) or a local "
+                        "config.json / checkpoint folder; no weights are read")
+    dtype: str = _opt("weights and activations dtype: bfloat16, float16, float32, or auto (the config's)", "bfloat16")
+    gpus_per_node: int = _opt("GPUs in each node (a replica never spans nodes)", 8)
+    gpu_memory_gib: float = _opt("memory of one GPU in GiB (total, as torch.cuda.mem_get_info reports it)", 80.0)
+    nodes: int = _opt("nodes with GPUs", 1)
+    tokens: int = _opt("stored tokens to capture per checkpoint (prompts × stored tokens per prompt)", 512 * 512)
+    layers: str = _opt("stored layers: 'all' (embedding output + every block) or capture's list syntax '0,4,8-12'",
+                       "all")
+    gpus_per_replica: int | None = _opt("GPUs per model replica (unset: the smallest count the weights fit on)", None)
+    allow_offload: bool = _opt("plan a replica whose weights spill to CPU/disk when no node holds them on GPUs",
+                               False)
+    offload_cpu_gib: float = _opt("host RAM per replica for offloaded weights (with allow_offload; the rest: disk)",
+                                  0.0)
+    headroom_gib: float = _opt("fixed reserve per GPU besides activations: CUDA context, cuBLAS workspace, "
+                               "allocator slack", 2.0, True)
+    batch_size: int = _opt("sequences per forward pass (sets the activation reserve)", _default(CaptureConfig,
+                           "batch_size"), True)
+    seq_len: int = _opt("tokens per sequence (activation reserve and attention FLOPs)",
+                        _default(CaptureConfig, "max_length"), True)
+    unit_tokens: int = _opt("stored tokens per work unit; more replicas than units sit idle",
+                            _default(CaptureConfig, "unit_tokens"), True)
+    gpu_tflops: float = _opt("peak dense TFLOP/s of one GPU in the compute dtype (default: H100 SXM bf16; "
+                             "A100: 312; float32 on an H100: 67)", 989.0, True)
+    mfu: float = _opt("fraction of gpu_tflops a forward pass reaches", 0.4, True)
+    store_write_gib_s: float = _opt("GiB/s one replica compresses and writes to the store", 1.0, True)
+    weight_read_gib_s: float = _opt("GiB/s one replica reads its safetensors at load (and disk-offloaded weights)",
+                                    2.0, True)
+    host_link_gib_s: float = _opt("GiB/s host→GPU for CPU-offloaded weights, streamed every forward pass", 20.0,
+                                  True)
+    cpu_cores: int = _opt("CPU cores for the analysis (all nodes together)", 64, True)
+    cpu_gflops_f64: float = _opt("GFLOP/s per core, float64 matrix product (the Gram pass)", 30.0, True)
+    cpu_gflops_eigh: float = _opt("GFLOP/s per core in LAPACK eigvalsh, counted as 4/3·d³ per call "
+                                  "(memory-bound: ~4 on one idle EPYC core at d=4096, less with all cores busy)",
+                                  3.0, True)
+    cpu_gflops_f32: float = _opt("GFLOP/s per core, float32 matrix product (the logit lens)", 40.0, True)
+    lens_tokens: int = _opt("tokens of the transport (lens) pass; 0 = all", _default(AnalyzeConfig, "lens_tokens"),
+                            True)
+    n_boot: int = _opt("bootstrap resamples per layer (one eigvalsh each)", _default(AnalyzeConfig, "n_boot"), True)
+    null_splits: int = _opt("split-halves per layer (two eigvalsh each)", _default(AnalyzeConfig, "null_splits"),
+                            True)
+    blocks: int = _opt("bootstrap blocks (one d×d float64 scatter each in memory)", _default(AnalyzeConfig, "blocks"),
+                       True)
+
+    def __post_init__(self) -> None:
+        for name in ("gpus_per_node", "nodes", "tokens", "batch_size", "seq_len", "unit_tokens", "cpu_cores",
+                     "blocks"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 1")
+        for name in ("lens_tokens", "n_boot", "null_splits", "headroom_gib", "offload_cpu_gib"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
+        for name in ("gpu_memory_gib", "gpu_tflops", "store_write_gib_s", "weight_read_gib_s", "host_link_gib_s",
+                     "cpu_gflops_f64", "cpu_gflops_eigh", "cpu_gflops_f32"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name}={getattr(self, name)}; must be > 0")
+        if not 0 < self.mfu <= 1:
+            raise InputError(f"mfu={self.mfu}; must be in (0, 1]")
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype={self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.gpus_per_replica is not None and not 1 <= self.gpus_per_replica <= self.gpus_per_node:
+            raise InputError(f"gpus_per_replica={self.gpus_per_replica}; must be 1–{self.gpus_per_node} "
+                             f"(gpus_per_node): a replica never spans nodes")
+        parse_layers(self.layers, None)

@@ -1,0 +1,151 @@
+"""The cost model of a plan: raw store bytes, capture throughput and time, the analysis' CPU FLOPs and time.
+
+Sizes follow spinal/store.py; times follow the throughput assumptions in ``PlanConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from spinal.cluster.plan_config import GIB, PlanConfig
+from spinal.cluster.plan_placement import Placement
+from spinal.capture.discover import text_config
+from spinal.cluster.presets import MetaModel, ModelFacts
+from spinal.config import parse_layers
+from spinal.store import chunk_sizes, storage_dtype
+
+TABLE_BYTES_PER_TOKEN = 3 * 4  # tokens/ids, tokens/sequence, tokens/position: int32 each (spinal/store.py)
+
+
+@dataclass(frozen=True)
+class StoreSize:
+    layers: int
+    hidden_bytes_per_token: int  # layers × hidden × itemsize
+    table_bytes_per_token: int
+    bytes_per_token: int
+    tokens: int
+    total_bytes: int  # raw, before zstd; padding to whole shards excluded
+    lens_bytes: int  # unembedding (vocab × hidden) + final norm weight (hidden)
+    t_chunk: int
+    t_shard: int
+    units: int  # ≈ ceil(tokens / unit_tokens): units hold whole sequences
+
+
+@dataclass(frozen=True)
+class CaptureTime:
+    flops_per_token: float
+    compute_tokens_s: float  # per replica
+    write_tokens_s: float  # per replica
+    offload_tokens_s: float | None  # per replica, when weights are streamed from CPU/disk
+    tokens_s: float  # per replica: the slowest of the above
+    bound: str
+    active_replicas: int
+    load_s: float
+    run_s: float
+    total_s: float
+    gpu_hours: float
+
+
+@dataclass(frozen=True)
+class AnalysisCost:
+    gram_flops: float
+    eigh_calls: int  # per layer
+    eigh_flops: float
+    lens_tokens: int
+    lens_flops: float
+    gram_s: float
+    eigh_s: float
+    lens_s: float
+    total_s: float
+    task_memory_gib: float  # one (checkpoint, layer) task's float64 scatters
+
+
+
+def store_size(cfg: PlanConfig, facts: ModelFacts) -> StoreSize:
+    """Raw bytes of one checkpoint's store: ``hidden`` (layer, token, dim) in storage dtype plus token tables."""
+    itemsize = np.dtype(storage_dtype(facts.dtype)).itemsize  # bfloat16 is stored as uint16: 2 bytes
+    n_layers = len(parse_layers(cfg.layers, facts.blocks + 1))
+    hidden = n_layers * facts.hidden * itemsize
+    per_token = hidden + TABLE_BYTES_PER_TOKEN
+    t_chunk, t_shard = chunk_sizes(facts.hidden, itemsize, cfg.unit_tokens)
+    return StoreSize(
+        layers=n_layers, hidden_bytes_per_token=hidden, table_bytes_per_token=TABLE_BYTES_PER_TOKEN,
+        bytes_per_token=per_token, tokens=cfg.tokens, total_bytes=cfg.tokens * per_token,
+        lens_bytes=(facts.vocab + 1) * facts.hidden * itemsize, t_chunk=t_chunk, t_shard=t_shard,
+        units=-(-cfg.tokens // cfg.unit_tokens),
+    )
+
+
+def forward_flops_per_token(model: nn.Module, compute_params: int, seq_len: int) -> float:
+    """2 × the base model's matmul weights, plus attention scores and values (2 × 2·seq·heads·head_dim per block).
+
+    No lm_head: capture runs ``model.base_model`` only. Attention is counted at full seq_len
+    (an upper bound for causal masks).
+    """
+    cfg = text_config(model)
+    heads = int(cfg.num_attention_heads)
+    hd = int(getattr(cfg, "head_dim", None) or int(cfg.hidden_size) // heads)
+    return 2.0 * compute_params + 4.0 * int(cfg.num_hidden_layers) * seq_len * heads * hd
+
+
+def capture_time(cfg: PlanConfig, meta: MetaModel, facts: ModelFacts, p: Placement, s: StoreSize) -> CaptureTime:
+    """Tokens/s per replica = the slowest of compute, store writes and (if any) offload streaming.
+
+    A replica's GPUs run its blocks one after another (accelerate's device map is a pipeline
+    without overlap), so k GPUs per replica compute at one GPU's rate, not k.
+    """
+    from accelerate.utils import compute_module_sizes
+
+    flops = forward_flops_per_token(meta.model, facts.compute_params, cfg.seq_len)
+    rates = {
+        "GPU compute": cfg.gpu_tflops * 1e12 * cfg.mfu / flops,
+        "store writes": cfg.store_write_gib_s * GIB / s.bytes_per_token,
+    }
+    offload = None
+    if p.offloaded:
+        sizes = {v: 0 for v in ("cpu", "disk")}
+        ms = compute_module_sizes(meta.model)
+        for k, v in p.device_map.items():
+            if v in sizes:
+                sizes[v] += ms[k]
+        per_batch_s = sizes["cpu"] / (cfg.host_link_gib_s * GIB) + sizes["disk"] / (cfg.weight_read_gib_s * GIB)
+        offload = rates["offload streaming"] = cfg.batch_size * cfg.seq_len / per_batch_s
+    bound = min(rates, key=rates.get)
+    rate = rates[bound]
+    active = max(1, min(p.replicas, s.units))
+    load_s = facts.weight_bytes / (cfg.weight_read_gib_s * GIB)
+    run_s = cfg.tokens / (active * rate)
+    total = load_s + run_s
+    return CaptureTime(
+        flops_per_token=flops, compute_tokens_s=rates["GPU compute"], write_tokens_s=rates["store writes"],
+        offload_tokens_s=offload, tokens_s=rate, bound=bound, active_replicas=active, load_s=load_s, run_s=run_s,
+        total_s=total, gpu_hours=total * p.replicas * p.gpus_per_replica / 3600,
+    )
+
+
+def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisCost:
+    """CPU cost of one checkpoint's trace (METHOD.md §2–3), per stored layer:
+
+    - Gram: N·d² float64 (SYRK: the upper triangle only, analyze/gram.py), or 2·N²·d below d
+      tokens, where the rows' N×N Gram is used instead;
+    - eigvalsh: 4/3·r³ each (r = min(N, d)), for the centered and raw fits, every bootstrap resample and
+      both halves of every null split;
+    - lens: 2·T·d·V float32 for the T transport tokens (log-softmax and distances are O(T·V)).
+    """
+    n, d, layers = cfg.tokens, facts.hidden, s.layers
+    r = min(n, d)
+    gram = layers * (float(n) * d * d if n >= d else 2.0 * n * n * d)
+    calls = 2 + cfg.n_boot + 2 * cfg.null_splits
+    eigh = layers * calls * (4 / 3) * float(r) ** 3
+    t = n if cfg.lens_tokens == 0 else min(cfg.lens_tokens, n)
+    lens = layers * 2.0 * t * d * facts.vocab
+    cores = cfg.cpu_cores
+    gram_s, eigh_s = gram / (cores * cfg.cpu_gflops_f64 * 1e9), eigh / (cores * cfg.cpu_gflops_eigh * 1e9)
+    lens_s = lens / (cores * cfg.cpu_gflops_f32 * 1e9)
+    # blocks per-block scatters + the merged total + one scratch product, d×d float64 each (analyze/gram.py)
+    task_mem = (cfg.blocks + 2) * r * r * 8 / GIB
+    return AnalysisCost(gram, calls, eigh, t, lens, gram_s, eigh_s, lens_s, gram_s + eigh_s + lens_s,
+                        round(task_mem, 3))
