@@ -202,4 +202,4 @@ def test_report_refuses_a_comparison_of_other_traces(world, tmp_path):
 
 def test_compare_n_boot_zero_is_one_line(world, tmp_path):
     d = world["dir"]
-    assert_refused(cli("compare", d / "ta", d / "tb", "-o", tmp_path / "c", "--n-boot", "0"), "--n-boot")
+    assert_refused(cli("compare", d / "ta", d / "tb", "-o", tmp_path / "c", "--n-boot", "0"), "n_boot=0", "≥ 1 resample")
