@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from spinal.analyze import seeds
 from spinal.analyze.aggregates import pair_aggregates, steps_into, terminal_layers, training_series
 from spinal.analyze.comparison import Comparison, PairComparison
 from spinal.analyze.trace import Trace
@@ -85,7 +86,7 @@ def _paired_table(a: Trace, b: Trace, term, seed, n_boot, null_splits
     d_a = b.table["a"].to_numpy() - a.table["a"].to_numpy()
     rep_a = b.boot - a.boot  # (layer, n_boot): replicate b drew the same blocks in both (same seed)
     lo_a, hi_a, p_a = _ci_p(rep_a, d_a)
-    rng = np.random.default_rng([seed, 7])
+    rng = seeds.rng(seed, seeds.Purpose.COMPARE)
     diff_seq = b.seq_L - a.seq_L  # (sequence, step) paired by sequence
     ok = np.isfinite(diff_seq).all(axis=1)
     diff_seq = diff_seq[ok]

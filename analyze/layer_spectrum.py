@@ -9,6 +9,7 @@ import numpy as np
 
 from spinal.analyze.gram import GramAccumulator
 from spinal.analyze.moments import GramResult, draw_blocks, resample
+from spinal.analyze.seeds import Purpose, rng
 from spinal.analyze.spectrum import SpectrumFit, fit_gram, singular_values
 from spinal.store import Store
 
@@ -22,11 +23,6 @@ class LayerSpectrum:
     boot: np.ndarray  # (n_boot,) a_wls of block-bootstrap resamples, centered
     null_diffs: np.ndarray  # (null_splits,) a(half 1) − a(half 2)
     sv: np.ndarray  # centered singular values, descending (for plots)
-
-
-def seeded_rng(seed: int, purpose: int) -> np.random.Generator:
-    """The same draws for every layer and every checkpoint: replicate b of A pairs with replicate b of B."""
-    return np.random.default_rng([seed, purpose])
 
 
 def accumulate(store: Store, layer: int, blocks: int) -> GramResult:
@@ -73,6 +69,6 @@ def layer_spectrum(store_path: str, layer: int, *, blocks: int, n_boot: int, nul
     kw = dict(storage_dtype=store.dtype, window=window)
     centered = fit_gram(res, centered=True, **kw)
     raw = fit_gram(res, centered=False, **kw)
-    boot = bootstrap_a(res, seeded_rng(seed, 1), n_boot, **kw)
-    null = split_half_null(res, seeded_rng(seed, 2), null_splits, **kw)
+    boot = bootstrap_a(res, rng(seed, Purpose.BOOTSTRAP), n_boot, **kw)
+    null = split_half_null(res, rng(seed, Purpose.NULL_SPLITS), null_splits, **kw)
     return LayerSpectrum(layer, res.n, centered, raw, boot, null, singular_values(res.eigenvalues(True)))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from spinal.analyze.seeds import Purpose, rng
 from spinal.analyze.transport import entropy, fisher_rao_from_chord, jensen_shannon, kl
 from spinal.lens import Lens
 from spinal.store import Store, decode
@@ -41,16 +42,15 @@ class LensPartial:
         )
 
 
-def token_subsample(store: Store, n: int, seed: int, within: np.ndarray | None = None, purpose: int = 3
-                    ) -> np.ndarray | None:
+def token_subsample(store: Store, n: int, seed: int, within: np.ndarray | None = None,
+                    purpose: Purpose = Purpose.LENS_TOKENS) -> np.ndarray | None:
     """A seeded, sorted subset of n valid tokens (flat indices; of ``within`` if given), or None for all of them."""
     if within is None:
         seq = store.group["tokens/sequence"][:]
         within = np.flatnonzero(seq >= 0)
     if n <= 0 or n >= within.size:
         return None
-    rng = np.random.default_rng([seed, purpose])
-    return np.sort(rng.choice(within, size=n, replace=False))
+    return np.sort(rng(seed, purpose).choice(within, size=n, replace=False))
 
 
 @dataclass(frozen=True)

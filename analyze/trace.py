@@ -20,6 +20,7 @@ import pandas as pd
 from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum
 from spinal.analyze.lens_pass import LensPartial, lens_pass, token_subsample
 from spinal.analyze.pool import Progress, run_tasks
+from spinal.analyze.seeds import Purpose
 from spinal.analyze.spectrum import percentile_ci
 from spinal.analyze.transport import summarize
 from spinal.config import AnalyzeConfig, parse_layers, parse_window
@@ -124,7 +125,7 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     window = parse_window(cfg.window)
     _check_design(cfg, store, window)
     sub = token_subsample(store, cfg.lens_tokens, cfg.seed)
-    comp = token_subsample(store, cfg.companion_tokens, cfg.seed, within=sub, purpose=4)
+    comp = token_subsample(store, cfg.companion_tokens, cfg.seed, within=sub, purpose=Purpose.COMPANION_TOKENS)
     if comp is None and sub is not None:
         comp = sub
     n_units = store.meta["n_units"]

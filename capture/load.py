@@ -13,7 +13,7 @@ import torch
 
 from spinal.checkpoint import fingerprint
 from spinal.dtypes import torch_dtype
-from spinal.errors import InputError, ModelError
+from spinal.errors import InputError, ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def check_checkpoint(path: str, *, allow_pickle: bool, trust_remote_code: bool) 
             with safe_open(str(f), framework="pt"):
                 pass
         except Exception as e:
-            raise ModelError(f"{f} is not a readable safetensors file ({_first_line(e)}); re-download or "
+            raise ModelError(f"{f} is not a readable safetensors file ({first_line(e)}); re-download or "
                              "re-save the checkpoint") from None
     if cfg.get("auto_map") and not trust_remote_code:
         raise ModelError(
@@ -107,11 +107,11 @@ def load(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:
-        raise ModelError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {_first_line(e)})") from None
+        raise ModelError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {first_line(e)})") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:  # transformers and safetensors raise many kinds for a damaged checkpoint
-        raise ModelError(f"{path}: cannot load the model ({type(e).__name__}: {_first_line(e)})") from None
+        raise ModelError(f"{path}: cannot load the model ({type(e).__name__}: {first_line(e)})") from None
     model.eval()
     _refuse_offload(model, allow_offload)
     cfg = model.config
@@ -152,8 +152,3 @@ def _tokenizer_fingerprint(tok) -> str:
         return "unknown"
     h = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
     return h.hexdigest()[:16]
-
-
-def _first_line(e: Exception) -> str:
-    s = str(e).strip().splitlines()
-    return s[0] if s else type(e).__name__

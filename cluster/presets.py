@@ -18,7 +18,7 @@ from torch import nn
 
 from spinal.capture.discover import block_list, text_config
 from spinal.dtypes import CAPTURED, torch_dtype
-from spinal.errors import InputError
+from spinal.errors import InputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,7 @@ def build_meta_model(model: str, dtype: str = "auto") -> MetaModel:
         # again as a real load does.
         net.tie_weights()
     except (ValueError, KeyError, TypeError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{source}: cannot build a causal LM from this config ({msg})") from None
+        raise InputError(f"{source}: cannot build a causal LM from this config ({first_line(e)})") from None
     log.debug("built %s (%s) on the meta device in %s", name, source, real)
     return MetaModel(name, source, real, cfg, net.eval())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from spinal.config import ClusterConfig
-from spinal.errors import InputError
+from spinal.errors import InputError, first_line
 
 
 def connect(address: str | None) -> None:
@@ -20,7 +20,7 @@ def connect(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "a local instance"
-        raise InputError(f"cannot reach Ray at {where}: {str(e).splitlines()[0]}; start it with `ray start --head` "
+        raise InputError(f"cannot reach Ray at {where}: {first_line(e)}; start it with `ray start --head` "
                          "or drop --address") from None
 
 

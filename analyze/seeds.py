@@ -1,0 +1,22 @@
+"""Every seeded random stream of the analysis, one purpose each: one seed reproduces a trace and a comparison."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+
+class Purpose(IntEnum):
+    """The second word of each stream's seed ``[seed, purpose]``; values are recorded history: never renumber."""
+
+    BOOTSTRAP = 1  # block draws of the a bootstrap: the same for every layer and checkpoint, so replicates pair
+    NULL_SPLITS = 2  # split-halves of the sequence blocks: the null spread of Δa
+    LENS_TOKENS = 3  # the token subsample of the transport pass (and of the cross-readout lens)
+    COMPANION_TOKENS = 4  # the companions' subset of the lens tokens (JS, KL to final, entropy)
+    COMPARE = 7  # the ΔL sequence bootstrap and its split-halves
+
+
+def rng(seed: int, purpose: Purpose) -> np.random.Generator:
+    """The generator of one purpose: independent of the others, identical across layers and checkpoints."""
+    return np.random.default_rng([seed, int(purpose)])
