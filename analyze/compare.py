@@ -9,6 +9,7 @@ from spinal.analyze import seeds
 from spinal.analyze.aggregates import pair_aggregates, steps_into, terminal_layers, training_series
 from spinal.analyze.comparison import Comparison, PairComparison
 from spinal.analyze.trace import Trace
+from spinal.config import CompareConfig
 from spinal.errors import InputError
 
 LEVEL = 0.95  # two-sided CI level and family-wise α = 0.05 for Holm
@@ -36,17 +37,16 @@ def check_comparable(traces: list[Trace]) -> None:
                              "not checkpoints of one model")
 
 
-def compare(traces: list[Trace], *, seed: int = 0, n_boot: int = 1000, null_splits: int = 32,
-            grad: list[np.ndarray | None] | None = None, weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-            ) -> Comparison:
+def compare(traces: list[Trace], cfg: CompareConfig = CompareConfig(), *, grad: list[np.ndarray | None] | None = None,
+            weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Comparison:
     """Compare each trace with the first (the reference); with ≥ 3 traces also a training-series summary.
 
+    ``cfg``: seed, n_boot and null_splits (the rest of CompareConfig is the pipeline's, analyze/pipeline.py).
     ``grad[i]``: per-block ‖θ_i − θ_ref‖² (block 1…n) when the checkpoints' weights are at hand.
     """
+    seed, n_boot, null_splits = cfg.seed, cfg.n_boot, cfg.null_splits
     if len(traces) < 2:
         raise InputError("compare needs at least two traces: a reference and a checkpoint to compare with it")
-    if n_boot < 1:
-        raise InputError(f"n_boot={n_boot}; the ΔL bootstrap needs ≥ 1 resample (1000 is the default)")
     check_comparable(traces)
     labels = [t.label for t in traces]
     if len(set(labels)) != len(labels):

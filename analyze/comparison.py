@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from spinal.analyze.trace import Trace, jsonable
+from spinal.analyze.trace import Trace
 from spinal.errors import InputError
-from spinal.outputs import atomic_folder, check_output, check_whole
+from spinal.outputs import atomic_folder, check_output, check_whole, jsonable
 
 COMPARE_FORMAT = 1
 DEFINITIONS = {

@@ -26,7 +26,7 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
     if stores:
         check_stores(traces, stores)
     grad = _parameter_change(traces, weights, weights_optional) if weights else None
-    result = compare(traces, seed=cfg.seed, n_boot=cfg.n_boot, null_splits=cfg.null_splits, grad=grad)
+    result = compare(traces, cfg, grad=grad)
     if stores and cfg.cross_readout_tokens:
         from spinal.analyze.cross_readout import cross_readout
 

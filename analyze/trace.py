@@ -25,7 +25,7 @@ from spinal.analyze.spectrum import percentile_ci
 from spinal.analyze.transport import summarize
 from spinal.config import AnalyzeConfig, parse_layers, parse_window
 from spinal.errors import InputError, StoreError
-from spinal.outputs import atomic_folder, check_output, check_whole
+from spinal.outputs import atomic_folder, check_output, check_whole, jsonable
 from spinal.store import Store
 
 TRACE_FORMAT = 1
@@ -128,23 +128,37 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     comp = token_subsample(store, cfg.companion_tokens, cfg.seed, within=sub, purpose=Purpose.COMPANION_TOKENS)
     if comp is None and sub is not None:
         comp = sub
-    n_units = store.meta["n_units"]
     workers = cfg.workers or os.cpu_count() or 1
-    groups = [list(g) for g in np.array_split(np.arange(n_units), min(n_units, max(1, workers))) if len(g)]
     blocks_used = min(cfg.blocks, int(store.meta["n_sequences"]))  # s mod blocks: the same blocks either way
-    spec_kw = dict(blocks=blocks_used, n_boot=cfg.n_boot, null_splits=cfg.null_splits, seed=cfg.seed, window=window)
-    tasks = [(layer_spectrum, dict(store_path=cfg.store, layer=l, **spec_kw)) for l in layers]
-    tasks += [(lens_pass, dict(store_path=cfg.store, units=[int(u) for u in g], layers=layers,
-                               chunk_mib=cfg.chunk_mib, subsample=sub, companions=comp)) for g in groups]
     t0 = time.perf_counter()
-    results = (submit or run_tasks)(tasks, workers, progress)
+    results = (submit or run_tasks)(_tasks(cfg, store, layers, window, blocks_used, workers, sub, comp), workers,
+                                    progress)
     spectra: list[LayerSpectrum] = results[: len(layers)]
     lens_parts: list[LensPartial] = results[len(layers):]
     lens = lens_parts[0]
     for part in lens_parts[1:]:
         lens = lens.merge(part)
     table, seq_L = _table(spectra, lens, store)
-    meta = {
+    meta = _meta(cfg, store, label, layers, window, blocks_used, spectra, lens, table, t0)
+    return Trace(table, meta, np.stack([s.boot for s in spectra]) if cfg.n_boot else np.zeros((len(layers), 0)),
+                 seq_L, {s.layer: s.sv for s in spectra})
+
+
+def _tasks(cfg: AnalyzeConfig, store: Store, layers: list[int], window, blocks_used: int, workers: int, sub, comp
+           ) -> list:
+    """One spectrum task per layer, then one lens task per group of units (as many groups as workers)."""
+    n_units = store.meta["n_units"]
+    groups = [list(g) for g in np.array_split(np.arange(n_units), min(n_units, max(1, workers))) if len(g)]
+    spec_kw = dict(blocks=blocks_used, n_boot=cfg.n_boot, null_splits=cfg.null_splits, seed=cfg.seed, window=window)
+    tasks = [(layer_spectrum, dict(store_path=cfg.store, layer=l, **spec_kw)) for l in layers]
+    tasks += [(lens_pass, dict(store_path=cfg.store, units=[int(u) for u in g], layers=layers,
+                               chunk_mib=cfg.chunk_mib, subsample=sub, companions=comp)) for g in groups]
+    return tasks
+
+
+def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, spectra, lens, table, t0) -> dict:
+    """trace.json: what the trace was made from, every option and rule used, the trace-level summaries."""
+    return {
         "trace_format": TRACE_FORMAT,
         "label": label,
         "store": cfg.store,
@@ -173,8 +187,6 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "trace_id": uuid.uuid4().hex,  # comparisons and reports name the exact traces they were made from
     }
-    return Trace(table, meta, np.stack([s.boot for s in spectra]) if cfg.n_boot else np.zeros((len(layers), 0)),
-                 seq_L, {s.layer: s.sv for s in spectra})
 
 
 def _check_design(cfg: AnalyzeConfig, store: Store, window: tuple[int, int] | None) -> None:
@@ -245,16 +257,3 @@ def _software() -> dict:
 
     return {"spinal": spinal.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
             "torch": torch.__version__, "python": platform.python_version()}
-
-
-def jsonable(o):
-    """``json.dumps(default=…)`` for numpy values (NaN as null, which every JSON reader accepts)."""
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return None if math.isnan(float(o)) else float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

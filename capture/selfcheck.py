@@ -30,6 +30,19 @@ class SelfCheck:
         return dict(self.__dict__)
 
 
+def _check_finite(got: dict[int, torch.Tensor], flat: torch.Tensor, seq_len: int, arch: str) -> None:
+    """Refuse a probe whose captured states hold NaN/inf, naming the first layer, sequence and position."""
+    for i, h in sorted(got.items()):
+        finite = torch.isfinite(h).all(-1)
+        if not finite.all():
+            row = int(flat[int(torch.nonzero(~finite)[0, 0])])
+            b, p = divmod(row, seq_len)
+            raise IntegrityError(
+                f"{arch}: non-finite activation at layer {i}, probe sequence {b} position {p}; "
+                "nothing was written. Try --dtype float32"
+            )
+
+
 @torch.no_grad()
 def run_self_check(model, anatomy: Anatomy, lens: Lens, input_ids, attention_mask, dtype: str) -> SelfCheck:
     """input_ids/attention_mask: a right-padded probe batch (batch, seq) on the model's input device."""
@@ -50,15 +63,7 @@ def run_self_check(model, anatomy: Anatomy, lens: Lens, input_ids, attention_mas
             f"{anatomy.n_layers} (embedding + {anatomy.n_layers - 1} blocks); self-check impossible"
         )
 
-    for i in layers:
-        finite = torch.isfinite(got[i]).all(-1)
-        if not finite.all():
-            row = int(flat[int(torch.nonzero(~finite)[0, 0])])
-            b, p = divmod(row, input_ids.shape[1])
-            raise IntegrityError(
-                f"{arch}: non-finite activation at layer {i}, probe sequence {b} position {p}; "
-                "nothing was written. Try --dtype float32"
-            )
+    _check_finite(got, flat, input_ids.shape[1], arch)
 
     def ref(i: int) -> torch.Tensor:
         return hs[i].reshape(-1, dim).to("cpu").index_select(0, flat)  # (token, dim)

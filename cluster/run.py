@@ -15,7 +15,8 @@ from spinal.cluster.backends import Backend, backend_for
 from spinal.config import AnalyzeConfig, CaptureConfig, ClusterConfig, CompareConfig, RunConfig
 from spinal.errors import InputError
 from spinal.fields import default_of
-from spinal.lock import LOCK_NAME, StoreLock
+from spinal.lock import StoreLock
+from spinal.lockfile import LOCK_NAME
 from spinal.outputs import MARKER, check_output, move_aside, write_marker, write_text_atomic
 from spinal.store import Store, store_exists
 

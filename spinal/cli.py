@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Optional
 
 import typer
-from rich.markup import escape
 
 from spinal.cli_options import config_options
 from spinal.cluster.plan_config import PlanConfig
 from spinal.config import AnalyzeConfig, CaptureConfig, CompareConfig
 from spinal.errors import SpinalError
-from spinal.terminal import Bar, StageBars, cli_errors, err, out, setup_logging
+from spinal.terminal import Bar, StageBars, cli_errors, err, out, run_app, setup_logging
 
 app = typer.Typer(
     name="spinal",
@@ -301,23 +299,7 @@ def run(
 
 def main() -> None:
     """Console entry: usage errors (unknown option, wrong type, missing option) are one line and exit 2 too."""
-    try:  # typer ≥ 0.20 carries its own copy of click
-        from typer._click import exceptions as click_exc
-    except ImportError:  # pragma: no cover
-        from click import exceptions as click_exc
-
-    try:
-        rv = app(standalone_mode=False)
-    except click_exc.UsageError as e:
-        cmd = e.ctx.command_path.replace("python -m spinal.cli", "spinal") if e.ctx else "spinal"
-        err.print(f"[bold red]error:[/] {escape(e.format_message())} (see `{cmd} --help`)", highlight=False,
-                  soft_wrap=True)
-        sys.exit(2)
-    except Exception as e:
-        if type(e).__name__ == "Abort":  # Ctrl-C outside a command
-            sys.exit(130)
-        raise
-    sys.exit(rv if isinstance(rv, int) else 0)
+    run_app(app)
 
 
 if __name__ == "__main__":

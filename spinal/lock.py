@@ -29,10 +29,10 @@ import uuid
 from dataclasses import dataclass
 
 from spinal.errors import StoreError
+from spinal.lockfile import LockFile
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "writer_lock"
 HEARTBEAT_S = 5.0
 STALE_S = 60.0  # a holder on another host that has not refreshed for this long is dead
 
@@ -84,142 +84,8 @@ def pid_alive(pid: int, started: float | None = None) -> bool:
         return True
 
 
-class _Fs:
-    """The few file operations the lock needs, on a local path or an fsspec URL."""
-
-    def __init__(self, store_path: str):
-        self.url = "://" in store_path
-        if self.url:
-            import fsspec
-
-            self.fs, root = fsspec.core.url_to_fs(store_path)
-            self.root = root.rstrip("/")
-        else:
-            self.fs, self.root = None, os.path.abspath(store_path)
-        self.dir = f"{self.root}/{LOCK_NAME}"
-        self.path = f"{self.dir}/zarr.json"
-
-    def mkdirs(self) -> None:
-        if self.url:
-            try:
-                self.fs.makedirs(self.dir, exist_ok=True)
-            except Exception:  # object stores have no folders
-                pass
-        else:
-            os.makedirs(self.dir, exist_ok=True)
-
-    def read(self, path: str | None = None) -> bytes | None:
-        path = path or self.path
-        try:
-            if self.url:
-                with self.fs.open(path, "rb") as f:
-                    return f.read()
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-
-    def create_exclusive(self, data: bytes) -> bool:
-        """Write ``data`` at the lock path only if nothing is there; False if something is."""
-        if self.url:
-            try:
-                with self.fs.open(self.path, "xb") as f:
-                    f.write(data)
-                return True
-            except FileExistsError:
-                return False
-            except (ValueError, NotImplementedError):  # no exclusive create: write, then read back
-                if self.fs.exists(self.path):
-                    return False
-                with self.fs.open(self.path, "wb") as f:
-                    f.write(data)
-                time.sleep(0.2)
-                return self.read() == data
-        tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, self.path)
-            return True
-        except FileExistsError:
-            return False
-        except FileNotFoundError:  # the folder went with a release between our steps
-            return False
-        except OSError:  # link not supported (some FUSE file systems): exclusive create
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            return True
-        finally:
-            os.unlink(tmp)
-
-    def replace(self, data: bytes) -> None:
-        """Rewrite the lock file atomically (heartbeat)."""
-        if self.url:
-            with self.fs.open(self.path, "wb") as f:
-                f.write(data)
-            return
-        tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self.path)  # a reader sees the old record or the new, never a torn one
-
-    def move_away(self, expected: bytes) -> bool:
-        """Rename the lock to a unique name if it still holds ``expected``; True if this call did it."""
-        dest = f"{self.path}.stale-{uuid.uuid4().hex}"
-        try:
-            if self.url:
-                if self.read() != expected:
-                    return False
-                self.fs.mv(self.path, dest)
-            else:
-                os.rename(self.path, dest)
-        except FileNotFoundError:
-            return False
-        moved = self.read(dest)
-        if self.url:
-            self.fs.rm(dest)
-        else:
-            os.unlink(dest)
-        if moved != expected:  # we moved a newer holder's lock: put it back, it is theirs
-            if moved is not None:
-                self.create_exclusive(moved)
-            return False
-        return True
-
-    def exists_root(self) -> bool:
-        return self.fs.exists(self.root) if self.url else os.path.exists(self.root)
-
-    def remove_root_if_empty(self) -> None:
-        try:
-            if self.url:
-                if not self.fs.ls(self.root):
-                    self.fs.rmdir(self.root)
-            else:
-                os.rmdir(self.root)  # fails (and is left) unless empty
-        except OSError:
-            pass
-
-    def remove(self) -> None:
-        try:
-            if self.url:
-                self.fs.rm(self.path)
-                if self.fs.exists(self.dir):  # file systems with folders keep an empty one
-                    self.fs.rmdir(self.dir)
-            else:
-                os.unlink(self.path)
-                os.rmdir(self.dir)  # an empty folder would show to Zarr as an unknown member
-        except OSError:
-            pass
-
-
 def read_holder(store_path: str) -> Holder | None:
-    raw = _Fs(store_path).read()
+    raw = LockFile(store_path).read()
     return _parse(raw)
 
 
@@ -245,7 +111,7 @@ class StoreLock:
 
     def __init__(self, store_path: str):
         self.store_path = store_path
-        self.fs = _Fs(store_path)
+        self.fs = LockFile(store_path)
         self.token = uuid.uuid4().hex
         self.since = time.time()
         self._stop = threading.Event()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from spinal.errors import InputError
 from spinal.lock import pid_alive
@@ -198,3 +201,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def jsonable(o):
+    """``json.dumps(default=…)`` for numpy values (NaN as null, which every JSON reader accepts)."""
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return None if math.isnan(float(o)) else float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

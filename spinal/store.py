@@ -31,7 +31,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from spinal.errors import IntegrityError, StoreError
 from spinal.lens import Lens, LensSpec
-from spinal.lock import LOCK_NAME
+from spinal.lockfile import LOCK_NAME
 
 FORMAT_VERSION = 1
 ATTR_KEY = "spinal"

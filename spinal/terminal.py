@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 
 import typer
 from rich.console import Console
@@ -101,3 +102,25 @@ class StageBars:
             unit = "tok" if stage == "capture" else "tasks"
             self.tasks[key] = self.p.add_task(f"{stage:<8} {label} ({unit})", total=total)
         self.p.update(self.tasks[key], completed=done, total=total)
+
+
+def run_app(app: typer.Typer) -> None:
+    """Run the app as the console entry: usage errors (unknown option, wrong type, missing option) are one
+    line and exit 2 too, like every SpinalError."""
+    try:  # typer ≥ 0.20 carries its own copy of click
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc
+
+    try:
+        rv = app(standalone_mode=False)
+    except click_exc.UsageError as e:
+        cmd = e.ctx.command_path.replace("python -m spinal.cli", "spinal") if e.ctx else "spinal"
+        err.print(f"[bold red]error:[/] {escape(e.format_message())} (see `{cmd} --help`)", highlight=False,
+                  soft_wrap=True)
+        sys.exit(2)
+    except Exception as e:
+        if type(e).__name__ == "Abort":  # Ctrl-C outside a command
+            sys.exit(130)
+        raise
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -15,7 +15,7 @@ from spinal.analyze.trace import Trace, analyze
 from spinal.analyze.weights import block_sq_change
 from spinal.capture import capture
 from spinal.cli import app
-from spinal.config import AnalyzeConfig, CaptureConfig
+from spinal.config import AnalyzeConfig, CaptureConfig, CompareConfig
 from spinal.errors import InputError
 
 
@@ -36,7 +36,7 @@ def traces(tmp_path_factory, checkpoint):
 def test_self_comparison_is_zero_and_cis_cover_zero(traces):
     same = Trace(traces["base"].table, {**traces["base"].meta, "label": "copy"}, traces["base"].boot,
                  traces["base"].seq_L, traces["base"].spectra)
-    c = compare([traces["base"], same], n_boot=200)
+    c = compare([traces["base"], same], CompareConfig(n_boot=200))
     t = c.pairs[0].table
     assert (t["d_a"] == 0).all() and (t["d_L"].dropna() == 0).all()
     for x in ("a", "L"):
@@ -48,7 +48,7 @@ def test_self_comparison_is_zero_and_cis_cover_zero(traces):
 
 
 def test_different_checkpoints_differ(traces):
-    c = compare([traces["base"], traces["other"]], n_boot=200)
+    c = compare([traces["base"], traces["other"]], CompareConfig(n_boot=200))
     t = c.pairs[0].table
     want = traces["other"].table["a"] - traces["base"].table["a"]
     np.testing.assert_allclose(t["d_a"], want)
@@ -98,7 +98,7 @@ def test_synthetic_late_shift_is_localized_in_the_terminal_window(traces):
     shift = np.where(layers >= 3, 0.5, 0.0)
     tab["a"] = tab["a"] + shift
     moved = Trace(tab, {**base.meta, "label": "moved"}, base.boot + shift[:, None], base.seq_L, base.spectra)
-    c = compare([base, moved], n_boot=200)
+    c = compare([base, moved], CompareConfig(n_boot=200))
     s = c.pairs[0].summary
     assert s["onset_a"] == 3
     assert s["terminal_share_a"] == pytest.approx(1.0)
@@ -106,7 +106,7 @@ def test_synthetic_late_shift_is_localized_in_the_terminal_window(traces):
 
 
 def test_save_load_round_trip(traces, tmp_path):
-    c = compare([traces["base"], traces["other"]], n_boot=100)
+    c = compare([traces["base"], traces["other"]], CompareConfig(n_boot=100))
     c.save(tmp_path / "c")
     back = Comparison.load(tmp_path / "c")
     pd.testing.assert_frame_equal(back.pairs[0].table, c.pairs[0].table, check_dtype=False)
@@ -161,12 +161,12 @@ def test_series_flags_a_reversal_of_the_terminal_gain_not_the_first_step(traces)
         return Trace(tab, {**base.meta, "label": label}, base.boot + shift[:, None], base.seq_L, base.spectra)
 
     series = [base, shifted("s1", 0.5), shifted("s2", 0.7), shifted("s3", 0.1)]
-    c = compare(series, n_boot=200)
+    c = compare(series, CompareConfig(n_boot=200))
     rows = c.series.set_index("label")
     np.testing.assert_allclose(rows["terminal_a_gain"].to_numpy(), [0, 0.5, 0.7, 0.1], atol=1e-12)
     assert not rows.loc["s1", "destabilized"] and not rows.loc["s2", "destabilized"]
     assert rows.loc["s3", "destabilized"] and "terminal a gain fell 0.6" in rows.loc["s3", "reason"]
     assert c.meta["ramp_onset"] == "s1"
     # a first step that loses ground against the reference is not a reversal
-    c2 = compare([base, shifted("down", -0.5), shifted("up", 0.2)], n_boot=200)
+    c2 = compare([base, shifted("down", -0.5), shifted("up", 0.2)], CompareConfig(n_boot=200))
     assert not c2.series["destabilized"].any()

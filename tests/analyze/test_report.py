@@ -18,8 +18,10 @@ import pytest
 from spinal.analyze import plots
 from spinal.analyze.compare import compare
 from spinal.analyze.comparison import DEFINITIONS, Comparison, PairComparison
-from spinal.analyze.report import OPERATIONAL, write_report
+from spinal.analyze.report import write_report
+from spinal.analyze.report_tables import OPERATIONAL
 from spinal.analyze.trace import Trace
+from spinal.config import CompareConfig
 
 N_LAYERS = 13
 LABELS = ["base", "dpo-step100", "dpo-step200", "dpo<final>&co $v1$"]  # HTML escaping; '$' is not mathtext
@@ -182,7 +184,7 @@ def test_report_without_comparison(tmp_path, traces):
 def test_report_from_the_real_compare(tmp_path, traces):
     """compare()'s output feeds the report as is (spectra dropped to keep the test fast)."""
     bare = [Trace(t.table, t.meta, t.boot, t.seq_L, {}) for t in traces]
-    comp = compare(bare, n_boot=40, null_splits=4)
+    comp = compare(bare, CompareConfig(n_boot=40, null_splits=4))
     doc = write_report(bare, comp, tmp_path).read_text(encoding="utf-8")
     assert {p.name for p in (tmp_path / "plots").glob("*.png")} == {"depth.png", "deltas.png", "curve.png",
                                                                     "series.png"}

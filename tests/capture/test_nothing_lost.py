@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from conftest import assert_refused, store_arrays, tree, write_jsonl
 from spinal.cli import app
-from spinal.lock import LOCK_NAME
+from spinal.lockfile import LOCK_NAME
 from spinal.store import Store, location_state
 
 runner = CliRunner()

@@ -41,7 +41,7 @@ def test_demo_on_96_prompts_finds_what_dpo_did_and_reports_it(tmp_path):
     html = (out / "report" / "report.html").read_text()
     for label in ("sft", "dpo-step0200", "dpo-overtrained"):
         assert label in html
-    from spinal.analyze.report import num
+    from spinal.analyze.report_tables import num
 
     assert f"{num(pair['delta_align'])} ± {num(pair['delta_align_se'])}" in html  # the summary row's own numbers
     assert "operational definition" in html and html.count("data:image/png;base64,") >= 4
