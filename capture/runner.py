@@ -26,8 +26,10 @@ from spinal.errors import InputError, IntegrityError, StoreError
 from spinal.lens import Lens
 from spinal.lock import StoreLock, check_token, refuse_if_held
 from spinal.outputs import check_writable_dir
-from spinal.store import (Store, Unit, chunk_sizes, decode, encode, location_state, plan_layout, remove_stray,
-                          sha256_text, storage_dtype)
+from spinal.create import create_store
+from spinal.layout import Unit, chunk_sizes, plan_layout
+from spinal.location import location_state, remove_stray
+from spinal.store import Store, decode, encode, sha256_text, storage_dtype
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ def prepare(cfg: CaptureConfig, loaded: Loaded | None = None, lock_token: str | 
             if lock is not None:
                 lock.check()
             try:
-                store = Store.create(cfg.out, layout=layout, layers=layers, dim=dim, dtype=real_dtype,
+                store = create_store(cfg.out, layout=layout, layers=layers, dim=dim, dtype=real_dtype,
                                      sequences=sequences, lens_arrays=arrays, lens_spec=anatomy.spec, meta=meta)
             except OSError as e:
                 if e.errno == errno.ENOSPC:

@@ -25,7 +25,8 @@ from spinal.cluster.presets import (MetaModel, ModelFacts, block_list, build_met
                                    text_config)
 from spinal.config import DTYPES, AnalyzeConfig, CaptureConfig, parse_layers
 from spinal.errors import InputError
-from spinal.store import chunk_sizes, storage_dtype
+from spinal.layout import chunk_sizes
+from spinal.store import storage_dtype
 
 log = logging.getLogger(__name__)
 

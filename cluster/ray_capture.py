@@ -13,7 +13,8 @@ from spinal.cluster.actors import CaptureActor, ClusterConfig, user_error
 from spinal.config import CaptureConfig
 from spinal.errors import InputError, SpinalError, StoreError
 from spinal.lock import StoreLock, refuse_if_held
-from spinal.store import Store, remove_stray
+from spinal.location import remove_stray
+from spinal.store import Store
 
 log = logging.getLogger(__name__)
 

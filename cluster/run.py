@@ -13,7 +13,8 @@ from spinal.config import RunConfig
 from spinal.errors import InputError
 from spinal.lock import LOCK_NAME, StoreLock
 from spinal.outputs import MARKER, check_output, move_aside, write_marker, write_text_atomic
-from spinal.store import Store, store_exists
+from spinal.location import store_exists
+from spinal.store import Store
 
 log = logging.getLogger(__name__)
 

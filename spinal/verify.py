@@ -7,7 +7,8 @@ from typing import Callable
 
 import numpy as np
 
-from spinal.store import TABLES, Store, _ranges, decode
+from spinal.store import TABLES, Store, decode
+from spinal.text import ranges
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def _done_markers(store: Store, damage: list[Damage], unchecked: list[str]) -> t
             errors.append(_msg(e))
     if bad:
         damage.append(Damage("units/done", None, None, None, errors[0] + "; `spinal capture … --resume` redoes them",
-                             span=f"unit(s) {_ranges(bad)}"))
+                             span=f"unit(s) {ranges(bad)}"))
     return done, bad, arr.shape[0]
 
 

@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from conftest import assert_refused, store_arrays, tree, write_jsonl
 from spinal.cli import app
 from spinal.lock import LOCK_NAME
-from spinal.store import Store, location_state
+from spinal.location import location_state
+from spinal.store import Store
 
 runner = CliRunner()
 
