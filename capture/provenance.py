@@ -50,15 +50,32 @@ def check_same(store: Store, ident: dict, path: str) -> None:
 def check_same_layout(store: Store, layout: TokenLayout, path: str) -> None:
     """Refuse to resume a store whose token layout is not the one planned in memory (units are written from it).
 
-    Same inputs plan the same layout, so this holds unless the store was planned by another SPINAL;
-    the store's unit table and sequence offsets are read once, here.
+    Same inputs plan the same layout, so this holds unless another SPINAL planned the store; its unit
+    table and sequence offsets are read once, here.
     """
-    if store.units == layout.units and np.array_equal(store.read("sequences/offset"), layout.offsets):
-        return
-    raise StoreError(f"--resume refused: {path} lays out its tokens differently from the plan for these inputs "
-                     f"(store: {len(store.units)} units over {store.hidden.shape[1]} tokens; plan: "
-                     f"{len(layout.units)} units over {layout.n_tokens} tokens, or the sequence offsets differ), "
-                     "so it was made by another SPINAL: recapture it with --overwrite")
+    detail = _layout_difference(store, layout)
+    if detail is not None:
+        raise StoreError(f"--resume refused: {path} lays out its tokens differently from the plan for these inputs "
+                         f"({detail}), so another SPINAL made it: recapture it with --overwrite")
+
+
+def _layout_difference(store: Store, layout: TokenLayout) -> str | None:
+    """The first difference between the store's layout and the plan, in words (None: the same)."""
+    if len(store.units) != len(layout.units):
+        return f"store: {len(store.units)} units, plan: {len(layout.units)}"
+    for a, b in zip(store.units, layout.units):
+        if a != b:
+            return (f"unit {a.index}: store has sequences {a.seq_start}–{a.seq_stop} in tokens "
+                    f"{a.token_start}–{a.token_stop}, the plan {b.seq_start}–{b.seq_stop} in "
+                    f"{b.token_start}–{b.token_stop}")
+    offsets = store.read("sequences/offset")
+    if offsets.shape != layout.offsets.shape:
+        return f"store: {offsets.shape[0]} sequences, plan: {layout.offsets.shape[0]}"
+    moved = np.flatnonzero(offsets != layout.offsets)
+    if moved.size:
+        s = int(moved[0])
+        return f"sequence {s} starts at token {int(offsets[s])} in the store, {int(layout.offsets[s])} in the plan"
+    return None
 
 
 def _short(v) -> str:

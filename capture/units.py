@@ -1,4 +1,4 @@
-"""Capture one work unit: its sequences through the model in batches, each stored position placed in the unit's block."""
+"""Capture one work unit: its sequences through the model in batches, each stored position put in its block."""
 
 from __future__ import annotations
 
