@@ -33,14 +33,15 @@ def _batches(ckpt: Path, prompts: Path, batch: int):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from spinal.capture.prompts import load_prompts
-    from spinal.capture.runner import _batch
     from spinal.capture.tokens import tokenize
+    from spinal.capture.units import batch_inputs
 
     tok = AutoTokenizer.from_pretrained(ckpt)
     model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
     tokd = tokenize(load_prompts(str(prompts)), tok, max_length=4096, chat_template=False, positions="all-but-first")
     n = len(tokd.input_ids)
-    batches = [_batch(tokd, list(range(i, min(n, i + batch))), tok, torch.device("cpu"))[:2] for i in range(0, n, batch)]
+    batches = [batch_inputs(tokd, list(range(i, min(n, i + batch))), tok, torch.device("cpu"))[:2]
+               for i in range(0, n, batch)]
     stored = sum(len(p) for p in tokd.positions)
     return model, tok, batches, stored
 

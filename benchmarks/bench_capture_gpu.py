@@ -61,8 +61,8 @@ def main(argv=None) -> dict:
     from spinal.capture import capture
     from spinal.capture.load import Loaded
     from spinal.capture.prompts import load_prompts
-    from spinal.capture.runner import _batch
     from spinal.capture.tokens import tokenize
+    from spinal.capture.units import batch_inputs
     from spinal.config import CaptureConfig
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="spinal-gpu-"))
@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16, device_map=args.device).eval()
     tokd = tokenize(load_prompts(str(prompts)), tok, max_length=4096, chat_template=False, positions="all-but-first")
     n = len(tokd.input_ids)
-    batches = [_batch(tokd, list(range(i, min(n, i + args.batch))), tok, torch.device(args.device))[:2]
+    batches = [batch_inputs(tokd, list(range(i, min(n, i + args.batch))), tok, torch.device(args.device))[:2]
                for i in range(0, n, args.batch)]
     stored = sum(len(p) for p in tokd.positions)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)

@@ -107,13 +107,13 @@ def load(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:
-        raise ModelError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {first_line(e)})") from None
+        raise ModelError(f"{path}: cannot load the tokenizer ({first_line(e, typed=True)})") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:  # transformers and safetensors raise many kinds for a damaged checkpoint
-        raise ModelError(f"{path}: cannot load the model ({type(e).__name__}: {first_line(e)})") from None
+        raise ModelError(f"{path}: cannot load the model ({first_line(e, typed=True)})") from None
     model.eval()
-    _refuse_offload(model, allow_offload)
+    refuse_offload(model, allow_offload)
     cfg = model.config
     source = {
         "model": path,
@@ -133,7 +133,7 @@ def load(
     return Loaded(model, tokenizer, source)
 
 
-def _refuse_offload(model: torch.nn.Module, allow_offload: bool) -> None:
+def refuse_offload(model: torch.nn.Module, allow_offload: bool) -> None:
     dmap = getattr(model, "hf_device_map", None) or {}
     places = {str(v) for v in dmap.values()}
     on_gpu = any(p not in ("cpu", "disk") for p in places)

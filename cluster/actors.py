@@ -11,10 +11,6 @@ from spinal.errors import SpinalError
 
 log = logging.getLogger(__name__)
 
-# Test-only fault injection: "UNIT:MARKER" makes the actor that first starts UNIT exit hard (a real
-# process death, as a crashed GPU worker would), once; MARKER records that it happened.
-FAULT_ENV = "SPINAL_FAULT_EXIT_ON_UNIT"
-
 
 class CaptureActor:
     """Holds one loaded replica; ``prepare`` binds it to a store, ``run_unit`` captures and writes one unit.
@@ -60,24 +56,12 @@ class CaptureActor:
         return {"pid": os.getpid(), "model": self.cfg.model, "loads": self.loads, "captures": self.captures}
 
     def run_unit(self, index: int) -> dict:
-        _maybe_fault(index)
         meta = self.session.run_unit(index)
         meta["pid"] = os.getpid()
         return meta
 
     def ping(self) -> int:
         return os.getpid()
-
-
-def _maybe_fault(index: int) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    unit, marker = spec.split(":", 1)
-    if int(unit) == index and not os.path.exists(marker):
-        with open(marker, "w") as f:
-            f.write(str(os.getpid()))
-        os._exit(17)
 
 
 def user_error(e: BaseException) -> SpinalError | None:

@@ -15,7 +15,8 @@ from spinal.cluster.plan_placement import Placement
 from spinal.capture.discover import text_config
 from spinal.cluster.presets import MetaModel, ModelFacts
 from spinal.config import parse_layers
-from spinal.store import chunk_sizes, storage_dtype
+from spinal.layout import chunk_sizes
+from spinal.store import storage_dtype
 
 TABLE_BYTES_PER_TOKEN = 3 * 4  # tokens/ids, tokens/sequence, tokens/position: int32 each (spinal/store.py)
 

@@ -12,9 +12,10 @@ from spinal.capture.runner import CaptureResult, check_location, check_writable
 from spinal.cluster.actors import CaptureActor, user_error
 from spinal.cluster.ray_cluster import connect, replica_gpus
 from spinal.config import CaptureConfig, ClusterConfig
-from spinal.errors import InputError, StoreError
+from spinal.errors import InputError, StoreError, first_line
 from spinal.lock import StoreLock, refuse_if_held
-from spinal.store import Store, remove_stray
+from spinal.location import remove_stray
+from spinal.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ def _dispatch(todo: deque, actors: list, max_retries: int, progress, finished: i
             cause = user_error(e) or e
             if failures[u] > max_retries:
                 raise StoreError(f"unit {u} failed {failures[u]} time(s); last error: "
-                                 f"{str(cause).splitlines()[0]}") from None
-            log.warning("unit %d failed (%s); retrying", u, str(cause).splitlines()[0])
+                                 f"{first_line(cause)}") from None
+            log.warning("unit %d failed (%s); retrying", u, first_line(cause))
             todo.append(u)
             idle.append(a)
             continue

@@ -18,7 +18,8 @@ from spinal.fields import default_of
 from spinal.lock import StoreLock
 from spinal.lockfile import LOCK_NAME
 from spinal.outputs import MARKER, check_output, move_aside, write_marker, write_text_atomic
-from spinal.store import Store, store_exists
+from spinal.location import store_exists
+from spinal.store import Store
 
 log = logging.getLogger(__name__)
 

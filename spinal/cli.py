@@ -84,7 +84,8 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON"),
 ) -> None:
     """Show what a store holds: model, layers, tokens, completeness, size."""
-    from spinal.store import Store, summary
+    from spinal.store import Store
+    from spinal.summary import summary
 
     s = summary(Store.open(store))
     if as_json:

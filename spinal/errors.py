@@ -23,7 +23,10 @@ class IntegrityError(StoreError):
     """Stored bytes fail their checksum, or activations are not finite."""
 
 
-def first_line(e: BaseException) -> str:
-    """An exception's first non-empty line (or its type name): the part that fits a one-line error."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+def first_line(e: BaseException, *, typed: bool = False) -> str:
+    """An exception's first line, the part that fits a one-line error; ``typed``: prefixed ``"ErrorType: "``.
+    An empty message gives the type name alone."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    return f"{type(e).__name__}: {lines[0]}" if typed else lines[0]

@@ -7,7 +7,9 @@ from typing import Callable
 
 import numpy as np
 
-from spinal.store import TABLES, Store, _ranges, decode
+from spinal.errors import first_line
+from spinal.store import TABLES, Store, decode
+from spinal.text import ranges
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def verify(store: Store, progress: Callable[[int, int], None] | None = None) -> 
             np.asarray(arr[...])
             read += 1
         except Exception as e:
-            damage.append(Damage(path, None, None, None, _msg(e)))
+            damage.append(Damage(path, None, None, None, first_line(e, typed=True)))
     done, bad_units, n_read = _done_markers(store, damage, unchecked)
     read += n_read
     t_chunk = int(store.meta["t_chunk"])
@@ -74,7 +76,7 @@ def verify(store: Store, progress: Callable[[int, int], None] | None = None) -> 
                 if not np.isfinite(x).all():
                     damage.append(Damage("hidden", layer, a, b, "non-finite values"))
             except Exception as e:
-                damage.append(Damage("hidden", layer, a, b, _msg(e)))
+                damage.append(Damage("hidden", layer, a, b, first_line(e, typed=True)))
             read += 1
             hidden_read += 1
             if progress:
@@ -88,7 +90,7 @@ def _done_markers(store: Store, damage: list[Damage], unchecked: list[str]) -> t
     try:
         arr = store.group["units/done"]
     except Exception as e:
-        damage.append(Damage("units/done", None, None, None, _msg(e)))
+        damage.append(Damage("units/done", None, None, None, first_line(e, typed=True)))
         n = int(store.meta.get("n_units", 0))
         return np.zeros(n, dtype=bool), list(range(n)), 0
     if not _has_checksum(arr):
@@ -100,10 +102,10 @@ def _done_markers(store: Store, damage: list[Damage], unchecked: list[str]) -> t
             done[i] = bool(arr[i])
         except Exception as e:
             bad.append(i)
-            errors.append(_msg(e))
+            errors.append(first_line(e, typed=True))
     if bad:
         damage.append(Damage("units/done", None, None, None, errors[0] + "; `spinal capture … --resume` redoes them",
-                             span=f"unit(s) {_ranges(bad)}"))
+                             span=f"unit(s) {ranges(bad)}"))
     return done, bad, arr.shape[0]
 
 
@@ -122,10 +124,5 @@ def _small_arrays(store: Store, damage: list[Damage]) -> list[str]:
             out |= {f"{grp}/{name}" for name, _ in store.group[grp].arrays()}
         except Exception as e:
             if grp == "lens":
-                damage.append(Damage(grp, None, None, None, _msg(e)))
+                damage.append(Damage(grp, None, None, None, first_line(e, typed=True)))
     return sorted(out)
-
-
-def _msg(e: Exception) -> str:
-    s = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {s[0] if s else ''}".strip()

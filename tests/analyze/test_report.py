@@ -199,12 +199,33 @@ def test_fit_line_recovers_an_exact_power_law():
     assert np.allclose(fitted, sv[9:90], rtol=1e-12) and k[0] == 10 and k[-1] == 90
 
 
-def test_plots_leave_no_pyplot_state(tmp_path, traces):
+_DRAW_EVERY_PLOT = """
+import pickle, sys
+from pathlib import Path
+from spinal.analyze import plots
+traces, comparison = pickle.loads(Path(sys.argv[1]).read_bytes())
+out = Path(sys.argv[2])
+plots.plot_depth(traces, out / "depth.png")
+plots.plot_curve(traces, out / "curve.png")
+plots.plot_spectrum(traces[0], 5, out / "spectrum.png")
+plots.plot_deltas(comparison, out / "deltas.png")
+plots.plot_series(comparison, out / "series.png")
+print("pyplot imported:", "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_plots_leave_no_pyplot_state(tmp_path, traces, comparison):
+    """Every plot draws on a standalone Figure: in a fresh interpreter (this one's imports do not count), drawing
+    them all never imports pyplot, so there is no global figure registry or backend for them to leave behind."""
+    import pickle
     import sys
 
-    plots.plot_spectrum(traces[0], 5, tmp_path / "s.png")
-    if "matplotlib.pyplot" in sys.modules:
-        assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+    (tmp_path / "inputs.pkl").write_bytes(pickle.dumps((traces, comparison)))
+    r = subprocess.run([sys.executable, "-c", _DRAW_EVERY_PLOT, str(tmp_path / "inputs.pkl"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list(tmp_path.glob("*.png"))) == 5
+    assert r.stdout.strip() == "pyplot imported: False"
 
 
 def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:

@@ -206,17 +206,17 @@ def test_wrong_lens_is_refused_by_the_self_check(llama, prompts_file, tmp_path, 
 
 
 def test_device_map_spilling_to_cpu_is_refused_without_opt_in():
-    from spinal.capture.load import _refuse_offload
+    from spinal.capture.load import refuse_offload
     from spinal.errors import ModelError
 
     class Fake(torch.nn.Module):
         hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu", "lm_head": "disk"}
 
     with pytest.raises(ModelError, match="spills 2 module"):
-        _refuse_offload(Fake(), allow_offload=False)
-    _refuse_offload(Fake(), allow_offload=True)
+        refuse_offload(Fake(), allow_offload=False)
+    refuse_offload(Fake(), allow_offload=True)
     Fake.hf_device_map = {"": "cpu"}  # a CPU-only replica is not offload
-    _refuse_offload(Fake(), allow_offload=False)
+    refuse_offload(Fake(), allow_offload=False)
 
 
 # -- the class behind the fault campaign's tracebacks and silent nonsense: validated up front -----------

@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 from conftest import assert_refused, store_arrays, tree, write_jsonl
 from spinal.cli import app
+from spinal.location import location_state
 from spinal.lockfile import LOCK_NAME
-from spinal.store import Store, location_state
+from spinal.store import Store
 
 runner = CliRunner()
 

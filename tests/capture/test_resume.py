@@ -13,6 +13,7 @@ import pytest
 import zarr
 
 from conftest import store_arrays, write_jsonl
+from spinal.errors import StoreError
 from spinal.store import Store
 
 
@@ -52,7 +53,7 @@ def test_sigkill_then_resume_equals_uninterrupted(checkpoint, tmp_path):
     assert not partial.complete
 
     # a reader sees only done units and refuses the incomplete store by default
-    with pytest.raises(Exception, match="incomplete"):
+    with pytest.raises(StoreError, match=r"is incomplete: \d+ of \d+ units not captured"):
         next(partial.iter_layer(1))
     seen = sum(len(s) for _, s in partial.iter_layer(1, require_complete=False))
     owned = sum(int((partial.tokens()["sequence"][u.token_start:u.token_stop] >= 0).sum())

@@ -2,37 +2,54 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import zarr
+from ray.cluster_utils import Cluster
 
 from conftest import save_checkpoint, write_jsonl
 from spinal.capture import capture
-from spinal.cluster.actors import FAULT_ENV
-from spinal.config import ClusterConfig
-from spinal.config import CaptureConfig
-from spinal.errors import StoreError
+from spinal.cluster.actors import CaptureActor
+from spinal.config import CaptureConfig, ClusterConfig
+from spinal.errors import InputError, StoreError
 from spinal.store import Store
 
-ray = pytest.importorskip("ray")
+
+class DiesOnUnit(CaptureActor):
+    """A replica whose process dies hard (``os._exit``, as a crashed GPU worker's would) when it starts ``unit``,
+    unless ``marker`` exists: the dying actor writes it (its pid) itself just before it exits, so the fault
+    happens once and the marker proves it did."""
+
+    def __init__(self, cfg: dict, unit: int, marker: str):
+        super().__init__(cfg)
+        self.unit, self.marker = unit, marker
+
+    def run_unit(self, index: int) -> dict:
+        if index == self.unit and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(17)
+        return super().run_unit(index)
+
+
+# Ray workers cannot import this module (only pytest put its folder on sys.path): send its classes by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
-    """Head (1 CPU) + worker node (2 CPUs), each its own raylet; the fault hook is armed for every worker."""
-    from ray.cluster_utils import Cluster
-
-    marker = tmp_path_factory.mktemp("fault") / "crashed"
-    os.environ[FAULT_ENV] = f"2:{marker}"  # the actor that starts unit 2 first dies hard, once
+def two_nodes():
+    """Head (1 CPU) + worker node (2 CPUs), each its own raylet."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=2)
     ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
-    yield marker
+    yield cluster
     ray.shutdown()
     cluster.shutdown()
-    os.environ.pop(FAULT_ENV, None)
 
 
 def _prompts(tmp_path, n=40):
@@ -48,17 +65,24 @@ def _arrays(path):
 @pytest.mark.slow
 def test_killed_actor_unit_is_redone_elsewhere_and_store_equals_uninterrupted(two_nodes, checkpoint, tmp_path,
                                                                               caplog):
-    import logging
-
-    from spinal.cluster.ray_capture import capture_on_ray
+    from spinal.cluster.ray_capture import drive
 
     ckpt, p = checkpoint("llama"), _prompts(tmp_path)
     cfg = CaptureConfig(model=str(ckpt), prompts=str(p), out=str(tmp_path / "ray.zarr"), unit_tokens=64)
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2
-    with caplog.at_level(logging.INFO, logger="spinal.cluster.ray_capture"):
-        res = capture_on_ray(cfg, ClusterConfig(replicas=2, cpus_per_replica=1))
-    assert two_nodes.exists(), "the fault hook must have killed an actor"
+    marker = tmp_path / "crashed"
+    replica = ray.remote(DiesOnUnit).options(num_cpus=1, max_restarts=0)
+    actors = [replica.remote(cfg.__dict__, 2, str(marker)) for _ in range(2)]  # the first to start unit 2 dies
+    try:
+        pids = ray.get([a.ping.remote() for a in actors])
+        with caplog.at_level(logging.INFO, logger="spinal.cluster.ray_capture"):
+            res = drive(cfg, actors, max_retries=2)
+    finally:
+        for a in actors:
+            ray.kill(a)
+    assert marker.exists(), "an actor must have died on unit 2"
+    assert int(marker.read_text()) in pids  # written by one of the replicas itself, as it died
     # the log tells the truth: one of the two replicas died, its unit was redone on the other
     assert "capture done on 1 of 2 replica(s): 0 died while loading, 1 during capture" in caplog.text
     assert "capture on 2 replica(s) done" not in caplog.text
@@ -93,7 +117,6 @@ def test_service_keeps_the_model_loaded_across_prompt_sets(two_nodes, checkpoint
     from spinal.cluster import service
     from spinal.config import load_run_config
 
-    two_nodes.touch()  # no fault injection here
     ckpt = checkpoint("llama")
     _prompts(tmp_path)
     (tmp_path / "serve.toml").write_text(
@@ -115,7 +138,7 @@ def test_service_keeps_the_model_loaded_across_prompt_sets(two_nodes, checkpoint
         after = service.status()
         assert {r.pid for r in after} == pids  # the same processes served both sets
         assert all(r.loads == 1 for r in after) and sum(r.captures for r in after) == 4
-        with pytest.raises(Exception, match="no service named 'other'"):
+        with pytest.raises(InputError, match="no service named 'other' on this Ray cluster"):
             service.capture_with_service(c, "other")
     finally:
         service.stop()
@@ -124,7 +147,6 @@ def test_service_keeps_the_model_loaded_across_prompt_sets(two_nodes, checkpoint
 
 def test_more_gpus_per_replica_than_a_node_has_is_refused(two_nodes, checkpoint, tmp_path):
     from spinal.cluster.ray_capture import capture_on_ray
-    from spinal.errors import InputError
 
     cfg = CaptureConfig(model=str(checkpoint("llama")), prompts=str(_prompts(tmp_path, 4)),
                         out=str(tmp_path / "g.zarr"))
@@ -137,7 +159,6 @@ def test_analysis_on_a_cluster_with_every_cpu_held_is_refused_not_hung(two_nodes
     import time
 
     from spinal.cluster.backends import ray_map
-    from spinal.errors import InputError
 
     @ray.remote(num_cpus=1)
     class Holder:  # as a serving replica does

@@ -10,10 +10,7 @@ import os
 import pytest
 
 from conftest import write_jsonl
-from spinal.cluster.actors import FAULT_ENV
 from spinal.store import Store
-
-pytest.importorskip("ray")
 
 
 @pytest.mark.slow
@@ -35,7 +32,7 @@ def test_killed_driver_resumes_without_redoing_finished_units(checkpoint, tmp_pa
         "[compare]\nn_boot = 50\n[cluster]\nreplicas = 2\n"
     )
     argv = [sys.executable, "-m", "spinal.cli", "run", str(tmp_path / "run.toml"), "--no-progress"]
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV and not k.startswith("RAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     log = (tmp_path / "driver.log").open("w")
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
