@@ -301,6 +301,15 @@ def copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def modified(src: Path, name: str, fn: Callable[[Path], None]) -> Callable[[Path], Path]:
+    """A case's input: a copy of ``src`` as ``name`` in the case folder, then changed by ``fn``."""
+    def make(d: Path) -> Path:
+        p = copy(src, d / name)
+        fn(p)
+        return p
+    return make
+
+
 def user_folder(d: Path, name: str = "mine") -> Path:
     """A folder of the user's that is not SPINAL's."""
     f = d / name
@@ -545,11 +554,7 @@ def cases(w: Work) -> list[Case]:
             C.append(Case("stores", f"{verb}-{name}", prep))
 
     def damaged(fn: Callable[[Path], None]):
-        def make(d: Path) -> Path:
-            s = copy(w.S, d / "S.zarr")
-            fn(s)
-            return s
-        return make
+        return modified(w.S, "S.zarr", fn)
 
     def creating(d: Path) -> Path:
         s = d / "creating.zarr"
@@ -601,11 +606,7 @@ def cases(w: Work) -> list[Case]:
 
     # ---- traces, compare, report ------------------------------------------------------------
     def bad_trace(fn: Callable[[Path], None]):
-        def make(d: Path) -> Path:
-            t = copy(w.T, d / "T")
-            fn(t)
-            return t
-        return make
+        return modified(w.T, "T", fn)
 
     def set_format(t: Path) -> None:
         meta = json.loads((t / "trace.json").read_text())

@@ -41,17 +41,13 @@ def gpt2_small(path: Path, seed: int = 0) -> Path:
 
 
 def char_tokenizer(bos: bool = True):
-    """A character-level tokenizer over printable ASCII (ids 0–94; <s> 95, <unk> 96, </s> 97), as the tests use."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """A character-level tokenizer over printable ASCII (ids 0–94; <s> 95, <unk> 96, </s> 97): the tests' own."""
+    import sys
 
-    vocab = {chr(i): i - 32 for i in range(32, 127)}
-    vocab.update({"<s>": 95, "<unk>": 96, "</s>": 97})
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    if bos:
-        t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 95)])
-    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from conftest import make_tokenizer
+
+    return make_tokenizer(bos)
 
 
 def tiny_llama(seed: int = 0):

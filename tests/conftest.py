@@ -105,6 +105,12 @@ def checkpoint(ckpt_dir):
 
 
 @pytest.fixture()
+def llama(checkpoint) -> Path:
+    """The tiny Llama checkpoint most capture tests use."""
+    return checkpoint("llama")
+
+
+@pytest.fixture()
 def prompts_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
 

@@ -32,11 +32,6 @@ def tree_digest(path: Path) -> str:
 
 
 @pytest.fixture()
-def llama(checkpoint):
-    return checkpoint("llama")
-
-
-@pytest.fixture()
 def existing(llama, prompts_file, tmp_path):
     """A finished store whose bytes must survive every refused command."""
     out = tmp_path / "existing.zarr"

@@ -37,11 +37,6 @@ def capture_argv(ckpt, prompts, out, *extra):
 
 
 @pytest.fixture()
-def llama(checkpoint):
-    return checkpoint("llama")
-
-
-@pytest.fixture()
 def reference(llama, prompts_file, tmp_path):
     out = tmp_path / "reference.zarr"
     r = cli("capture", llama, "-p", prompts_file, "-o", out, "--unit-tokens", "16", "--no-progress")

@@ -82,3 +82,24 @@ def test_resume_of_complete_store_writes_nothing(checkpoint, prompts_file, tmp_p
     first = capture(cfg)
     again = capture(CaptureConfig(**{**cfg.__dict__, "resume": True}))
     assert again.units_written == 0 and again.units_skipped == first.units_written > 1
+
+
+def test_resume_of_a_store_laid_out_differently_is_refused_and_keeps_it(checkpoint, prompts_file, tmp_path):
+    """Units are written from the layout planned in memory: a store whose own layout differs (made by another
+    SPINAL) must be refused, not filled at the planned offsets."""
+    from spinal.capture import capture
+    from spinal.config import CaptureConfig
+
+    out = str(tmp_path / "s.zarr")
+    cfg = CaptureConfig(model=str(checkpoint("llama")), prompts=str(prompts_file), out=out, unit_tokens=16)
+    capture(cfg)
+    g = zarr.open_group(out, mode="r+")
+    g["units/done"][1] = 0  # one unit left to finish
+    offsets = g["sequences/offset"][:]
+    g["sequences/offset"][1] = offsets[1] + 1  # as if another planner had packed the sequences
+    before = store_arrays(out)
+    with pytest.raises(StoreError, match=rf"lays out its tokens differently .*sequence 1 starts at token "
+                                         rf"{offsets[1] + 1} in the store, {offsets[1]} in the plan"):
+        capture(CaptureConfig(**{**cfg.__dict__, "resume": True}))
+    after = store_arrays(out)
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)

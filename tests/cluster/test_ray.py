@@ -175,3 +175,27 @@ def test_analysis_on_a_cluster_with_every_cpu_held_is_refused_not_hung(two_nodes
     finally:
         for h in holders:
             ray.kill(h)
+
+
+def _stamp(path: str, i: int) -> int:
+    """An analysis task that records when it ran."""
+    import time
+
+    t0 = time.time()
+    time.sleep(0.8)
+    Path(path, f"{i}.txt").write_text(f"{t0} {time.time()}")
+    return i * i
+
+
+def test_analysis_workers_bounds_the_tasks_in_flight(two_nodes, tmp_path):
+    from spinal.cluster.backends import ray_map
+
+    tasks = [(_stamp, {"path": str(tmp_path), "i": i}) for i in range(4)]
+    assert ray_map(tasks, None, limit=1) == [0, 1, 4, 9]  # results in task order
+    spans = sorted(tuple(map(float, (tmp_path / f"{i}.txt").read_text().split())) for i in range(4))
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # one at a time: never two overlapping
+    for f in tmp_path.glob("*.txt"):
+        f.unlink()
+    ray_map(tasks, None, limit=0)  # unbounded: the cluster's 3 CPUs run them together
+    spans = sorted(tuple(map(float, (tmp_path / f"{i}.txt").read_text().split())) for i in range(4))
+    assert any(a[1] > b[0] for a, b in zip(spans, spans[1:]))
