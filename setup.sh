@@ -15,3 +15,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import spinal, torch; print(f'spinal {spinal.__version__} ready (torch {torch.__version__})')"
+# --real-model: also fetch SmolLM2-135M-Instruct (a real SFT+DPO model, 93 MB GGUF) into models/ for the tests
+# and audits that use it (reference/real_model.py); nothing else downloads model weights.
+if [ "${1:-}" = "--real-model" ]; then
+  .venv/bin/python -m reference.real_model
+fi

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from spinal.capture.gguf import is_gguf, quantization
 from spinal.checkpoint import fingerprint
 from spinal.dtypes import torch_dtype
 from spinal.errors import InputError, ModelError, first_line
@@ -44,8 +45,12 @@ def check_checkpoint(path: str, *, allow_pickle: bool, trust_remote_code: bool) 
         if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path):
             raise InputError(f"model folder {path} does not exist")
         return None  # a hub id: transformers resolves it (needs the network or a local cache)
+    if is_gguf(p):
+        quantization(p)  # the header and tensor table read back (and the gguf package is there)
+        return p
     if not p.is_dir():
-        raise InputError(f"model path {path} is a file; give the checkpoint folder (with config.json)")
+        raise InputError(f"model path {path} is a file but not a GGUF one; give the checkpoint folder (with "
+                         "config.json) or a .gguf file")
     if not (p / "config.json").exists():
         raise InputError(f"{path} has no config.json; is this a Hugging Face checkpoint folder?")
     safe = list(p.glob("*.safetensors"))
@@ -104,19 +109,23 @@ def load(
         kwargs["max_memory"] = mm
     if not allow_pickle:
         kwargs["use_safetensors"] = True
+    where: dict = {}
+    if folder is not None and folder.is_file():  # GGUF: transformers dequantizes it; its tokenizer is inside
+        kwargs.pop("use_safetensors", None)
+        path, where = str(folder.parent), {"gguf_file": folder.name}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **where)
     except Exception as e:
         raise ModelError(f"{path}: cannot load the tokenizer ({first_line(e, typed=True)})") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **where)
     except Exception as e:  # transformers and safetensors raise many kinds for a damaged checkpoint
         raise ModelError(f"{path}: cannot load the model ({first_line(e, typed=True)})") from None
     model.eval()
     refuse_offload(model, allow_offload)
     cfg = model.config
     source = {
-        "model": path,
+        "model": str(folder) if where else path,
         "architecture": type(model).__name__,
         "model_type": getattr(cfg, "model_type", None),
         "revision": getattr(cfg, "_commit_hash", None),
@@ -130,6 +139,8 @@ def load(
             "fingerprint": _tokenizer_fingerprint(tokenizer),
         },
     }
+    if where:
+        source["weights_format"] = quantization(folder)
     return Loaded(model, tokenizer, source)
 
 

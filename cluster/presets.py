@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from spinal.capture.discover import block_list, text_config
+from spinal.capture.gguf import gguf_config, is_gguf
 from spinal.dtypes import CAPTURED, torch_dtype
 from spinal.errors import InputError, first_line
 
@@ -84,6 +85,8 @@ def find_preset(name: str) -> str | None:
 def resolve_config(model: str) -> tuple[str, str, dict]:
     """``model`` (a preset name, a config.json, or a folder holding one) -> (name, source, config dict)."""
     path = Path(model).expanduser()
+    if is_gguf(path):
+        return path.stem, f"GGUF {path}", gguf_config(path)
     if path.is_dir():
         path = path / "config.json"
         if not path.is_file():

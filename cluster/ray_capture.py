@@ -10,7 +10,7 @@ from typing import Callable
 from spinal.capture.load import check_checkpoint
 from spinal.capture.runner import CaptureResult, check_location, check_writable
 from spinal.cluster.actors import CaptureActor, user_error
-from spinal.cluster.ray_cluster import connect, replica_gpus
+from spinal.cluster.ray_cluster import replica_gpus
 from spinal.config import CaptureConfig, ClusterConfig
 from spinal.errors import InputError, StoreError, first_line
 from spinal.lock import StoreLock, refuse_if_held
@@ -22,12 +22,12 @@ log = logging.getLogger(__name__)
 
 def capture_on_ray(cfg: CaptureConfig, cluster: ClusterConfig, progress: Callable[[int, int], None] | None = None
                    ) -> CaptureResult:
-    """Start ``cluster.replicas`` actors for this capture, drive it, and stop them."""
+    """Start ``cluster.replicas`` actors for this capture on the connected Ray cluster (the backend connected
+    once, cluster/backends.py), drive it, and stop them."""
     import ray
 
     _check_out(cfg)
     check_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
-    connect(cluster.address)
     gpus = replica_gpus(cluster)
     nodes_gpus = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
     if gpus > 0 and gpus > nodes_gpus:

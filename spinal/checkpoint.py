@@ -1,4 +1,4 @@
-"""A checkpoint folder's identity without loading it: a cheap sampled hash of its weight files."""
+"""A checkpoint's identity without loading it: a cheap sampled hash of its weight files (a folder's or one GGUF)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 
 
 def fingerprint(folder: Path | None) -> str | None:
-    """A cheap content hash of the weights: each safetensors header, size and three 1 MiB samples."""
+    """A cheap content hash of the weights: each safetensors (or the GGUF file's) header, size and three 1 MiB
+    samples."""
     if folder is None:
         return None
     h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")):
+    files = [folder] if folder.is_file() else sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    for f in files:
         size = f.stat().st_size
         h.update(f"{f.name}:{size}".encode())
         with f.open("rb") as fh:

@@ -1,0 +1,66 @@
+"""GGUF inputs: a real pretrained model (SmolLM2-135M-Instruct, Q4_1) captured through the same self-checks, its
+quantization and identity recorded; broken or foreign files refused in one line."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import assert_refused, write_jsonl
+from reference.real_model import GGUF
+from spinal.checkpoint import fingerprint
+from spinal.cli import app
+
+runner = CliRunner()
+
+
+def _real_model():
+    if not GGUF.exists():
+        msg = f"the real model is not fetched ({GGUF}): run `.venv/bin/python -m reference.real_model`"
+        if os.environ.get("CI"):
+            pytest.fail(msg + " (CI fetches it: see .ci/run)")
+        pytest.skip(msg)
+    return GGUF
+
+
+def test_a_gguf_checkpoint_is_captured_dequantized_and_self_checked(tmp_path):
+    gguf = _real_model()
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": p} for i, p in enumerate(
+        ["How do I bake bread at home?", "What is the capital of France?", "Why is the sky blue?",
+         "Give me three tips for better sleep."])])
+    out = tmp_path / "s.zarr"
+    r = runner.invoke(app, ["capture", str(gguf), "-p", str(prompts), "-o", str(out), "--dtype", "float32",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    from spinal.store import Store
+
+    s = Store.open(str(out))
+    assert (s.layers, s.meta["dim"]) == (list(range(31)), 576)  # SmolLM2: embedding + 30 blocks, d = 576
+    chk = s.meta["self_check"]  # hooks equal output_hidden_states; the stored lens equals the model's logits
+    assert chk["hidden_max_abs_diff"] == 0.0 and chk["lens_top1_agreement"] == 1.0
+    src = s.meta["source"]
+    assert src["model"] == str(gguf) and src["weights_fingerprint"] == fingerprint(gguf)
+    fmt = src["weights_format"]
+    assert fmt["format"] == "gguf" and fmt["file"] == gguf.name
+    assert fmt["tensor_types"] == {"Q4_1": 210, "F32": 61, "Q8_0": 1}  # as the file's tensor table says
+
+
+def test_the_planner_reads_a_gguf_config():
+    from spinal.cluster.presets import resolve_config
+
+    name, source, cfg = resolve_config(str(_real_model()))
+    assert source.startswith("GGUF ") and cfg["model_type"] == "llama"
+    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]) == (30, 576, 49152)
+
+
+def test_a_file_that_is_not_gguf_and_a_torn_gguf_are_refused_in_one_line(tmp_path, prompts_file):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"not a model at all")
+    r = runner.invoke(app, ["capture", str(fake), "-p", str(prompts_file), "-o", str(tmp_path / "s.zarr")])
+    assert_refused(r, "is a file but not a GGUF one")
+    fake.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 40)  # the magic, then garbage
+    r = runner.invoke(app, ["capture", str(fake), "-p", str(prompts_file), "-o", str(tmp_path / "s.zarr")])
+    assert_refused(r, "is not a readable GGUF file", "re-download")
+    assert not (tmp_path / "s.zarr").exists()
