@@ -142,7 +142,7 @@ def prepare(cfg: CaptureConfig, loaded: Loaded | None = None, lock_token: str | 
     anatomy = discover(loaded.model)
     layers = parse_layers(cfg.layers, anatomy.n_layers)
     tokd = tokenize(prompts, loaded.tokenizer, max_length=cfg.max_length, chat_template=cfg.chat_template,
-                    positions=cfg.positions)
+                    positions=cfg.stored_positions)
     _check_context(loaded.model, tokd, prompts, cfg.max_length)
     real_dtype = dtype_name(next(loaded.model.parameters()).dtype)
     dim = int(anatomy.unembed.weight.shape[1])

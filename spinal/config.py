@@ -11,7 +11,7 @@ from spinal.dtypes import CAPTURED
 from spinal.errors import InputError
 from spinal.fields import from_dict, option
 
-POSITION_RULES = ("all-but-first", "all", "last:K", "response")
+POSITION_RULES = ("auto", "text", "user", "reply", "all-but-first", "all", "last:K", "response")
 DTYPES = ("auto", *CAPTURED)
 
 
@@ -27,8 +27,9 @@ class CaptureConfig:
     out: str = option("output store path (local folder or fsspec URL)", short="-o")
     layers: str = option("layers to store: 'all' or a list/ranges like '0,4,8-12' (0 = embedding output)", "all")
     positions: str = option(
-        "token positions: 'all-but-first' (skip position 0, the attention sink), 'all', 'last:K', 'response'",
-        "all-but-first")
+        "token positions: 'auto' ('text' with --chat-template, else 'all-but-first'); 'text' (the user's and the "
+        "reply's own tokens, no template tokens), 'user', 'reply'; 'all-but-first' (skip position 0, the attention "
+        "sink), 'all', 'last:K', 'response' (every token after the prompt)", "auto")
     batch_size: int = option("sequences per forward pass", 8)
     max_length: int = option("tokens per sequence; longer inputs are truncated (and reported)", 512)
     dtype: str = option("compute dtype: auto (the checkpoint's), float32, bfloat16, float16", "auto")
@@ -57,6 +58,14 @@ class CaptureConfig:
         if self.resume and self.overwrite:
             raise InputError("--resume and --overwrite contradict each other: choose one")
         parse_layers(self.layers, None)
+
+    @property
+    def stored_positions(self) -> str:
+        """The rule ``auto`` stands for: a chat template's own tokens are identical in every prompt, so with one
+        only the text is stored (their rows would be shared by every sequence: a shelf in the spectrum)."""
+        if self.positions != "auto":
+            return self.positions
+        return "text" if self.chat_template else "all-but-first"
 
 
 @dataclass(frozen=True)
@@ -134,8 +143,8 @@ class ClusterConfig:
 
 
 def parse_positions(rule: str) -> tuple[str, int]:
-    """'all-but-first' | 'all' | 'response' | 'last:K' -> (kind, K)."""
-    if rule in ("all-but-first", "all", "response"):
+    """'auto' | 'text' | 'user' | 'reply' | 'all-but-first' | 'all' | 'response' | 'last:K' -> (kind, K)."""
+    if rule in ("auto", "text", "user", "reply", "all-but-first", "all", "response"):
         return rule, 0
     m = re.fullmatch(r"last:(\d+)", rule)
     if m and int(m.group(1)) >= 1:

@@ -26,13 +26,15 @@ def _real_model():
 
 
 def test_a_gguf_checkpoint_is_captured_dequantized_and_self_checked(tmp_path):
+    """Under its chat template (SmolLM2's adds a 20-token system prompt to every prompt) only the questions'
+    own tokens are stored, and the self-checks hold on the real model."""
     gguf = _real_model()
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": p} for i, p in enumerate(
-        ["How do I bake bread at home?", "What is the capital of France?", "Why is the sky blue?",
-         "Give me three tips for better sleep."])])
+    questions = ["How do I bake bread at home?", "What is the capital of France?", "Why is the sky blue?",
+                 "Give me three tips for better sleep."]
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": p} for i, p in enumerate(questions)])
     out = tmp_path / "s.zarr"
     r = runner.invoke(app, ["capture", str(gguf), "-p", str(prompts), "-o", str(out), "--dtype", "float32",
-                            "--no-progress"])
+                            "--chat-template", "--no-progress"])
     assert r.exit_code == 0, r.output
     from spinal.store import Store
 
@@ -45,6 +47,12 @@ def test_a_gguf_checkpoint_is_captured_dequantized_and_self_checked(tmp_path):
     fmt = src["weights_format"]
     assert fmt["format"] == "gguf" and fmt["file"] == gguf.name
     assert fmt["tensor_types"] == {"Q4_1": 210, "F32": 61, "Q8_0": 1}  # as the file's tensor table says
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    t = s.tokens()
+    assert s.meta["positions"] == "text"
+    assert [tok.decode(t["ids"][t["sequence"] == i]) for i in range(len(questions))] == questions
 
 
 def test_the_planner_reads_a_gguf_config():
