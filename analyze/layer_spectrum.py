@@ -23,6 +23,7 @@ class LayerSpectrum:
     boot: np.ndarray  # (n_boot,) a_wls of block-bootstrap resamples, centered
     null_diffs: np.ndarray  # (null_splits,) a(half 1) − a(half 2)
     sv: np.ndarray  # centered singular values, descending (for plots)
+    curv_boot: np.ndarray  # (n_boot,) curvature of the same resamples
 
 
 def accumulate(store: Store, layer: int, blocks: int) -> GramResult:
@@ -33,18 +34,20 @@ def accumulate(store: Store, layer: int, blocks: int) -> GramResult:
     return acc.finish()
 
 
-def _replicate_a(res: GramResult, storage_dtype: Any, window: tuple[int, int] | None) -> float:
-    """Centered a_wls of a resample under the point estimate's window rule; no MLE, since replicates keep a only."""
-    return fit_gram(res, storage_dtype=storage_dtype, centered=True, window=window, with_mle=False).a_wls
+def _replicate(res: GramResult, storage_dtype: Any, window: tuple[int, int] | None) -> tuple[float, float]:
+    """Centered (a_wls, curvature) of a resample under the point estimate's window rule; no MLE (not kept)."""
+    fit = fit_gram(res, storage_dtype=storage_dtype, centered=True, window=window, with_mle=False)
+    return fit.a_wls, fit.curvature
 
 
 def bootstrap_a(res: GramResult, rng: np.random.Generator, n_boot: int, *, storage_dtype: Any,
                 window: tuple[int, int] | None) -> np.ndarray:
-    """a of ``n_boot`` block-bootstrap resamples (n_boot,), METHOD.md §2 "Uncertainty"; none with < 2 filled blocks."""
+    """(a, curvature) of ``n_boot`` block-bootstrap resamples, (n_boot, 2), METHOD.md §2 "Uncertainty"; none
+    with < 2 filled blocks. One eigensolve per replicate gives both."""
     if np.count_nonzero(res.block_sizes) < 2:
-        return np.zeros(0)
-    return np.array([_replicate_a(resample(res, draw_blocks(res, rng)), storage_dtype, window)
-                     for _ in range(n_boot)], dtype=np.float64)
+        return np.zeros((0, 2))
+    return np.array([_replicate(resample(res, draw_blocks(res, rng)), storage_dtype, window)
+                     for _ in range(n_boot)], dtype=np.float64).reshape(n_boot, 2)
 
 
 def split_half_null(res: GramResult, rng: np.random.Generator, splits: int, *, storage_dtype: Any,
@@ -57,8 +60,8 @@ def split_half_null(res: GramResult, rng: np.random.Generator, splits: int, *, s
     for _ in range(splits):
         perm = rng.permutation(nonempty)
         half = perm.size // 2
-        diffs.append(_replicate_a(resample(res, perm[:half]), storage_dtype, window)
-                     - _replicate_a(resample(res, perm[half:]), storage_dtype, window))
+        diffs.append(_replicate(resample(res, perm[:half]), storage_dtype, window)[0]
+                     - _replicate(resample(res, perm[half:]), storage_dtype, window)[0])
     return np.array(diffs, dtype=np.float64)
 
 
@@ -71,4 +74,5 @@ def layer_spectrum(store_path: str, layer: int, *, blocks: int, n_boot: int, nul
     raw = fit_gram(res, centered=False, **kw)
     boot = bootstrap_a(res, rng(seed, Purpose.BOOTSTRAP), n_boot, **kw)
     null = split_half_null(res, rng(seed, Purpose.NULL_SPLITS), null_splits, **kw)
-    return LayerSpectrum(layer, res.n, centered, raw, boot, null, singular_values(res.eigenvalues(True)))
+    return LayerSpectrum(layer, res.n, centered, raw, boot[:, 0].copy(), null, singular_values(res.eigenvalues(True)),
+                         boot[:, 1].copy())

@@ -20,7 +20,11 @@ TRACE_DEFINITIONS = {
     "a_mle, r2, ks": "cross-checks: Clauset-style MLE of a, weighted R² of the log-log fit, KS distance",
     "k_lo, k_hi, rank, spikes, floor_rank": "fit window, numerical rank, leading spikes excluded, "
     "storage noise-floor rank",
-    "status": "ok / poor-fit (low R² or MLE disagrees) / too-few-ranks (window too short): do not read a otherwise",
+    "status": "ok / curved (a good fit, but the window's two halves have different slopes: a is an average over a "
+    "bend) / poor-fit (low R² or MLE disagrees) / too-few-ranks (window too short): read a as one exponent only "
+    "where ok",
+    "curvature, curvature_lo, curvature_hi": "a over the upper half of the fit window minus a over its lower half "
+    "(split at the geometric middle), with its 95% block-bootstrap interval; 0 for a straight power law",
     "a_raw, status_raw": "the same fit on the uncentered spectrum",
     "L_mean, L_q05…L_q95": "Fisher–Rao step L_ℓ = 2 arccos BC(p_ℓ, p_ℓ₊₁) of the logit-lens "
     "distributions, mean and quantiles over tokens, radians in [0, π]; blank on the last layer",
@@ -31,7 +35,8 @@ HOW_TO_READ = (
     "Each checkpoint is a depth trace: per layer ℓ, the rank-decay exponent a (how fast the singular values of the "
     "hidden states fall off; higher = contraction into fewer directions) and the Fisher–Rao step L (how far the "
     "logit-lens prediction moves to the next layer). SPINAL's claim is that alignment shows as a late-layer rise of a "
-    "and a smaller L in the terminal window. Read a only where its fit status is 'ok' (other rows are highlighted); "
+    "and a smaller L in the terminal window. Read a as one exponent only where its fit status is 'ok' (other rows are "
+    "highlighted; 'curved' means the spectrum bends inside the fit window, so a there is an average slope); "
     "a layer's change counts when its Holm-adjusted p is below 0.05 and it exceeds the null spread (highlighted "
     "cells), since the null spread is the noise between two halves of the same checkpoint. The aggregates "
     "(Δ_align, coherence, gradient concentration, SPINALScore) are this project's operational definitions."
@@ -178,7 +183,8 @@ def _write(traces: list[Trace], comparison: Comparison | None, out_dir: Path) ->
                      "Marked rows: terminal window. ΔL at layer ℓ is the step ℓ→ℓ+1.</p>")
         parts += [f"<h3>{esc(p.other)} − {esc(p.ref)}</h3>{pair_table(p)}" for p in comparison.pairs]
     parts.append("<h2>Per-layer traces</h2><p class=muted>Fit status: "
-                 "<span class=st-ok>ok</span>, <span class=st-bad>poor-fit</span>, "
+                 "<span class=st-ok>ok</span>, <span class=st-bad>curved</span> (a is an average slope over a "
+                 "bend), <span class=st-bad>poor-fit</span>, "
                  "<span class=st-few>too-few-ranks</span>.</p>")
     parts += [f"<h3>{esc(tr.label)}</h3>{trace_table(tr)}" for tr in traces]
     defs = {**DEFINITIONS, **TRACE_DEFINITIONS}

@@ -17,7 +17,8 @@ OPERATIONAL = "operational definition — the paper's exact formula is not publi
 
 
 CONTRACTION_COLUMNS = ["layer", "a", "a_lo", "a_hi", "a_mle", "r2", "ks", "k_lo", "k_hi", "rank", "spikes",
-                       "floor_rank", "top1_share", "status", "a_raw", "status_raw", "null_sd_a"]
+                       "floor_rank", "top1_share", "status", "curvature", "curvature_lo", "curvature_hi", "a_raw",
+                       "status_raw", "null_sd_a"]
 
 
 TRANSPORT_COLUMNS = ["layer", "L_mean", "L_q05", "L_q25", "L_q50", "L_q75", "L_q95", "hellinger", "js", "entropy",

@@ -21,7 +21,7 @@ from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum
 from spinal.analyze.lens_pass import LensPartial, lens_pass, token_subsample
 from spinal.analyze.pool import Progress, run_tasks
 from spinal.analyze.seeds import Purpose
-from spinal.analyze.spectrum import percentile_ci
+from spinal.analyze.spectrum import percentile_ci, with_curvature
 from spinal.analyze.transport import summarize
 from spinal.config import AnalyzeConfig, parse_layers, parse_window
 from spinal.errors import InputError, StoreError
@@ -214,10 +214,12 @@ def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tup
     for j, s in enumerate(spectra):
         c, r = s.centered, s.raw
         lo, hi = percentile_ci(s.boot)
+        c_lo, c_hi = percentile_ci(s.curv_boot)
         row = {
             "layer": s.layer, "a": c.a_wls, "a_lo": lo, "a_hi": hi, "a_mle": c.a_mle, "r2": c.r2, "ks": c.ks,
             "k_lo": c.k_lo, "k_hi": c.k_hi, "rank": c.rank, "spikes": c.spikes, "floor_rank": c.floor_rank,
-            "top1_share": c.top1_share, "status": c.status,
+            "top1_share": c.top1_share, "status": with_curvature(c.status, c_lo, c_hi),
+            "curvature": c.curvature, "curvature_lo": c_lo, "curvature_hi": c_hi,
             "a_raw": r.a_wls, "status_raw": r.status, "spikes_raw": r.spikes, "top1_share_raw": r.top1_share,
             "null_sd_a": float(np.sqrt(np.mean(s.null_diffs**2))) if s.null_diffs.size else math.nan,
             "entropy": lens.sums["entropy"][j] / nc, "kl_final": lens.sums["kl_final"][j] / nc,

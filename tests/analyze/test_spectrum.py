@@ -11,6 +11,7 @@ import torch
 from references import centered_singular_values
 from spinal.analyze.gram import GramAccumulator
 from spinal.analyze.layer_spectrum import bootstrap_a
+from spinal.analyze.spectrum import with_curvature
 from spinal.analyze.moments import GramResult
 from spinal.analyze.spectrum import (
     count_spikes,
@@ -222,11 +223,34 @@ def test_bootstrap_ci_brackets_the_exponent():
     h = _power_law_h(1.0, seed=7, n=4096, d=128)
     res = _accumulate(h)
     point = fit_gram(res, storage_dtype="float64").a_wls
-    boot = bootstrap_a(res, np.random.default_rng(0), 40, storage_dtype="float64", window=None)
+    boot = bootstrap_a(res, np.random.default_rng(0), 40, storage_dtype="float64", window=None)[:, 0]
     assert boot.shape == (40,) and np.unique(boot).size > 30  # distinct resamples, not one repeated
     lo, hi = percentile_ci(boot)
     assert lo < point < hi
     assert lo - 0.02 < 1.0 < hi + 0.02  # covers the truth up to the estimator's ±0.02 bias
     assert hi - lo < 0.1
-    again = bootstrap_a(res, np.random.default_rng(0), 40, storage_dtype="float64", window=None)
+    again = bootstrap_a(res, np.random.default_rng(0), 40, storage_dtype="float64", window=None)[:, 0]
     np.testing.assert_array_equal(again, boot)  # seeded
+
+
+def _curvature_status(h: np.ndarray) -> tuple[float, float, float, str]:
+    res = _accumulate(h)
+    fit = fit_gram(res, storage_dtype="float64")
+    boot = bootstrap_a(res, np.random.default_rng(0), 60, storage_dtype="float64", window=None)
+    lo, hi = percentile_ci(boot[:, 1])
+    return fit.curvature, lo, hi, with_curvature(fit.status, lo, hi)
+
+
+def test_a_straight_power_law_is_not_curved_and_a_bend_is():
+    curv, lo, hi, status = _curvature_status(_power_law_h(1.0, seed=7, n=4096, d=128))
+    assert abs(curv) < 0.05 and lo < 0 < hi and status == "ok"
+    rng = np.random.default_rng(3)  # σ_k = k^-0.8 up to rank 24, then k^-1.1: R² ≥ 0.98 still passes it
+    k = np.arange(1, 129.0)
+    s = np.where(k <= 24, k**-0.8, 24.0**-0.8 * (k / 24) ** -1.1)
+    q, _ = np.linalg.qr(rng.standard_normal((128, 128)))
+    h = (rng.standard_normal((4096, 128)) * s) @ q.T
+    res = _accumulate(h)
+    fit = fit_gram(res, storage_dtype="float64")
+    assert fit.r2 >= 0.98  # the fit alone calls this one slope
+    curv, lo, hi, status = _curvature_status(h)
+    assert curv > 0.15 and lo > 0 and status == "curved"
