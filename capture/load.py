@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import re
@@ -13,6 +14,7 @@ import torch
 
 from spinal.capture.gguf import is_gguf, quantization
 from spinal.checkpoint import fingerprint
+from spinal.config import CaptureConfig
 from spinal.dtypes import torch_dtype
 from spinal.errors import InputError, ModelError, first_line
 
@@ -84,9 +86,17 @@ def check_checkpoint(path: str, *, allow_pickle: bool, trust_remote_code: bool) 
     return p
 
 
+def load_for(cfg: CaptureConfig) -> Loaded:
+    """The checkpoint a capture config names: its model (and adapter), dtype, device map and safety switches."""
+    return load(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype, device_map=cfg.device_map,
+                max_memory=cfg.max_memory, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
+                allow_offload=cfg.allow_offload)
+
+
 def load(
     path: str,
     *,
+    adapter: str | None = None,
     dtype: str = "auto",
     device_map: str | None = None,
     max_memory: str | None = None,
@@ -121,6 +131,8 @@ def load(
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **where)
     except Exception as e:  # transformers and safetensors raise many kinds for a damaged checkpoint
         raise ModelError(f"{path}: cannot load the model ({first_line(e, typed=True)})") from None
+    if adapter:
+        model, adapter_source = merge_adapter(model, adapter)
     model.eval()
     refuse_offload(model, allow_offload)
     cfg = model.config
@@ -141,7 +153,39 @@ def load(
     }
     if where:
         source["weights_format"] = quantization(folder)
+    if adapter:  # the store's identity is the merged weights': base and adapter fingerprints together
+        source["adapter"] = adapter_source
+        source["base_weights_fingerprint"] = source["weights_fingerprint"]
+        both = f"{source['weights_fingerprint']}+{adapter_source['fingerprint']}"
+        source["weights_fingerprint"] = "merged:" + hashlib.sha256(both.encode()).hexdigest()
     return Loaded(model, tokenizer, source)
+
+
+def check_adapter(path: str) -> Path:
+    """A PEFT adapter folder: adapter_config.json and safetensors weights, refused by name otherwise."""
+    p = Path(path).expanduser()
+    if not (p / "adapter_config.json").is_file():
+        raise InputError(f"--adapter {path}: no adapter_config.json there; give a PEFT adapter folder")
+    if not (p / "adapter_model.safetensors").is_file():
+        raise ModelError(f"--adapter {path}: no adapter_model.safetensors (pickle adapters are not loaded)")
+    if importlib.util.find_spec("peft") is None:
+        raise InputError(f"--adapter {path}: merging an adapter needs the peft package: pip install peft")
+    return p
+
+
+def merge_adapter(model: torch.nn.Module, path: str) -> tuple[torch.nn.Module, dict]:
+    """The base model with the adapter merged into its weights (in memory), and what identifies the adapter."""
+    from peft import PeftModel
+
+    p = check_adapter(path)
+    try:
+        cfg = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
+        merged = PeftModel.from_pretrained(model, str(p)).merge_and_unload()
+    except Exception as e:  # a shape mismatch (another base), a torn file, an unknown PEFT type
+        raise ModelError(f"--adapter {path} cannot be merged into this model ({first_line(e, typed=True)}); is "
+                         "MODEL its base?") from None
+    keep = ("peft_type", "r", "lora_alpha", "target_modules", "base_model_name_or_path")
+    return merged, {"path": str(p), "fingerprint": fingerprint(p), **{k: cfg.get(k) for k in keep}}
 
 
 def refuse_offload(model: torch.nn.Module, allow_offload: bool) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from spinal.capture.discover import Anatomy, discover, dtype_name, lens_arrays
 from spinal.capture.hooks import Recorder
-from spinal.capture.load import Loaded, load
+from spinal.capture.load import Loaded, load_for
 from spinal.capture.prompts import PromptSet, load_prompts
 from spinal.capture.provenance import check_same, check_same_layout, identity, metadata
 from spinal.capture.selfcheck import run_self_check
@@ -135,10 +135,7 @@ def prepare(cfg: CaptureConfig, loaded: Loaded | None = None, lock_token: str | 
     if lock_token is None:
         refuse_if_held(cfg.out)
     prompts = load_prompts(cfg.prompts)
-    loaded = loaded or load(
-        cfg.model, dtype=cfg.dtype, device_map=cfg.device_map, max_memory=cfg.max_memory,
-        trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle, allow_offload=cfg.allow_offload,
-    )
+    loaded = loaded or load_for(cfg)
     anatomy = discover(loaded.model)
     layers = parse_layers(cfg.layers, anatomy.n_layers)
     tokd = tokenize(prompts, loaded.tokenizer, max_length=cfg.max_length, chat_template=cfg.chat_template,

@@ -29,12 +29,9 @@ class CaptureActor:
             self._load()
 
     def _load(self):
-        from spinal.capture.load import load
+        from spinal.capture.load import load_for
 
-        c = self.cfg
-        self.loaded = load(c.model, dtype=c.dtype, device_map=c.device_map, max_memory=c.max_memory,
-                           trust_remote_code=c.trust_remote_code, allow_pickle=c.allow_pickle,
-                           allow_offload=c.allow_offload)
+        self.loaded = load_for(self.cfg)
         self.loads += 1
         return self.loaded
 
@@ -44,8 +41,10 @@ class CaptureActor:
         from spinal.capture.runner import prepare
 
         cfg = CaptureConfig(**cfg) if cfg else self.cfg
-        if cfg.model != self.cfg.model:
-            raise SpinalError(f"this replica serves {self.cfg.model}, not {cfg.model}")
+        if (cfg.model, cfg.adapter) != (self.cfg.model, self.cfg.adapter):
+            served = self.cfg.model + (f" + adapter {self.cfg.adapter}" if self.cfg.adapter else "")
+            raise SpinalError(f"this replica serves {served}, not {cfg.model}"
+                              + (f" + adapter {cfg.adapter}" if cfg.adapter else ""))
         if not create:
             cfg = dataclasses.replace(cfg, resume=True, overwrite=False, self_check=False)
         self.session = prepare(cfg, loaded=self.loaded or self._load(), lock_token=lock_token)

@@ -112,12 +112,14 @@ def prepare_out(cfg: RunConfig, resume: bool, overwrite: bool, prompts_sha256: s
 
 def check_inputs(cfg: RunConfig) -> str:
     """Everything that can be checked before any model is loaded; returns the prompt set's hash."""
-    from spinal.capture.load import check_checkpoint
+    from spinal.capture.load import check_adapter, check_checkpoint
     from spinal.capture.prompts import load_prompts
 
     prompts = load_prompts(cfg.prompts)
     for ck in cfg.checkpoints:
         check_checkpoint(ck.path, allow_pickle=cfg.capture.allow_pickle, trust_remote_code=cfg.capture.trust_remote_code)
+        if ck.adapter:
+            check_adapter(ck.adapter)
     return prompts.sha256
 
 

@@ -19,12 +19,14 @@ DTYPES = ("auto", *CAPTURED)
 class CaptureConfig:
     """What to capture: one checkpoint × one prompt set -> one store."""
 
-    RUN_SETS: ClassVar[frozenset] = frozenset({"model", "prompts", "out", "resume", "overwrite"})
+    RUN_SETS: ClassVar[frozenset] = frozenset({"model", "adapter", "prompts", "out", "resume", "overwrite"})
 
-    model: str = option("local checkpoint folder (safetensors) or hub id")
+    model: str = option("local checkpoint folder (safetensors), a .gguf file, or hub id")
     prompts: str = option("prompt file: JSONL {id, prompt[, response]}, plain text (one per line) or Parquet",
                           short="-p")
     out: str = option("output store path (local folder or fsspec URL)", short="-o")
+    adapter: str | None = option("a PEFT/LoRA adapter folder: merged into MODEL (its base) in memory before the "
+                                 "self-checks; both identities are recorded", None)
     layers: str = option("layers to store: 'all' or a list/ranges like '0,4,8-12' (0 = embedding output)", "all")
     positions: str = option(
         "token positions: 'auto' ('text' with --chat-template, else 'all-but-first'); 'text' (the user's and the "
@@ -190,8 +192,10 @@ class Checkpoint:
     """One checkpoint of a run."""
 
     label: str = option("name in tables and plots (unique within the run)")
-    path: str = option("local checkpoint folder (safetensors) or hub id")
+    path: str = option("local checkpoint folder (safetensors), a .gguf file, or hub id")
     revision: str | None = option("hub revision or a note on the exact version", None)
+    adapter: str | None = option("a PEFT/LoRA adapter folder merged into ``path`` (its base) for this checkpoint",
+                                 None)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[\w.+-]+", self.label):
@@ -226,7 +230,7 @@ class RunConfig:
         return f"{self.out}/traces/{ck.label}"
 
     def capture_config(self, ck: Checkpoint, out: str, **kw) -> CaptureConfig:
-        return replace(self.capture, model=ck.path, prompts=self.prompts, out=out, **kw)
+        return replace(self.capture, model=ck.path, adapter=ck.adapter, prompts=self.prompts, out=out, **kw)
 
     def analyze_config(self, store: str, out: str, **kw) -> AnalyzeConfig:
         return replace(self.analyze, store=store, out=out, **kw)
@@ -279,7 +283,8 @@ def load_run_config(path: str) -> RunConfig:
     for i, c in enumerate(doc.get("checkpoints", [])):
         ck = from_dict(Checkpoint, c, where=f"{path} [[checkpoints]] #{i + 1}")
         local = (base / ck.path).exists() or ck.path.startswith((".", "/"))
-        cks.append(replace(ck, path=rel(ck.path)) if local else ck)
+        ck = replace(ck, path=rel(ck.path)) if local else ck
+        cks.append(replace(ck, adapter=rel(ck.adapter)) if ck.adapter else ck)
     if not cks:
         raise InputError(f"{path}: [[checkpoints]] is empty; list at least one")
     out, prompts = rel(run["out"]), rel(run["prompts"])

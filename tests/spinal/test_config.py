@@ -108,3 +108,15 @@ def test_run_config_holds_typed_stage_configs_built_once(tmp_path):
 def test_run_config_tables_are_checked_at_load(tmp_path, body, needle):
     with pytest.raises(InputError, match=needle):
         load_run_config(_toml(tmp_path, body))
+
+
+def test_an_adapter_belongs_to_its_checkpoint_not_to_the_capture_table(tmp_path):
+    f = tmp_path / "run.toml"
+    (tmp_path / "p.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
+    f.write_text('[run]\nout = "o"\nprompts = "p.jsonl"\n[[checkpoints]]\nlabel = "base"\npath = "m"\n'
+                 '[[checkpoints]]\nlabel = "dpo"\npath = "m"\nadapter = "lora/dpo"\n')
+    cfg = load_run_config(str(f))
+    base, dpo = (cfg.capture_config(ck, "x.zarr") for ck in cfg.checkpoints)
+    assert base.adapter is None and dpo.adapter == str((tmp_path / "lora" / "dpo").resolve())
+    with pytest.raises(InputError, match=r"\[capture\] may not set \['adapter'\]"):
+        load_run_config(_toml(tmp_path, '[capture]\nadapter = "x"\n'))
