@@ -124,11 +124,12 @@ def _split(prompt: str, response: str | None, tokenizer, chat_template: bool, ne
                 tail = full[len(head):]
         text = _template_text(tokenizer, msgs, head + tail, prompt, response) if need_text and msgs else None
         if need_text and text is None:
-            text = _plain_text(tokenizer, prompt, head, template=True) + [True] * len(tail)
+            raise InputError("positions 'text'/'user'/'reply' need the chat template's text to re-tokenize to its "
+                             "ids (this tokenizer's does not); use positions='response' or 'all-but-first'")
         return _Split(head, tail, text or [])
     head = list(tokenizer(prompt)["input_ids"])
     tail = list(tokenizer(response, add_special_tokens=False)["input_ids"]) if response else []
-    text = _plain_text(tokenizer, prompt, head, template=False) + [True] * len(tail) if need_text else []
+    text = _plain_text(tokenizer, prompt, head) + [True] * len(tail) if need_text else []
     return _Split(head, tail, text)
 
 
@@ -152,13 +153,10 @@ def _template_text(tokenizer, msgs: list[dict], ids: list[int], prompt: str, res
     return [b > a and any(lo <= a and b <= hi for lo, hi in spans) for a, b in enc[1]]
 
 
-def _plain_text(tokenizer, prompt: str, head: list[int], template: bool) -> list[bool]:
+def _plain_text(tokenizer, prompt: str, head: list[int]) -> list[bool]:
     """The prompt's own tokens when it was tokenized alone: everything but special tokens (BOS/EOS)."""
     enc = _offsets(tokenizer, prompt, special=True)
     if enc is None or enc[0] != head:
-        if template:
-            raise InputError("positions 'text'/'user'/'reply' need the chat template's text to re-tokenize to its "
-                             "ids (this tokenizer's does not); use positions='response' or 'all-but-first'")
         special = set(getattr(tokenizer, "all_special_ids", []))
         return [i not in special for i in head]
     return [b > a for a, b in enc[1]]
