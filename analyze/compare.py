@@ -8,6 +8,7 @@ import pandas as pd
 from spinal.analyze import seeds
 from spinal.analyze.aggregates import pair_aggregates, steps_into, terminal_layers, training_series
 from spinal.analyze.comparison import Comparison, PairComparison
+from spinal.analyze.spectrum import t_interval
 from spinal.analyze.trace import Trace
 from spinal.config import CompareConfig
 from spinal.errors import InputError
@@ -26,6 +27,10 @@ def check_comparable(traces: list[Trace]) -> None:
             )
         if list(t.table["layer"]) != list(ref.table["layer"]):
             raise InputError(f"{t.label} has layers {list(t.table['layer'])}, {ref.label} has {list(ref.table['layer'])}")
+        if t.meta.get("trace_format") != ref.meta.get("trace_format"):
+            raise InputError(f"{t.label} has trace format {t.meta.get('trace_format')}, {ref.label} "
+                             f"{ref.meta.get('trace_format')}: their bootstrap replicates are not paired the same way; "
+                             "re-analyze both with this SPINAL")
         for k in ("seed", "blocks", "n_boot", "window", "lens_tokens"):
             if t.meta["options"].get(k) != ref.meta["options"].get(k):
                 raise InputError(
@@ -85,7 +90,7 @@ def _paired_table(a: Trace, b: Trace, term, seed, n_boot, null_splits
     layers = a.table["layer"].to_numpy()
     d_a = b.table["a"].to_numpy() - a.table["a"].to_numpy()
     rep_a = b.boot - a.boot  # (layer, n_boot): replicate b drew the same blocks in both (same seed)
-    lo_a, hi_a, p_a = _ci_p(rep_a, d_a)
+    lo_a, hi_a, p_a = _ci_p(rep_a, d_a, int(a.meta.get("blocks_used") or 0))
     rng = seeds.rng(seed, seeds.Purpose.COMPARE)
     diff_seq = b.seq_L - a.seq_L  # (sequence, step) paired by sequence
     ok = np.isfinite(diff_seq).all(axis=1)
@@ -94,7 +99,7 @@ def _paired_table(a: Trace, b: Trace, term, seed, n_boot, null_splits
     d_L_step = diff_seq.mean(axis=0) if n_seq else np.full(len(layers) - 1, np.nan)
     idx = rng.integers(0, n_seq, size=(n_boot, n_seq)) if n_seq else np.zeros((0, 0), int)
     rep_L_step = np.stack([diff_seq[i].mean(axis=0) for i in idx], axis=1) if n_seq else np.zeros((len(layers) - 1, 0))
-    lo_L, hi_L, p_L = _ci_p(rep_L_step, d_L_step)
+    lo_L, hi_L, p_L = _ci_p(rep_L_step, d_L_step, n_seq)
     null_L_step = _split_half(a.seq_L[ok], rng, null_splits)
     pad = lambda x: np.append(x, np.nan)  # noqa: E731  (no step after the last layer)
     table = pd.DataFrame({
@@ -107,27 +112,26 @@ def _paired_table(a: Trace, b: Trace, term, seed, n_boot, null_splits
     return table, rep_a, rep_L_step
 
 
-def _ci_p(rep: np.ndarray, point: np.ndarray):
-    """Percentile CI per row of replicates (layer, n_boot), and a two-sided Wald p-value with the bootstrap SE.
+def _ci_p(rep: np.ndarray, point: np.ndarray, groups: int):
+    """Per row of replicates (layer, n_boot) that resample ``groups`` independent groups: the centred t interval
+    (``spectrum.t_interval``) and a two-sided p-value of Δ / SE against Student's t with groups − 1 degrees of
+    freedom, SE = √(g/(g−1))·sd(replicates).
 
-    The Wald form (not the replicate-count fraction) is used because Holm over ~30 layers needs
-    p-values below 0.05/30, which a percentile p-value from a few hundred replicates cannot reach.
+    A p-value from the SE, not from the replicate-count fraction: Holm over ~30 layers needs p below 0.05/30,
+    which a fraction of a few hundred replicates cannot reach.
     """
-    from scipy.stats import norm
+    from scipy.stats import t
 
     lo = np.full(point.shape, np.nan)
     hi = np.full(point.shape, np.nan)
     p = np.full(point.shape, np.nan)
     for i in range(point.size):
         r = rep[i] if rep.ndim == 2 and rep.shape[1] else np.zeros(0)
-        if r.size < 2 or not np.isfinite(r).all() or not np.isfinite(point[i]):
+        lo[i], hi[i] = t_interval(float(point[i]), r, groups, LEVEL)
+        if not np.isfinite(lo[i]):
             continue
-        lo[i], hi[i] = np.percentile(r, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
-        se = float(r.std(ddof=1))
-        if se == 0:
-            p[i] = 1.0 if point[i] == 0 else 0.0
-        else:
-            p[i] = float(2 * norm.sf(abs(point[i]) / se))
+        se = float(r.std(ddof=1)) * np.sqrt(groups / (groups - 1))
+        p[i] = (1.0 if point[i] == 0 else 0.0) if se == 0 else float(2 * t.sf(abs(point[i]) / se, groups - 1))
     return lo, hi, p
 
 

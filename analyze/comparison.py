@@ -16,8 +16,9 @@ COMPARE_FORMAT = 1
 DEFINITIONS = {
     "d_a": "Δa_ℓ = a_ℓ(other) − a_ℓ(ref), a the rank-decay exponent (σ_k ∝ k^-a), centered spectrum",
     "d_L": "ΔL_ℓ = mean over sequences of [mean L(other) − mean L(ref)] for step ℓ→ℓ+1 (paired by sequence)",
-    "ci": "95% paired bootstrap: replicate b uses the same sequence blocks (α) / sequences (L) in both checkpoints",
-    "p": "two-sided Wald p-value, Δ / bootstrap SE against the normal distribution",
+    "ci": "95% paired bootstrap, centred on Δ: Δ ± t(g−1)·√(g/(g−1))·SD of the replicates, which use the same g "
+          "sequence blocks (α; first-order spectra, METHOD.md §2) / g sequences (L) in both checkpoints",
+    "p": "two-sided p-value of Δ / bootstrap SE against Student's t with g − 1 degrees of freedom",
     "holm": "Holm step-down adjustment of the bootstrap p-values across layers, per quantity",
     "null": "null spread = RMS over random split-halves of the reference checkpoint's (half 1 − half 2)",
     "onset": "first layer with |Δ| > null spread and Holm-adjusted p < 0.05",

@@ -1,4 +1,5 @@
-"""One layer's contraction: a streaming float64 Gram pass over the store, both fits, bootstrap replicates, split-half null."""
+"""One layer's contraction: a streaming float64 Gram pass over the store, both fits, the bootstrap replicates and the
+split-half null, all from one eigendecomposition (analyze/influence.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from spinal.analyze.gram import GramAccumulator
-from spinal.analyze.moments import GramResult, draw_blocks, resample
+from spinal.analyze.influence import bootstrap_weights, eigen, half_weights
+from spinal.analyze.moments import GramResult
 from spinal.analyze.seeds import Purpose, rng
-from spinal.analyze.spectrum import SpectrumFit, fit_gram, singular_values
+from spinal.analyze.spectrum import SpectrumFit, fit_gram, fit_replicates, singular_values
 from spinal.store import Store
 
 
@@ -24,6 +26,7 @@ class LayerSpectrum:
     null_diffs: np.ndarray  # (null_splits,) a(half 1) − a(half 2)
     sv: np.ndarray  # centered singular values, descending (for plots)
     curv_boot: np.ndarray  # (n_boot,) curvature of the same resamples
+    blocks: int  # filled sequence blocks the resamples draw from (the intervals' degrees of freedom + 1)
 
 
 def accumulate(store: Store, layer: int, blocks: int) -> GramResult:
@@ -34,45 +37,47 @@ def accumulate(store: Store, layer: int, blocks: int) -> GramResult:
     return acc.finish()
 
 
-def _replicate(res: GramResult, storage_dtype: Any, window: tuple[int, int] | None) -> tuple[float, float]:
-    """Centered (a_wls, curvature) of a resample under the point estimate's window rule; no MLE (not kept)."""
-    fit = fit_gram(res, storage_dtype=storage_dtype, centered=True, window=window, with_mle=False)
-    return fit.a_wls, fit.curvature
+def _filled(res: GramResult) -> int:
+    return int(np.count_nonzero(res.block_sizes))
 
 
-def bootstrap_a(res: GramResult, rng: np.random.Generator, n_boot: int, *, storage_dtype: Any,
-                window: tuple[int, int] | None) -> np.ndarray:
-    """(a, curvature) of ``n_boot`` block-bootstrap resamples, (n_boot, 2), METHOD.md §2 "Uncertainty"; none
-    with < 2 filled blocks. One eigensolve per replicate gives both."""
-    if np.count_nonzero(res.block_sizes) < 2:
+def bootstrap_a(res: GramResult, shares: np.ndarray, fit: SpectrumFit, rng: np.random.Generator,
+                n_boot: int) -> np.ndarray:
+    """(a, curvature) of ``n_boot`` block-bootstrap resamples, (n_boot, 2), METHOD.md §2 "Uncertainty": first-order
+    spectra in the point estimate's window (analyze/influence.py); none with < 2 filled blocks."""
+    if _filled(res) < 2:
         return np.zeros((0, 2))
-    return np.array([_replicate(resample(res, draw_blocks(res, rng)), storage_dtype, window)
-                     for _ in range(n_boot)], dtype=np.float64).reshape(n_boot, 2)
+    return np.stack(fit_replicates(bootstrap_weights(res, rng, n_boot) @ shares, fit), axis=1)
 
 
-def split_half_null(res: GramResult, rng: np.random.Generator, splits: int, *, storage_dtype: Any,
-                    window: tuple[int, int] | None) -> np.ndarray:
-    """a(half 1) − a(half 2) over ``splits`` random halvings of the filled blocks (splits,): METHOD.md §4's null spread."""
-    nonempty = np.flatnonzero(res.block_sizes > 0)
-    if nonempty.size < 2:
+def split_half_null(res: GramResult, shares: np.ndarray, fit: SpectrumFit, rng: np.random.Generator,
+                    splits: int) -> np.ndarray:
+    """a(half 1) − a(half 2) over ``splits`` random halvings of the filled blocks (splits,): METHOD.md §4's null
+    spread, each half's spectrum to first order like the bootstrap's."""
+    if _filled(res) < 2:
         return np.zeros(0)
-    diffs = []
-    for _ in range(splits):
-        perm = rng.permutation(nonempty)
-        half = perm.size // 2
-        diffs.append(_replicate(resample(res, perm[:half]), storage_dtype, window)[0]
-                     - _replicate(resample(res, perm[half:]), storage_dtype, window)[0])
-    return np.array(diffs, dtype=np.float64)
+    one, two = half_weights(res, rng, splits)
+    return fit_replicates(one @ shares, fit)[0] - fit_replicates(two @ shares, fit)[0]
 
 
 def layer_spectrum(store_path: str, layer: int, *, blocks: int, n_boot: int, null_splits: int, seed: int,
                    window: tuple[int, int] | None) -> LayerSpectrum:
     store = Store.open(store_path)
-    res = accumulate(store, layer, blocks)
-    kw = dict(storage_dtype=store.dtype, window=window)
-    centered = fit_gram(res, centered=True, **kw)
+    return spectrum_of(accumulate(store, layer, blocks), layer, storage_dtype=store.dtype, n_boot=n_boot,
+                       null_splits=null_splits, seed=seed, window=window)
+
+
+def spectrum_of(res: GramResult, layer: int, *, storage_dtype: Any, n_boot: int, null_splits: int, seed: int,
+                window: tuple[int, int] | None) -> LayerSpectrum:
+    """Both fits, ``n_boot`` bootstrap replicates and ``null_splits`` split-halves of accumulated moments: one
+    ``eigh`` (centered, with vectors) and one ``eigvalsh`` (raw), whatever the replicate counts."""
+    kw = dict(storage_dtype=storage_dtype, window=window)
+    eig = eigen(res)
+    centered = fit_gram(res, centered=True, eigenvalues=eig.eigenvalues, **kw)
     raw = fit_gram(res, centered=False, **kw)
-    boot = bootstrap_a(res, rng(seed, Purpose.BOOTSTRAP), n_boot, **kw)
-    null = split_half_null(res, rng(seed, Purpose.NULL_SPLITS), null_splits, **kw)
-    return LayerSpectrum(layer, res.n, centered, raw, boot[:, 0].copy(), null, singular_values(res.eigenvalues(True)),
-                         boot[:, 1].copy())
+    resampled = (n_boot or null_splits) and np.isfinite(centered.a_wls)
+    shares = eig.shares(res, centered.k_hi if resampled else 0)  # (block, k_hi): each block's share of λ_1..λ_k_hi
+    boot = bootstrap_a(res, shares, centered, rng(seed, Purpose.BOOTSTRAP), n_boot)
+    null = split_half_null(res, shares, centered, rng(seed, Purpose.NULL_SPLITS), null_splits)
+    return LayerSpectrum(layer, res.n, centered, raw, boot[:, 0].copy(), null, singular_values(eig.eigenvalues),
+                         boot[:, 1].copy(), _filled(res))

@@ -136,17 +136,23 @@ def _bulk_ranks(k_lo: int, k_hi: int, spikes: int) -> np.ndarray:
     return np.arange(k_lo, k_hi + 1, dtype=np.float64) - spikes
 
 
+def _wls(y: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slope and weighted R² of each row of ``y`` (…, m) on log k (m,), weights 1/k as α-ReQ."""
+    x, w = np.log(k), 1.0 / k
+    xm, ym = np.average(x, weights=w), np.average(y, weights=w, axis=-1)[..., None]
+    sxx, sxy, syy = (w * (x - xm) ** 2).sum(), (w * (x - xm) * (y - ym)).sum(-1), (w * (y - ym) ** 2).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(syy > 0, sxy**2 / (sxx * syy), np.nan)  # weighted R²; undefined for a flat window
+    return sxy / sxx, r2
+
+
 def fit_wls(sv: np.ndarray, k_lo: int, k_hi: int, spikes: int = 0) -> WlsFit:
     """Slope of log σ_k on log k over 1-based k in [k_lo, k_hi], weights 1/k as α-ReQ; returns a = −slope and R²."""
     k = _bulk_ranks(k_lo, k_hi, spikes)
     y = np.log(np.asarray(sv, dtype=np.float64)[k_lo - 1 : k_hi])
     if k.size < 2 or y.size != k.size or not np.isfinite(y).all():
         raise ValueError(f"need ≥ 2 positive σ in [{k_lo}, {k_hi}], have {y.size} of {len(sv)}")
-    x, w = np.log(k), 1.0 / k
-    xm, ym = np.average(x, weights=w), np.average(y, weights=w)
-    sxx, sxy, syy = (w * (x - xm) ** 2).sum(), (w * (x - xm) * (y - ym)).sum(), (w * (y - ym) ** 2).sum()
-    slope = sxy / sxx
-    r2 = sxy**2 / (sxx * syy) if syy > 0 else math.nan  # weighted R²; undefined for a flat window
+    slope, r2 = _wls(y, k)
     return WlsFit(a=float(-slope), r2=float(r2))
 
 
@@ -251,15 +257,40 @@ def fit_spectrum(eigenvalues: np.ndarray, *, n_tokens: int, dim: int, rms: float
                        curvature=curvature(sv, k_lo, k_hi, offset), **base)
 
 
+def _halves(k_lo: int, k_hi: int, spikes: int) -> int | None:
+    """The rank splitting the window at the geometric middle of its bulk ranks; None if a half is too short."""
+    mid = int(round(math.sqrt((k_lo - spikes) * (k_hi - spikes)))) + spikes
+    return None if mid - k_lo + 1 < MIN_HALF_RANKS or k_hi - mid + 1 < MIN_HALF_RANKS else mid
+
+
 def curvature(sv: np.ndarray, k_lo: int, k_hi: int, spikes: int = 0) -> float:
     """a over the window's upper half minus a over its lower half, split at the geometric middle of the bulk
     ranks: 0 for a straight power law, > 0 where the spectrum bends down (steeper at high ranks), < 0 where it
     flattens; NaN when a half holds fewer than MIN_HALF_RANKS ranks. R² ≥ 0.98 passes bends of 0.07–0.33 on
     real spectra (SmolLM2-135M), so this, with its bootstrap interval, is what says whether a is one slope."""
-    mid = int(round(math.sqrt((k_lo - spikes) * (k_hi - spikes)))) + spikes
-    if mid - k_lo + 1 < MIN_HALF_RANKS or k_hi - mid + 1 < MIN_HALF_RANKS:
+    mid = _halves(k_lo, k_hi, spikes)
+    if mid is None:
         return math.nan
     return fit_wls(sv, mid, k_hi, spikes).a - fit_wls(sv, k_lo, mid, spikes).a
+
+
+def fit_replicates(spectra: np.ndarray, fit: SpectrumFit) -> tuple[np.ndarray, np.ndarray]:
+    """a and curvature (resample,) of resampled spectra (resample, ≥ k_hi) of eigenvalues, in ``fit``'s window.
+
+    Replicates keep the point estimate's window and spikes (analyze/influence.py gives spectra whose ranks
+    are the full sample's); NaN throughout when the point estimate has no fit.
+    """
+    n = spectra.shape[0]
+    if n == 0 or not math.isfinite(fit.a_wls):
+        return np.full(n, math.nan), np.full(n, math.nan)
+    off = fit.spikes if fit.k_lo > fit.spikes else 0
+    with np.errstate(divide="ignore"):
+        y = 0.5 * np.log(np.asarray(spectra, dtype=np.float64)[:, : fit.k_hi])  # log σ
+    slope = lambda lo, hi: _wls(y[:, lo - 1 : hi], _bulk_ranks(lo, hi, off))[0]  # noqa: E731
+    a = -slope(fit.k_lo, fit.k_hi)
+    mid = _halves(fit.k_lo, fit.k_hi, off)
+    curv = np.full(n, math.nan) if mid is None else slope(fit.k_lo, mid) - slope(mid, fit.k_hi)
+    return a, curv
 
 
 def with_curvature(status: str, lo: float, hi: float) -> str:
@@ -269,17 +300,29 @@ def with_curvature(status: str, lo: float, hi: float) -> str:
 
 
 def fit_gram(result: GramResult, *, storage_dtype: Any, centered: bool = True,
-             window: tuple[int, int] | None = None, min_ranks: int = MIN_RANKS, with_mle: bool = True) -> SpectrumFit:
-    """``fit_spectrum`` of an accumulated layer, taking N, d and the per-coordinate rms from it."""
-    return fit_spectrum(result.eigenvalues(centered), n_tokens=result.n, dim=result.dim,
+             window: tuple[int, int] | None = None, min_ranks: int = MIN_RANKS, with_mle: bool = True,
+             eigenvalues: np.ndarray | None = None) -> SpectrumFit:
+    """``fit_spectrum`` of an accumulated layer, taking N, d and the per-coordinate rms from it (and its
+    eigenvalues, unless already computed: ``eigenvalues``)."""
+    ev = result.eigenvalues(centered) if eigenvalues is None else eigenvalues
+    return fit_spectrum(ev, n_tokens=result.n, dim=result.dim,
                         rms=np.sqrt(result.column_mean_square), storage_dtype=storage_dtype,
                         centered=centered, window=window, min_ranks=min_ranks, with_mle=with_mle)
 
 
-def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of bootstrap replicates; (NaN, NaN) if there are none or any has no fit
-    (dropping those would bias the interval)."""
-    if replicates.size == 0 or not np.isfinite(replicates).all():
+def t_interval(point: float, replicates: np.ndarray, groups: int, level: float = 0.95) -> tuple[float, float]:
+    """``point ± t_{g−1} · √(g/(g−1)) · sd(replicates)``: the interval of a statistic whose replicates resample
+    ``groups`` independent groups (sequence blocks); (NaN, NaN) without ≥ 2 groups, ≥ 2 replicates, or when a
+    replicate has no fit (dropping those would bias the interval).
+
+    Centred on the point estimate, not on the replicates' percentiles: with g = 16 blocks the bootstrap's spread
+    is a cluster variance with g − 1 degrees of freedom, hence Student's t and the small-sample factor (coverage
+    on synthetic power laws in benchmarks/bench_ci.py).
+    """
+    from scipy.stats import t
+
+    replicates = np.asarray(replicates, dtype=np.float64)
+    if groups < 2 or replicates.size < 2 or not np.isfinite(replicates).all() or not math.isfinite(point):
         return math.nan, math.nan
-    lo, hi = np.percentile(replicates, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
+    half = float(t.ppf(0.5 + level / 2, groups - 1)) * math.sqrt(groups / (groups - 1)) * float(replicates.std(ddof=1))
+    return point - half, point + half

@@ -21,15 +21,18 @@ from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum
 from spinal.analyze.lens_pass import LensPartial, lens_pass, token_subsample
 from spinal.analyze.pool import Progress, run_tasks
 from spinal.analyze.seeds import Purpose
-from spinal.analyze.spectrum import percentile_ci, with_curvature
+from spinal.analyze.spectrum import t_interval, with_curvature
 from spinal.analyze.transport import summarize
 from spinal.config import AnalyzeConfig, parse_layers, parse_window
 from spinal.errors import InputError, StoreError
 from spinal.outputs import atomic_folder, check_output, check_whole, jsonable
 from spinal.store import Store
 
-TRACE_FORMAT = 1
+TRACE_FORMAT = 2  # 2: first-order bootstrap replicates (analyze/influence.py), L_se, L_precision
 log = logging.getLogger(__name__)
+# The lens subsample should leave each step's mean L uncertain by at most this share of the steps' spread
+# (trace.json L_precision; a warning says when it does not).
+L_PRECISION = 0.01
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,10 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
         lens = lens.merge(part)
     table, seq_L = _table(spectra, lens, store)
     meta = _meta(cfg, store, label, layers, window, blocks_used, spectra, lens, table, t0)
+    if meta["L_precision"] > L_PRECISION and lens.n < meta["n_tokens"]:
+        log.warning("the %d lens tokens leave mean L uncertain by %.1f %% of its between-layer spread (target %g %%): "
+                    "pass a larger --lens-tokens, or 0 for all %d tokens", lens.n, 100 * meta["L_precision"],
+                    100 * L_PRECISION, meta["n_tokens"])
     return Trace(table, meta, np.stack([s.boot for s in spectra]) if cfg.n_boot else np.zeros((len(layers), 0)),
                  seq_L, {s.layer: s.sv for s in spectra})
 
@@ -170,6 +177,8 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
         "n_tokens": int(spectra[0].n_tokens),
         "n_sequences": int(store.meta["n_sequences"]),
         "lens_tokens": int(lens.n),
+        "L_precision": l_precision(table),
+        "L_precision_target": L_PRECISION,
         "blocks_used": blocks_used,
         "companion_tokens": int(lens.n_companion),
         "layers": layers,
@@ -178,6 +187,9 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
         "window_rule": "auto: k_lo = max(spikes+1, 5, ceil(0.05 r)), k_hi = min(floor(0.5 r), noise-floor rank)"
         if window is None else f"fixed {window}",
         "fit": "weighted least squares of log σ_k on log(k − spikes), weights 1/k; MLE cross-check (Clauset, censored)",
+        "interval": "a_lo/a_hi: 95 % for a at this token count (E[â(N)], not the population exponent): a ± "
+                    "t(g−1)·√(g/(g−1))·SD of block-bootstrap replicates over g = blocks_used sequence blocks, each "
+                    "replicate's spectrum to first order from one eigh (analyze/influence.py), fitted in a's window",
         "alpha_name": "rank-decay exponent a (σ_k ∝ k^-a); α-ReQ = 2a; WeightWatcher α = 1 + 1/(2a)",
         "path_length": float(np.nansum(table["L_mean"].to_numpy())),
         "chord_mean": float(lens.chord.mean()) if lens.chord.size else math.nan,
@@ -213,8 +225,8 @@ def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tup
     seq_L = np.full((n_seq, len(spectra) - 1), np.nan)
     for j, s in enumerate(spectra):
         c, r = s.centered, s.raw
-        lo, hi = percentile_ci(s.boot)
-        c_lo, c_hi = percentile_ci(s.curv_boot)
+        lo, hi = t_interval(c.a_wls, s.boot, s.blocks)
+        c_lo, c_hi = t_interval(c.curvature, s.curv_boot, s.blocks)
         row = {
             "layer": s.layer, "a": c.a_wls, "a_lo": lo, "a_hi": hi, "a_mle": c.a_mle, "r2": c.r2, "ks": c.ks,
             "k_lo": c.k_lo, "k_hi": c.k_hi, "rank": c.rank, "spikes": c.spikes, "floor_rank": c.floor_rank,
@@ -229,16 +241,39 @@ def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tup
             row.update({"L_mean": stats.mean, "L_q05": stats.q05, "L_q25": stats.q25, "L_q50": stats.q50,
                         "L_q75": stats.q75, "L_q95": stats.q95,
                         "hellinger": lens.sums["hellinger"][j] / n, "js": lens.sums["js"][j] / nc})
+            row["L_se"] = math.nan
             if lens.seq.size:
                 sums = np.bincount(lens.seq, weights=lens.steps_L[j], minlength=n_seq)
                 counts = np.bincount(lens.seq, minlength=n_seq)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     seq_L[:, j] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+                row["L_se"] = cluster_se(sums, counts)
         else:
-            row.update({k: math.nan for k in ("L_mean", "L_q05", "L_q25", "L_q50", "L_q75", "L_q95",
+            row.update({k: math.nan for k in ("L_mean", "L_se", "L_q05", "L_q25", "L_q50", "L_q75", "L_q95",
                                               "hellinger", "js")})
         rows.append(row)
     return pd.DataFrame(rows), seq_L
+
+
+def cluster_se(sums: np.ndarray, counts: np.ndarray) -> float:
+    """Standard error of the token mean ``Σ sums / Σ counts`` with tokens clustered in sequences (per-sequence
+    ``sums`` and ``counts``; the sandwich form with the g/(g−1) factor); NaN with < 2 sequences."""
+    used = counts > 0
+    g = int(used.sum())
+    if g < 2:
+        return math.nan
+    total = counts[used].sum()
+    resid = sums[used] - counts[used] * (sums[used].sum() / total)
+    return float(math.sqrt(g / (g - 1) * (resid**2).sum()) / total)
+
+
+def l_precision(table: pd.DataFrame) -> float:
+    """The largest standard error of a step's mean L as a share of the steps' spread (SD of the L means): what
+    the lens token subsample leaves uncertain in the shape of the L curve."""
+    se, mean = table["L_se"].to_numpy(), table["L_mean"].to_numpy()
+    ok = np.isfinite(se) & np.isfinite(mean)
+    spread = float(np.std(mean[ok], ddof=1)) if ok.sum() >= 2 else math.nan
+    return float(np.max(se[ok]) / spread) if ok.any() and spread > 0 else math.nan
 
 
 def tokens_sha256(store: Store) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from spinal.config import DTYPES, AnalyzeConfig, CaptureConfig, parse_layers
@@ -11,6 +13,13 @@ from spinal.errors import InputError
 from spinal.fields import option
 
 GIB = 1 << 30  # the unit of the *_gib fields
+# Per-core analysis rates measured by benchmarks/bench_rates.py --write (machine and date inside).
+RATES_FILE = Path(__file__).with_name("analysis_rates.json")
+RATES = json.loads(RATES_FILE.read_text())
+
+
+def _rate(name: str) -> float:
+    return float(RATES[name])
 
 
 def _default(cls: type, name: str) -> Any:
@@ -59,15 +68,15 @@ class PlanConfig:
     host_link_gib_s: float = _opt("GiB/s host→GPU for CPU-offloaded weights, streamed every forward pass", 20.0,
                                   True)
     cpu_cores: int = _opt("CPU cores for the analysis (all nodes together)", 64, True)
-    cpu_gflops_f64: float = _opt("GFLOP/s per core, float64 matrix product (the Gram pass)", 30.0, True)
-    cpu_gflops_eigh: float = _opt("GFLOP/s per core in LAPACK eigvalsh, counted as 4/3·d³ per call "
-                                  "(memory-bound: ~4 on one idle EPYC core at d=4096, less with all cores busy)",
-                                  3.0, True)
-    cpu_gflops_f32: float = _opt("GFLOP/s per core, float32 matrix product (the logit lens)", 40.0, True)
+    cpu_gflops_f64: float = _opt("GFLOP/s per core, float64 SYRK (the Gram pass, N·d² per layer)",
+                                 _rate("gram_gflops_per_core"), True)
+    cpu_eigen_s_1024: float = _opt("seconds of one layer's float64 eigh (with vectors) + eigvalsh at d = 1024 on one "
+                                   "core, scaled as (d/1024)³", _rate("eigen_c_d3") * 1024**3, True)
+    cpu_gflops_shares: float = _opt("GFLOP/s per core, float64 (d×d)·(d×d/2) products: each block's share of the "
+                                    "spectrum, blocks·d³ per layer", _rate("shares_gflops_per_core"), True)
+    cpu_gflops_f32: float = _opt("GFLOP/s per core, float32 logit lens (2·T·d·V per layer)",
+                                 _rate("lens_gflops_per_core"), True)
     lens_tokens: int = _opt("tokens of the transport (lens) pass; 0 = all", _default(AnalyzeConfig, "lens_tokens"),
-                            True)
-    n_boot: int = _opt("bootstrap resamples per layer (one eigvalsh each)", _default(AnalyzeConfig, "n_boot"), True)
-    null_splits: int = _opt("split-halves per layer (two eigvalsh each)", _default(AnalyzeConfig, "null_splits"),
                             True)
     blocks: int = _opt("bootstrap blocks (one d×d float64 scatter each in memory)", _default(AnalyzeConfig, "blocks"),
                        True)
@@ -77,11 +86,11 @@ class PlanConfig:
                      "blocks"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 1")
-        for name in ("lens_tokens", "n_boot", "null_splits", "headroom_gib", "offload_cpu_gib"):
+        for name in ("lens_tokens", "headroom_gib", "offload_cpu_gib"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
         for name in ("gpu_memory_gib", "gpu_tflops", "store_write_gib_s", "weight_read_gib_s", "host_link_gib_s",
-                     "cpu_gflops_f64", "cpu_gflops_eigh", "cpu_gflops_f32"):
+                     "cpu_gflops_f64", "cpu_eigen_s_1024", "cpu_gflops_shares", "cpu_gflops_f32"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name}={getattr(self, name)}; must be > 0")
         if not 0 < self.mfu <= 1:

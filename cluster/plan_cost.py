@@ -53,16 +53,17 @@ class CaptureTime:
 @dataclass(frozen=True)
 class AnalysisCost:
     gram_flops: float
-    eigh_calls: int  # per layer
-    eigh_flops: float
+    eigen_core_s: float  # one layer's eigh + eigvalsh, on one core
+    shares_flops: float
     lens_tokens: int
     lens_flops: float
     gram_s: float
-    eigh_s: float
+    eigen_s: float
+    shares_s: float
     lens_s: float
     total_s: float
+    lens_all_s: float  # the lens pass over every token instead
     task_memory_gib: float  # one (checkpoint, layer) task's float64 scatters
-
 
 
 def store_size(cfg: PlanConfig, facts: ModelFacts) -> StoreSize:
@@ -128,25 +129,30 @@ def capture_time(cfg: PlanConfig, meta: MetaModel, facts: ModelFacts, p: Placeme
 
 
 def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisCost:
-    """CPU cost of one checkpoint's trace (METHOD.md §2–3), per stored layer:
+    """CPU cost of one checkpoint's trace (METHOD.md §2–3), per stored layer, at the per-core rates of
+    ``PlanConfig`` (measured by benchmarks/bench_rates.py):
 
-    - Gram: N·d² float64 (SYRK: the upper triangle only, analyze/gram.py), or 2·N²·d below d
-      tokens, where the rows' N×N Gram is used instead;
-    - eigvalsh: 4/3·r³ each (r = min(N, d)), for the centered and raw fits, every bootstrap resample and
-      both halves of every null split;
+    - Gram: N·d² float64 (SYRK: the upper triangle only, analyze/gram.py), or 2·N²·d below d tokens, where the
+      rows' N×N Gram is used instead;
+    - eigen: one eigh with vectors (centered) and one eigvalsh (raw) at r = min(N, d), ``cpu_eigen_s_1024·(r/1024)³``
+      core-seconds, whatever the bootstrap and null sizes (first-order replicates, analyze/influence.py);
+    - shares: blocks × 2·d²·(r/2) float64, each block's share of the window's values (the window ends at ≤ r/2);
     - lens: 2·T·d·V float32 for the T transport tokens (log-softmax and distances are O(T·V)).
     """
     n, d, layers = cfg.tokens, facts.hidden, s.layers
     r = min(n, d)
     gram = layers * (float(n) * d * d if n >= d else 2.0 * n * n * d)
-    calls = 2 + cfg.n_boot + 2 * cfg.null_splits
-    eigh = layers * calls * (4 / 3) * float(r) ** 3
+    eigen_core_s = cfg.cpu_eigen_s_1024 * (r / 1024) ** 3
+    shares = layers * cfg.blocks * 2.0 * d * d * (r // 2) if n >= d else layers * 2.0 * n * n * (r // 2)
     t = n if cfg.lens_tokens == 0 else min(cfg.lens_tokens, n)
     lens = layers * 2.0 * t * d * facts.vocab
     cores = cfg.cpu_cores
-    gram_s, eigh_s = gram / (cores * cfg.cpu_gflops_f64 * 1e9), eigh / (cores * cfg.cpu_gflops_eigh * 1e9)
+    gram_s = gram / (cores * cfg.cpu_gflops_f64 * 1e9)
+    eigen_s = layers * eigen_core_s / cores
+    shares_s = shares / (cores * cfg.cpu_gflops_shares * 1e9)
     lens_s = lens / (cores * cfg.cpu_gflops_f32 * 1e9)
-    # blocks per-block scatters + the merged total + one scratch product, d×d float64 each (analyze/gram.py)
+    lens_all_s = lens_s * n / t
+    # blocks per-block scatters + the merged total + its eigenvectors, d×d float64 each (analyze/gram.py)
     task_mem = (cfg.blocks + 2) * r * r * 8 / GIB
-    return AnalysisCost(gram, calls, eigh, t, lens, gram_s, eigh_s, lens_s, gram_s + eigh_s + lens_s,
-                        round(task_mem, 3))
+    return AnalysisCost(gram, eigen_core_s, shares, t, lens, gram_s, eigen_s, shares_s, lens_s,
+                        gram_s + eigen_s + shares_s + lens_s, lens_all_s, round(task_mem, 3))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from spinal.cluster.plan_config import GIB, PlanConfig
+from spinal.cluster.plan_config import GIB, RATES, PlanConfig
 from spinal.cluster.plan_cost import AnalysisCost, CaptureTime, StoreSize
 from spinal.cluster.plan_placement import Placement, max_memory_flag
 from spinal.cluster.presets import ModelFacts
@@ -62,9 +62,14 @@ def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureT
         f"           {t.active_replicas} replica(s) busy: {_dur(t.load_s)} loading weights + {_dur(t.run_s)} "
         f"capturing = {_dur(t.total_s)}, {t.gpu_hours:,.2f} GPU-hours per checkpoint",
         f"analysis   per checkpoint on {c.cpu_cores} cores: Gram {_si(a.gram_flops)}FLOP ({_dur(a.gram_s)}), "
-        f"{a.eigh_calls} eigvalsh per layer {_si(a.eigh_flops)}FLOP ({_dur(a.eigh_s)}),",
+        f"eigh + eigvalsh {_dur(a.eigen_core_s)} per layer-core ({_dur(a.eigen_s)}), block shares "
+        f"{_si(a.shares_flops)}FLOP ({_dur(a.shares_s)}),",
         f"           lens over {a.lens_tokens:,} tokens {_si(a.lens_flops)}FLOP ({_dur(a.lens_s)}) → "
-        f"{_dur(a.total_s)}; one layer task holds {a.task_memory_gib:.1f} GiB of float64 scatters",
+        f"{_dur(a.total_s)}; lens over all {s.tokens:,} tokens instead: {_dur(a.lens_all_s)} → "
+        f"{_dur(a.total_s - a.lens_s + a.lens_all_s)}; one layer task holds {a.task_memory_gib:.1f} GiB of float64 "
+        "scatters",
+        f"           rates per core measured by {RATES['command']} on {RATES['machine']['cpu']} "
+        f"({RATES['measured']}), one BLAS thread: set cpu_* below to price other CPUs",
         "",
         "assumptions (PlanConfig fields; change any of them):",
     ]

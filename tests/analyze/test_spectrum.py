@@ -10,7 +10,7 @@ import torch
 
 from references import centered_singular_values
 from spinal.analyze.gram import GramAccumulator
-from spinal.analyze.layer_spectrum import bootstrap_a
+from spinal.analyze.layer_spectrum import spectrum_of
 from spinal.analyze.spectrum import with_curvature
 from spinal.analyze.moments import GramResult
 from spinal.analyze.spectrum import (
@@ -21,7 +21,7 @@ from spinal.analyze.spectrum import (
     fit_spectrum,
     fit_wls,
     noise_floor,
-    percentile_ci,
+    t_interval,
     singular_values,
 )
 
@@ -218,27 +218,31 @@ def test_wls_is_weighted_by_inverse_rank():
     assert abs(weighted - 1.0) < abs(unweighted - 1.0)
 
 
+def _spectrum(res, n_boot=40, seed=0):
+    return spectrum_of(res, 0, storage_dtype="float64", n_boot=n_boot, null_splits=8, seed=seed, window=None)
+
+
 def test_bootstrap_ci_brackets_the_exponent():
-    """The trace's interval: percentile_ci of the block-bootstrap replicates layer_spectrum draws."""
+    """The trace's interval: a t interval on the spread of the block-bootstrap replicates layer_spectrum draws."""
     h = _power_law_h(1.0, seed=7, n=4096, d=128)
     res = _accumulate(h)
+    s = _spectrum(res)
     point = fit_gram(res, storage_dtype="float64").a_wls
-    boot = bootstrap_a(res, np.random.default_rng(0), 40, storage_dtype="float64", window=None)[:, 0]
-    assert boot.shape == (40,) and np.unique(boot).size > 30  # distinct resamples, not one repeated
-    lo, hi = percentile_ci(boot)
-    assert lo < point < hi
+    assert abs(s.centered.a_wls - point) < 1e-12  # eigh's spectrum fits as eigvalsh's does
+    assert s.boot.shape == (40,) and np.unique(s.boot).size > 30  # distinct resamples, not one repeated
+    assert abs(s.boot.mean() - point) < 0.25 * s.boot.std()  # first-order replicates centre on the estimate
+    lo, hi = t_interval(point, s.boot, s.blocks)
+    assert lo < point < hi and s.blocks == 16
     assert lo - 0.02 < 1.0 < hi + 0.02  # covers the truth up to the estimator's ±0.02 bias
     assert hi - lo < 0.1
-    again = bootstrap_a(res, np.random.default_rng(0), 40, storage_dtype="float64", window=None)[:, 0]
-    np.testing.assert_array_equal(again, boot)  # seeded
+    np.testing.assert_array_equal(_spectrum(res).boot, s.boot)  # seeded
+    assert not np.array_equal(_spectrum(res, seed=1).boot, s.boot)
 
 
 def _curvature_status(h: np.ndarray) -> tuple[float, float, float, str]:
-    res = _accumulate(h)
-    fit = fit_gram(res, storage_dtype="float64")
-    boot = bootstrap_a(res, np.random.default_rng(0), 60, storage_dtype="float64", window=None)
-    lo, hi = percentile_ci(boot[:, 1])
-    return fit.curvature, lo, hi, with_curvature(fit.status, lo, hi)
+    s = _spectrum(_accumulate(h), n_boot=60)
+    lo, hi = t_interval(s.centered.curvature, s.curv_boot, s.blocks)
+    return s.centered.curvature, lo, hi, with_curvature(s.centered.status, lo, hi)
 
 
 def test_a_straight_power_law_is_not_curved_and_a_bend_is():

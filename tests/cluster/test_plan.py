@@ -144,12 +144,27 @@ def test_capture_time_follows_the_stated_assumptions(llama70):
     assert few.active_replicas == 3  # 3 work units for 8 replicas
 
 
-def test_analysis_cost_counts_gram_eigvalsh_and_lens(plan70):
+def test_analysis_cost_counts_gram_eigen_shares_and_lens(plan70):
+    """The replicates cost no eigensolves: one eigh + one eigvalsh per layer, whatever n_boot is."""
     a, n, d = plan70.analysis, 512 * 512, 8192
+    cfg = plan70.config
     assert a.gram_flops == 81 * n * d * d  # SYRK: half a GEMM's 2·N·d²
-    assert a.eigh_calls == 2 + 200 + 2 * 8
-    assert a.lens_flops == 81 * 2 * n * d * 128256
-    assert a.total_s == pytest.approx(a.gram_s + a.eigh_s + a.lens_s)
+    assert a.eigen_core_s == pytest.approx(cfg.cpu_eigen_s_1024 * 8**3)
+    assert a.eigen_s == pytest.approx(81 * a.eigen_core_s / cfg.cpu_cores)
+    assert a.shares_flops == 81 * 16 * 2 * d * d * (d // 2)
+    assert a.lens_tokens == 8192 and a.lens_flops == 81 * 2 * 8192 * d * 128256
+    assert a.lens_all_s == pytest.approx(a.lens_s * n / 8192)
+    assert a.total_s == pytest.approx(a.gram_s + a.eigen_s + a.shares_s + a.lens_s)
+
+
+def test_the_70b_analysis_fits_in_an_hour_at_the_measured_rates(plan70):
+    """Issue 13's goal, priced with this repository's measured per-core rates (cluster/analysis_rates.json)."""
+    from spinal.cluster.plan_config import RATES
+
+    cfg = plan70.config
+    assert cfg.cpu_gflops_f64 == RATES["gram_gflops_per_core"] and cfg.cpu_cores == 64
+    assert plan70.analysis.total_s <= 3600, plan70.analysis
+    assert "measured by benchmarks/bench_rates.py" in plan70.render()
 
 
 def test_render_and_dict_state_every_assumption(plan70):
