@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_rates.py [--dims 1024 2048 4096] [--write]
 
-- Gram: float64 SYRK of (4096 × d) chunks into a d×d scatter, as analyze/gram.py runs it, in GFLOP/s (N·d² per pass).
+- Gram: analyze/gram.py's accumulator (16 blocks, float32 rows upcast, per-block SYRKs and merges) at d = 2048,
+  in GFLOP/s of N·d² per pass.
 - Eigen: one float64 ``eigh`` with vectors plus one ``eigvalsh`` (what a layer costs, analyze/layer_spectrum.py)
   at each d, and the constant c of ``seconds = c·d³`` fitted to them (the planner extrapolates with it).
 - Shares: the float64 (d, d) × (d, d/2) product per block that gives each block's share of the spectrum, GFLOP/s.
@@ -21,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.linalg.blas import dsyrk
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
+
+from spinal.analyze.gram import GramAccumulator  # noqa: E402
 
 RATES = Path(__file__).resolve().parent.parent / "cluster" / "analysis_rates.json"
 
@@ -43,9 +45,9 @@ def measure(dims: list[int]) -> dict:
     rng = np.random.default_rng(0)
     torch.set_num_threads(1)
     with threadpool_limits(1):
-        x = rng.standard_normal((4096, 2048))
-        c = np.zeros((2048, 2048))
-        gram = 4096 * 2048**2 / best(lambda: dsyrk(1.0, x, c=c, trans=1, beta=1.0, overwrite_c=1)) / 1e9
+        x = rng.standard_normal((16384, 2048)).astype(np.float32)  # stored rows, as the store hands them over
+        ids = np.arange(16384) // 128 % 16  # sequences of 128 tokens in 16 blocks
+        gram = 16384 * 2048**2 / best(lambda: GramAccumulator(2048, 16).update(x, ids).finish()) / 1e9
         m = rng.standard_normal((2048, 2048))
         v = rng.standard_normal((2048, 1024))
         shares = 2 * 2048 * 2048 * 1024 / best(lambda: m @ v) / 1e9
