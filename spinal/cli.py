@@ -22,6 +22,7 @@ app = typer.Typer(
     "serve: keep checkpoints loaded on Ray. plan: size a cluster capture from a model config. inspect / verify: what a store holds, and whether every chunk reads back intact.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # help shows TOML names ([run], [[checkpoints]]) as written, never as markup
     pretty_exceptions_enable=False,
 )
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="draw a progress bar on stderr")

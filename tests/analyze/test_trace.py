@@ -155,3 +155,23 @@ def test_companions_on_a_seeded_subset_match_brute_force(store, tmp_path):
     full = tr.table["L_mean"][2]
     assert full == pytest.approx(analyze(AnalyzeConfig(store=store[0], out=str(tmp_path / "d"), n_boot=0,
                                                        null_splits=0, workers=1)).table["L_mean"][2], rel=1e-6)
+
+
+def test_cluster_se_is_the_spread_of_the_token_mean_over_repeated_samples():
+    """L_se: tokens of one sequence share a component, so the mean over tokens varies more than √(var/N) says;
+    the clustered SE matches its actual spread over 2000 seeded datasets (and the naive one does not)."""
+    from spinal.analyze.trace import cluster_se
+
+    rng = np.random.default_rng(0)
+    means, ses, naive = [], [], []
+    for _ in range(2000):
+        counts = rng.integers(5, 40, size=60)
+        seq = np.repeat(np.arange(60), counts)
+        x = rng.normal(size=60)[seq] + rng.normal(size=seq.size)  # sequence effect + token noise
+        sums = np.bincount(seq, weights=x)
+        means.append(x.mean())
+        ses.append(cluster_se(sums, counts))
+        naive.append(x.std(ddof=1) / np.sqrt(x.size))
+    actual = np.std(means, ddof=1)
+    assert abs(np.median(ses) / actual - 1) < 0.1
+    assert np.median(naive) < 0.5 * actual

@@ -46,4 +46,4 @@ def test_demo_on_96_prompts_finds_what_dpo_did_and_reports_it(tmp_path):
     assert f"{num(pair['delta_align'])} ± {num(pair['delta_align_se'])}" in html  # the summary row's own numbers
     assert "operational definition" in html and html.count("data:image/png;base64,") >= 4
     tr = json.loads((out / "traces" / "sft" / "trace.json").read_text())
-    assert tr["options"]["lens_tokens"] == 8192 and tr["positions"] == "response"
+    assert tr["options"]["lens_tokens"] == 12288 and tr["positions"] == "response"

@@ -120,3 +120,15 @@ def test_an_adapter_belongs_to_its_checkpoint_not_to_the_capture_table(tmp_path)
     assert base.adapter is None and dpo.adapter == str((tmp_path / "lora" / "dpo").resolve())
     with pytest.raises(InputError, match=r"\[capture\] may not set \['adapter'\]"):
         load_run_config(_toml(tmp_path, '[capture]\nadapter = "x"\n'))
+
+
+def test_help_shows_toml_names_as_written():
+    """Bracketed TOML names in help are text, not markup (rich used to eat '[run]' and '[[checkpoints]]')."""
+    from typer.testing import CliRunner
+
+    from spinal.cli import app
+
+    r = CliRunner().invoke(app, ["run", "--help"], terminal_width=200)
+    assert r.exit_code == 0
+    assert "[run] out/prompts, [[checkpoints]], [capture], [analyze], [compare]" in r.output
+    assert "[cluster] replicas" in r.output
