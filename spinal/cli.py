@@ -278,6 +278,11 @@ def run(
                                           "default: in-process, or a local Ray instance when [cluster] replicas > 1"),
     service: bool = typer.Option(False, "--service", help="capture on the replicas started by `spinal serve` for "
                                                          "each checkpoint label"),
+    out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="run folder instead of the TOML's [run] out"),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="override one stage option, TABLE.KEY=VALUE with "
+                                             "TABLE capture, analyze, compare or cluster (repeatable), e.g. "
+                                             "--set analyze.n_boot=2000 --set capture.dtype=bfloat16; recorded in "
+                                             "run.json like the file's own"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="draw progress bars on stderr"),
     verbose: bool = VERBOSE,
 ) -> None:
@@ -288,7 +293,7 @@ def run(
     from spinal.cluster.run import run as run_all
     from spinal.config import load_run_config
 
-    cfg = load_run_config(config)
+    cfg = load_run_config(config, out=out_dir, sets=sets or [])
     t0 = __import__("time").perf_counter()
     with StageBars(progress) as bars:
         summary = run_all(cfg, resume=resume, overwrite=overwrite, progress=bars, address=address, service=service)

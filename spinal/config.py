@@ -250,9 +250,31 @@ class RunConfig:
         return d
 
 
-def load_run_config(path: str) -> RunConfig:
+STAGE_TABLES = ("capture", "analyze", "compare", "cluster")
+
+
+def _apply_sets(doc: dict, sets: list[str] | tuple[str, ...]) -> None:
+    """``TABLE.KEY=VALUE`` overrides (``spinal run --set``) into the TOML's stage tables, typed by their config."""
+    from spinal.fields import settings
+
+    classes = dict(zip(STAGE_TABLES, (CaptureConfig, AnalyzeConfig, CompareConfig, ClusterConfig)))
+    for item in sets:
+        key, eq, value = item.partition("=")
+        table, dot, name = key.strip().partition(".")
+        if not (eq and dot and table in classes and name):
+            raise InputError(f"--set {item!r}: expected TABLE.KEY=VALUE with TABLE one of {', '.join(STAGE_TABLES)}, "
+                             "e.g. --set analyze.n_boot=2000")
+        if name in getattr(classes[table], "RUN_SETS", ()):
+            raise InputError(f"--set {item!r}: the run sets {table}.{name} itself")
+        doc.setdefault(table, {}).update(settings(classes[table], [f"{name}={value}"], f"--set [{table}]"))
+
+
+def load_run_config(path: str, *, out: str | None = None, sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a run TOML (tables: [run], [[checkpoints]], [capture], [analyze], [compare], [cluster]) into typed
-    configs, checked once; relative paths are resolved against the TOML file's folder."""
+    configs, checked once; relative paths are resolved against the TOML file's folder.
+
+    ``out`` replaces [run] out (relative to the working directory, as a command-line path is); ``sets`` are
+    ``TABLE.KEY=VALUE`` overrides of the stage tables, applied before the checks and recorded like the file's."""
     import tomllib
     from pathlib import Path
 
@@ -269,6 +291,7 @@ def load_run_config(path: str) -> RunConfig:
     unknown = sorted(set(doc) - known)
     if unknown:
         raise InputError(f"{path}: unknown table(s) {unknown}; known: {sorted(known)}")
+    _apply_sets(doc, sets)
     run = doc.get("run", {})
     extra = sorted(set(run) - {"out", "prompts"})
     if extra:
@@ -289,12 +312,11 @@ def load_run_config(path: str) -> RunConfig:
         cks.append(replace(ck, adapter=rel(ck.adapter)) if ck.adapter else ck)
     if not cks:
         raise InputError(f"{path}: [[checkpoints]] is empty; list at least one")
-    out, prompts = rel(run["out"]), rel(run["prompts"])
+    out, prompts = (str(Path(out).resolve()) if out else rel(run["out"])), rel(run["prompts"])
     first = {"capture": {"model": cks[0].path, "prompts": prompts, "out": f"{out}/stores/{cks[0].label}.zarr"},
              "analyze": {"store": f"{out}/stores/{cks[0].label}.zarr", "out": f"{out}/traces/{cks[0].label}"}}
     stages = {}
-    for table, cls in (("capture", CaptureConfig), ("analyze", AnalyzeConfig), ("compare", CompareConfig),
-                       ("cluster", ClusterConfig)):
+    for table, cls in zip(STAGE_TABLES, (CaptureConfig, AnalyzeConfig, CompareConfig, ClusterConfig)):
         vals = doc.get(table, {})
         names = {f.name for f in dataclasses.fields(cls)} - getattr(cls, "RUN_SETS", frozenset())
         unknown = sorted(set(vals) - names)

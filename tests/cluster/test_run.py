@@ -54,6 +54,23 @@ def test_unknown_and_mistyped_keys_are_named(tmp_path, checkpoint):
         load_run_config(str(f))  # typed once, at load: no stage starts on a config that cannot run
 
 
+def test_out_and_set_override_the_file_and_are_checked_like_it(tmp_path, checkpoint, monkeypatch):
+    f = _config(tmp_path, {"a": checkpoint("llama")})
+    monkeypatch.chdir(tmp_path)
+    cfg = load_run_config(str(f), out="elsewhere", sets=["analyze.n_boot=2000", "capture.dtype=bfloat16",
+                                                         "compare.weights=false"])
+    assert cfg.out == str(tmp_path / "elsewhere")  # relative to the working directory, like any CLI path
+    assert (cfg.analyze.n_boot, cfg.capture.dtype, cfg.compare.weights) == (2000, "bfloat16", False)
+    assert cfg.analyze.workers == 1 and cfg.record()["analyze"]["n_boot"] == 2000  # the rest of the file kept
+    for item, needle in [("analyze.n_bot=3", "--set [analyze] n_bot: unknown key"),
+                         ("analyze.n_boot=many", "n_boot"), ("n_boot=3", "expected TABLE.KEY=VALUE"),
+                         ("analyze.store=x.zarr", "the run sets analyze.store itself")]:
+        r = runner.invoke(app, ["run", str(f), "--set", item, "--no-progress"])
+        assert r.exit_code == 2 and needle in r.stderr, (item, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_checkpoint_is_refused_before_any_work(tmp_path, checkpoint):
     f = _config(tmp_path, {"a": checkpoint("llama"), "b": tmp_path / "nowhere"})
     r = runner.invoke(app, ["run", str(f), "--no-progress"])
