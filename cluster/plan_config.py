@@ -37,7 +37,8 @@ def _opt(text: str, default: Any, assumption: bool = False) -> Any:
 class PlanConfig:
     """What to plan: a model, the GPUs at hand, the capture size and the throughput assumptions."""
 
-    model: str = option("preset (llama-3-8b, llama-3-70b, qwen2.5-72b, mistral-7b, or its hub id) or a local "
+    model: str = option("run config (TOML: its first checkpoint and settings are planned), preset (llama-3-8b, "
+                        "llama-3-70b, qwen2.5-72b, mistral-7b, or its hub id) or a local "
                         "config.json / checkpoint folder; no weights are read")
     dtype: str = _opt("weights and activations dtype: bfloat16, float16, float32, or auto (the config's)", "bfloat16")
     gpus_per_node: int = _opt("GPUs in each node (a replica never spans nodes)", 8)
@@ -101,3 +102,20 @@ class PlanConfig:
             raise InputError(f"gpus_per_replica={self.gpus_per_replica}; must be 1–{self.gpus_per_node} "
                              f"(gpus_per_node): a replica never spans nodes")
         parse_layers(self.layers, None)
+
+
+def from_run(path: str) -> dict[str, Any]:
+    """The plan fields a run TOML fixes: its first checkpoint, [capture] dtype, layers, batch_size, max_length and
+    unit_tokens, [analyze] lens_tokens and blocks, and [cluster] gpus_per_replica when set."""
+    from spinal.config import load_run_config
+
+    run = load_run_config(path)
+    c, a = run.capture, run.analyze
+    values = {"model": run.checkpoints[0].path, "dtype": c.dtype, "layers": c.layers, "batch_size": c.batch_size,
+              "seq_len": c.max_length, "unit_tokens": c.unit_tokens, "lens_tokens": a.lens_tokens, "blocks": a.blocks}
+    if run.cluster.gpus_per_replica > 0:
+        values["gpus_per_replica"] = run.cluster.gpus_per_replica
+    if "://" not in values["model"] and not Path(values["model"]).exists():
+        raise InputError(f"{path}: the first checkpoint {values['model']} is not on this machine; plan where it is, "
+                         "or plan its preset (e.g. spinal plan llama-3-70b) with --set for the run's settings")
+    return values

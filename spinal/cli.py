@@ -259,7 +259,10 @@ def plan(
     from spinal.cluster.plan import plan as make_plan
     from spinal.fields import settings
 
-    values = {**options, **settings(PlanConfig, assume or [], "--set")}
+    from spinal.cluster.plan_config import from_run
+
+    run_values = from_run(options["model"]) if options["model"].endswith(".toml") else {}
+    values = {**options, **run_values, **settings(PlanConfig, assume or [], "--set")}
     result = make_plan(PlanConfig(**values))
     if as_json:
         out.print_json(json.dumps(result.to_dict(), default=str))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -276,3 +277,28 @@ def test_readme_shows_the_planners_current_output():
                                  "--gpu-memory-gib", "80", "--tokens", "262144"], terminal_width=200)
     assert r.exit_code == 0, r.output
     assert shown == r.stdout.strip()
+
+
+def test_a_run_config_is_planned_with_its_own_settings(tmp_path, checkpoint):
+    """`spinal plan RUN.toml` plans the run about to start: its first checkpoint, capture and analysis settings;
+    --set still overrides; a checkpoint that is not on this machine is named in one line."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from spinal.cli import app
+
+    ck = checkpoint("llama")
+    f = tmp_path / "run.toml"
+    f.write_text(f'[run]\nout = "o"\nprompts = "p.jsonl"\n[[checkpoints]]\nlabel = "a"\npath = "{ck}"\n'
+                 '[capture]\nbatch_size = 3\nmax_length = 96\nunit_tokens = 512\ndtype = "float32"\n'
+                 '[analyze]\nlens_tokens = 999\n')
+    r = CliRunner().invoke(app, ["plan", str(f), "--json", "--set", "unit_tokens=1024"])
+    assert r.exit_code == 0, r.output
+    cfg = _json.loads(r.stdout)["config"]
+    assert (cfg["model"], cfg["batch_size"], cfg["seq_len"], cfg["dtype"], cfg["lens_tokens"], cfg["unit_tokens"]) == (
+        str(ck), 3, 96, "float32", 999, 1024)
+    cluster_toml = Path(__file__).parents[2] / "configs" / "llama70b-cluster.toml"
+    r = CliRunner().invoke(app, ["plan", str(cluster_toml)])
+    assert r.exit_code == 2 and "/shared/models/Meta-Llama-3-70B is not on this machine" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
