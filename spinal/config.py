@@ -34,7 +34,8 @@ class CaptureConfig:
         "sink), 'all', 'last:K', 'response' (every token after the prompt)", "auto")
     batch_size: int = option("sequences per forward pass", 8)
     max_length: int = option("tokens per sequence; longer inputs are truncated (and reported)", 512)
-    dtype: str = option("compute dtype: auto (the checkpoint's), float32, bfloat16, float16", "auto")
+    dtype: str = option("compute dtype: auto (the checkpoint's on GPU, float32 on CPU, where bf16 matmuls run "
+                        "~5× slower), float32, bfloat16, float16", "auto")
     device_map: str | None = option("accelerate device_map: 'auto', 'cpu', 'cuda:0', … (default: cpu or one GPU)",
                                     None)
     max_memory: str | None = option("accelerate max_memory, e.g. '0=70GiB,1=70GiB,cpu=200GiB'", None)

@@ -24,10 +24,24 @@ def test_bfloat16_round_trip_is_bit_exact():
     assert torch.equal(back.view(torch.int16), x.view(torch.int16))
 
 
+def test_dtype_auto_computes_in_float32_on_cpu_and_says_so(checkpoint, prompts_file, tmp_path, caplog):
+    """A bf16 checkpoint on CPU: 'auto' (the default) computes and stores float32, since CPUs have no fast bf16
+    matmul; --dtype bfloat16 keeps the checkpoint's (next test)."""
+    import logging
+
+    ckpt = checkpoint("llama", dtype=torch.bfloat16)
+    out = str(tmp_path / "auto.zarr")
+    with caplog.at_level(logging.INFO, logger="spinal.capture.load"):
+        capture(CaptureConfig(model=str(ckpt), prompts=str(prompts_file), out=out, batch_size=2))
+    assert Store.open(out).dtype == "float32"
+    assert any("dtype auto on CPU: computing in float32" in r.getMessage() for r in caplog.records)
+
+
 def test_bf16_capture_keeps_every_bit(checkpoint, prompts_file, tmp_path):
     ckpt = checkpoint("llama", dtype=torch.bfloat16)
     out = str(tmp_path / "bf.zarr")
-    capture(CaptureConfig(model=str(ckpt), prompts=str(prompts_file), out=out, positions="all", batch_size=1))
+    capture(CaptureConfig(model=str(ckpt), prompts=str(prompts_file), out=out, positions="all", batch_size=1,
+                          dtype="bfloat16"))
     store = Store.open(out)
     assert store.dtype == "bfloat16" and store.hidden.dtype == np.uint16
     assert store.hidden.attrs["spinal_dtype"] == "bfloat16"
