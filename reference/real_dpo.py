@@ -63,9 +63,9 @@ class Config:
 
 FULL = Config(
     seed=0, rank=8, alpha=16, targets=("q_proj", "v_proj"), max_new_tokens=48,
-    healthy=Run(steps=20, lr=5e-4, warmup=3, save_at=(5, 10, 20)),
-    # 20x the healthy learning rate and no warm-up: the standard way to make a DPO run collapse.
-    overtrained=Run(steps=15, lr=1e-2, save_at=(15,)),
+    healthy=Run(steps=20, lr=3e-4, warmup=3, save_at=(8, 14, 20)),
+    # 33x the healthy learning rate and no warm-up: the standard way to make a DPO run collapse.
+    overtrained=Run(steps=12, lr=1e-2, save_at=(12,)),
 )
 SHORT = replace(FULL, max_new_tokens=8, n_train=4, n_eval=2,
                 healthy=Run(steps=2, lr=2e-4, save_at=(1, 2), batch_pairs=2),
@@ -151,7 +151,7 @@ def make_data(model, tok, cfg: Config, folder: Path, audit: Path) -> dict:
     """Generate the base's greedy replies once; write the JSONL splits, the audit prompts and the manifest."""
     splits = D.build(cfg.seed)
     D.check_heldout(splits)
-    for name, key in (("harmful_train", "rejected"), ("harmful_heldout", "rejected"), ("benign_heldout", "base_reply")):
+    for name, key in D.GENERATED.items():
         t = time.perf_counter()
         for row, ids in zip(splits[name], greedy(model, tok, [r["prompt"] for r in splits[name]], cfg.max_new_tokens)):
             row[key] = trim(tok, ids, cfg.max_new_tokens)
@@ -258,7 +258,7 @@ def run(cfg: Config, out: Path, threads: int, reuse_data: bool) -> dict:
         manifest = make_data(model, tok, cfg, out / "data", out / "prompts" / "audit.jsonl")
         manifest, splits = read_data(out / "data")
     times["data"] = time.perf_counter() - t
-    train_rows = splits["harmful_train"][: cfg.n_train]
+    train_rows = splits["harmful_train"][: cfg.n_train] + splits["benign_train"][: cfg.n_train]
     t = time.perf_counter()
     chosen, rejected = pair_encodings(tok, train_rows)
     ref = (batched_logps(model, chosen, tok.pad_token_id)[0], batched_logps(model, rejected, tok.pad_token_id)[0])

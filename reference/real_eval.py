@@ -36,8 +36,9 @@ def mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def measure(model, tok, splits, ref_heldout, cfg) -> dict:
-    """One checkpoint's figures (the model as it is: adapter set or disabled by the caller)."""
+def measure(model, tok, splits, cfg) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+    """One checkpoint's figures (the model as it is: adapter set or disabled by the caller) and its summed log-probs
+    of the held-out pairs' chosen and rejected replies, each (pair,)."""
     harm, benign = splits["harmful_heldout"][: cfg.n_eval], splits["benign_heldout"][: cfg.n_eval]
     ids = R.greedy(model, tok, [r["prompt"] for r in harm + benign], cfg.max_new_tokens)
     replies = [tok.decode(i, skip_special_tokens=True).strip() for i in ids]
@@ -45,7 +46,6 @@ def measure(model, tok, splits, ref_heldout, cfg) -> dict:
     chosen, rejected = R.pair_encodings(tok, harm)
     pad = tok.pad_token_id
     (lw, nw), lr = R.batched_logps(model, chosen, pad), R.batched_logps(model, rejected, pad)[0]
-    margin = cfg.healthy.beta * ((lw - ref_heldout[0]) - (lr - ref_heldout[1]))  # implicit reward margin (pair,)
     base_lp, base_n = R.batched_logps(model, [R.encode(tok, r["prompt"], r["base_reply"]) for r in benign], pad)
     return {
         "refusal_harmful": mean(D.is_refusal(r) for r in h_rep),
@@ -56,10 +56,8 @@ def measure(model, tok, splits, ref_heldout, cfg) -> dict:
         "reply_tokens_benign": mean(len(i) for i in b_ids),
         "base_reply_nll_benign": float(-(base_lp.sum() / base_n.sum())),
         "chosen_nll_heldout": float(-(lw.sum() / nw.sum())),
-        "reward_accuracy": float((margin > 0).float().mean()),
-        "reward_margin": float(margin.mean()),
         "replies": {r["id"]: rep for r, rep in zip(harm + benign, replies)},
-    }
+    }, (lw, lr)
 
 
 def cpu_name() -> str:
@@ -79,17 +77,14 @@ def evaluate(pm_base, tok, splits, adapters: Path, names: list[str], cfg, record
     from safetensors.torch import load_file
 
     harm = splits["harmful_heldout"][: cfg.n_eval]
-    chosen, rejected = R.pair_encodings(tok, harm)
-    ref = (R.batched_logps(pm_base, chosen, tok.pad_token_id)[0],
-           R.batched_logps(pm_base, rejected, tok.pad_token_id)[0])
     pm = R.lora_model(pm_base, cfg)
     rows = []
     for name in ["base"] + names:
         t = time.perf_counter()
-        if name == "base":
+        if name == "base":  # the DPO reference: its log-probs are the rewards' baseline, its margin 0 by definition
             with pm.disable_adapter():
-                row = measure(pm, tok, splits, ref, cfg)
-            row |= {"reward_accuracy": None, "reward_margin": None}  # the reference itself: margin 0 by definition
+                row, ref = measure(pm, tok, splits, cfg)
+            row |= {"reward_accuracy": None, "reward_margin": None}
             lineage = {"stage": "base", "step": 0, "hyperparameters": {}}
         else:
             folder = adapters / name
@@ -98,7 +93,9 @@ def evaluate(pm_base, tok, splits, adapters: Path, names: list[str], cfg, record
             res = set_peft_model_state_dict(pm, weights)
             if res.unexpected_keys:
                 raise RuntimeError(f"{folder}: adapter keys not in the model: {res.unexpected_keys[:3]}")
-            row = measure(pm, tok, splits, ref, cfg)
+            row, (lw, lr) = measure(pm, tok, splits, cfg)
+            margin = cfg.healthy.beta * ((lw - ref[0]) - (lr - ref[1]))  # implicit reward margin (pair,)
+            row |= {"reward_accuracy": float((margin > 0).float().mean()), "reward_margin": float(margin.mean())}
         hp = lineage["hyperparameters"]
         rows.append({"name": name, "stage": lineage["stage"], "step": lineage["step"], "lr": hp.get("lr"),
                      "beta": hp.get("beta"), "wall_s": time.perf_counter() - t, **row})
@@ -107,6 +104,7 @@ def evaluate(pm_base, tok, splits, adapters: Path, names: list[str], cfg, record
         "base": {"file": R.GGUF.name, "sha256": R.GGUF_SHA256},
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "n_train_pairs": {n: len(splits[n][: cfg.n_train]) for n in ("harmful_train", "benign_train")},
         "n_heldout_harmful": len(harm), "n_heldout_benign": len(splits["benign_heldout"][: cfg.n_eval]),
         "heldout_topics": sorted({r["topic"] for r in harm}),
         "adapter_mb": n_bytes / 1e6,
@@ -154,6 +152,8 @@ def markdown(report: dict) -> str:
         "", "## Training run", "",
         f"Seed {cfg['seed']}, {tr['threads']} torch thread(s) on a {m['cores']}-core {m['cpu']} (shared with other "
         f"work: wall times are as measured, noisy), Python {m['python']}, torch {m['torch']}. "
+        f"Training pairs: {report['n_train_pairs']['harmful_train']} harmful (chosen = a refusal, rejected = the base's "
+        f"reply) and {report['n_train_pairs']['benign_train']} benign (chosen = the base's reply, rejected = a refusal). "
         f"{lora}; adapters saved in bf16 ({report['adapter_mb']:.1f} MB in all). DPO loss hand-written "
         "(`reference/scoring.dpo_loss`), reference = the base with the adapter disabled (log-probs precomputed once), "
         "AdamW (0.9, 0.95), no weight decay, gradient clipping at 1.0.", "",
