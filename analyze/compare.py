@@ -8,7 +8,7 @@ import pandas as pd
 from spinal.analyze import seeds
 from spinal.analyze.aggregates import pair_aggregates, steps_into, terminal_layers, training_series
 from spinal.analyze.comparison import Comparison, PairComparison
-from spinal.analyze.spectrum import t_interval
+from spinal.analyze.spectrum import replicate_se, t_interval
 from spinal.analyze.trace import Trace
 from spinal.config import CompareConfig
 from spinal.errors import InputError
@@ -130,7 +130,7 @@ def _ci_p(rep: np.ndarray, point: np.ndarray, groups: int):
         lo[i], hi[i] = t_interval(float(point[i]), r, groups, LEVEL)
         if not np.isfinite(lo[i]):
             continue
-        se = float(r.std(ddof=1)) * np.sqrt(groups / (groups - 1))
+        se = replicate_se(r, groups)
         p[i] = (1.0 if point[i] == 0 else 0.0) if se == 0 else float(2 * t.sf(abs(point[i]) / se, groups - 1))
     return lo, hi, p
 

@@ -165,7 +165,8 @@ def draw_blocks(result: GramResult, rng: np.random.Generator) -> np.ndarray:
 
 
 def resample(result: GramResult, choice: np.ndarray) -> GramResult:
-    """The moments of the blocks listed in ``choice`` (repeats allowed), merged as one token set."""
+    """The moments of the blocks listed in ``choice`` (repeats allowed), merged as one token set: an exact
+    resample (v0.1's bootstrap replicates; benchmarks/bench_ci.py measures today's first-order ones against it)."""
     choice = np.asarray(choice, dtype=np.int64)
     if choice.size == 0 or choice.min() < 0 or choice.max() >= result.n_blocks:
         raise ValueError(f"block choice must be non-empty ids in [0, {result.n_blocks}), got {choice}")

@@ -310,6 +310,12 @@ def fit_gram(result: GramResult, *, storage_dtype: Any, centered: bool = True,
                         centered=centered, window=window, min_ranks=min_ranks, with_mle=with_mle)
 
 
+def replicate_se(replicates: np.ndarray, groups: int) -> float:
+    """``√(g/(g−1)) · sd(replicates)``: the standard error of a statistic whose replicates resample ``groups``
+    independent groups (the small-sample factor of a cluster variance with g − 1 degrees of freedom)."""
+    return math.sqrt(groups / (groups - 1)) * float(np.asarray(replicates, dtype=np.float64).std(ddof=1))
+
+
 def t_interval(point: float, replicates: np.ndarray, groups: int, level: float = 0.95) -> tuple[float, float]:
     """``point ± t_{g−1} · √(g/(g−1)) · sd(replicates)``: the interval of a statistic whose replicates resample
     ``groups`` independent groups (sequence blocks); (NaN, NaN) without ≥ 2 groups, ≥ 2 replicates, or when a
@@ -324,5 +330,5 @@ def t_interval(point: float, replicates: np.ndarray, groups: int, level: float =
     replicates = np.asarray(replicates, dtype=np.float64)
     if groups < 2 or replicates.size < 2 or not np.isfinite(replicates).all() or not math.isfinite(point):
         return math.nan, math.nan
-    half = float(t.ppf(0.5 + level / 2, groups - 1)) * math.sqrt(groups / (groups - 1)) * float(replicates.std(ddof=1))
+    half = float(t.ppf(0.5 + level / 2, groups - 1)) * replicate_se(replicates, groups)
     return point - half, point + half

@@ -25,7 +25,7 @@ from scipy.linalg.blas import dsyrk
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import PRINT_PEAK_RSS, child_peak_rss_mib, machine, publish, update_readme  # noqa: E402
+from common import PRINT_PEAK_RSS, best_of, child_peak_rss_mib, machine, publish, update_readme  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -35,15 +35,6 @@ def power_law_matrix(n: int, d: int, a: float = 1.0, seed: int = 0) -> np.ndarra
     q, _ = np.linalg.qr(rng.standard_normal((d, d)))
     s = np.arange(1, d + 1, dtype=np.float64) ** -a
     return ((rng.standard_normal((n, d)) * s) @ q.T).astype(np.float32)  # (token, dim)
-
-
-def best_of(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def spinal_spectrum(h: np.ndarray, chunk: int = 4096) -> np.ndarray:

@@ -25,20 +25,11 @@ import torch
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import best_of, machine  # noqa: E402
 
 from spinal.analyze.gram import GramAccumulator  # noqa: E402
 
 RATES = Path(__file__).resolve().parent.parent / "cluster" / "analysis_rates.json"
-
-
-def best(fn, repeat: int = 2) -> float:
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
 
 
 def measure(dims: list[int]) -> dict:
@@ -47,18 +38,18 @@ def measure(dims: list[int]) -> dict:
     with threadpool_limits(1):
         x = rng.standard_normal((16384, 2048)).astype(np.float32)  # stored rows, as the store hands them over
         ids = np.arange(16384) // 128 % 16  # sequences of 128 tokens in 16 blocks
-        gram = 16384 * 2048**2 / best(lambda: GramAccumulator(2048, 16).update(x, ids).finish()) / 1e9
+        gram = 16384 * 2048**2 / best_of(lambda: GramAccumulator(2048, 16).update(x, ids).finish(), 2) / 1e9
         m = rng.standard_normal((2048, 2048))
         v = rng.standard_normal((2048, 1024))
-        shares = 2 * 2048 * 2048 * 1024 / best(lambda: m @ v) / 1e9
+        shares = 2 * 2048 * 2048 * 1024 / best_of(lambda: m @ v, 2) / 1e9
         h = torch.randn(1024, 2048)
         w = torch.randn(2048, 32000)
-        lens = 2 * 1024 * 2048 * 32000 / best(lambda: torch.log_softmax(h @ w, dim=-1)) / 1e9
+        lens = 2 * 1024 * 2048 * 32000 / best_of(lambda: torch.log_softmax(h @ w, dim=-1), 2) / 1e9
         eigen = {}
         for d in dims:
             a = rng.standard_normal((d, d))
             g = a @ a.T
-            eigen[d] = best(lambda: np.linalg.eigh(g), 1) + best(lambda: np.linalg.eigvalsh(g), 1)
+            eigen[d] = best_of(lambda: np.linalg.eigh(g), 1) + best_of(lambda: np.linalg.eigvalsh(g), 1)
             print(f"d = {d}: eigh + eigvalsh {eigen[d]:.1f} s", flush=True)
     ds = np.array(dims, dtype=float)
     secs = np.array([eigen[d] for d in dims])

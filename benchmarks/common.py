@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
+
+from spinal.outputs import cpu_model
 
 HERE = Path(__file__).parent
 
@@ -113,15 +116,14 @@ def child_peak_rss_mib(code: str) -> float:
     return float(run_child(code)[0])
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or the architecture where that is not readable."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def best_of(fn, repeat: int = 3) -> float:
+    """The shortest of ``repeat`` wall times of ``fn()``, in seconds."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 def machine() -> dict:

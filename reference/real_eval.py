@@ -16,6 +16,7 @@ import torch
 
 from . import real_data as D
 from . import real_dpo as R
+from spinal.outputs import cpu_model
 
 EXAMPLES = 3  # held-out prompts of each kind whose replies EVAL.md shows for every checkpoint
 
@@ -60,17 +61,6 @@ def measure(model, tok, splits, cfg) -> tuple[dict, tuple[torch.Tensor, torch.Te
     }, (lw, lr)
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else the machine type."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def evaluate(pm_base, tok, splits, adapters: Path, names: list[str], cfg, record: dict) -> dict:
     """Every checkpoint, base first, read back from the saved (bf16) adapter files."""
     from peft import set_peft_model_state_dict
@@ -102,7 +92,7 @@ def evaluate(pm_base, tok, splits, adapters: Path, names: list[str], cfg, record
     n_bytes = sum(f.stat().st_size for n in names for f in (adapters / n).iterdir())
     return {
         "base": {"file": R.GGUF.name, "sha256": R.GGUF_SHA256},
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
         "n_train_pairs": {n: len(splits[n][: cfg.n_train]) for n in ("harmful_train", "benign_train")},
         "n_heldout_harmful": len(harm), "n_heldout_benign": len(splits["benign_heldout"][: cfg.n_eval]),

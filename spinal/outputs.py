@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import time
@@ -215,3 +216,14 @@ def jsonable(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for results that say which machine made them; else its architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

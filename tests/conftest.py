@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,16 @@ def store_arrays(path) -> dict:
 def tree(path) -> dict:
     """Every file under ``path`` (relative name -> bytes): "nothing was touched" is equality of two trees."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+def real_model() -> Path:
+    """The real pretrained GGUF (SmolLM2-135M-Instruct) tests capture: skipped where it is not fetched, a failure
+    under CI (which fetches it, .ci/run)."""
+    from reference.real_model import GGUF
+
+    if not GGUF.exists():
+        msg = f"the real model is not fetched ({GGUF}): run `.venv/bin/python -m reference.real_model`"
+        if os.environ.get("CI"):
+            pytest.fail(msg + " (CI fetches it: see .ci/run)")
+        pytest.skip(msg)
+    return GGUF

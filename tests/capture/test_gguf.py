@@ -3,32 +3,19 @@ quantization and identity recorded; broken or foreign files refused in one line.
 
 from __future__ import annotations
 
-import os
-
-import pytest
 from typer.testing import CliRunner
 
-from conftest import assert_refused, write_jsonl
-from reference.real_model import GGUF
+from conftest import assert_refused, real_model, write_jsonl
 from spinal.checkpoint import fingerprint
 from spinal.cli import app
 
 runner = CliRunner()
 
 
-def _real_model():
-    if not GGUF.exists():
-        msg = f"the real model is not fetched ({GGUF}): run `.venv/bin/python -m reference.real_model`"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " (CI fetches it: see .ci/run)")
-        pytest.skip(msg)
-    return GGUF
-
-
 def test_a_gguf_checkpoint_is_captured_dequantized_and_self_checked(tmp_path):
     """Under its chat template (SmolLM2's adds a 20-token system prompt to every prompt) only the questions'
     own tokens are stored, and the self-checks hold on the real model."""
-    gguf = _real_model()
+    gguf = real_model()
     questions = ["How do I bake bread at home?", "What is the capital of France?", "Why is the sky blue?",
                  "Give me three tips for better sleep."]
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": p} for i, p in enumerate(questions)])
@@ -58,7 +45,7 @@ def test_a_gguf_checkpoint_is_captured_dequantized_and_self_checked(tmp_path):
 def test_the_planner_reads_a_gguf_config():
     from spinal.cluster.presets import resolve_config
 
-    name, source, cfg = resolve_config(str(_real_model()))
+    name, source, cfg = resolve_config(str(real_model()))
     assert source.startswith("GGUF ") and cfg["model_type"] == "llama"
     assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]) == (30, 576, 49152)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `reference` is a folder of scripts at the repository root, not installed
     sys.path.insert(0, str(ROOT))
 
-from conftest import build_model  # noqa: E402
+from conftest import build_model, real_model  # noqa: E402
 from reference import real_data as D  # noqa: E402
 from reference import real_dpo as R  # noqa: E402
 from reference import real_eval as E  # noqa: E402
@@ -33,15 +32,6 @@ SHIPPED = ROOT / "reference" / "smollm2"
 @pytest.fixture(scope="module")
 def report() -> dict:
     return json.loads((SHIPPED / "eval.json").read_text())
-
-
-def _real_model() -> Path:
-    if not GGUF.exists():
-        msg = f"the real model is not fetched ({GGUF}): run `.venv/bin/python -m reference.real_model`"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " (CI fetches it: see .ci/run)")
-        pytest.skip(msg)
-    return GGUF
 
 
 def test_the_dpo_loss_is_minus_log_sigmoid_of_the_reward_margin():
@@ -129,7 +119,7 @@ def base():
     from spinal.capture.load import load
 
     torch.set_num_threads(1)
-    return load(str(_real_model()), dtype="float32", device_map="cpu")
+    return load(str(real_model()), dtype="float32", device_map="cpu")
 
 
 def test_the_shipped_adapters_merge_through_spinals_loader_and_reproduce_their_evaluation(base, report):
