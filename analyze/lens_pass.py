@@ -1,4 +1,4 @@
-"""One pass of the logit lens over a range of work units: per-layer transport (L, Hellinger, JS), entropy, KL to final.
+"""One pass of the logit lens over a range of tokens: per-layer transport (L, Hellinger, JS), entropy, KL to final.
 
 Tokens are processed in chunks sized so a chunk × vocab float32 matrix stays inside a memory
 budget (METHOD.md §3, "Cost"); no token × vocab matrix for the whole store ever exists.
@@ -96,51 +96,70 @@ def transport_chunk(lens: Lens, h: torch.Tensor, companions: torch.Tensor, bufs:
     return ChunkTransport(steps, chord_ends.numpy(), sums)
 
 
+def selected_tokens(store: Store, subsample: np.ndarray | None) -> np.ndarray:
+    """Flat indices of the tokens a lens pass reads: the subsample, or every valid token."""
+    if subsample is not None:
+        return subsample
+    return np.flatnonzero(store.group["tokens/sequence"][:] >= 0)
+
+
+def token_ranges(selected: np.ndarray, pieces: int) -> list[tuple[int, int]]:
+    """Flat token ranges, in order, each holding an equal share of ``selected`` (one lens task each).
+
+    Split by tokens, not work units: a store captured as one unit still spreads over every worker.
+    """
+    parts = [p for p in np.array_split(selected, min(max(1, pieces), max(1, selected.size))) if p.size]
+    if not parts:
+        return [(0, 0)]
+    bounds = [int(p[0]) for p in parts] + [int(parts[-1][-1]) + 1]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _read(store: Store, layer_index: int, rows: np.ndarray) -> np.ndarray:
+    """(k, dim) float32 activations of one layer at flat token indices ``rows`` (sorted), touching only their chunks."""
+    if rows[-1] - rows[0] + 1 == rows.size:
+        raw = store.hidden[layer_index, int(rows[0]) : int(rows[-1]) + 1, :]
+    else:
+        raw = store.hidden.oindex[layer_index, rows, :]
+    return decode(np.asarray(raw), store.dtype)
+
+
 @torch.no_grad()
-def lens_pass(store_path: str, units: list[int], layers: list[int], *, chunk_mib: int,
+def lens_pass(store_path: str, token_range: tuple[int, int], layers: list[int], *, chunk_mib: int,
               subsample: np.ndarray | None, companions: np.ndarray | None = None) -> LensPartial:
-    """``subsample``: flat token indices for L (None: all); ``companions``: those of them for JS/KL/entropy."""
+    """The lens over the selected tokens with flat index in ``token_range`` = [lo, hi).
+
+    ``subsample``: flat token indices for L (None: every valid token); ``companions``: those of them
+    for JS/KL/entropy (None: all). Tokens are read and transported ``chunk`` at a time, so memory is
+    bounded by ``chunk_mib`` whatever the range.
+    """
     store = Store.open(store_path)
     lens = store.lens()
     li = [store.layer_index(l) for l in layers]
+    lo, hi = token_range
     seq_all = store.group["tokens/sequence"][:]
+    if subsample is None:
+        rows_all = lo + np.flatnonzero(seq_all[lo:hi] >= 0)
+    else:
+        rows_all = subsample[(subsample >= lo) & (subsample < hi)]
     chunk = max(1, (chunk_mib << 20) // (4 * lens.vocab * 3))  # three (chunk, vocab) float32 buffers, reused
-    bufs = [torch.empty(0)] * 3  # allocated at the first unit with tokens (none for an empty range)
-    n_steps = len(layers) - 1
-    steps = [[] for _ in range(n_steps)]
-    sums = {k: np.zeros(len(layers)) for k in ("hellinger", "js", "entropy", "kl_final")}
-    chords, seqs, n, n_comp = [], [], 0, 0
-    all_units = store.units
-    for ui in units:
-        u = all_units[ui]
-        keep = seq_all[u.token_start : u.token_stop] >= 0
-        if subsample is not None:
-            in_unit = subsample[(subsample >= u.token_start) & (subsample < u.token_stop)] - u.token_start
-            keep = np.zeros_like(keep)
-            keep[in_unit] = True
-        if not keep.any():
-            continue
-        rows = np.flatnonzero(keep)
-        if companions is None:
-            comp_rows = np.ones(rows.size, dtype=bool)
-        else:
-            comp_rows = np.isin(rows + u.token_start, companions)
-        block = np.stack([decode(np.asarray(store.hidden[i, u.token_start : u.token_stop, :])[rows], store.dtype)
-                          for i in li])  # (layer, token, dim) float32
-        seqs.append(seq_all[u.token_start : u.token_stop][rows])
-        if bufs[0].shape[0] < min(chunk, rows.size):
-            bufs = [torch.empty(min(chunk, rows.size), lens.vocab) for _ in range(3)]
-        n += rows.size
-        for a in range(0, rows.size, chunk):
-            h = torch.from_numpy(block[:, a : a + chunk])  # (layer, k, dim)
-            c = torch.from_numpy(np.flatnonzero(comp_rows[a : a + chunk]))  # companion rows of this chunk
-            n_comp += int(c.numel())
-            part = transport_chunk(lens, h, c, [buf[: h.shape[1]] for buf in bufs])
-            for j, values in enumerate(part.steps_L):
-                steps[j].append(values)
-            for key, value in part.sums.items():
-                sums[key] += value
-            chords.append(part.chord)
+    k = min(chunk, rows_all.size)
+    bufs = [torch.empty(k, lens.vocab) for _ in range(3)] if k else []
+    steps = [[] for _ in range(len(layers) - 1)]
+    sums = {key: np.zeros(len(layers)) for key in ("hellinger", "js", "entropy", "kl_final")}
+    chords, n_comp = [], 0
+    for a in range(0, rows_all.size, chunk):
+        rows = rows_all[a : a + chunk]
+        h = torch.from_numpy(np.stack([_read(store, i, rows) for i in li]))  # (layer, k, dim)
+        comp_rows = np.ones(rows.size, bool) if companions is None else np.isin(rows, companions)
+        c = torch.from_numpy(np.flatnonzero(comp_rows))  # companion rows of this chunk
+        n_comp += int(c.numel())
+        part = transport_chunk(lens, h, c, [buf[: rows.size] for buf in bufs])
+        for j, values in enumerate(part.steps_L):
+            steps[j].append(values)
+        for key, value in part.sums.items():
+            sums[key] += value
+        chords.append(part.chord)
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.float32)  # noqa: E731
     return LensPartial(layers, [cat(s) for s in steps], sums, cat(chords),
-                       cat(seqs).astype(np.int64) if seqs else np.zeros(0, np.int64), n, n_comp)
+                       seq_all[rows_all].astype(np.int64), int(rows_all.size), n_comp)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum
-from spinal.analyze.lens_pass import LensPartial, lens_pass, token_subsample
+from spinal.analyze.lens_pass import LensPartial, lens_pass, selected_tokens, token_ranges, token_subsample
 from spinal.analyze.pool import Progress, run_tasks
 from spinal.analyze.seeds import Purpose
 from spinal.analyze.spectrum import t_interval, with_curvature
@@ -153,13 +153,12 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
 
 def _tasks(cfg: AnalyzeConfig, store: Store, layers: list[int], window, blocks_used: int, workers: int, sub, comp
            ) -> list:
-    """One spectrum task per layer, then one lens task per group of units (as many groups as workers)."""
-    n_units = store.meta["n_units"]
-    groups = [list(g) for g in np.array_split(np.arange(n_units), min(n_units, max(1, workers))) if len(g)]
+    """One spectrum task per layer, then one lens task per token range (as many ranges as workers)."""
     spec_kw = dict(blocks=blocks_used, n_boot=cfg.n_boot, null_splits=cfg.null_splits, seed=cfg.seed, window=window)
     tasks = [(layer_spectrum, dict(store_path=cfg.store, layer=l, **spec_kw)) for l in layers]
-    tasks += [(lens_pass, dict(store_path=cfg.store, units=[int(u) for u in g], layers=layers,
-                               chunk_mib=cfg.chunk_mib, subsample=sub, companions=comp)) for g in groups]
+    tasks += [(lens_pass, dict(store_path=cfg.store, token_range=r, layers=layers, chunk_mib=cfg.chunk_mib,
+                               subsample=sub, companions=comp))
+              for r in token_ranges(selected_tokens(store, sub), workers)]
     return tasks
 
 

@@ -175,3 +175,31 @@ def test_cluster_se_is_the_spread_of_the_token_mean_over_repeated_samples():
     actual = np.std(means, ddof=1)
     assert abs(np.median(ses) / actual - 1) < 0.1
     assert np.median(naive) < 0.5 * actual
+
+
+@pytest.mark.parametrize("n_sub", [0, 300])
+def test_lens_split_by_token_ranges_equals_one_pass(store, n_sub):
+    """Lens tasks split by tokens, across unit boundaries and in several chunks each, merge to the one-pass result."""
+    from spinal.analyze.lens_pass import lens_pass, selected_tokens, token_ranges, token_subsample
+
+    s = Store.open(store[0])
+    sub = token_subsample(s, n_sub, seed=3)
+    sel = selected_tokens(s, sub)
+    layers = s.layers
+    kw = dict(layers=layers, chunk_mib=1, subsample=sub, companions=None if sub is None else sub[::3])
+    whole = lens_pass(store[0], (0, int(s.hidden.shape[1])), **kw)
+    ranges = token_ranges(sel, 5)
+    assert len(ranges) == 5 and ranges[0][0] == sel[0] and ranges[-1][1] == sel[-1] + 1
+    starts = {u.token_start for u in s.units}
+    assert any(lo not in starts for lo, _ in ranges[1:])  # the split does not follow units
+    parts = [lens_pass(store[0], r, **kw) for r in ranges]
+    assert [p.n for p in parts] == [len(x) for x in np.array_split(sel, 5)]
+    merged = parts[0]
+    for p in parts[1:]:
+        merged = merged.merge(p)
+    assert merged.n == whole.n == sel.size and merged.n_companion == whole.n_companion
+    np.testing.assert_array_equal(merged.seq, whole.seq)
+    for a, b in zip(merged.steps_L, whole.steps_L):
+        np.testing.assert_array_equal(a, b)
+    for key in whole.sums:
+        np.testing.assert_allclose(merged.sums[key], whole.sums[key], rtol=1e-6)  # float32 chunk sums, regrouped
