@@ -21,6 +21,7 @@ from spinal.capture.selfcheck import run_self_check
 from spinal.capture.tokens import Tokenized, tokenize
 from spinal.capture.units import UnitCapture, batch_inputs, input_device
 from spinal.config import CaptureConfig, parse_layers
+from spinal.codecs import DEFAULT_CODEC
 from spinal.create import create_store
 from spinal.errors import InputError, StoreError
 from spinal.layout import TokenLayout, Unit, chunk_sizes, plan_layout
@@ -156,7 +157,7 @@ def prepare(cfg: CaptureConfig, loaded: Loaded | None = None, lock_token: str | 
     def create() -> Store:
         return _create(cfg.out, layout=layout, layers=layers, dim=dim, dtype=real_dtype,
                        sequences=_sequences(prompts, tokd), lens_arrays=arrays, lens_spec=anatomy.spec,
-                       meta=metadata(cfg, loaded, prompts, tokd, ident, check))
+                       meta=metadata(cfg, loaded, prompts, tokd, ident, check), codec=cfg.codec)
 
     lock = None
     if lock_token is None:
@@ -192,6 +193,9 @@ def _bind(cfg: CaptureConfig, action: str, lock: StoreLock | None, create: Calla
     store = Store.open(cfg.out, mode="r+")
     check_same(store, ident, cfg.out)
     check_same_layout(store, layout, cfg.out)
+    if store.meta.get("codec", DEFAULT_CODEC) != cfg.codec:
+        log.warning("%s was created with codec %s: its remaining units are written with it, not %s",
+                    cfg.out, store.meta.get("codec", DEFAULT_CODEC), cfg.codec)
     if lock is not None:
         n, size = remove_stray(cfg.out)
         if n:

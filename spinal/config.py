@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from spinal.codecs import DEFAULT_CODEC, check_codec
 from spinal.dtypes import CAPTURED
 from spinal.errors import InputError
 from spinal.fields import from_dict, option
@@ -41,6 +42,9 @@ class CaptureConfig:
     max_memory: str | None = option("accelerate max_memory, e.g. '0=70GiB,1=70GiB,cpu=200GiB'", None)
     chat_template: bool = option("wrap prompts with the tokenizer's chat template", False)
     unit_tokens: int = option("stored tokens per work unit (a unit owns whole shards)", 8192)
+    codec: str = option("lossless codec of the stored activations, always checksummed (crc32c): zstd-1, zstd-3, "
+                        "blosc-zstd-1-shuffle, blosc-lz4-shuffle, blosc-lz4-bitshuffle, or crc32c (no compression); "
+                        "README 'Store writes' measures them. A resumed store keeps its own", DEFAULT_CODEC)
     resume: bool = option("finish an interrupted store: redo exactly the units not marked done", False)
     overwrite: bool = option("replace an existing store at --out", False)
     trust_remote_code: bool = option("allow the checkpoint's own Python code (off: refused)", False)
@@ -61,6 +65,7 @@ class CaptureConfig:
         if self.resume and self.overwrite:
             raise InputError("--resume and --overwrite contradict each other: choose one")
         parse_layers(self.layers, None)
+        check_codec(self.codec)
 
     @property
     def stored_positions(self) -> str:

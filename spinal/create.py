@@ -10,6 +10,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from spinal.codecs import DEFAULT_CODEC, activation_codecs
 from spinal.layout import TokenLayout
 from spinal.lens import LensSpec
 from spinal.location import ATTR_KEY, STORE_ENTRIES, filesystem, remove_stray
@@ -28,6 +29,7 @@ def create_store(
     lens_arrays: dict[str, tuple[np.ndarray, str]],
     lens_spec: LensSpec,
     meta: dict,
+    codec: str = DEFAULT_CODEC,
 ) -> Store:
     """Write the layout, tables, lens and attributes; ``hidden`` starts empty, no unit is done.
 
@@ -44,9 +46,8 @@ def create_store(
         shards=(1, layout.t_shard, dim),
         dtype=storage_dtype(dtype),
         fill_value=0,
-        # zstd level 1: fast enough to keep up with the forward pass; crc32c so a damaged
-        # chunk raises instead of decoding as numbers.
-        compressors=[ZstdCodec(level=1), Crc32cCodec()],
+        # lossless, and crc32c last so a damaged chunk raises instead of decoding as numbers (spinal.codecs)
+        compressors=activation_codecs(codec, np.dtype(storage_dtype(dtype)).itemsize),
         dimension_names=("layer", "token", "dim"),
         attributes={"spinal_dtype": dtype},
     )
@@ -58,6 +59,7 @@ def create_store(
         "layers": list(layers),
         "dim": dim,
         "dtype": dtype,
+        "codec": codec,
         "t_chunk": layout.t_chunk,
         "t_shard": layout.t_shard,
         "n_units": len(layout.units),
