@@ -41,9 +41,19 @@ class CaptureResult:
     path: str
     units_written: int
     units_skipped: int
-    tokens: int
+    tokens: int  # stored tokens of the whole store
     seconds: float
     self_check: dict | None
+    tokens_written: int = 0  # by this call (a resume of a finished store writes none)
+
+    def summary(self) -> str:
+        """One line for the terminal: what this call wrote, and its rate only when it wrote something."""
+        units = f"{self.units_written} unit{'s' * (self.units_written != 1)}"
+        done = f" ({self.units_skipped} already done)" if self.units_skipped else ""
+        rate = (f", {self.tokens_written / self.seconds:,.0f} tok/s" if self.tokens_written and self.seconds
+                else "")
+        return (f"wrote {units}{done} to {self.path}: {self.tokens_written:,} of {self.tokens:,} tokens, "
+                f"{self.seconds:.1f} s{rate}")
 
 
 @dataclass
@@ -280,7 +290,7 @@ def _run_units(session: Session, progress: Progress | None) -> CaptureResult:
             writing.result()
     store.mark_complete()
     return CaptureResult(store.path, len(todo), len(layout.units) - len(todo), total, time.perf_counter() - t0,
-                         session.check)
+                         session.check, sum(layout.stored_tokens(u) for u in todo))
 
 
 def write_unit(store: Store, unit: Unit, block: np.ndarray) -> None:

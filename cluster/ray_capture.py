@@ -81,7 +81,7 @@ def _drive(cfg: CaptureConfig, actors: list, max_retries: int, progress, lock: S
     todo = deque(u.index for u in units if not done[u.index])
     seq_len = store.read("sequences/length")
     total = int(seq_len.sum())
-    finished = int(sum(seq_len[u.seq_start : u.seq_stop].sum() for u in units if done[u.index]))
+    finished = before = int(sum(seq_len[u.seq_start : u.seq_stop].sum() for u in units if done[u.index]))
     written, died = _dispatch(todo, live, max_retries, progress, finished, total)
     lock.check()
     store = Store.open(cfg.out, mode="r+")
@@ -93,7 +93,7 @@ def _drive(cfg: CaptureConfig, actors: list, max_retries: int, progress, lock: S
         log.warning("capture done on %d of %d replica(s): %d died while loading, %d during capture "
                     "(their units were redone on the others)", alive, n_started, n_started - len(live), died)
     return CaptureResult(cfg.out, written, len(units) - written, total, time.perf_counter() - t0,
-                         store.meta.get("self_check"))
+                         store.meta.get("self_check"), total - before)
 
 
 def _get(ref):

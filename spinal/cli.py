@@ -25,6 +25,22 @@ app = typer.Typer(
     rich_markup_mode=None,  # help shows TOML names ([run], [[checkpoints]]) as written, never as markup
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        import spinal
+
+        out.print(f"spinal {spinal.__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Audit where preference alignment (DPO) reshapes a language model across depth."""
+
+
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="draw a progress bar on stderr")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="log what happens")
 
@@ -70,12 +86,7 @@ def capture(
             result = capture_with_service(cfg, service, address, progress=bar)
         else:
             result = run_capture(cfg, progress=bar)
-    rate = result.tokens / result.seconds if result.seconds else 0.0
-    err.print(
-        f"wrote {result.units_written} unit(s) ({result.units_skipped} already done) to {result.path}: "
-        f"{result.tokens:,} tokens, {result.seconds:.1f} s, {rate:,.0f} tok/s",
-        highlight=False,
-    )
+    err.print(result.summary(), highlight=False)
 
 
 @app.command()
@@ -102,15 +113,24 @@ def inspect(
 @cli_errors
 def verify(
     store: str = typer.Argument(..., help="store path or URL"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON (ok, chunks_read, damage with "
+                                 "layer and token range, units_not_done, unchecked); exit code as without"),
     progress: bool = PROGRESS,
 ) -> None:
     """Read every chunk of a store; report damaged chunks by layer and token range (exit 1 if any)."""
+    from dataclasses import asdict
+
     from spinal.store import Store
     from spinal.verify import verify as run_verify
 
     s = Store.open(store)
     with Bar("verify", "chunks", enabled=progress) as bar:
         report = run_verify(s, progress=bar)
+    if as_json:
+        out.print_json(json.dumps({"store": store, "ok": report.ok, **asdict(report)}))
+        if not report.ok:
+            raise typer.Exit(1)
+        return
     for d in report.damage:
         out.print(f"DAMAGED {d}", highlight=False)
     note = f"; {report.units_not_done} unit(s) not captured yet" if report.units_not_done else ""

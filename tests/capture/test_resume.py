@@ -71,6 +71,11 @@ def test_sigkill_then_resume_equals_uninterrupted(checkpoint, tmp_path):
     meta_ref = zarr.open_group(str(ref)).attrs["spinal"]
     meta_res = zarr.open_group(str(killed)).attrs["spinal"]
     assert meta_ref["identity"] == meta_res["identity"]
+    # resuming the finished store writes nothing, and says so without a rate
+    r = subprocess.run(_argv(ckpt, prompts, killed, "--resume"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"wrote 0 units ({n_units} already done)") and " 0 of " in line and "tok/s" not in line
 
 
 def test_resume_of_complete_store_writes_nothing(checkpoint, prompts_file, tmp_path):

@@ -49,6 +49,20 @@ def test_flipped_byte_is_reported_with_layer_and_tokens(store_path):
             pass
     # other layers are unharmed and still read
     assert sum(len(x) for x, _ in s.iter_layer(1)) == s.meta["n_tokens_valid"]
+    # the same report for a script: --json, exit code as without
+    r = runner.invoke(app, ["verify", str(store_path), "--json", "--no-progress"])
+    assert r.exit_code == 1, r.output
+    info = json.loads(r.stdout)
+    assert info["ok"] is False and info["chunks_read"] > 0
+    assert {d["layer"] for d in info["damage"] if d["where"] == "hidden"} == {2}
+    assert all(t_shard <= d["token_start"] < 2 * t_shard for d in info["damage"] if d["where"] == "hidden")
+
+
+def test_version_is_printed():
+    import spinal
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout.strip() == f"spinal {spinal.__version__}"
 
 
 def test_inspect_json(store_path):

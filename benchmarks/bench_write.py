@@ -1,0 +1,246 @@
+"""Store write throughput on real activations: each codec's ratio and single-thread speed, and the production
+writer's scaling with threads, beside the physical floor (memcpy, a plain file write of the same bytes).
+
+    .venv/bin/python benchmarks/bench_write.py [--store out/smollm2-dpo/stores/base.zarr] [--write-rates]
+        [--update-readme]
+
+The activations are a real model's: one work unit of a SmolLM2-135M-Instruct store (float32, all 31 layers;
+made by `spinal run configs/smollm2-dpo.toml`, or any store given with --store), and the same values rounded to
+bfloat16 (what a GPU capture of a bf16 checkpoint stores). Random numbers would not do: their mantissas and
+exponents compress differently.
+
+- Codec table: every codec of spinal/codecs.py on the store's own chunks, one thread, through numcodecs (what
+  zarr calls): compressed/raw, encode and decode MB/s of raw bytes, the crc32c included.
+- Writer table: `Store.write_unit` (the production path: zarr shards, codec, checksum, files) writing the unit
+  into a fresh store, in a fresh process per zarr thread count 1 … cores (`threading.max_workers`), GiB/s of raw
+  bytes, best of 3; scaling = GiB/s at n threads / (n × GiB/s at 1).
+- ``--write-rates``: store the default codec's per-core write rate in cluster/write_rates.json, which the planner
+  prices capture with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import best_of, machine, publish, run_child  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RATES = ROOT / "cluster" / "write_rates.json"
+DTYPES = ("float32", "bfloat16")
+
+
+def real_block(store_path: str, tokens: int) -> np.ndarray:
+    """(layer, tokens, dim) float32: a real store's valid tokens, every layer, repeated in order to fill ``tokens``
+    (one default work unit; no padding rows, which compress to nothing)."""
+    from spinal.store import Store
+
+    s = Store.open(store_path)
+    valid = np.flatnonzero(s.group["tokens/sequence"][:] >= 0)
+    block = np.asarray(s.hidden.oindex[:, valid, :]).astype(np.float32, copy=False)
+    return np.ascontiguousarray(block[:, np.arange(tokens) % valid.size, :])
+
+
+def as_stored(block: np.ndarray, dtype: str) -> np.ndarray:
+    """The block in storage dtype: float32 as is; bfloat16 rounded to nearest even, stored as uint16."""
+    if dtype == "float32":
+        return block
+    import torch
+
+    from spinal.store import encode
+
+    return encode(torch.from_numpy(block).to(torch.bfloat16), "bfloat16")
+
+
+def _numcodecs(name: str, itemsize: int) -> list:
+    """numcodecs objects equal to spinal.codecs' zarr ones (zarr's codecs call these)."""
+    import numcodecs
+
+    from spinal.codecs import CODECS
+
+    chain = []
+    for c in CODECS[name][0](itemsize):
+        d = c.to_dict()["configuration"]
+        if type(c).__name__ == "ZstdCodec":
+            chain.append(numcodecs.Zstd(level=d["level"]))
+        else:
+            shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
+                       "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[d["shuffle"]]
+            chain.append(numcodecs.Blosc(cname=d["cname"], clevel=d["clevel"], shuffle=shuffle))
+    return [*chain, numcodecs.CRC32C()]
+
+
+def codec_table(stored: np.ndarray, t_chunk: int) -> dict:
+    """Per codec, one thread: ratio, encode and decode MB/s (raw bytes) over the block's (1, t_chunk, dim) chunks."""
+    import numcodecs
+
+    from spinal.codecs import CODECS
+
+    numcodecs.blosc.set_nthreads(1)
+    numcodecs.blosc.use_threads = False
+    chunks = [np.ascontiguousarray(stored[l, a : a + t_chunk]) for l in range(stored.shape[0])
+              for a in range(0, stored.shape[1] - t_chunk + 1, t_chunk)]
+    raw = sum(c.nbytes for c in chunks)
+    out = {}
+    for name in CODECS:
+        chain = _numcodecs(name, stored.itemsize)
+
+        def enc():
+            bufs = []
+            for c in chunks:
+                b = c
+                for codec in chain:
+                    b = codec.encode(b)
+                bufs.append(b)
+            return bufs
+
+        encoded = enc()
+
+        def dec():
+            for b in encoded:
+                for codec in reversed(chain):
+                    b = codec.decode(b)
+
+        t_enc, t_dec = best_of(enc), best_of(dec)
+        size = sum(len(memoryview(b).cast("B")) for b in encoded)
+        out[name] = {"ratio": size / raw, "encode_mb_s": raw / t_enc / 1e6, "decode_mb_s": raw / t_dec / 1e6}
+    return out
+
+
+WRITER = """
+import json, sys, time, tempfile, shutil, numpy as np, zarr
+zarr.config.set({{"threading.max_workers": {threads}}})
+sys.path.insert(0, {root!r})
+from spinal.create import create_store
+from spinal.layout import plan_layout
+from spinal.lens import LensSpec
+from spinal.store import Store
+block = np.load({npy!r}, mmap_mode="r")
+n_layer, n_tok, dim = block.shape
+times = []
+for rep in range(3):
+    d = tempfile.mkdtemp(dir={tmp!r})
+    layout = plan_layout([np.zeros(n_tok, np.int64)], [list(range(n_tok))], t_chunk={t_chunk}, t_shard={t_shard},
+                         unit_tokens=n_tok)
+    s = create_store(d + "/s.zarr", layout=layout, layers=list(range(n_layer)), dim=dim, dtype={dtype!r},
+                     sequences={{"prompt_id": np.array(["p"], dtype=object)}}, lens_arrays={{}},
+                     lens_spec=LensSpec(norm="none"), meta={{}}, codec={codec!r})
+    unit = layout.units[0]
+    padded = np.zeros((n_layer, unit.token_stop - unit.token_start, dim), block.dtype)  # as a capture pads it
+    padded[:, :n_tok] = block
+    t = time.perf_counter()
+    s.write_unit(unit, padded)
+    times.append(time.perf_counter() - t)
+    shutil.rmtree(d)
+print(json.dumps([min(times), int(padded.nbytes)]))
+"""
+
+
+def writer_gib_s(npy: Path, dtype: str, codec: str, threads: int, t_chunk: int, t_shard: int, tmp: str) -> float:
+    code = WRITER.format(threads=threads, root=str(ROOT), npy=str(npy), tmp=tmp, t_chunk=t_chunk, t_shard=t_shard,
+                         dtype=dtype, codec=codec)
+    out, _ = run_child(code)
+    seconds, nbytes = json.loads(out)
+    return nbytes / seconds / 2**30
+
+
+def floor_gib_s(stored: np.ndarray, tmp: str) -> dict:
+    """memcpy and a plain write(2) of the same bytes to a file in the same folder (page cache, no fsync; zarr
+    does not fsync either)."""
+    dst = np.empty_like(stored)
+    t_copy = best_of(lambda: np.copyto(dst, stored))
+    path = Path(tmp) / "plain.bin"
+
+    def write():
+        with open(path, "wb") as f:
+            f.write(memoryview(stored).cast("B"))
+        path.unlink()
+
+    t_write = best_of(write)
+    return {"memcpy": stored.nbytes / t_copy / 2**30, "file_write": stored.nbytes / t_write / 2**30}
+
+
+def measure(store_path: str, tokens: int) -> dict:
+    from spinal.codecs import CODECS
+    from spinal.layout import chunk_sizes
+
+    block = real_block(store_path, tokens)
+    from spinal.store import Store
+
+    valid_tokens = int((Store.open(store_path).group["tokens/sequence"][:] >= 0).sum())
+    cores = os.cpu_count() or 1
+    res = {"benchmark": "write", "machine": machine(), "store": store_path, "block_shape": list(block.shape), "valid_tokens": valid_tokens,
+           "codecs": {}, "writer": {}, "floor": {}}
+    with tempfile.TemporaryDirectory(dir=ROOT / "out" if (ROOT / "out").exists() else None) as tmp:
+        for dtype in DTYPES:
+            stored = as_stored(block, dtype)
+            t_chunk, t_shard = chunk_sizes(block.shape[2], stored.itemsize, tokens)  # as a capture lays them out
+            res["t_chunk"] = {**res.get("t_chunk", {}), dtype: t_chunk}
+            print(f"[{dtype}] codecs, one thread …", file=sys.stderr)
+            res["codecs"][dtype] = codec_table(stored, t_chunk)
+            res["floor"][dtype] = floor_gib_s(stored, tmp)
+            npy = Path(tmp) / f"{dtype}.npy"
+            np.save(npy, stored)
+            res["writer"][dtype] = {}
+            for name in CODECS:
+                print(f"[{dtype}] writer {name}, 1…{cores} threads …", file=sys.stderr)
+                res["writer"][dtype][name] = {str(n): writer_gib_s(npy, dtype, name, n, t_chunk, t_shard, tmp)
+                                              for n in range(1, cores + 1)}
+    return res
+
+
+def table(res: dict) -> str:
+    cores = res["machine"]["cores"]
+    lines = [f"Real activations: one {res['block_shape'][1]}-token work unit × {res['block_shape'][0]} layers × "
+             f"d = {res['block_shape'][2]} of SmolLM2-135M-Instruct (`{Path(res['store']).name}`, its "
+             f"{res['valid_tokens']} reply tokens in order, repeated to fill the unit); bfloat16 = the same values "
+             f"rounded. One run, {cores} cores.", ""]
+    for dtype in DTYPES:
+        fl = res["floor"][dtype]
+        lines += [f"**{dtype}** (floor on this machine: memcpy {fl['memcpy']:.1f} GiB/s, plain file write "
+                  f"{fl['file_write']:.1f} GiB/s)", "",
+                  "| codec | stored / raw | encode MB/s (1 thread) | decode MB/s (1 thread) | "
+                  + " | ".join(f"writer GiB/s, {n} thr" for n in range(1, cores + 1))
+                  + f" | scaling at {cores} | writer per core / codec |",
+                  "|---|---:|---:|---:|" + "---:|" * cores + "---:|---:|"]
+        for name, c in res["codecs"][dtype].items():
+            w = res["writer"][dtype][name]
+            one, top = w["1"], w[str(cores)]
+            lines.append(f"| {name} | {c['ratio']:.3f} | {c['encode_mb_s']:.0f} | {c['decode_mb_s']:.0f} | "
+                         + " | ".join(f"{w[str(n)]:.2f}" for n in range(1, cores + 1))
+                         + f" | {top / (cores * one):.0%} | {one * 2**30 / 1e6 / c['encode_mb_s']:.2f} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", default=str(ROOT / "out" / "smollm2-dpo" / "stores" / "base.zarr"))
+    ap.add_argument("--tokens", type=int, default=8192, help="tokens per written unit (the capture default)")
+    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--write-rates", action="store_true")
+    ap.add_argument("--table-only", action="store_true", help="print the table of the last results")
+    args = ap.parse_args()
+    results = Path(__file__).parent / "results" / "write-cpu.json"
+    if args.table_only:
+        print(table(json.loads(results.read_text())))
+        return
+    if not Path(args.store).exists():
+        raise SystemExit(f"no store at {args.store}: run `spinal run configs/smollm2-dpo.toml` first (README, "
+                         "'A real model'), or pass --store PATH of any real-model store")
+    t = time.perf_counter()
+    res = measure(args.store, args.tokens)
+    res["seconds"] = time.perf_counter() - t
+    publish(res, "write-cpu", table(res), "write", args.update_readme)
+
+
+if __name__ == "__main__":
+    main()
