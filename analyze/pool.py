@@ -28,13 +28,20 @@ def run_tasks(tasks: list[Task], workers: int, progress: Progress | None = None)
             if progress:
                 progress(i + 1, len(tasks))
         return out
-    with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn"),
-                                initializer=_one_thread) as ex:
+    ex = cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn"),
+                                initializer=_one_thread)
+    try:
         futs = {ex.submit(call, t): i for i, t in enumerate(tasks)}
         for k, f in enumerate(cf.as_completed(futs), 1):
             out[futs[f]] = f.result()
             if progress:
                 progress(k, len(tasks))
+    except BaseException:  # Ctrl-C or a failed task: stop the other workers now, not after their tasks
+        for proc in list((ex._processes or {}).values()):
+            proc.terminate()
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown()
     return out
 
 
@@ -45,5 +52,20 @@ def _one_thread() -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
+    _die_with_parent()
     threadpool_limits(1)
     torch.set_num_threads(1)
+
+
+def _die_with_parent() -> None:
+    """A worker ends when the process that started it does (killed, not only interrupted): Linux's parent-death
+    signal; elsewhere a pool whose parent is killed outright still leaves its workers to finish their tasks."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
