@@ -37,6 +37,12 @@ def parse_max_memory(spec: str | None) -> dict | None:
             raise InputError(f"--max-memory {spec!r}: expected DEVICE=SIZE pairs like '0=70GiB,cpu=200GiB'")
         k, v = (s.strip() for s in part.split("=", 1))
         out[int(k) if k.isdigit() else k] = v
+    gpus = [k for k in out if isinstance(k, int)]
+    have = torch.cuda.device_count()
+    if gpus and max(gpus) >= have:
+        raise InputError(f"--max-memory {spec!r} names GPU(s) {', '.join(map(str, gpus))}, but this machine has "
+                         f"{have or 'no'} GPU{'s' * (have != 1)} (torch.cuda.device_count() = {have}): run it where "
+                         "the GPUs are, or leave out --max-memory and --device-map")
     return out
 
 

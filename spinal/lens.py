@@ -110,9 +110,10 @@ class Lens:
             z.div_(c).tanh_().mul_(c)
         return z
 
-    def log_probs(self, h: torch.Tensor) -> torch.Tensor:
-        """float32 log-softmax of the lens logits (METHOD.md §3: √p = exp(½ log p) downstream)."""
-        return torch.log_softmax(self.logits(h), dim=-1)
+    def log_probs(self, h: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """float32 log-softmax of the lens logits (METHOD.md §3: √p = exp(½ log p) downstream); h (token, dim) as a
+        tensor or as the numpy rows ``Store.iter_layer`` yields."""
+        return torch.log_softmax(self.logits(torch.as_tensor(h)), dim=-1)
 
     def sqrt_probs(self, h: torch.Tensor, out: torch.Tensor | None = None, rows: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
