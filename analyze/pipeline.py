@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from spinal.analyze.compare import compare
 from spinal.analyze.comparison import Comparison, check_stores, check_weights, with_cross_readout
 from spinal.analyze.trace import Trace
 from spinal.config import CompareConfig
 from spinal.errors import InputError
+from spinal.store import Store
 
 log = logging.getLogger(__name__)
 
 
 def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | None = None,
-               stores: list[str] | None = None, weights_optional: bool = False) -> Comparison:
+               stores: list[str] | None = None, weights_optional: bool = False, workers: int = 0,
+               progress=None) -> Comparison:
     """Compare ``traces`` (the reference first) with paired statistics; with ``weights`` (one checkpoint folder
     per trace) add the per-block parameter change, with ``stores`` (one per trace) the cross-readout lens.
 
     Every input is checked against the traces before any work. ``weights_optional``: a checkpoint whose
     weights cannot be compared (e.g. no safetensors) skips the parameter change with a warning instead of
-    refusing the whole comparison."""
+    refusing the whole comparison. The cross-readout runs as one task per (pair, layer) on ``workers`` processes
+    (0: one per core), reporting ``progress(done, total)``."""
     if weights and not weights_optional:
         check_weights(traces, weights)
     if stores:
@@ -28,10 +32,25 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
     grad = _parameter_change(traces, weights, weights_optional) if weights else None
     result = compare(traces, cfg, grad=grad)
     if stores and cfg.cross_readout_tokens:
-        from spinal.analyze.cross_readout import cross_readout
+        import os
 
-        frames = {t.label: cross_readout(stores[0], s, lens_tokens=cfg.cross_readout_tokens, seed=cfg.seed)
-                  for t, s in zip(traces[1:], stores[1:])}
+        import pandas as pd
+
+        from spinal.analyze.cross_readout import cross_readout_tasks
+        from spinal.analyze.pool import run_tasks
+
+        per_pair = [cross_readout_tasks(stores[0], s, lens_tokens=cfg.cross_readout_tokens, seed=cfg.seed)
+                    for s in stores[1:]]  # every pair's checks before any work; then all layers of all pairs at once
+        tasks = [t for pair in per_pair for t in pair]
+        vocab_dim = math.prod(Store.open(stores[0]).group["lens/unembed"].shape)
+        flops = sum(2 * 3 * kw["rows"].size * vocab_dim for _, kw in tasks)  # three readouts per token and layer
+        if flops < 2e10:  # about a core-second: not worth starting worker processes
+            workers = 1
+        done = run_tasks(tasks, workers or os.cpu_count() or 1, progress)
+        frames, k = {}, 0
+        for t, tasks in zip(traces[1:], per_pair):
+            frames[t.label] = pd.DataFrame(done[k : k + len(tasks)])
+            k += len(tasks)
         result = with_cross_readout(result, frames)
     return result
 

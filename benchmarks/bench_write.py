@@ -240,6 +240,23 @@ def main() -> None:
     res = measure(args.store, args.tokens)
     res["seconds"] = time.perf_counter() - t
     publish(res, "write-cpu", table(res), "write", args.update_readme)
+    if args.write_rates:
+        RATES.write_text(json.dumps(write_rates(res), indent=2) + "\n")
+        print(f"wrote {RATES.relative_to(ROOT)}")
+
+
+def write_rates(res: dict) -> dict:
+    """Per codec and dtype: one writer thread's GiB/s, the scaling at all cores, and stored/raw."""
+    cores = str(res["machine"]["cores"])
+    codecs = {}
+    for name in res["codecs"]["float32"]:
+        codecs[name] = {}
+        for dtype in DTYPES:
+            w = res["writer"][dtype][name]
+            codecs[name][dtype] = {"gib_s_per_core": w["1"], "scaling": min(1.0, w[cores] / (int(cores) * w["1"])),
+                                   "ratio": res["codecs"][dtype][name]["ratio"]}
+    return {"codecs": codecs, "machine": res["machine"], "measured": time.strftime("%Y-%m-%d"),
+            "command": "benchmarks/bench_write.py --write-rates", "activations": Path(res["store"]).name}
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spinal.codecs import DEFAULT_CODEC, check_codec
 from spinal.config import DTYPES, AnalyzeConfig, CaptureConfig, parse_layers
 from spinal.errors import InputError
 from spinal.fields import option
@@ -16,6 +17,16 @@ GIB = 1 << 30  # the unit of the *_gib fields
 # Per-core analysis rates measured by benchmarks/bench_rates.py --write (machine and date inside).
 RATES_FILE = Path(__file__).with_name("analysis_rates.json")
 RATES = json.loads(RATES_FILE.read_text())
+# Per-core store write rates, per codec and storage dtype, measured by benchmarks/bench_write.py --write-rates.
+WRITE_RATES_FILE = Path(__file__).with_name("write_rates.json")
+WRITE_RATES = json.loads(WRITE_RATES_FILE.read_text())
+
+
+def write_rate(codec: str, dtype: str) -> tuple[float, float]:
+    """(GiB/s per core, scaling) measured for ``codec`` writing ``dtype`` activations (bf16 and fp16: the bf16
+    measurement, both stored in two bytes)."""
+    measured = WRITE_RATES["codecs"][codec]["float32" if dtype == "float32" else "bfloat16"]
+    return float(measured["gib_s_per_core"]), float(measured["scaling"])
 
 
 def _rate(name: str) -> float:
@@ -63,7 +74,17 @@ class PlanConfig:
     gpu_tflops: float = _opt("peak dense TFLOP/s of one GPU in the compute dtype (default: H100 SXM bf16; "
                              "A100: 312; float32 on an H100: 67)", 989.0, True)
     mfu: float = _opt("fraction of gpu_tflops a forward pass reaches", 0.4, True)
-    store_write_gib_s: float = _opt("GiB/s one replica compresses and writes to the store", 1.0, True)
+    codec: str = _opt("store codec (capture --codec); its measured write rate prices the capture", DEFAULT_CODEC,
+                      True)
+    node_cpu_cores: int = _opt("CPU cores of each GPU node; a replica's store writer has its share "
+                               "(node_cpu_cores × gpus_per_replica / gpus_per_node)", 96, True)
+    write_gib_s_per_core: float | None = _opt("GiB/s of raw activations one core compresses, checksums and writes "
+                                              "(unset: measured for the codec and dtype, cluster/write_rates.json)",
+                                              None, True)
+    write_scaling: float | None = _opt("write throughput at n cores / (n × one core's) (unset: measured, "
+                                       "cluster/write_rates.json)", None, True)
+    store_write_gib_s: float | None = _opt("GiB/s one replica writes to the store (unset: per core × writer cores × "
+                                           "scaling; set it for a store whose file system is the bound)", None, True)
     weight_read_gib_s: float = _opt("GiB/s one replica reads its safetensors at load (and disk-offloaded weights)",
                                     2.0, True)
     host_link_gib_s: float = _opt("GiB/s host→GPU for CPU-offloaded weights, streamed every forward pass", 20.0,
@@ -91,9 +112,15 @@ class PlanConfig:
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
         for name in ("gpu_memory_gib", "gpu_tflops", "store_write_gib_s", "weight_read_gib_s", "host_link_gib_s",
-                     "cpu_gflops_f64", "cpu_eigen_s_1024", "cpu_gflops_shares", "cpu_gflops_f32"):
-            if not getattr(self, name) > 0:
+                     "cpu_gflops_f64", "cpu_eigen_s_1024", "cpu_gflops_shares", "cpu_gflops_f32",
+                     "write_gib_s_per_core"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise InputError(f"{name}={getattr(self, name)}; must be > 0")
+        if self.write_scaling is not None and not 0 < self.write_scaling <= 1:
+            raise InputError(f"write_scaling={self.write_scaling}; must be in (0, 1]")
+        if self.node_cpu_cores < 1:
+            raise InputError(f"node_cpu_cores={self.node_cpu_cores}; must be ≥ 1")
+        check_codec(self.codec)
         if not 0 < self.mfu <= 1:
             raise InputError(f"mfu={self.mfu}; must be in (0, 1]")
         if self.dtype not in DTYPES:

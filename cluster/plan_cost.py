@@ -5,12 +5,13 @@ Sizes follow spinal/store.py; times follow the throughput assumptions in ``PlanC
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from torch import nn
 
-from spinal.cluster.plan_config import GIB, PlanConfig
+from spinal.cluster.plan_config import GIB, PlanConfig, write_rate
 from spinal.cluster.plan_placement import Placement
 from spinal.capture.discover import text_config
 from spinal.cluster.presets import MetaModel, ModelFacts
@@ -36,7 +37,31 @@ class StoreSize:
 
 
 @dataclass(frozen=True)
+class WriteSpeed:
+    """How fast one replica writes its store: measured per core × the cores it has × the measured scaling, or
+    the whole rate as given (``store_write_gib_s``)."""
+
+    gib_s: float
+    codec: str
+    per_core: float | None  # None: the rate was given as a whole
+    cores: int
+    scaling: float
+
+
+def write_speed(cfg: PlanConfig, facts: ModelFacts, p: Placement) -> WriteSpeed:
+    cores = max(1, cfg.node_cpu_cores * p.gpus_per_replica // cfg.gpus_per_node)
+    if cfg.store_write_gib_s is not None:
+        return WriteSpeed(cfg.store_write_gib_s, cfg.codec, None, cores, 1.0)
+    per_core, scaling = write_rate(cfg.codec, facts.dtype)
+    per_core = cfg.write_gib_s_per_core or per_core
+    scaling = cfg.write_scaling or scaling
+    return WriteSpeed(per_core * cores * scaling, cfg.codec, per_core, cores, scaling)
+
+
+@dataclass(frozen=True)
 class CaptureTime:
+    write: WriteSpeed
+    write_cores_needed: int | None  # writer cores per replica that would keep up with compute
     flops_per_token: float
     compute_tokens_s: float  # per replica
     write_tokens_s: float  # per replica
@@ -102,9 +127,10 @@ def capture_time(cfg: PlanConfig, meta: MetaModel, facts: ModelFacts, p: Placeme
     from accelerate.utils import compute_module_sizes
 
     flops = forward_flops_per_token(meta.model, facts.compute_params, cfg.seq_len)
+    w = write_speed(cfg, facts, p)
     rates = {
         "GPU compute": cfg.gpu_tflops * 1e12 * cfg.mfu / flops,
-        "store writes": cfg.store_write_gib_s * GIB / s.bytes_per_token,
+        "store writes": w.gib_s * GIB / s.bytes_per_token,
     }
     offload = None
     if p.offloaded:
@@ -121,7 +147,11 @@ def capture_time(cfg: PlanConfig, meta: MetaModel, facts: ModelFacts, p: Placeme
     load_s = facts.weight_bytes / (cfg.weight_read_gib_s * GIB)
     run_s = cfg.tokens / (active * rate)
     total = load_s + run_s
+    # cores a replica's writer would need to keep up with its GPUs (None where the rate was given as a whole)
+    need = (math.ceil(rates["GPU compute"] * s.bytes_per_token / GIB / (w.per_core * w.scaling))
+            if w.per_core else None)
     return CaptureTime(
+        write=w, write_cores_needed=need,
         flops_per_token=flops, compute_tokens_s=rates["GPU compute"], write_tokens_s=rates["store writes"],
         offload_tokens_s=offload, tokens_s=rate, bound=bound, active_replicas=active, load_s=load_s, run_s=run_s,
         total_s=total, gpu_hours=total * p.replicas * p.gpus_per_replica / 3600,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from spinal.cluster.plan_config import GIB, RATES, PlanConfig
+from spinal.cluster.plan_config import GIB, RATES, WRITE_RATES, PlanConfig
 from spinal.cluster.plan_cost import AnalysisCost, CaptureTime, StoreSize
 from spinal.cluster.plan_placement import Placement, max_memory_flag
 from spinal.cluster.presets import ModelFacts
@@ -59,6 +59,7 @@ def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureT
         f"from compute, {t.write_tokens_s:,.0f} from store writes"
         + (f", {t.offload_tokens_s:,.0f} from offload streaming" if t.offload_tokens_s is not None else "")
         + f": bound by {t.bound}",
+        "           " + _write_line(t),
         f"           {t.active_replicas} replica(s) busy: {_dur(t.load_s)} loading weights + {_dur(t.run_s)} "
         f"capturing = {_dur(t.total_s)}, {t.gpu_hours:,.2f} GPU-hours per checkpoint",
         f"analysis   per checkpoint on {c.cpu_cores} cores: Gram {_si(a.gram_flops)}FLOP ({_dur(a.gram_s)}), "
@@ -75,7 +76,22 @@ def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureT
     ]
     for f in dataclasses.fields(c):
         if f.metadata.get("assumption"):
-            lines.append(f"  {f.name:<18} = {getattr(c, f.name):<8g}  {f.metadata['help']}")
+            v = getattr(c, f.name)
+            shown = "unset" if v is None else f"{v:g}" if isinstance(v, (int, float)) else str(v)
+            lines.append(f"  {f.name:<20} = {shown:<8}  {f.metadata['help']}")
     if m.dtype == "float32" and c.gpu_tflops == 989.0:
         lines.append("  note: gpu_tflops 989 is a bf16 peak; float32 matmuls run at ~67 TFLOP/s on an H100")
     return "\n".join(lines)
+
+
+def _write_line(t) -> str:
+    """Where the store-write rate came from, and what would lift a write bound."""
+    w = t.write
+    if w.per_core is None:
+        return f"store writes at {w.gib_s:g} GiB/s per replica, as given (store_write_gib_s)"
+    line = (f"store writes: codec {w.codec} at {w.per_core:.2f} GiB/s per core × {w.cores} core(s) per replica × "
+            f"scaling {w.scaling:.2f} = {w.gib_s:.1f} GiB/s (measured by {WRITE_RATES['command']} on "
+            f"{WRITE_RATES['machine']['cpu']}, {WRITE_RATES['measured']})")
+    if t.bound == "store writes":
+        line += f"; {t.write_cores_needed} writer cores per replica would keep up with compute"
+    return line

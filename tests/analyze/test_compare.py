@@ -17,6 +17,7 @@ from spinal.capture import capture
 from spinal.cli import app
 from spinal.config import AnalyzeConfig, CaptureConfig, CompareConfig
 from spinal.errors import InputError
+from spinal.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +171,34 @@ def test_series_flags_a_reversal_of_the_terminal_gain_not_the_first_step(traces)
     # a first step that loses ground against the reference is not a reversal
     c2 = compare([base, shifted("down", -0.5), shifted("up", 0.2)], CompareConfig(n_boot=200))
     assert not c2.series["destabilized"].any()
+
+
+def test_cross_readout_with_one_lens_skips_the_third_readout_and_equals_the_full_count(tmp_path, checkpoint):
+    """Blocks differ, head and norm do not (a q/v LoRA adapter): the readout change is exactly 0, the
+    representation change is the total, and both equal the three-readout computation; the pair runs as one task
+    per layer on a process pool with the same result."""
+    from safetensors.torch import load_file, save_file
+
+    from spinal.analyze.cross_readout import _same_lens, cross_readout, cross_readout_layer, cross_readout_tasks
+
+    a = checkpoint("llama")
+    b = save_checkpoint(tmp_path / "b", "llama")
+    w = load_file(b / "model.safetensors")
+    w["model.layers.1.self_attn.v_proj.weight"] *= 1.5  # block 2 moves; the readout does not
+    save_file(w, b / "model.safetensors", metadata={"format": "pt"})
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"Hello number {i}, how are you?"}
+                                           for i in range(10)])
+    sa, sb = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    capture(CaptureConfig(model=str(a), prompts=str(p), out=sa))
+    capture(CaptureConfig(model=str(b), prompts=str(p), out=sb))
+    assert _same_lens(Store.open(sa), Store.open(sb))
+    tasks = cross_readout_tasks(sa, sb, lens_tokens=0)
+    assert all(kw["same_lens"] for _, kw in tasks)
+    full = pd.DataFrame([cross_readout_layer(**{**kw, "same_lens": False}) for _, kw in tasks])
+    short = cross_readout(sa, sb, lens_tokens=0)
+    pooled = cross_readout(sa, sb, lens_tokens=0, workers=2)
+    assert (short["fr_readout"] == 0).all() and (full["fr_readout"] == 0).all()  # one lens: bit-identical readouts
+    assert (short["fr_total"].iloc[2:] > 1e-3).all() and (short["fr_total"].iloc[:2] == 0).all()  # after block 2
+    for col in ("fr_total", "fr_representation", "fr_readout"):
+        np.testing.assert_allclose(short[col], full[col], rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(pooled[col], short[col])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spinal.cluster.plan import PlanConfig, plan
+from spinal.cluster.plan_config import write_rate
 from spinal.cluster.plan_cost import TABLE_BYTES_PER_TOKEN
 from spinal.capture.discover import block_list
 from spinal.cluster.presets import ALIASES, PRESETS, build_meta_model
@@ -139,8 +140,19 @@ def test_capture_time_follows_the_stated_assumptions(llama70):
     assert a.flops_per_token == flops
     assert a.tokens_s == pytest.approx(989e12 * 0.4 / flops)  # one GPU's rate: the map is a pipeline
     assert b.run_s == pytest.approx(a.run_s / 2)
-    w = plan(PlanConfig(model="llama-3-70b", nodes=2, tokens=512 * 512), llama70).capture
-    assert w.bound == "store writes" and w.tokens_s == pytest.approx(GIB / (81 * 8192 * 2 + 12))
+    # the writer: measured GiB/s per core × its share of the node's cores (96 × 2 GPUs / 8) × measured scaling
+    slow = dict(model="llama-3-70b", nodes=2, tokens=512 * 512, write_gib_s_per_core=0.05, write_scaling=0.5)
+    w = plan(PlanConfig(**slow), llama70).capture
+    assert w.write.cores == 24 and w.write.gib_s == pytest.approx(0.05 * 24 * 0.5)
+    assert w.bound == "store writes" and w.tokens_s == pytest.approx(0.6 * GIB / (81 * 8192 * 2 + 12))
+    need = w.write_cores_needed  # the fewest writer cores that keep up with compute
+    assert need * 0.05 * 0.5 * GIB / (81 * 8192 * 2 + 12) >= w.compute_tokens_s
+    assert (need - 1) * 0.05 * 0.5 * GIB / (81 * 8192 * 2 + 12) < w.compute_tokens_s
+    enough = plan(PlanConfig(**{**slow, "node_cpu_cores": 4 * need}), llama70).capture
+    assert enough.bound == "GPU compute" and enough.write.cores == need
+    measured = plan(PlanConfig(model="llama-3-70b", nodes=2, tokens=512 * 512), llama70).capture
+    per_core, scaling = write_rate("zstd-1", "bfloat16")
+    assert measured.write.gib_s == pytest.approx(per_core * 24 * scaling)
     few = plan(PlanConfig(model="llama-3-70b", nodes=2, tokens=3 * 8192), llama70).capture
     assert few.active_replicas == 3  # 3 work units for 8 replicas
 
