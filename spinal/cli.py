@@ -190,6 +190,8 @@ def compare(
     stores: Optional[list[str]] = typer.Option(
         None, "--stores", help="the traces' stores in the same order, for the cross-readout lens"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing comparison folder"),
+    as_json: bool = typer.Option(False, "--json", help="also print compare.json (per-pair summaries, series, "
+                                 "options) on stdout"),
 ) -> None:
     """Compare checkpoints on the identical token stream: Δa and ΔL per layer with paired CIs (Holm), onset, localization."""
     from spinal.analyze.pipeline import comparison
@@ -208,6 +210,10 @@ def compare(
             highlight=False,
         )
     err.print(f"comparison written to {out}", highlight=False)
+    if as_json:
+        from pathlib import Path
+
+        typer.echo((Path(out) / "compare.json").read_text().rstrip("\n"))
 
 
 @app.command()

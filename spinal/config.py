@@ -118,7 +118,7 @@ class CompareConfig:
     seed: int = option("seed of the ΔL bootstrap and the split-halves", 0)
     null_splits: int = option("random split-halves of the reference's sequences for the null spread of ΔL", 32)
     cross_readout_tokens: int = option("tokens (seeded subsample) for the cross-readout lens (0: none)", 20000,
-                                       flag="--cross-tokens")
+                                       short="--cross-tokens")  # the CLI flag is the TOML name; the old one works
     weights: bool = option("per-block parameter change ‖θ − θ_ref‖², streamed from the safetensors", True, cli=False)
 
     def __post_init__(self) -> None:

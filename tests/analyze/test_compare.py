@@ -79,6 +79,19 @@ def test_cli_compare_refusal_is_one_line(traces, tmp_path):
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_cli_compare_json_is_the_written_compare_json(traces, tmp_path):
+    import json
+
+    traces["base"].save(tmp_path / "a")
+    traces["other"].save(tmp_path / "b")
+    r = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "c"),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)
+    assert shown == json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert [p["other"] for p in shown["pairs"]] == [traces["other"].label]
+
+
 def test_holm_matches_hand_computation():
     p = np.array([0.01, 0.04, 0.03, np.nan, 0.005])
     # sorted: 0.005·4=0.02, 0.01·3=0.03, 0.03·2=0.06, 0.04·1=0.04 -> monotone max: 0.02, 0.03, 0.06, 0.06

@@ -68,6 +68,8 @@ def test_every_cli_field_is_an_option_with_the_config_default_and_help(verb, cls
             assert p.default == default, f.name
         if p.param_type_name == "option":
             assert p.help == f.metadata["help"], f.name
+            # the flag a user types is the TOML key, hyphenated (--cross-readout-tokens = cross_readout_tokens)
+            assert p.opts[0] == "--" + f.name.replace("_", "-"), (f.name, p.opts)
 
 
 def test_cli_values_reach_the_config(tmp_path):
