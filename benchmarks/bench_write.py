@@ -66,15 +66,14 @@ def _numcodecs(name: str, itemsize: int) -> list:
 
     from spinal.codecs import CODECS
 
+    shuffles = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
+                "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
     chain = []
-    for c in CODECS[name][0](itemsize):
-        d = c.to_dict()["configuration"]
-        if type(c).__name__ == "ZstdCodec":
-            chain.append(numcodecs.Zstd(level=d["level"]))
+    for cls, kw in CODECS[name][0]:
+        if cls == "ZstdCodec":
+            chain.append(numcodecs.Zstd(level=kw["level"]))
         else:
-            shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
-                       "bitshuffle": numcodecs.Blosc.BITSHUFFLE}[d["shuffle"]]
-            chain.append(numcodecs.Blosc(cname=d["cname"], clevel=d["clevel"], shuffle=shuffle))
+            chain.append(numcodecs.Blosc(cname=kw["cname"], clevel=kw["clevel"], shuffle=shuffles[kw["shuffle"]]))
     return [*chain, numcodecs.CRC32C()]
 
 

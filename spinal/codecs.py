@@ -7,26 +7,19 @@ cost to write. Measured on real activations by ``benchmarks/bench_write.py`` (RE
 
 from __future__ import annotations
 
-from typing import Callable
-
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
-
 from spinal.errors import InputError
 
-
-def _blosc(cname: str, level: int, shuffle: str) -> Callable[[int], list]:
-    # typesize = the stored element: 2 for bf16/fp16 (stored as uint16), 4 for float32, so shuffle groups
-    # the bytes holding sign and exponent (which compress) apart from the low mantissa bytes (which do not)
-    return lambda itemsize: [BloscCodec(cname=cname, clevel=level, shuffle=shuffle, typesize=itemsize)]
-
-
-CODECS: dict[str, tuple[Callable[[int], list], str]] = {
-    "zstd-1": (lambda _: [ZstdCodec(level=1)], "zstd level 1"),
-    "zstd-3": (lambda _: [ZstdCodec(level=3)], "zstd level 3"),
-    "blosc-zstd-1-shuffle": (_blosc("zstd", 1, "shuffle"), "blosc: byte-shuffle, then zstd level 1"),
-    "blosc-lz4-shuffle": (_blosc("lz4", 5, "shuffle"), "blosc: byte-shuffle, then lz4"),
-    "blosc-lz4-bitshuffle": (_blosc("lz4", 5, "bitshuffle"), "blosc: bit-shuffle, then lz4"),
-    "crc32c": (lambda _: [], "no compression: the checksum only"),
+# name -> (zarr bytes-to-bytes codecs before the checksum, as (class name, arguments); description)
+CODECS: dict[str, tuple[tuple[tuple[str, dict], ...], str]] = {
+    "zstd-1": ((("ZstdCodec", {"level": 1}),), "zstd level 1"),
+    "zstd-3": ((("ZstdCodec", {"level": 3}),), "zstd level 3"),
+    "blosc-zstd-1-shuffle": ((("BloscCodec", {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}),),
+                             "blosc: byte-shuffle, then zstd level 1"),
+    "blosc-lz4-shuffle": ((("BloscCodec", {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}),),
+                          "blosc: byte-shuffle, then lz4"),
+    "blosc-lz4-bitshuffle": ((("BloscCodec", {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}),),
+                             "blosc: bit-shuffle, then lz4"),
+    "crc32c": ((), "no compression: the checksum only"),
 }
 DEFAULT_CODEC = "zstd-1"
 
@@ -38,5 +31,14 @@ def check_codec(name: str) -> str:
 
 
 def activation_codecs(name: str, itemsize: int) -> list:
-    """The bytes-to-bytes codecs of the ``hidden`` array's chunks for codec ``name``; crc32c always last."""
-    return [*CODECS[check_codec(name)][0](itemsize), Crc32cCodec()]
+    """The bytes-to-bytes codecs of the ``hidden`` array's chunks for codec ``name``; crc32c always last.
+
+    Blosc's typesize is the stored element (2 for bf16/fp16, stored as uint16; 4 for float32), so its shuffle
+    groups the bytes holding sign and exponent (which compress) apart from the low mantissa bytes (which do not).
+    """
+    import zarr.codecs  # here, not at import: every CLI start (even --help) would pay for zarr
+
+    chain = []
+    for cls, kw in CODECS[check_codec(name)][0]:
+        chain.append(getattr(zarr.codecs, cls)(**kw, **({"typesize": itemsize} if cls == "BloscCodec" else {})))
+    return [*chain, zarr.codecs.Crc32cCodec()]

@@ -42,7 +42,7 @@ def workdir(tmp_path_factory, checkpoint):
     for name, seed in (("checkpoint", 0), ("base", 0), ("dpo-checkpoint", 1), ("dpo", 1)):
         shutil.copytree(checkpoint("llama", seed=seed), d / "path" / "to" / name)
     rows = [{"id": f"q{i}", "prompt": f"Request {i}: explain item {i * 7 % 13} kindly.", "response": f"Item {i}."}
-            for i in range(40)]
+            for i in range(16)]
     write_jsonl(d / "prompts.jsonl", rows)
     return d
 
@@ -78,7 +78,7 @@ def test_capture_block_runs_as_written(workdir):
     for line in lines[3:]:
         r = _sh(line, workdir)
         assert r.returncode == 0, (line, r.stderr)
-    assert "no damage" in _sh(lines[4], workdir).stdout
+    assert "no damage" in r.stdout  # verify's verdict
 
 
 def test_python_capture_block_runs_as_a_script(workdir):
