@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 
 SCRIPT = """
-import os, sys, time
+import os, signal, sys, time
 from spinal.analyze.pool import run_tasks
+
+# Ctrl-C as in a terminal: a shell starts background jobs with SIGINT ignored, and Python then never raises
+# KeyboardInterrupt (CI may run this suite as such a job)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def started(i):
     open(os.path.join(sys.argv[1], f"{os.getpid()}.pid"), "w").close()
@@ -56,11 +60,14 @@ def _gone(pids: list[int], wait_s: float = 60) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_no_worker_outlives_an_interrupted_or_killed_analysis(tmp_path, sig):
     proc, pids = _start(tmp_path)
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)  # Ctrl-C: the tasks (10 min each) are not waited for
     try:
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)  # Ctrl-C: the tasks (10 min each) are not waited for
         assert _gone(pids), [p for p in pids if _alive(p)]
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
         for p in pids:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
