@@ -141,22 +141,28 @@ def test_gradient_concentration_from_weights(tmp_path):
     np.testing.assert_allclose(g, [0, 0, 0.25 * n], rtol=1e-6)
 
 
-def test_cross_readout_separates_readout_from_representation(tmp_path, checkpoint):
-    """Same blocks, different final norm: representation unchanged (0), readout moved (= total)."""
+def _captured_pair(tmp_path, checkpoint, tensor: str, edit) -> tuple[str, str]:
+    """Stores of the tiny Llama and of a copy with one tensor edited, on the same 10 prompts."""
     from safetensors.torch import load_file, save_file
 
-    from spinal.analyze.cross_readout import cross_readout
-
-    a = checkpoint("llama")
     b = save_checkpoint(tmp_path / "b", "llama")
     w = load_file(b / "model.safetensors")
-    w["model.norm.weight"] = w["model.norm.weight"] * 1.5 + 0.2  # only the readout changes
+    w[tensor] = edit(w[tensor])
     save_file(w, b / "model.safetensors", metadata={"format": "pt"})
     p = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"Hello number {i}, how are you?"}
                                            for i in range(10)])
     sa, sb = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
-    capture(CaptureConfig(model=str(a), prompts=str(p), out=sa))
+    capture(CaptureConfig(model=str(checkpoint("llama")), prompts=str(p), out=sa))
     capture(CaptureConfig(model=str(b), prompts=str(p), out=sb))
+    return sa, sb
+
+
+def test_cross_readout_separates_readout_from_representation(tmp_path, checkpoint):
+    """Same blocks, different final norm: representation unchanged (0), readout moved (= total)."""
+    from spinal.analyze.cross_readout import cross_readout
+
+    sa, sb = _captured_pair(tmp_path, checkpoint, "model.norm.weight",
+                            lambda t: t * 1.5 + 0.2)  # only the readout changes
     df = cross_readout(sa, sb, lens_tokens=0)
     assert (df["fr_representation"] == 0).all()
     assert (df["fr_readout"] > 1e-3).all()
@@ -190,20 +196,10 @@ def test_cross_readout_with_one_lens_skips_the_third_readout_and_equals_the_full
     """Blocks differ, head and norm do not (a q/v LoRA adapter): the readout change is exactly 0, the
     representation change is the total, and both equal the three-readout computation; the pair runs as one task
     per layer on a process pool with the same result."""
-    from safetensors.torch import load_file, save_file
-
     from spinal.analyze.cross_readout import _same_lens, cross_readout, cross_readout_layer, cross_readout_tasks
 
-    a = checkpoint("llama")
-    b = save_checkpoint(tmp_path / "b", "llama")
-    w = load_file(b / "model.safetensors")
-    w["model.layers.1.self_attn.v_proj.weight"] *= 1.5  # block 2 moves; the readout does not
-    save_file(w, b / "model.safetensors", metadata={"format": "pt"})
-    p = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"Hello number {i}, how are you?"}
-                                           for i in range(10)])
-    sa, sb = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
-    capture(CaptureConfig(model=str(a), prompts=str(p), out=sa))
-    capture(CaptureConfig(model=str(b), prompts=str(p), out=sb))
+    sa, sb = _captured_pair(tmp_path, checkpoint, "model.layers.1.self_attn.v_proj.weight",
+                            lambda t: t * 1.5)  # block 2 moves; the readout does not
     assert _same_lens(Store.open(sa), Store.open(sb))
     tasks = cross_readout_tasks(sa, sb, lens_tokens=0)
     assert all(kw["same_lens"] for _, kw in tasks)
