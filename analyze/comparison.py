@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from spinal.analyze.trace import Trace
@@ -35,9 +36,22 @@ DEFINITIONS = {
     "cross_readout": "per layer, mean Fisher–Rao distance between lens_ref(h_ref) and lens_other(h_other) (total), "
     "lens_ref(h_ref) and lens_ref(h_other) (the representation moved), lens_ref(h_other) and lens_other(h_other) "
     "(the readout moved)",
-    "spinal_score": "operational: weighted sum of z-scores: Δ_align / its bootstrap SE, Δcoherence / null spread, "
-    "(grad share − uniform share) / uniform share; weights recorded",
+    "spinal_score": "operational: weighted mean of z-scores: Δ_align / its bootstrap SE, Δcoherence / null spread, "
+    "(grad share − uniform share) / uniform share; weights recorded. It measures the size of the terminal window's "
+    "change in noise units, not its quality: a collapsed checkpoint moves most and scores highest, so read it "
+    "beside the verdict and the ground truth, never as 'better aligned'",
 }
+
+LEVEL = 0.05  # Holm family-wise level of every "significant" in tables, plots and the verdict
+
+
+def counts(table: pd.DataFrame, q: str) -> np.ndarray:
+    """Rows of a pair's table whose change in ``q`` ('a' or 'L') counts: Holm-adjusted p below LEVEL and |Δ|
+    beyond the null spread (the onset rule, DEFINITIONS['onset'])."""
+    d = table[f"d_{q}"].to_numpy(float)
+    with np.errstate(invalid="ignore"):
+        return (np.isfinite(d) & (table[f"p_{q}_holm"].to_numpy(float) < LEVEL)
+                & (np.abs(d) > table[f"null_{q}"].to_numpy(float)))
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 
-from spinal.analyze.comparison import Comparison
+from spinal.analyze.comparison import LEVEL, Comparison, counts
 from spinal.analyze.trace import Trace
 from spinal.errors import InputError
 
 DPI = 100  # ~1000 px wide figures: readable in the report and in a PR thumbnail
 A_NAME = "rank-decay exponent a (σ_k ∝ k^-a)"
 L_NAME = "Fisher–Rao step L (radians, 0…π)"
-SIG = 0.05  # Holm family-wise level, the same as compare.LEVEL's two-sided 95%
+SIG = LEVEL  # Holm family-wise level
 TERMINAL_COLOR = "#f4a340"
 BAD_COLOR = "#c0392b"
 
@@ -68,7 +69,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def plot_depth(traces: Sequence[Trace], path: str | Path) -> Path:
+def draw_depth(traces: Sequence[Trace]) -> Figure:
     """a_ℓ with its bootstrap CI band and mean L_ℓ with its q25–q75 band, one line per checkpoint."""
     fig = Figure(figsize=(10, 7.6), layout="constrained")
     ax_a, ax_l = fig.subplots(2, 1, sharex=True)
@@ -106,7 +107,12 @@ def plot_depth(traces: Sequence[Trace], path: str | Path) -> Path:
     for ax in (ax_a, ax_l):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    return _save(fig, path)
+    return fig
+
+
+def plot_depth(traces: Sequence[Trace], path: str | Path) -> Path:
+    """a_ℓ with its bootstrap CI band and mean L_ℓ with its q25–q75 band, one line per checkpoint (see draw_depth), saved as a PNG."""
+    return _save(draw_depth(traces), path)
 
 
 def _shade_terminal(ax, table: pd.DataFrame, steps: bool) -> bool:
@@ -120,63 +126,81 @@ def _shade_terminal(ax, table: pd.DataFrame, steps: bool) -> bool:
     return bool(term.size)
 
 
-def plot_deltas(comparison: Comparison, path: str | Path) -> Path:
-    """Δa_ℓ and ΔL_ℓ per pair: paired 95% CIs, ± null band, Holm-significant layers, terminal window shaded."""
+def draw_deltas(comparison: Comparison) -> Figure:
+    """Small multiples: one row per pair, Δa_ℓ and ΔL_ℓ side by side, each panel on its own y-range (an
+    over-trained checkpoint's large change does not flatten the others). Bars: paired 95% CIs; filled markers:
+    the change counts (Holm p < SIG and beyond the ± null spread, grey); hollow: it does not."""
     if not comparison.pairs:
         raise InputError("the comparison holds no pairs: nothing to plot; compare at least two traces")
-    fig = Figure(figsize=(10, 7.6), layout="constrained")
-    axes = fig.subplots(2, 1, sharex=True)
     n = len(comparison.pairs)
+    fig = Figure(figsize=(10, 1.2 + 2.15 * n), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n, 2, sharex=True, squeeze=False))
     cs = colors(n + 1)[1:]  # the reference keeps colour 0, as in plot_depth
-    spec = [("a", "Δa_ℓ", f"Δ {A_NAME}, other − ref"),
-            ("L", "ΔL_ℓ (radians)", "Δ mean Fisher–Rao step L_ℓ (step ℓ→ℓ+1), other − ref")]
-    terminal = _shade_terminal(axes[0], comparison.pairs[0].table, steps=False)
-    _shade_terminal(axes[1], comparison.pairs[0].table, steps=True)
-    any_sig = False
-    for ax, (q, ylabel, title) in zip(axes, spec):
-        done_refs = set()
-        for i, (p, c) in enumerate(zip(comparison.pairs, cs)):
-            t = p.table
-            layers = t["layer"].to_numpy(float)
-            x0 = layers if q == "a" else step_x(layers)
-            if p.ref not in done_refs:  # the null spread belongs to the reference checkpoint
-                null = t[f"null_{q}"].to_numpy(float)
-                ax.fill_between(x0, -null, null, color="grey", alpha=0.22, lw=0)
-                done_refs.add(p.ref)
-            x = x0 + (i - (n - 1) / 2) * min(0.12, 0.6 / n)
+    terminal = False
+    for row, (p, c) in enumerate(zip(comparison.pairs, cs)):
+        t = p.table
+        layers = t["layer"].to_numpy(float)
+        for col, q in enumerate(("a", "L")):
+            ax = axes[row, col]
+            terminal |= _shade_terminal(ax, t, steps=q == "L")
+            x = layers if q == "a" else step_x(layers)
+            null = t[f"null_{q}"].to_numpy(float)
+            ax.fill_between(x, -null, null, color="grey", alpha=0.25, lw=0)
             d = t[f"d_{q}"].to_numpy(float)
             err = np.vstack([d - t[f"d_{q}_lo"].to_numpy(float), t[f"d_{q}_hi"].to_numpy(float) - d])
-            ax.errorbar(x, d, yerr=err, fmt="o", color=c, ms=4, capsize=2.5, lw=1.2,
-                        label=text(f"{p.other} − {p.ref}") if q == "a" else None)
-            sig = (t[f"p_{q}_holm"].to_numpy(float) < SIG) & np.isfinite(d)
-            ax.plot(x[sig], d[sig], "*", color=c, mec="k", mew=0.6, ms=13, zorder=5)
-            any_sig |= bool(sig.any())
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[1].set_xlabel("layer ℓ (ΔL_ℓ is drawn between layers ℓ and ℓ+1); bars: paired 95% bootstrap CI")
-    handles, _ = axes[0].get_legend_handles_labels()
-    handles.append(Patch(color="grey", alpha=0.35, label="± null spread (split-half of ref)"))
+            ax.errorbar(x, d, yerr=err, fmt="none", ecolor=c, elinewidth=1.4, capsize=3, zorder=3)
+            ok = counts(t, q)
+            ax.plot(x[ok], d[ok], "o", color=c, ms=6, zorder=4)
+            ax.plot(x[~ok], d[~ok], "o", mfc="white", mec=c, mew=1.4, ms=6, zorder=4)
+            ax.axhline(0, color="k", lw=0.8)
+            ax.grid(alpha=0.3)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.set_title(text(f"{p.other} − {p.ref}: " + ("Δa_ℓ" if q == "a" else "ΔL_ℓ (radians)")), fontsize=10,
+                         loc="left")
+    axes[0, 0].figure.suptitle(f"Per-layer change against the reference: {A_NAME} (left), mean Fisher–Rao step "
+                               "(right)", fontsize=11)
+    axes[-1, 0].set_xlabel("layer ℓ")
+    axes[-1, 1].set_xlabel("step ℓ→ℓ+1 (drawn between the layers)")
+    handles = [Line2D([], [], ls="", marker="o", color="k", ms=6, label="counts: Holm p < 0.05 and beyond noise"),
+               Line2D([], [], ls="", marker="o", mfc="white", mec="k", ms=6, label="does not count"),
+               Line2D([], [], color="k", lw=1.4, label="bar: paired 95% CI"),
+               Patch(color="grey", alpha=0.35, label="± null spread (split-half of ref)")]
     if terminal:
         handles.append(Patch(color=TERMINAL_COLOR, alpha=0.3, label="terminal window"))
-    if any_sig:
-        handles.append(Line2D([], [], ls="", marker="*", color="w", mec="k", ms=12, label=f"Holm p < {SIG}"))
-    axes[0].legend(handles=handles, fontsize=8, loc="best", ncol=2)
-    return _save(fig, path)
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    return fig
 
 
-def plot_curve(traces: Sequence[Trace], path: str | Path) -> Path:
-    """Each checkpoint's depth trajectory in the (L, a) plane, points coloured by layer, arrows pointing deeper."""
+def plot_deltas(comparison: Comparison, path: str | Path) -> Path:
+    """Δa_ℓ and ΔL_ℓ per pair as small multiples (see draw_deltas), saved as a PNG."""
+    return _save(draw_deltas(comparison), path)
+
+
+def outlier_first(L: np.ndarray, factor: float = 2.5) -> bool:
+    """True when the first step (embeddings → block 1) is larger than ``factor``× the largest of the rest: it
+    would squash every other step of a trajectory plot into a sliver."""
+    L = np.asarray(L, dtype=float)
+    rest = L[1:][np.isfinite(L[1:])]
+    return bool(L.size > 2 and np.isfinite(L[0]) and rest.size and L[0] > factor * rest.max())
+
+
+def draw_curve(traces: Sequence[Trace]) -> Figure:
+    """Each checkpoint's depth trajectory in the (L, a) plane, points coloured by layer, arrows pointing deeper.
+
+    Layer 0 is left out when its step to block 1 dwarfs the others (the embeddings' readout is far from every
+    block's); the figure says so and gives its values. Only the reference's first and last points are labelled
+    (the colour bar gives every layer): labels per checkpoint overlap where the curves run together."""
     fig = Figure(figsize=(9, 6.6), layout="constrained")
     ax = fig.subplots()
     handles, sc = [], None
     all_layers = np.concatenate([t.table["layer"].to_numpy(float) for t in traces]) if traces else np.zeros(1)
     vmin, vmax = float(np.nanmin(all_layers)), float(np.nanmax(all_layers))
-    for tr, c in zip(traces, colors(len(traces))):
+    drop_first = bool(traces) and all(outlier_first(t.table["L_mean"].to_numpy(float)) for t in traces)
+    for i, (tr, c) in enumerate(zip(traces, colors(len(traces)))):
         t = tr.table
         keep = np.isfinite(t["L_mean"].to_numpy(float)) & np.isfinite(t["a"].to_numpy(float))
+        if drop_first:
+            keep[0] = False
         L, a, lay = (t[k].to_numpy(float)[keep] for k in ("L_mean", "a", "layer"))
         for j in range(len(L) - 1):
             ax.annotate("", xy=(L[j + 1], a[j + 1]), xytext=(L[j], a[j]),
@@ -184,24 +208,71 @@ def plot_curve(traces: Sequence[Trace], path: str | Path) -> Path:
                                         mutation_scale=11))
         sc = ax.scatter(L, a, c=lay, cmap="viridis", vmin=vmin, vmax=vmax, s=46, edgecolors=[c], linewidths=1.6,
                         zorder=3)
-        ends = [len(L) - 1] if len(L) else []
-        if len(L) and not handles:  # checkpoints start close together: label the first one's start only
-            ends.insert(0, 0)
-        for j in ends:
-            ax.annotate(f"ℓ={lay[j]:.0f}", (L[j], a[j]), xytext=(6, 4), textcoords="offset points",
-                        fontsize=8, color=c)
+        if i == 0 and len(L):
+            for j, off in ((0, (8, -12)), (len(L) - 1, (8, 6))):
+                ax.annotate(f"ℓ={lay[j]:.0f}", (L[j], a[j]), xytext=off, textcoords="offset points", fontsize=8,
+                            color=c)
         handles.append(Line2D([], [], color=c, marker="o", mfc="white", lw=1.3, label=text(tr.label)))
     if sc is not None:
         fig.colorbar(sc, ax=ax, label="layer ℓ (depth)")
     ax.legend(handles=handles, fontsize=8, loc="best")
-    ax.set_title(f"Depth trajectory: {A_NAME} against the Fisher–Rao step L")
-    ax.set_xlabel("mean Fisher–Rao step L_ℓ to the next layer (radians, 0…π)")
+    ax.set_title(f"Depth trajectory: {A_NAME} against the Fisher–Rao step L", fontsize=11)
+    xlabel = "mean Fisher–Rao step L_ℓ to the next layer (radians, 0…π)"
+    if drop_first:
+        first = ", ".join(f"{float(t.table['L_mean'].iloc[0]):.2f}" for t in traces)
+        xlabel += f"\nlayer 0 not drawn: its step to block 1 is far larger (L_0 = {first} rad)"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{A_NAME} at layer ℓ")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
-def plot_spectrum(trace: Trace, layer: int, path: str | Path) -> Path:
+def plot_curve(traces: Sequence[Trace], path: str | Path) -> Path:
+    """The (L, a) depth trajectory of each checkpoint (see draw_curve), saved as a PNG."""
+    return _save(draw_curve(traces), path)
+
+
+def _drawn_texts(fig: Figure, renderer) -> list:
+    """Every text artist ``fig`` draws, once each: tick labels only at ticks inside the view (matplotlib keeps
+    stale ticks beyond it, undrawn), everything else when visible and non-empty."""
+    ticks, drawn = set(), []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            tol = 1e-9 * max(abs(lo), abs(hi), 1.0)
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                for lab in (tick.label1, tick.label2):
+                    ticks.add(id(lab))
+                    if tick.get_visible() and lab.get_visible() and lo - tol <= tick.get_loc() <= hi + tol:
+                        drawn.append(lab)
+    seen = set(ticks)
+    for art in fig.findobj(Text):  # Text artists only: a legend's TextArea wraps one of them
+        if id(art) in seen:
+            continue
+        seen.add(id(art))
+        drawn.append(art)
+    return [a for a in drawn if a.get_visible() and str(a.get_text()).strip()]
+
+
+def overlapping_texts(fig: Figure, pad: float = 0.5) -> list[tuple[str, str]]:
+    """Pairs of texts of ``fig`` (titles, labels, tick labels, legend entries, annotations) whose drawn boxes
+    overlap by more than ``pad`` pixels each way, after a draw: what a reader would see as text on text."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [(a.get_window_extent(renderer), str(a.get_text())) for a in _drawn_texts(fig, renderer)]
+    out = []
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i][0], boxes[j][0]
+            if min(a.x1, b.x1) - max(a.x0, b.x0) > pad and min(a.y1, b.y1) - max(a.y0, b.y0) > pad:
+                out.append((boxes[i][1], boxes[j][1]))
+    return out
+
+
+def draw_spectrum(trace: Trace, layer: int) -> Figure:
     """Log-log σ_k against k for one layer with the fit window shaded, the fitted slope −a and the spikes marked."""
     if layer not in trace.spectra:
         raise InputError(f"trace {trace.label!r} holds no spectrum for layer {layer}; "
@@ -237,10 +308,57 @@ def plot_spectrum(trace: Trace, layer: int, path: str | Path) -> Path:
     ax.set_xlabel("rank k (1 = largest singular value)")
     ax.set_ylabel("singular value σ_k of centered H_ℓ")
     ax.grid(alpha=0.3, which="major")
-    return _save(fig, path)
+    return fig
 
 
-def plot_series(comparison: Comparison, path: str | Path) -> Path:
+def plot_spectrum(trace: Trace, layer: int, path: str | Path) -> Path:
+    """Log-log σ_k against k for one layer with the fit window shaded, the fitted slope −a and the spikes marked (see draw_spectrum), saved as a PNG."""
+    return _save(draw_spectrum(trace, layer), path)
+
+
+def draw_spectra(traces: Sequence[Trace], layer: int) -> Figure:
+    """Every checkpoint's singular values at one layer on one log-log panel, each scaled by its own σ_1 so the
+    shapes compare, with its fitted slope over its fit window (legend: a, CI and fit status)."""
+    fig = Figure(figsize=(9, 5.6), layout="constrained")
+    ax = fig.subplots()
+    drawn = 0
+    for tr, c in zip(traces, colors(len(traces))):
+        rows = tr.table[tr.table["layer"] == layer]
+        if layer not in tr.spectra or rows.empty:
+            continue
+        row = rows.iloc[0]
+        sv = np.asarray(tr.spectra[layer], dtype=np.float64)
+        if not (sv.size and sv[0] > 0):
+            continue
+        k = np.arange(1, sv.size + 1)
+        pos = sv > 0
+        ax.loglog(k[pos], sv[pos] / sv[0], "-", color=c, lw=1.3, alpha=0.85)
+        a, k_lo, k_hi = (float(row[col]) for col in ("a", "k_lo", "k_hi"))
+        spikes = int(row["spikes"]) if np.isfinite(row["spikes"]) else 0
+        label = f"{text(tr.label)}: " + (f"a = {a:.3f}" if math.isfinite(a) else "no fit") + f" ({row['status']})"
+        if all(math.isfinite(v) for v in (a, k_lo, k_hi)) and 1 <= k_lo < k_hi <= sv.size:
+            kk, fitted = fit_line(sv, a, int(k_lo), int(k_hi), spikes)
+            ax.loglog(kk, fitted / sv[0], "--", color=c, lw=2.2)
+        ax.plot([], [], "-", color=c, lw=2, label=label)
+        drawn += 1
+    if not drawn:
+        raise InputError(f"no trace holds a spectrum for layer {layer}")
+    ax.plot([], [], "--", color="grey", lw=2.2, label="dashed: fitted slope −a over the fit window")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"Layer {layer}: singular values of the centered hidden states, each over its own σ_1",
+                 fontsize=11)
+    ax.set_xlabel("rank k (1 = largest singular value)")
+    ax.set_ylabel("σ_k / σ_1")
+    ax.grid(alpha=0.3, which="major")
+    return fig
+
+
+def plot_spectra(traces: Sequence[Trace], layer: int, path: str | Path) -> Path:
+    """One layer's spectra of every checkpoint (see draw_spectra), saved as a PNG."""
+    return _save(draw_spectra(traces, layer), path)
+
+
+def draw_series(comparison: Comparison) -> Figure:
     """Terminal a gain, terminal L change and coherence per checkpoint in training order, destabilized ones flagged."""
     s = comparison.series
     if s is None or s.empty:
@@ -267,4 +385,9 @@ def plot_series(comparison: Comparison, path: str | Path) -> Path:
                                    label="destabilized (see the series table for the reason)")], fontsize=8)
     axes[-1].set_xticks(x, [text(v) for v in s["label"]], rotation=20, ha="right")
     axes[-1].set_xlabel("checkpoint, in training order")
-    return _save(fig, path)
+    return fig
+
+
+def plot_series(comparison: Comparison, path: str | Path) -> Path:
+    """Terminal a gain, terminal L change and coherence per checkpoint in training order, destabilized ones flagged (see draw_series), saved as a PNG."""
+    return _save(draw_series(comparison), path)

@@ -11,6 +11,7 @@ from spinal.analyze import plots
 from spinal.analyze.comparison import DEFINITIONS, Comparison
 from spinal.analyze.report_tables import esc, num, pair_table, series_table, summary_table, trace_table
 from spinal.analyze.trace import Trace
+from spinal.analyze.verdict import Verdict, verdicts
 from spinal.errors import InputError
 from spinal.outputs import atomic_folder, check_output
 
@@ -39,7 +40,8 @@ HOW_TO_READ = (
     "highlighted; 'curved' means the spectrum bends inside the fit window, so a there is an average slope); "
     "a layer's change counts when its Holm-adjusted p is below 0.05 and it exceeds the null spread (highlighted "
     "cells), since the null spread is the noise between two halves of the same checkpoint. The aggregates "
-    "(Δ_align, coherence, gradient concentration, SPINALScore) are this project's operational definitions."
+    "(Δ_align, coherence, gradient concentration, SPINALScore) are this project's operational definitions; "
+    "SPINALScore measures how far the terminal window moved in noise units, not how well a checkpoint is aligned."
 )
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px auto;max-width:1240px;
@@ -60,6 +62,12 @@ figcaption{font-size:12.5px;color:#555}.grid{display:grid;grid-template-columns:
 dl dt{font-weight:700;margin-top:6px}dl dd{margin:0 0 0 18px}details{margin:6px 0}summary{cursor:pointer}
 .scroll{overflow-x:auto}.pair{display:flex;flex-wrap:wrap;gap:0 18px;align-items:flex-start}
 caption{text-align:left;font-size:12.5px;color:#555;padding:2px 0}td.st-bad,td.st-few,td.st-ok{white-space:nowrap}
+#verdict{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:10px;margin:10px 0 6px}
+.card{border:1px solid #d6d6d6;border-left:5px solid #1f77b4;border-radius:3px;padding:7px 11px;font-size:13px;
+ line-height:1.4}.card.flagged{border-left-color:#a4271c}.card h3{margin:0 0 2px;font-size:14px}
+.card .headline{font-weight:600;margin:0 0 4px}.card ul{margin:0;padding-left:17px}.card li{margin:1px 0}
+.card .topic{color:#555;font-weight:600}.card .caveat{color:#7a4b00;background:#fff8e6;margin:4px 0 0;
+ padding:2px 6px}.card details{margin:3px 0 0;color:#444}.lede{margin:2px 0 0}
 """
 SCRIPT = """
 window.addEventListener('load', function () {
@@ -84,7 +92,7 @@ def _img(path: Path, alt: str, caption: str) -> str:
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
-def _header(traces: list[Trace], comparison: Comparison | None) -> str:
+def _checkpoints(traces: list[Trace]) -> str:
     keys = ["model", "architecture", "n_tokens", "n_sequences", "lens_tokens", "path_length", "straightness",
             "tokens_sha256", "created"]
     head = "<tr><th class=txt>checkpoint</th>" + "".join(f"<th class=txt>{esc(k)}</th>" for k in keys) + "</tr>"
@@ -97,7 +105,12 @@ def _header(traces: list[Trace], comparison: Comparison | None) -> str:
                 v = v[:12] + "…"
             cells.append(f"<td class=txt>{num(v) if isinstance(v, float) else esc('—' if v is None else v)}</td>")
         rows.append(f"<tr><td class=txt><b>{esc(tr.label)}</b></td>{''.join(cells)}</tr>")
-    settings = []  # shown once when every checkpoint agrees, else per checkpoint
+    return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+
+
+def _options(traces: list[Trace], comparison: Comparison | None) -> str:
+    """The settings behind the numbers, shown once when every checkpoint agrees, else per checkpoint."""
+    settings = []
     for k in ("options", "window_rule", "fit", "alpha_name", "positions"):
         vals = [json.dumps(tr.meta.get(k), sort_keys=True, default=str, ensure_ascii=False) for tr in traces]
         if all(tr.meta.get(k) is None for tr in traces):
@@ -109,8 +122,36 @@ def _header(traces: list[Trace], comparison: Comparison | None) -> str:
                          for tr in traces]
     if comparison is not None and comparison.meta:
         settings.append(f"<dt>comparison settings</dt><dd><code>{esc(_plain(comparison.meta))}</code></dd>")
-    return (f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
-            f'<h3>Options used</h3><dl>{"".join(settings)}</dl>')
+    return f'<dl>{"".join(settings)}</dl>'
+
+
+def _lede(traces: list[Trace], comparison: Comparison | None) -> str:
+    ref = traces[0]
+    n_tok, n_seq = ref.meta.get("n_tokens"), ref.meta.get("n_sequences")
+    tokens = f"{n_tok:,} tokens of {n_seq:,} sequences" if isinstance(n_tok, int) and isinstance(n_seq, int) else ""
+    if comparison is None or not comparison.pairs:
+        return f"{len(traces)} checkpoint(s){'; ' + tokens if tokens else ''}."
+    term = comparison.pairs[0].summary.get("terminal_layers") or []
+    window = f"layers {min(term)}–{max(term)}" if term else "none"
+    n_blocks = comparison.meta.get("n_blocks")
+    return (f"Each checkpoint against <b>{esc(comparison.pairs[0].ref)}</b> on the same token stream"
+            f"{' (' + esc(tokens) + ')' if tokens else ''}; terminal window {esc(window)}"
+            f"{f' of {n_blocks} blocks' if n_blocks else ''}. A change counts where its Holm-adjusted p &lt; 0.05 "
+            "<i>and</i> it exceeds the split-half noise of the reference.")
+
+
+def _verdict(vs: list[Verdict]) -> str:
+    """One card per checkpoint: the headline, one sentence per question, the fit caveat, secondary numbers folded."""
+    cards = []
+    for v in vs:
+        pts = "".join(f"<li><span class=topic>{esc(k)}:</span> {esc(s)}</li>" for k, s in v.points)
+        cav = f'<p class="caveat"><b>fit caveat:</b> {esc(v.caveat)}</p>' if v.caveat else ""
+        more = ("<details><summary>more numbers</summary><ul>"
+                + "".join(f"<li><span class=topic>{esc(k)}:</span> {esc(s)}</li>" for k, s in v.more)
+                + "</ul></details>") if v.more else ""
+        cards.append(f'<div class="card{" flagged" if v.flagged else ""}"><h3>{esc(v.title)}</h3>'
+                     f'<p class="headline">{esc(v.headline)}</p><ul>{pts}</ul>{cav}{more}</div>')
+    return f'<section id="verdict">{"".join(cards)}</section>'
 
 
 def _plain(v) -> str:
@@ -119,28 +160,29 @@ def _plain(v) -> str:
 
 def _figures(traces: list[Trace], comparison: Comparison | None, plot_dir: Path) -> tuple[str, str]:
     """Draw every PNG into ``plot_dir``; return (main figures HTML, series figure HTML)."""
-    out = [_img(plots.plot_depth(traces, plot_dir / "depth.png"), "depth trace",
-                "a_ℓ with its 95% bootstrap CI and mean L_ℓ with its q25–q75 band; "
-                "hollow markers: fit status not ok.")]
+    out = []
     if comparison is not None and comparison.pairs:
         out.append(_img(plots.plot_deltas(comparison, plot_dir / "deltas.png"), "per-layer differences",
-                        "Δa and ΔL per layer with paired 95% CIs; grey: ± null spread; stars: Holm p < 0.05; "
-                        "orange: terminal window."))
+                        "Δa and ΔL per layer, one row per checkpoint, each panel on its own scale; bars: paired 95% "
+                        "bootstrap CIs; filled: the change counts (Holm p < 0.05 and beyond the ± null spread, "
+                        "grey); orange: terminal window."))
+    out.append(_img(plots.plot_depth(traces, plot_dir / "depth.png"), "depth trace",
+                    "a_ℓ with its 95% bootstrap CI and mean L_ℓ with its q25–q75 band; "
+                    "hollow markers: fit status not ok."))
     out.append(_img(plots.plot_curve(traces, plot_dir / "curve.png"), "depth trajectory",
                     "The (L, a) trajectory of each checkpoint; colour = layer, arrows point deeper."))
+    layers = [int(x) for x in traces[0].table["layer"] if int(x) in traces[0].spectra]
     spec = []
-    for i, tr in enumerate(traces):
-        layers = [int(l) for l in tr.table["layer"] if int(l) in tr.spectra]
-        for layer in sorted({layers[len(layers) // 2], layers[-1]}) if layers else []:
-            p = plots.plot_spectrum(tr, layer, plot_dir / f"spectrum_{i}_layer{layer}.png")
-            spec.append(_img(p, f"spectrum {tr.label} layer {layer}", f"{tr.label}, layer {layer}"))
+    for layer in sorted({layers[len(layers) // 2], layers[-1]}) if layers else []:
+        p = plots.plot_spectra(traces, layer, plot_dir / f"spectra_layer{layer}.png")
+        spec.append(_img(p, f"spectra at layer {layer}", f"Layer {layer}: every checkpoint's spectrum and fit."))
     if spec:
-        out.append("<h3>Spectra (middle and last layer of each checkpoint)</h3>"
-                   f'<div class="grid">{"".join(spec)}</div>')
+        out.append(f"<h3>Spectra (middle and last layer)</h3>{''.join(spec)}")
     series = ""
     if comparison is not None and comparison.series is not None and not comparison.series.empty:
         series = _img(plots.plot_series(comparison, plot_dir / "series.png"), "checkpoint series",
-                      "Terminal a gain, terminal L change and coherence per checkpoint; red X: destabilized.")
+                      "Terminal a gain, terminal L change and coherence per checkpoint; red X: flagged by METHOD "
+                      "§4's destabilization rule.")
     return "".join(out), series
 
 
@@ -167,17 +209,20 @@ def _write(traces: list[Trace], comparison: Comparison | None, out_dir: Path) ->
     plot_dir.mkdir(parents=True, exist_ok=True)
     figs, series_fig = _figures(traces, comparison, plot_dir)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    parts = [f"<h1>SPINAL depth audit</h1><p class=muted>{len(traces)} checkpoint(s): "
-             f"{esc(', '.join(t.label for t in traces))} · generated {esc(when)}</p>",
-             _header(traces, comparison), f"<h2>How to read this</h2><p>{esc(HOW_TO_READ)}</p>"]
-    if comparison is not None and comparison.pairs:
+    has_pairs = comparison is not None and bool(comparison.pairs)
+    parts = [f"<h1>SPINAL depth audit: {esc(', '.join(t.label for t in traces))}</h1>"
+             f"<p class=lede>{_lede(traces, comparison)} <span class=muted>Generated {esc(when)}.</span></p>",
+             _verdict(verdicts(traces, comparison)),
+             f"<details><summary>How to read this report</summary><p>{esc(HOW_TO_READ)}</p></details>",
+             f"<h2>Figures</h2>{figs}"]
+    if has_pairs:
         parts.append(f"<h2>Summary per pair</h2>{summary_table(comparison)}")
-    parts.append(f"<h2>Figures</h2>{figs}")
     if series_fig:
         ramp = comparison.meta.get("ramp_onset")
-        onset = f"<p>Onset of the terminal a ramp: <b>{esc(ramp if ramp is not None else 'none')}</b></p>"
+        onset = (f"<p>First checkpoint whose terminal a gain exceeds the null spread: "
+                 f"<b>{esc(ramp if ramp is not None else 'none')}</b></p>")
         parts.append(f"<h2>Training series</h2>{onset}{series_fig}{series_table(comparison.series)}")
-    if comparison is not None and comparison.pairs:
+    if has_pairs:
         parts.append("<h2>Per-layer comparison</h2><p class=muted>Highlighted: Holm-adjusted p &lt; 0.05 "
                      "(p cell), and also |Δ| above the null spread (Δ cell: the change counts). "
                      "Marked rows: terminal window. ΔL at layer ℓ is the step ℓ→ℓ+1.</p>")
@@ -190,6 +235,9 @@ def _write(traces: list[Trace], comparison: Comparison | None, out_dir: Path) ->
     defs = {**DEFINITIONS, **TRACE_DEFINITIONS}
     parts.append("<h2>Definitions</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in defs.items())
                  + "</dl>")
+    parts.append(f"<h2>Appendix: checkpoints and options</h2>{_checkpoints(traces)}"
+                 f"<details id=options><summary>Options used (as recorded in the traces and the comparison)"
+                 f"</summary>{_options(traces, comparison)}</details>")
     doc = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>SPINAL report</title>'
            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
            f'<script>{SCRIPT}</script></head><body><div id="banner"></div>{"".join(parts)}</body></html>')

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from spinal.analyze import plots
-from spinal.analyze.comparison import Comparison
+from spinal.analyze.comparison import LEVEL, Comparison, counts
 from spinal.analyze.trace import Trace
+from spinal.analyze.verdict import onset_text
 
 
 OPERATIONAL = "operational definition — the paper's exact formula is not public"
@@ -88,13 +88,13 @@ def pair_table(p) -> str:
             "<th>loc a</th><th>ΔL [95% CI]</th><th>Holm p (L)</th><th>null L</th><th>loc L</th>"
             + ("<th>FR total</th><th>FR representation</th><th>FR readout</th>" if cross else "") + "</tr>")
     rows = []
-    for _, r in t.iterrows():
+    count = {q: counts(t, q) for q in ("a", "L")}  # the onset rule: significant and above the null
+    for i, (_, r) in enumerate(t.iterrows()):
         term = bool(r["terminal"])
         cells = [f"<td>{num(r['layer'], 0)}</td>", f"<td>{'yes' if term else ''}</td>"]
         for q in ("a", "L"):
-            holm = r[f"p_{q}_holm"] < plots.SIG
-            counts = holm and abs(r[f"d_{q}"]) > r[f"null_{q}"]  # the onset rule: significant and above the null
-            cells += [f"<td{SIG if counts else ''}>{num(r[f'd_{q}'])} [{num(r[f'd_{q}_lo'])}, "
+            holm = r[f"p_{q}_holm"] < LEVEL
+            cells += [f"<td{SIG if count[q][i] else ''}>{num(r[f'd_{q}'])} [{num(r[f'd_{q}_lo'])}, "
                       f"{num(r[f'd_{q}_hi'])}]</td>",
                       f"<td{SIG if holm else ''}>{num(r[f'p_{q}_holm'])}</td>", f"<td>{num(r[f'null_{q}'])}</td>",
                       f"<td>{num(r[f'loc_{q}'])}</td>"]
@@ -108,15 +108,14 @@ def summary_table(comparison: Comparison) -> str:
     head = ("<tr><th class=txt>other − ref</th><th>onset a</th><th>onset L</th><th>terminal share a</th>"
             "<th>terminal share L</th><th>Δ_align ± SE †</th><th>coherence ref → other †</th>"
             "<th>Δcoherence †</th>"
-            "<th>gradient concentration †</th><th>SPINALScore †</th><th class=txt>terminal layers</th></tr>")
+            "<th>gradient concentration †</th><th>size of the terminal change, z (SPINALScore) †</th><th class=txt>terminal layers</th></tr>")
     rows = []
     for p in comparison.pairs:
         s = p.summary
-        onset = lambda v: "none" if v is None or (isinstance(v, float) and math.isnan(v)) else num(v, 0)  # noqa: E731
         term = s.get("terminal_layers") or []
         rows.append(
-            f"<tr><td class=txt>{esc(p.other)} − {esc(p.ref)}</td><td>{onset(s.get('onset_a'))}</td>"
-            f"<td>{onset(s.get('onset_L'))}</td><td>{num(s.get('terminal_share_a'))}</td>"
+            f"<tr><td class=txt>{esc(p.other)} − {esc(p.ref)}</td><td>{onset_text(s.get('onset_a'), 'a')}</td>"
+            f"<td>{onset_text(s.get('onset_L'), 'L')}</td><td>{num(s.get('terminal_share_a'))}</td>"
             f"<td>{num(s.get('terminal_share_L'))}</td>"
             f"<td>{num(s.get('delta_align'))} ± {num(s.get('delta_align_se'))}</td>"
             f"<td>{num(s.get('coherence_ref'))} → {num(s.get('coherence_other'))}</td>"
@@ -124,7 +123,9 @@ def summary_table(comparison: Comparison) -> str:
             f"<td>{num(s.get('spinal_score'))}</td>"
             f"<td class=txt>{esc(f'{min(term)}–{max(term)}') if term else '—'}</td></tr>")
     return (f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
-            f'<p class="note">† {esc(OPERATIONAL)} (METHOD.md §4); see Definitions.</p>')
+            f'<p class="note">† {esc(OPERATIONAL)} (METHOD.md §4); see Definitions. SPINALScore measures how far '
+            "the terminal window moved in units of its noise, not how well a checkpoint is aligned: a collapsed "
+            "model moves most and scores highest.</p>")
 
 
 def series_table(s: pd.DataFrame) -> str:

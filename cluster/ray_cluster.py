@@ -20,8 +20,30 @@ def connect(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "a local instance"
-        raise InputError(f"cannot reach Ray at {where}: {first_line(e)}; start it with `ray start --head` "
-                         "or drop --address") from None
+        hint = auth_hint() if address else ""
+        raise InputError(f"cannot reach Ray at {where}: {first_line(e)}; "
+                         + (hint or "start it with `ray start --head` or drop --address")) from None
+
+
+def auth_hint() -> str:
+    """Why joining a running cluster may fail although it listens: token authentication (on by default in
+    `ray start` since Ray 2.59) with no token on this machine, or another one than the head's. '' when the
+    environment says authentication is off."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled":
+        return ""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return ("the cluster may use token authentication and reject this machine's token (RAY_AUTH_TOKEN / "
+                "RAY_AUTH_TOKEN_PATH): use the head node's (`ray get-auth-token` there)")
+    token = Path.home() / ".ray" / "auth_token"
+    if token.is_file():
+        return (f"the cluster may use token authentication and reject this machine's token ({token}): copy the "
+                "head node's ~/.ray/auth_token here, or set RAY_AUTH_TOKEN to it")
+    return (f"`ray start` turns on token authentication (Ray ≥ 2.59) and this machine has no token ({token} is "
+            "missing): copy the head node's ~/.ray/auth_token here or set RAY_AUTH_TOKEN to it, or start every node "
+            "with RAY_AUTH_MODE=disabled")
 
 
 def _reachable(address: str, timeout: float = 3.0) -> None:

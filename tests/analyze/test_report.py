@@ -120,7 +120,8 @@ def test_every_plot_is_a_sensible_png(report):
     pngs = sorted((report.parent / "plots").glob("*.png"))
     names = {p.name for p in pngs}
     assert {"depth.png", "deltas.png", "curve.png", "series.png"} <= names
-    assert sum(n.startswith("spectrum_") for n in names) == 8  # middle and last layer of 4 checkpoints
+    assert names - {"depth.png", "deltas.png", "curve.png", "series.png"} == {"spectra_layer6.png",
+                                                                             "spectra_layer12.png"}
     for p in pngs:
         w, h = _png_size(p)
         assert 500 <= w <= 1600 and 350 <= h <= 1200, (p.name, w, h)
@@ -147,11 +148,12 @@ def test_summary_numbers_definitions_and_note(report, comparison):
     assert "0.812 → 0.846" in doc and "0.612" in doc and "0.442" in doc and "0.579" in doc
     for k in range(3):
         assert f"<td>{SUMMARY['spinal_score'] + k:.3f}</td>" in doc
-    assert "<td>9</td><td>none</td>" in doc  # onset a = 9, no onset for L
+    assert "<td>layer 9</td><td>none</td>" in doc  # onset a = layer 9, no onset for L
     assert "9–12" in doc  # terminal layers
     for text in DEFINITIONS.values():
         assert html.escape(text) in doc
-    assert "How to read this" in doc and "Onset of the terminal a ramp: <b>dpo-step100</b>" in doc
+    assert "How to read this" in doc
+    assert "First checkpoint whose terminal a gain exceeds the null spread: <b>dpo-step100</b>" in doc
 
 
 def test_metadata_is_escaped_and_statuses_highlighted(report):
@@ -176,7 +178,7 @@ def test_significant_cells_and_destabilization_flagged(report):
 def test_report_without_comparison(tmp_path, traces):
     path = write_report(traces[:1], None, tmp_path)
     names = {p.name for p in (tmp_path / "plots").glob("*.png")}
-    assert names == {"depth.png", "curve.png", "spectrum_0_layer6.png", "spectrum_0_layer12.png"}
+    assert names == {"depth.png", "curve.png", "spectra_layer6.png", "spectra_layer12.png"}
     doc = path.read_text(encoding="utf-8")
     assert "Summary per pair" not in doc and "Per-layer traces" in doc
 
@@ -208,6 +210,7 @@ out = Path(sys.argv[2])
 plots.plot_depth(traces, out / "depth.png")
 plots.plot_curve(traces, out / "curve.png")
 plots.plot_spectrum(traces[0], 5, out / "spectrum.png")
+plots.plot_spectra(traces, 5, out / "spectra.png")
 plots.plot_deltas(comparison, out / "deltas.png")
 plots.plot_series(comparison, out / "series.png")
 print("pyplot imported:", "matplotlib.pyplot" in sys.modules)
@@ -224,7 +227,7 @@ def test_plots_leave_no_pyplot_state(tmp_path, traces, comparison):
     r = subprocess.run([sys.executable, "-c", _DRAW_EVERY_PLOT, str(tmp_path / "inputs.pkl"), str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert len(list(tmp_path.glob("*.png"))) == 5
+    assert len(list(tmp_path.glob("*.png"))) == 6
     assert r.stdout.strip() == "pyplot imported: False"
 
 
@@ -271,3 +274,131 @@ def test_chromium_flags_a_broken_image(report, tmp_path):
     body = _body_tag(dom)
     assert 'data-images-broken="1"' in body and f'data-images-ok="{n_img - 1}"' in body, body
     assert f"1 of {n_img} plot(s) failed to decode" in dom
+
+
+def _many_checkpoints() -> tuple[list[Trace], Comparison]:
+    """Eight checkpoints whose curves run together: the case where per-checkpoint labels used to collide."""
+    trs = [_trace(i % 4) for i in range(8)]
+    trs = [Trace(t.table, {**t.meta, "label": f"dpo-step{100 * i:04d}"}, t.boot, t.seq_L, t.spectra)
+           for i, t in enumerate(trs)]
+    pairs = tuple(_pair(trs[0], t, k) for k, t in enumerate(trs[1:]))
+    pairs = tuple(PairComparison(p.ref, trs[k + 1].label, p.table, p.summary) for k, p in enumerate(pairs))
+    return trs, Comparison(pairs, None, {"reference": trs[0].label})
+
+
+@pytest.mark.parametrize("case", ["fixture", "eight checkpoints"])
+def test_no_text_overlaps_its_neighbour_in_any_figure(case, traces, comparison):
+    trs, comp = (traces, comparison) if case == "fixture" else _many_checkpoints()
+    figures = {"depth": plots.draw_depth(trs), "deltas": plots.draw_deltas(comp), "curve": plots.draw_curve(trs),
+               "spectra": plots.draw_spectra(trs, 12), "spectrum": plots.draw_spectrum(trs[0], 5)}
+    if comp.series is not None:
+        figures["series"] = plots.draw_series(comp)
+    for name, fig in figures.items():
+        assert plots.overlapping_texts(fig) == [], name
+        assert len(plots._drawn_texts(fig, None)) >= 8, name  # tick labels and titles were seen at all
+
+
+def test_the_overlap_check_sees_text_on_text():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 3))
+    ax = fig.subplots()
+    ax.text(0.5, 0.5, "ℓ=11 dpo-step0075")
+    ax.text(0.52, 0.5, "ℓ=11 dpo-step0200")
+    assert ("ℓ=11 dpo-step0075", "ℓ=11 dpo-step0200") in plots.overlapping_texts(fig)
+
+
+def test_small_multiples_keep_each_pair_on_its_own_scale(comparison):
+    """An over-trained pair's large Δa must not flatten a small one: each panel spans its own data."""
+    big = comparison.pairs[0].table.assign(d_a=lambda t: t["d_a"] * 40, d_a_lo=lambda t: t["d_a_lo"] * 40,
+                                           d_a_hi=lambda t: t["d_a_hi"] * 40)
+    comp = Comparison((PairComparison("base", "over", big, SUMMARY),) + comparison.pairs[1:], None, {})
+    fig = plots.draw_deltas(comp)
+    (a_big, _), (a_small, _) = fig.axes[0:2], fig.axes[2:4]
+    span = lambda ax: np.diff(ax.get_ylim())[0]  # noqa: E731
+    small = comparison.pairs[1].table
+    assert span(a_small) < 3 * (small["d_a_hi"].max() - min(small["d_a_lo"].min(), 0) + 0.05)
+    assert span(a_big) > 10 * span(a_small)
+
+
+READER = """<script>
+window.addEventListener('load', function () {
+  var boxes = [], id = 0, n;
+  var walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while ((n = walker.nextNode())) {
+    if (!n.textContent.trim()) continue;
+    var el = n.parentElement, d = el.closest('details');
+    if (d && !d.open && !el.closest('summary')) continue;  // folded: not on screen
+    var r = document.createRange(); r.selectNodeContents(n); id++;
+    var rs = r.getClientRects();
+    for (var i = 0; i < rs.length; i++) {
+      var b = rs[i];
+      if (b.width > 0 && b.height > 0) boxes.push([b.left, b.top + scrollY, b.right, b.bottom + scrollY, id,
+                                                   n.textContent.trim().slice(0, 50)]);
+    }
+  }
+  Array.prototype.forEach.call(document.images, function (img) {
+    var b = img.getBoundingClientRect(); id++;
+    boxes.push([b.left, b.top + scrollY, b.right, b.bottom + scrollY, id, 'image ' + img.alt]);
+  });
+  boxes.sort(function (a, b) { return a[1] - b[1]; });
+  var hits = [];
+  for (var i = 0; i < boxes.length; i++) {
+    for (var j = i + 1; j < boxes.length && boxes[j][1] < boxes[i][3]; j++) {
+      var a = boxes[i], c = boxes[j];
+      if (a[4] === c[4]) continue;
+      var w = Math.min(a[2], c[2]) - Math.max(a[0], c[0]), h = Math.min(a[3], c[3]) - Math.max(a[1], c[1]);
+      if (w > 1 && h > 1) hits.push(a[5] + ' | ' + c[5]);
+    }
+  }
+  var v = document.getElementById('verdict').getBoundingClientRect();
+  var fig = document.images[0].getBoundingClientRect();
+  var opts = document.getElementById('options');
+  document.body.setAttribute('data-reader', JSON.stringify({
+    overlaps: hits.slice(0, 20), n_boxes: boxes.length, verdict_top: v.top, verdict_bottom: v.bottom,
+    viewport: [innerWidth, innerHeight], first_figure_top: fig.top, options_open: opts.open,
+    options_top: opts.getBoundingClientRect().top, page_width: document.documentElement.scrollWidth}));
+});
+</script>"""
+
+
+def test_a_reader_sees_the_verdict_first_and_no_text_on_text(report, tmp_path):
+    """What a person checks on opening the report at 1280×1000: the verdict fills the first screen, no raw JSON
+    comes before the figures, nothing is drawn over anything else, the page does not scroll sideways."""
+    import json
+
+    doc = report.read_text(encoding="utf-8")
+    before_figures = html.unescape(re.sub(r"<[^>]+>", " ", doc.split("<img", 1)[0].split("<body", 1)[1]))
+    assert '{"' not in before_figures and "{'" not in before_figures, "raw JSON before the figures"
+    assert doc.index('id="verdict"') < doc.index("<img") < doc.index("id=options")
+    page = tmp_path / "reader.html"
+    page.write_text(doc.replace("</body>", READER + "</body>"), encoding="utf-8")
+    dom = _chromium(["--window-size=1280,1000", "--dump-dom", page.as_uri()], tmp_path / "profile").stdout
+    attr = re.search(r'data-reader="([^"]*)"', _body_tag(dom))
+    assert attr, _body_tag(dom)
+    seen = json.loads(html.unescape(attr.group(1)))
+    width, height = seen["viewport"]
+    assert seen["n_boxes"] > 500  # the check saw the page's text
+    assert seen["overlaps"] == [], seen["overlaps"]
+    assert 0 <= seen["verdict_top"] < 200 and seen["verdict_bottom"] <= height, seen  # above the fold, whole
+    assert seen["first_figure_top"] > seen["verdict_bottom"]
+    assert seen["options_open"] is False and seen["options_top"] > seen["first_figure_top"]
+    assert seen["page_width"] <= width, "the page scrolls sideways"
+    shot = tmp_path / "first-screen.png"
+    _chromium([f"--screenshot={shot}", "--window-size=1280,1000", report.resolve().as_uri()], tmp_path / "p2")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, ARTIFACTS / "report-first-screen.png")
+
+
+def test_the_reader_check_sees_overlapping_text(report, tmp_path):
+    """The same check on a page with one heading pushed over the verdict reports it."""
+    import json
+
+    doc = report.read_text(encoding="utf-8").replace(
+        '<section id="verdict">', '<section id="verdict"><h3 style="position:absolute;top:130px;left:40px">'
+        'an intruding heading</h3>', 1)
+    page = tmp_path / "overlap.html"
+    page.write_text(doc.replace("</body>", READER + "</body>"), encoding="utf-8")
+    dom = _chromium(["--window-size=1280,1000", "--dump-dom", page.as_uri()], tmp_path / "profile").stdout
+    seen = json.loads(html.unescape(re.search(r'data-reader="([^"]*)"', _body_tag(dom)).group(1)))
+    assert any("an intruding heading" in o for o in seen["overlaps"]), seen["overlaps"]

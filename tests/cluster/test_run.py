@@ -141,3 +141,41 @@ def test_unreachable_ray_address_fails_fast_and_keeps_the_run_folder(tmp_path, c
     r = runner.invoke(app, ["run", str(f), "--no-progress", "--overwrite", "--address", f"127.0.0.1:{port}"])
     assert r.exit_code == 2 and "cannot reach Ray" in r.stderr, r.output
     assert keep.read_text() == "earlier results"
+
+
+@pytest.mark.parametrize("env, expect", [
+    ({}, "this machine has no token"),
+    ({"RAY_AUTH_TOKEN": "abc"}, "reject this machine's token (RAY_AUTH_TOKEN"),
+    ({"RAY_AUTH_MODE": "disabled"}, "start it with `ray start --head`"),
+])
+def test_a_cluster_that_refuses_the_driver_names_token_authentication(tmp_path, monkeypatch, env, expect):
+    """Ray ≥ 2.59's `ray start` requires a token; a driver without the head's token is refused after ~20 s of
+    'InvalidAuthToken' retries and a bare ConnectionError. The error names the cause and the fix."""
+    import ray
+
+    from spinal.cluster import ray_cluster
+    from spinal.errors import InputError
+
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token here
+
+    def refused(**kw):
+        raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6391")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refused)
+    with pytest.raises(InputError) as e:
+        ray_cluster.connect("auto")
+    msg = str(e.value)
+    assert msg.startswith("cannot reach Ray at auto: Failed to connect to Ray cluster at 192.0.2.2:6391; ")
+    assert expect in msg, msg
+    if not env:
+        assert f"{tmp_path}/.ray/auth_token is missing" in msg and "RAY_AUTH_MODE=disabled" in msg
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("x" * 64)
+    if not env:
+        with pytest.raises(InputError, match="copy the head node's ~/.ray/auth_token here"):
+            ray_cluster.connect("auto")
