@@ -111,16 +111,22 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
         strength += (f"; largest Δa {d_a[peak]:+.3f} [{t['d_a_lo'].iloc[peak]:+.3f}, {t['d_a_hi'].iloc[peak]:+.3f}] "
                      f"at layer {layers[peak]}")
     # the paper's signatures
-    ramp = bool(gain_a > 0 and share > uniform and not spread and (c_a & T & (d_a > 0)).any())
-    drop = bool(gain_L < 0 and (c_L & TL & (d_L < 0)).any())
-    sig = ("late-layer α ramp: " + ("yes" if ramp else "no")
-           + ("" if ramp else (" (terminal Δa is not positive)" if not gain_a > 0 else
-                               " (no terminal layer beyond the noise)" if not (c_a & T & (d_a > 0)).any() else
-                               " (a moves at every depth, not only late)" if spread else
-                               " (the terminal window holds no more than its uniform share)"))
-           + "; smaller L in the terminal window: " + ("yes" if drop else "no")
-           + ("" if drop else (f" (terminal ΔL {gain_L:+.3f}: adjacent readouts move more)" if gain_L > 0 else
-                               " (no terminal step beyond the noise)")))
+    # the paper's signatures: each needs the terminal mean beyond the noise, a terminal layer (step) that counts
+    # in the same direction, and, for the ramp, a change concentrated late rather than everywhere
+    late_a = bool((c_a & T & (d_a > 0)).any())
+    why_not_ramp = ("terminal Δa is not positive" if not gain_a > 0 else
+                    f"terminal mean Δa {gain_a:+.3f} is within the noise ±{null_a:.3f}" if not gain_a > null_a else
+                    "a moves at every depth, not only late" if spread else
+                    "the terminal window holds no more than its uniform share of |Δa|" if not share > uniform else
+                    "no terminal layer beyond the noise" if not late_a else None)
+    late_L = bool((c_L & TL & (d_L < 0)).any())
+    why_not_drop = (f"terminal ΔL {gain_L:+.3f}: adjacent readouts move more" if gain_L > 0 else
+                    "terminal ΔL is not negative" if not gain_L < 0 else
+                    f"terminal mean ΔL {gain_L:+.3f} is within the noise ±{null_L:.3f}" if not -gain_L > null_L else
+                    "no terminal step beyond the noise" if not late_L else None)
+    ramp, drop = why_not_ramp is None, why_not_drop is None
+    sig = ("late-layer α ramp: " + ("yes" if ramp else f"no ({why_not_ramp})")
+           + "; smaller L in the terminal window: " + ("yes" if drop else f"no ({why_not_drop})"))
     points = [("where", where), ("strength", strength), ("signatures", sig)]
     more = []
     steps_moved = int(c_L.sum())
@@ -129,10 +135,10 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
                                 f"{onset_text(p.summary.get('onset_L'), 'L')} (L)"))
     if "fr_total" in t.columns and np.isfinite(t["fr_total"].to_numpy(float)).any():
         last = int(np.flatnonzero(np.isfinite(t["fr_total"].to_numpy(float)))[-1])
-        more.append(("readout", f"at layer {layers[last]} the two checkpoints' lens predictions on the same tokens "
-                                  f"differ by Fisher–Rao {t['fr_total'].iloc[last]:.3f} rad (representation moved "
-                                  f"{t['fr_representation'].iloc[last]:.3f}, readout moved "
-                                  f"{t['fr_readout'].iloc[last]:.3f})"))
+        points.append(("predictions", f"on the same tokens, the lens predictions at layer {layers[last]} differ by "
+                                      f"Fisher–Rao {t['fr_total'].iloc[last]:.3f} rad (the representation moved "
+                                      f"{t['fr_representation'].iloc[last]:.3f}, the readout "
+                                      f"{t['fr_readout'].iloc[last]:.3f})"))
     if ref is not None and other is not None and "entropy" in other.table:
         e_ref, e_oth = float(ref.table["entropy"].iloc[-1]), float(other.table["entropy"].iloc[-1])
         pl_ref, pl_oth = ref.meta.get("path_length"), other.meta.get("path_length")
@@ -147,15 +153,15 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
         points.append(("stability", "METHOD §4 destabilization rule: " + (f"flagged ({reason})" if flagged else
                                                                           "not flagged")))
     # fit caveat: the layers the headline rests on
-    rest = [int(x) for x in layers[c_a & T]] if ramp else [int(x) for x in layers[c_a]] or (
-        [int(layers[peak])] if peak is not None else [])
+    rest = [int(x) for x in layers[c_a & T]] if ramp else [int(x) for x in layers[c_a]]  # nothing counts: no caveat
     caveat = None
     if ref is not None and other is not None and rest:
         bad = {**_status(ref, rest), **_status(other, rest)}  # layer -> a status that is not ok
         kinds = sorted(set(_status(ref, rest).values()) | set(_status(other, rest).values()))
         if bad:
-            which = "all the layers" if len(bad) == len(rest) else f"{len(bad)} of the {len(rest)} layers"
-            caveat = (f"{which} this rests on (layers {spans(list(bad))}) fit {' or '.join(kinds)} in {p.ref} or "
+            which = ("the layer" if len(rest) == 1 else "all the layers" if len(bad) == len(rest) else
+                     f"{len(bad)} of the {len(rest)} layers")
+            caveat = (f"{which} this rests on ({'layer' if len(bad) == 1 else 'layers'} {spans(list(bad))}) fit {' or '.join(kinds)} in {p.ref} or "
                       f"{p.other}: a there is an average slope over a bent or noisy spectrum, not one exponent")
     head = ("changes throughout depth" if spread else "a late-layer α ramp" if ramp else
             "no late-layer α ramp" if c_a.any() else "no change in a beyond the noise")

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spinal.analyze.verdict import onset_text
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- demo:results -->", "<!-- /demo:results -->"
 
@@ -35,7 +37,7 @@ def summarize(out: Path) -> str:
         f"blocks (same relative depth as blocks 21–30 of 30); {traces[ref]['n_tokens']:,} response tokens of "
         f"{traces[ref]['n_sequences']} held-out audit prompts.",
         "",
-        "| checkpoint | terminal Δa | terminal ΔL | share of \\|Δa\\| in terminal window | onset a / L | Δ_align ± SE | "
+        "| checkpoint | terminal Δa | terminal ΔL | share of \\|Δa\\| in terminal window | onset a / onset L | Δ_align ± SE | "
         "path length Σ L | final-layer entropy | flagged destabilized |",
         "|---|---:|---:|---:|---|---:|---:|---:|---|",
         f"| `{ref}` | – | – | – | – | – | {traces[ref]['path_length']:.3f} | "
@@ -48,7 +50,8 @@ def summarize(out: Path) -> str:
         flag = ("yes: " + s["reason"]) if s.get("destabilized") else "no"
         lines.append(
             f"| `{o}` | {s.get('terminal_a_gain', np.nan):+.3f} | {s.get('terminal_L_change', np.nan):+.3f} | "
-            f"{p['terminal_share_a']:.2f} (uniform: {uniform:.2f}) | {p['onset_a']} / {p['onset_L']} | "
+            f"{p['terminal_share_a']:.2f} (uniform: {uniform:.2f}) | {onset_text(p['onset_a'], 'a')} / "
+            f"{onset_text(p['onset_L'], 'L')} | "
             f"{p['delta_align']:+.3f} ± {p['delta_align_se']:.3f} | {traces[o]['path_length']:.3f} | "
             f"{tables[o]['entropy'].iloc[-1]:.2f} | {flag} |"
         )
@@ -93,6 +96,17 @@ def summarize(out: Path) -> str:
     return "\n".join(lines)
 
 
+def screenshot(page: Path, png: Path, width: int = 1280, height: int = 1000) -> None:
+    """The report's first screen as a reader sees it, by headless Chromium (Debian's `chromium`)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--user-data-dir={profile}", f"--window-size={width},{height}", f"--screenshot={png}",
+                        page.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "demo")
@@ -102,6 +116,7 @@ def main(argv=None) -> None:
     figs.mkdir(exist_ok=True)
     for name in ("depth.png", "deltas.png", "series.png"):
         shutil.copy(args.out / "report" / "plots" / name, figs / f"demo-{name}")
+    screenshot(args.out / "report" / "report.html", figs / "demo-report.png")
     readme = ROOT / "README.md"
     text = readme.read_text()
     head, rest = text.split(START, 1)

@@ -69,6 +69,17 @@ def test_no_change_beyond_the_noise_says_so():
     assert "late-layer α ramp: no" in dict(v.points)["signatures"]
 
 
+def test_one_counted_layer_in_a_window_that_moved_less_than_its_noise_is_no_ramp():
+    """SmolLM2's over-trained adapter: layers 29–30 count, but the window's mean Δa (+0.001) is 0.1× its noise."""
+    d_a = np.zeros(N)
+    d_a[12] = 0.05
+    d_a[9:12] = -0.0125  # the window's mean: +0.0031, below the null spread of 0.01
+    v = pair_verdict(_pair(d_a), _trace("sft"), _trace("dpo"), None)
+    assert "late-layer α ramp: no (terminal mean Δa +0.003 is within the noise ±0.010)" in dict(v.points)["signatures"]
+    assert v.headline.startswith("no late-layer α ramp")
+    assert v.caveat is None  # every fit ok
+
+
 def test_the_paper_l_signature_reads_the_sign_of_terminal_delta_l():
     d_a = np.where(TERM, 0.05, 0.0)
     # the steps arriving in the window 9–12 are 8→9 … 11→12, stored on rows 8–11
@@ -90,6 +101,8 @@ def test_the_fit_caveat_names_the_layers_the_headline_rests_on():
     assert "curved or poor-fit" in v.caveat and "not one exponent" in v.caveat
     every = pair_verdict(_pair(d_a), _trace("sft", "poor-fit"), _trace("dpo"), None)
     assert every.caveat.startswith("all the layers this rests on (layers 9–12) fit poor-fit")
+    nothing = pair_verdict(_pair(np.zeros(N)), _trace("sft", "poor-fit"), _trace("dpo"), None)
+    assert nothing.caveat is None  # no change counts: there is no headline for a fit to undermine
 
 
 def test_the_series_flag_and_the_output_numbers_are_carried():
