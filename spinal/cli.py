@@ -13,6 +13,15 @@ from spinal.config import AnalyzeConfig, CaptureConfig, CompareConfig
 from spinal.errors import SpinalError
 from spinal.terminal import Bar, StageBars, cli_errors, err, out, run_app, setup_logging
 
+def _usage_name(self) -> str:
+    """Arguments in the usage line as Unix usage writes them: STORE, [STORE], TRACES... (typer 0.2x prints
+    '{store}', which reads as a template placeholder left unfilled)."""
+    name = self.display_name_raw.upper()
+    return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+
+typer.core.TyperArgument._usage_display_name = _usage_name  # checked by tests/spinal/test_config.py
+
 app = typer.Typer(
     name="spinal",
     help="Audit where preference alignment (DPO) reshapes a language model across depth.\n\n"

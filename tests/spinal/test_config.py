@@ -134,3 +134,16 @@ def test_help_shows_toml_names_as_written():
     assert r.exit_code == 0
     assert "[run] out/prompts, [[checkpoints]], [capture], [analyze], [compare]" in r.output
     assert "[cluster] replicas" in r.output
+
+
+def test_usage_lines_name_arguments_as_unix_usage_does():
+    """`Usage: spinal analyze [OPTIONS] STORE`, not typer's '{store}' (which reads as an unfilled template)."""
+    from typer.testing import CliRunner
+
+    from spinal.cli import app
+
+    for verb, usage in [("analyze", "[OPTIONS] STORE"), ("report", "[OPTIONS] TRACES..."), ("run", "[OPTIONS] CONFIG"),
+                        ("compare", "[OPTIONS] TRACES..."), ("verify", "[OPTIONS] STORE")]:
+        r = CliRunner().invoke(app, [verb, "--help"], terminal_width=200)
+        assert r.exit_code == 0 and f"Usage: spinal {verb} {usage}\n" in r.output, (verb, r.output[:200])
+        assert "{" not in r.output.splitlines()[0]
