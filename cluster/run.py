@@ -161,7 +161,8 @@ def _capture_stage(cfg: RunConfig, ck, backend: Backend, progress: Progress | No
     with summary.timed("capture", ck.label) as detail:
         res = backend.capture(cfg.capture_config(ck, store, resume=store_exists(store)),
                               _bar(progress, "capture", ck.label))
-        detail.append(f"{res.tokens:,} tokens, {res.units_written} units written, {res.units_skipped} reused")
+        n = res.units_written
+        detail.append(f"{res.tokens:,} tokens, {n} unit{'s' * (n != 1)} written, {res.units_skipped} reused")
     return store
 
 

@@ -142,14 +142,15 @@ def verify(
         return
     for d in report.damage:
         out.print(f"DAMAGED {d}", highlight=False)
-    note = f"; {report.units_not_done} unit(s) not captured yet" if report.units_not_done else ""
+    n = report.units_not_done
+    note = f"; {n} unit{'s' * (n != 1)} not captured yet" if n else ""
     if report.unchecked:
         err.print(f"note: {len(report.unchecked)} array(s) carry no checksum (made by an older SPINAL), so "
                   f"damage there cannot be detected: {', '.join(report.unchecked)}", highlight=False)
     if report.ok:
-        out.print(f"OK: {report.chunks_read:,} chunks read, no damage{note}", highlight=False)
+        out.print(f"OK: {report.counts()} read, no damage{note}", highlight=False)
     else:
-        out.print(f"{len(report.damage)} damaged of {report.chunks_read:,} chunks read{note}", highlight=False)
+        out.print(f"{len(report.damage)} damaged; {report.counts()} read{note}", highlight=False)
         raise typer.Exit(1)
 
 

@@ -17,6 +17,14 @@ err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 
+_WHOLE = "nothing was written (outputs appear whole or not at all) and nothing stored before was touched"
+INTERRUPTED = {  # what a Ctrl-C leaves, per verb
+    "capture": "finished units are kept (rerun with --resume)",
+    "run": "finished stages and units are kept (rerun with --resume)",
+    "analyze": _WHOLE, "compare": _WHOLE, "report": _WHOLE,
+}
+
+
 def cli_errors(fn):
     """Map SpinalError (and a few user-caused OS errors) to one line on stderr and exit code 2."""
 
@@ -33,7 +41,8 @@ def cli_errors(fn):
                       "lost (finish a capture with --resume)", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err.print("interrupted; finished units are kept (rerun with --resume)")
+            err.print(f"interrupted; {INTERRUPTED.get(fn.__name__, 'nothing stored before was touched')}",
+                      highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper

@@ -35,6 +35,13 @@ class VerifyReport:
     damage: tuple[Damage, ...] = field(default_factory=tuple)
     units_not_done: int = 0
     unchecked: tuple[str, ...] = ()  # arrays without a checksum codec (stores made before SPINAL 0.2)
+    hidden_chunks_read: int = 0  # of chunks_read: the activation chunks (what the progress bar counts)
+
+    def counts(self) -> str:
+        """'208 activation chunks and 20 tables and markers' (the bar shows the first number)."""
+        small = self.chunks_read - self.hidden_chunks_read
+        return (f"{self.hidden_chunks_read:,} activation chunk{'s' * (self.hidden_chunks_read != 1)} and {small:,} "
+                f"table{'s' * (small != 1)} and marker{'s' * (small != 1)}")
 
     @property
     def ok(self) -> bool:
@@ -82,7 +89,7 @@ def verify(store: Store, progress: Callable[[int, int], None] | None = None) -> 
             if progress:
                 progress(hidden_read, total)
     not_done = int((~done).sum()) - len(bad_units)
-    return VerifyReport(read, tuple(damage), not_done, tuple(unchecked))
+    return VerifyReport(read, tuple(damage), not_done, tuple(unchecked), hidden_read)
 
 
 def _done_markers(store: Store, damage: list[Damage], unchecked: list[str]) -> tuple[np.ndarray, list[int], int]:

@@ -59,7 +59,8 @@ def test_killed_driver_resumes_without_redoing_finished_units(checkpoint, tmp_pa
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     base = [s for s in summary["stages"] if s["stage"] == "capture" and s["label"] == "base"][0]
-    assert f"{n_units - done_at_kill} units written, {done_at_kill} reused" in base["detail"]
+    left = n_units - done_at_kill
+    assert f"{left} unit{'s' * (left != 1)} written, {done_at_kill} reused" in base["detail"]
     assert (tmp_path / "out" / "report" / "report.html").exists()
 
 

@@ -147,3 +147,22 @@ def test_usage_lines_name_arguments_as_unix_usage_does():
         r = CliRunner().invoke(app, [verb, "--help"], terminal_width=200)
         assert r.exit_code == 0 and f"Usage: spinal {verb} {usage}\n" in r.output, (verb, r.output[:200])
         assert "{" not in r.output.splitlines()[0]
+
+
+@pytest.mark.parametrize("verb, says", [("capture", "finished units are kept (rerun with --resume)"),
+                                        ("analyze", "nothing was written (outputs appear whole or not at all)"),
+                                        ("verify", "nothing stored before was touched")])
+def test_ctrl_c_says_what_this_verb_leaves(verb, says, capsys):
+    import typer
+
+    from spinal.terminal import cli_errors
+
+    def body():
+        raise KeyboardInterrupt
+
+    body.__name__ = verb
+    with pytest.raises(typer.Exit) as e:
+        cli_errors(body)()
+    assert e.value.exit_code == 130
+    assert capsys.readouterr().err.strip() == f"interrupted; {says}" + ("" if verb != "analyze" else
+                                                                         " and nothing stored before was touched")
