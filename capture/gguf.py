@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from spinal.errors import InputError, ModelError, first_line
@@ -19,13 +21,62 @@ def is_gguf(path: str | Path) -> bool:
         return f.read(4) == MAGIC
 
 
-def _reader(path: Path):
+_PARSED: dict = {}  # (resolved path, size, mtime) -> GGUFReader: the last file read, kept while it is unchanged
+
+
+def _key(path) -> tuple:
+    p = Path(path).resolve()
+    st = p.stat()
+    return str(p), st.st_size, st.st_mtime_ns
+
+
+def parsed(path, mode: str = "r"):
+    """One GGUFReader per unchanged file and process. Parsing a GGUF's metadata (SmolLM2's holds a 49,152-entry
+    vocabulary as fields) takes ~6 s here, and loading one through transformers parses it three more times
+    (config, tokenizer, weights) after our own check."""
+    import gguf
+
+    reader = _ORIGINAL.get("GGUFReader", gguf.GGUFReader)
+    if mode != "r":
+        return reader(path, mode)
+    key = _key(path)
+    if key not in _PARSED:
+        _PARSED.clear()
+        _PARSED[key] = reader(str(path))
+    return _PARSED[key]
+
+
+_ORIGINAL: dict = {}
+
+
+@contextmanager
+def parse_once():
+    """Within the block, transformers' own GGUF reads (config, tokenizer, weights) reuse the one parse of each
+    file, and its tensor-name map (rebuilt for every submodule: ~11 s for SmolLM2) is built once. Both are
+    looked up in the gguf module at call time by transformers, so the block swaps them there and restores them."""
+    import gguf
+
+    if _ORIGINAL:  # already inside
+        yield
+        return
+    _ORIGINAL.update(GGUFReader=gguf.GGUFReader, get_tensor_name_map=gguf.get_tensor_name_map)
+    gguf.GGUFReader = parsed
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=8)(_ORIGINAL["get_tensor_name_map"])
     try:
-        import gguf
-    except ImportError:
+        yield
+    finally:
+        gguf.GGUFReader = _ORIGINAL["GGUFReader"]
+        gguf.get_tensor_name_map = _ORIGINAL["get_tensor_name_map"]
+        _ORIGINAL.clear()
+
+
+def _reader(path: Path):
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
         raise InputError(f"{path} is a GGUF file; reading it needs the gguf package: pip install gguf") from None
     try:
-        return gguf.GGUFReader(str(path))
+        return parsed(path)
     except Exception as e:
         raise ModelError(f"{path} is not a readable GGUF file ({first_line(e, typed=True)}); re-download it") from None
 
@@ -45,7 +96,8 @@ def gguf_config(path: str | Path) -> dict:
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     try:
-        cfg = load_gguf_checkpoint(str(p), return_tensors=False)["config"]
+        with parse_once():
+            cfg = load_gguf_checkpoint(str(p), return_tensors=False)["config"]
     except Exception as e:
         raise ModelError(f"{p}: transformers cannot read this GGUF's architecture ({first_line(e, typed=True)})") from None
     cfg.pop("_model_name_or_path", None)

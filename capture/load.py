@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from spinal.capture.gguf import is_gguf, quantization
+from spinal.capture.gguf import is_gguf, parse_once, quantization
 from spinal.checkpoint import fingerprint
 from spinal.config import CaptureConfig
 from spinal.dtypes import torch_dtype
@@ -132,14 +133,15 @@ def load(
     if folder is not None and folder.is_file():  # GGUF: transformers dequantizes it; its tokenizer is inside
         kwargs.pop("use_safetensors", None)
         path, where = str(folder.parent), {"gguf_file": folder.name}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **where)
-    except Exception as e:
-        raise ModelError(f"{path}: cannot load the tokenizer ({first_line(e, typed=True)})") from None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **where)
-    except Exception as e:  # transformers and safetensors raise many kinds for a damaged checkpoint
-        raise ModelError(f"{path}: cannot load the model ({first_line(e, typed=True)})") from None
+    with parse_once() if where else contextlib.nullcontext():  # a GGUF is parsed once, not four times
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **where)
+        except Exception as e:
+            raise ModelError(f"{path}: cannot load the tokenizer ({first_line(e, typed=True)})") from None
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **where)
+        except Exception as e:  # transformers and safetensors raise many kinds for a damaged checkpoint
+            raise ModelError(f"{path}: cannot load the model ({first_line(e, typed=True)})") from None
     if adapter:
         model, adapter_source = merge_adapter(model, adapter)
     model.eval()

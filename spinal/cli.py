@@ -13,6 +13,14 @@ from spinal.config import AnalyzeConfig, CaptureConfig, CompareConfig
 from spinal.errors import SpinalError
 from spinal.terminal import Bar, StageBars, cli_errors, err, out, run_app, setup_logging
 
+def _hf_bars(progress: bool) -> None:
+    """--no-progress silences transformers' own bars too (loading shards, dequantizing a GGUF)."""
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def _usage_name(self) -> str:
     """Arguments in the usage line as Unix usage writes them: STORE, [STORE], TRACES... (typer 0.2x prints
     '{store}', which reads as a template placeholder left unfilled)."""
@@ -87,6 +95,8 @@ def capture(
         raise SpinalError("give the MODEL folder (or --service LABEL)")
     cfg = CaptureConfig(**{**options, "model": model})
     from spinal.capture import capture as run_capture
+
+    _hf_bars(progress)
 
     with Bar("capture", "tok", enabled=progress) as bar:
         if service:
@@ -334,6 +344,7 @@ def run(
 
     cfg = load_run_config(config, out=out_dir, sets=sets or [])
     t0 = __import__("time").perf_counter()
+    _hf_bars(progress)
     with StageBars(progress) as bars:
         summary = run_all(cfg, resume=resume, overwrite=overwrite, progress=bars, address=address, service=service)
     for s in summary.stages:
