@@ -1,7 +1,8 @@
 """The README's command blocks run as written (placeholder paths replaced by tiny checkpoints), in a fresh folder.
 
 Run here: the Python blocks (as scripts, so a missing ``__main__`` guard fails as it would for a user) and every
-`spinal` line of the "Capture" and "Analyze, compare, report" blocks. Not run here, each for its reason: the two
+`spinal` line of the "Capture" and "Analyze, compare, report" blocks (through the CLI's entry point in this
+process; `spinal --version` in a fresh one checks the installed script itself, tests/spinal). Not run here, each for its reason: the two
 set-up commands (CI runs them: .ci/run), the demo and `spinal run` lines (the demo takes minutes; the run is
 tested on a tiny config in tests/cluster), the cluster block (needs a Ray cluster; tests/cluster simulates
 one) and the SmolLM2 block (tests/reference).
@@ -10,6 +11,7 @@ one) and the SmolLM2 block (tests/reference).
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,6 @@ import pytest
 from conftest import write_jsonl
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-SPINAL = str(Path(sys.executable).with_name("spinal"))
 
 
 def blocks(section: str, lang: str) -> list[str]:
@@ -47,10 +48,20 @@ def workdir(tmp_path_factory, checkpoint):
     return d
 
 
-def _sh(line: str, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = re.sub(r"^spinal ", SPINAL + " ", line.strip())
-    return subprocess.run(["bash", "-c", cmd + " --no-progress" if " capture " in cmd or " analyze " in cmd
-                           else cmd], cwd=cwd, capture_output=True, text=True, timeout=600)
+def _sh(line: str, cwd: Path, monkeypatch) -> subprocess.CompletedProcess:
+    """One `spinal` line, in this process (a fresh interpreter per line would spend most of this test on
+    importing torch): the CLI's own entry point, arguments split as the shell splits them."""
+    from typer.testing import CliRunner
+
+    from spinal.cli import app
+
+    args = shlex.split(line)
+    assert args[0] == "spinal", line
+    if args[1] in ("capture", "analyze"):
+        args.append("--no-progress")
+    monkeypatch.chdir(cwd)
+    r = CliRunner().invoke(app, args[1:], catch_exceptions=False)
+    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
 
 
 def _lines(block: str) -> list[str]:
@@ -59,24 +70,24 @@ def _lines(block: str) -> list[str]:
     return [re.sub(r"\s+#.*$", "", l).strip() for l in joined.splitlines() if l.strip() and not l.startswith("#")]
 
 
-def test_capture_block_runs_as_written(workdir):
+def test_capture_block_runs_as_written(workdir, monkeypatch):
     (block,) = blocks("Capture", "bash")
     lines = _lines(block)
     assert [l.split()[1] for l in lines] == ["capture", "capture", "capture", "inspect", "verify"]
-    r = _sh(lines[0], workdir)
+    r = _sh(lines[0], workdir, monkeypatch)
     assert r.returncode == 0, r.stderr
-    gpu = _sh(lines[1], workdir)  # --device-map auto --max-memory for two GPUs: on a CPU-only machine, refused
+    gpu = _sh(lines[1], workdir, monkeypatch)  # --device-map auto --max-memory for two GPUs: on a CPU-only machine, refused
     if gpu.returncode != 0:
         err = [l for l in gpu.stderr.splitlines() if l.strip()]
         assert gpu.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), gpu.stderr
         assert "Traceback" not in gpu.stderr
-        r = _sh(lines[1].split(" --device-map")[0], workdir)  # the same capture without the GPU map
+        r = _sh(lines[1].split(" --device-map")[0], workdir, monkeypatch)  # the same capture without the GPU map
         assert r.returncode == 0, r.stderr
     resume = lines[2].replace("…", f"path/to/checkpoint --prompts prompts.jsonl --out base.zarr")
-    r = _sh(resume, workdir)
+    r = _sh(resume, workdir, monkeypatch)
     assert r.returncode == 0 and "already done" in r.stderr, r.stderr
     for line in lines[3:]:
-        r = _sh(line, workdir)
+        r = _sh(line, workdir, monkeypatch)
         assert r.returncode == 0, (line, r.stderr)
     assert "no damage" in r.stdout  # verify's verdict
 
@@ -95,13 +106,13 @@ def test_python_capture_block_runs_as_a_script(workdir):
     assert float(total) == pytest.approx(1.0, abs=1e-5)  # rows of a softmax
 
 
-def test_analyze_blocks_run_as_written(workdir):
+def test_analyze_blocks_run_as_written(workdir, monkeypatch):
     bash, python = blocks("Analyze, compare, report", "bash"), blocks("Analyze, compare, report", "python")
     lines = [l for l in _lines(bash[0]) if not l.startswith("spinal run")]
     assert [l.split()[1] for l in lines] == ["analyze", "analyze", "compare"]
     assert (workdir / "base.zarr").exists() and (workdir / "dpo.zarr").exists(), "run the capture block first"
     for line in lines:
-        r = _sh(line, workdir)
+        r = _sh(line, workdir, monkeypatch)
         assert r.returncode == 0, (line, r.stderr)
     assert (workdir / "cmp" / "compare.json").exists()
     script = workdir / "snippet_analyze.py"

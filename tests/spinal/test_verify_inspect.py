@@ -67,6 +67,13 @@ def test_version_is_printed():
 
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.stdout.strip() == f"spinal {spinal.__version__}"
+    # the installed console script itself, in a fresh process (the README's lines call it by name)
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("spinal")
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"spinal {spinal.__version__}", done.stderr
 
 
 def test_inspect_json(store_path):
