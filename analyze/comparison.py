@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,12 @@ DEFINITIONS = {
     "cross_readout": "per layer, mean Fisher–Rao distance between lens_ref(h_ref) and lens_other(h_other) (total), "
     "lens_ref(h_ref) and lens_ref(h_other) (the representation moved), lens_ref(h_other) and lens_other(h_other) "
     "(the readout moved)",
+    "shifted_share": "share of token positions where the other checkpoint's most likely next token lies outside "
+    "the reference's top 3 at the last layer (the model's own head), with a 95% bootstrap interval over sequences",
+    "kl_final": "mean KL(p_other ‖ p_ref) in nats between the two checkpoints' final next-token distributions",
+    "shift_early_share": "share of the shifted tokens that fall in the first 8 positions of the stored reply",
+    "depth_position": "per layer and position bin, the mean cross-readout distance fr_total over the tokens at "
+    "those positions: where in depth and where in the reply the two checkpoints' lens predictions differ",
     "spinal_score": "operational: weighted mean of z-scores: Δ_align / its bootstrap SE, Δcoherence / null spread, "
     "(grad share − uniform share) / uniform share; weights recorded. It measures the size of the terminal window's "
     "change in noise units, not its quality: a collapsed checkpoint moves most and scores highest, so read it "
@@ -75,6 +81,8 @@ class Comparison:
     series: pd.DataFrame | None  # per checkpoint in order: label, terminal_a_gain, terminal_L_change,
     #                              coherence, destabilized, reason
     meta: dict = field(default_factory=dict)
+    positions: pd.DataFrame | None = None  # per pair and position bin: tokens, kl, shifted (with intervals)
+    depth_position: pd.DataFrame | None = None  # per pair, layer and position bin: mean cross-readout fr_total
 
     def save(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the comparison folder whole or not at all (temporary sibling, swapped in)."""
@@ -86,6 +94,11 @@ class Comparison:
             pd.concat(frames).to_csv(tmp / "compare.csv", index=False)
             if self.series is not None:
                 self.series.to_csv(tmp / "series.csv", index=False)
+            for name in ("positions", "depth_position"):
+                frame = getattr(self, name)
+                if frame is not None:
+                    frame.to_parquet(tmp / f"{name}.parquet", index=False)
+                    frame.to_csv(tmp / f"{name}.csv", index=False)
             doc = {**self.meta, "compare_format": COMPARE_FORMAT, "definitions": DEFINITIONS,
                    "pairs": [{"ref": p.ref, "other": p.other, **p.summary} for p in self.pairs],
                    "series": None if self.series is None else self.series.to_dict(orient="records")}
@@ -115,7 +128,9 @@ class Comparison:
                              "`spinal compare … --overwrite`") from None
         series = pd.DataFrame(doc["series"]) if doc.get("series") else None
         meta = {k: v for k, v in doc.items() if k not in ("pairs", "series")}
-        return cls(tuple(pairs), series, meta)
+        extra = {name: pd.read_parquet(p / f"{name}.parquet") if (p / f"{name}.parquet").exists() else None
+                 for name in ("positions", "depth_position")}
+        return cls(tuple(pairs), series, meta, **extra)
 
     def check_traces(self, traces: list[Trace], where: str) -> None:
         """Refuse traces other than the ones this comparison was computed from."""
@@ -176,10 +191,41 @@ def check_stores(traces: list[Trace], stores: list[str]) -> None:
 
 
 def with_cross_readout(comparison: Comparison, frames: dict[str, pd.DataFrame]) -> Comparison:
-    """Add cross-readout columns (fr_total, fr_representation, fr_readout) to each pair's table, keyed by label."""
-    pairs = []
+    """Add cross-readout columns (fr_total, fr_representation, fr_readout) to each pair's table, keyed by label;
+    the per-position-bin totals, where present, become the depth × position map."""
+    from spinal.analyze.positions import bin_labels
+
+    pairs, maps = [], []
     for p in comparison.pairs:
         f = frames.get(p.other)
+        if f is not None and "fr_total_by_bin" in f:
+            labels = bin_labels()
+            for _, r in f.iterrows():
+                maps += [{"ref": p.ref, "other": p.other, "layer": int(r["layer"]), "bin": labels[i], "bin_index": i,
+                          "fr_total": v, "tokens": n}
+                         for i, (v, n) in enumerate(zip(r["fr_total_by_bin"], r["tokens_by_bin"])) if n > 0]
+            f = f.drop(columns=["fr_total_by_bin", "tokens_by_bin"])
         t = p.table if f is None else p.table.merge(f.drop(columns=["tokens"]), on="layer", how="left")
         pairs.append(PairComparison(p.ref, p.other, t, p.summary))
-    return Comparison(tuple(pairs), comparison.series, comparison.meta)
+    depth = pd.DataFrame(maps) if maps else comparison.depth_position
+    return replace(comparison, pairs=tuple(pairs), depth_position=depth)
+
+
+def with_positions(comparison: Comparison, profiles: dict[str, pd.DataFrame]) -> Comparison:
+    """Add each pair's per-position profile (positions.profile) and its headline numbers to the summary:
+    shifted_share with its interval, kl_final_mean, shift_early_share."""
+    from spinal.analyze.positions import early_share
+
+    pairs, frames = [], []
+    for p in comparison.pairs:
+        prof = profiles.get(p.other)
+        summary = dict(p.summary)
+        if prof is not None:
+            row = prof[prof["bin"] == "all"].iloc[0]
+            summary.update(shifted_share=float(row["shifted"]), shifted_share_lo=float(row["shifted_lo"]),
+                           shifted_share_hi=float(row["shifted_hi"]), kl_final_mean=float(row["kl"]),
+                           kl_final_lo=float(row["kl_lo"]), kl_final_hi=float(row["kl_hi"]),
+                           shift_early_share=early_share(prof))
+            frames.append(prof.assign(ref=p.ref, other=p.other))
+        pairs.append(PairComparison(p.ref, p.other, p.table, summary))
+    return replace(comparison, pairs=tuple(pairs), positions=pd.concat(frames, ignore_index=True) if frames else comparison.positions)

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from spinal.analyze.lens_pass import token_subsample
+from spinal.analyze.positions import EDGES, position_bins, relative_positions
 from spinal.analyze.pool import run_tasks
 from spinal.analyze.transport import fisher_rao
 from spinal.errors import InputError
@@ -44,8 +45,9 @@ def cross_readout_tasks(store_a: str, store_b: str, *, layers: list[int] | None 
     same_lens = _same_lens(a, b)
     sub = token_subsample(a, lens_tokens, seed)
     rows = np.flatnonzero(ta["sequence"] >= 0) if sub is None else sub  # flat token indices, sorted
+    bins = position_bins(relative_positions(ta["sequence"], ta["position"]))[rows]  # the depth × position map
     return [(cross_readout_layer, dict(store_a=store_a, store_b=store_b, layer=l, rows=rows, chunk_mib=chunk_mib,
-                                       same_lens=same_lens)) for l in layers]
+                                       same_lens=same_lens, bins=bins)) for l in layers]
 
 
 def _same_lens(a: Store, b: Store) -> bool:
@@ -61,24 +63,40 @@ def _same_lens(a: Store, b: Store) -> bool:
 
 @torch.no_grad()
 def cross_readout_layer(store_a: str, store_b: str, layer: int, rows: np.ndarray, chunk_mib: int,
-                        same_lens: bool = False) -> dict:
-    """One layer of ``cross_readout``: three readouts per token (two when the lenses are the same)."""
+                        same_lens: bool = False, bins: np.ndarray | None = None) -> dict:
+    """One layer of ``cross_readout``: three readouts per token (two when the lenses are the same). With ``bins``
+    (a position bin per row) also the mean total distance per bin: ``fr_total_by_bin``, ``tokens_by_bin``."""
     a, b = Store.open(store_a), Store.open(store_b)
     lens_a = a.lens()
     lens_b = lens_a if same_lens else b.lens()
     ia, ib = a.layer_index(layer), b.layer_index(layer)
     chunk = max(1, (chunk_mib << 20) // (4 * lens_a.vocab * 4))  # four (chunk, vocab) float32 live at once
     sums = np.zeros(3)
+    nb = len(EDGES)
+    by_bin, n_bin = np.zeros(nb), np.zeros(nb)
     for start in range(0, rows.size, chunk):
         idx = rows[start : start + chunk]
         ha = torch.from_numpy(decode(np.asarray(a.hidden.get_orthogonal_selection((ia, idx, slice(None)))), a.dtype))
         hb = torch.from_numpy(decode(np.asarray(b.hidden.get_orthogonal_selection((ib, idx, slice(None)))), b.dtype))
         pa_a, pa_b = lens_a.log_probs(ha), lens_a.log_probs(hb)  # (chunk, vocab)
-        fr_rep = float(fisher_rao(pa_a, pa_b).sum())
+        rep = fisher_rao(pa_a, pa_b)  # (chunk,)
+        fr_rep = float(rep.sum())
         if same_lens:
+            total = rep
             sums += [fr_rep, fr_rep, 0.0]
         else:
             pb_b = lens_b.log_probs(hb)
-            sums += [float(fisher_rao(pa_a, pb_b).sum()), fr_rep, float(fisher_rao(pa_b, pb_b).sum())]
-    return {"layer": layer, **dict(zip(("fr_total", "fr_representation", "fr_readout"), sums / rows.size)),
-            "tokens": int(rows.size)}
+            total = fisher_rao(pa_a, pb_b)
+            sums += [float(total.sum()), fr_rep, float(fisher_rao(pa_b, pb_b).sum())]
+        if bins is not None:
+            bi = bins[start : start + chunk]
+            ok = bi >= 0
+            by_bin += np.bincount(bi[ok], total.double().numpy()[ok], minlength=nb)
+            n_bin += np.bincount(bi[ok], minlength=nb)
+    out = {"layer": layer, **dict(zip(("fr_total", "fr_representation", "fr_readout"), sums / rows.size)),
+           "tokens": int(rows.size)}
+    if bins is not None:
+        with np.errstate(invalid="ignore"):
+            out["fr_total_by_bin"] = (by_bin / n_bin).tolist()
+        out["tokens_by_bin"] = n_bin.astype(int).tolist()
+    return out

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
+
 from spinal.analyze.compare import compare
-from spinal.analyze.comparison import Comparison, check_stores, check_weights, with_cross_readout
+from spinal.analyze.comparison import Comparison, check_stores, check_weights, with_cross_readout, with_positions
 from spinal.analyze.trace import Trace
 from spinal.config import CompareConfig
 from spinal.errors import InputError
@@ -52,7 +54,34 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
             frames[t.label] = pd.DataFrame(done[k : k + len(tasks)])
             k += len(tasks)
         result = with_cross_readout(result, frames)
+    if stores and cfg.position_tokens:
+        result = _positions(result, traces, stores, cfg, workers)
     return result
+
+
+def _positions(result: Comparison, traces: list[Trace], stores: list[str], cfg: CompareConfig,
+               workers: int) -> Comparison:
+    """Where in the reply each checkpoint differs from the reference: final-layer KL and shifted tokens per token
+    (one task per pair), then the per-position profile with a bootstrap over sequences."""
+    import os
+
+    from spinal.analyze.lens_pass import token_subsample
+    from spinal.analyze.pool import run_tasks
+    from spinal.analyze.positions import final_shift, position_bins, profile, relative_positions
+    from spinal.analyze.seeds import Purpose
+
+    ref = Store.open(stores[0])
+    tok = ref.tokens()
+    sub = token_subsample(ref, cfg.position_tokens, cfg.seed, purpose=Purpose.POSITIONS)
+    rows = np.flatnonzero(tok["sequence"] >= 0) if sub is None else sub
+    tasks = [(final_shift, dict(store_a=stores[0], store_b=s, rows=rows)) for s in stores[1:]]
+    flops = 2 * 2 * rows.size * math.prod(ref.group["lens/unembed"].shape) * len(tasks)
+    done = run_tasks(tasks, 1 if flops < 2e10 else (workers or os.cpu_count() or 1))
+    bins = position_bins(relative_positions(tok["sequence"], tok["position"]))[rows]
+    seq = tok["sequence"][rows]
+    profiles = {t.label: profile(d["kl"], d["shifted"], bins, seq, n_boot=cfg.n_boot, seed=cfg.seed)
+                for t, d in zip(traces[1:], done)}
+    return with_positions(result, profiles)
 
 
 def _parameter_change(traces: list[Trace], weights: list[str], optional: bool) -> list | None:

@@ -23,6 +23,7 @@ L_NAME = "Fisher–Rao step L (radians, 0…π)"
 SIG = LEVEL  # Holm family-wise level
 TERMINAL_COLOR = "#f4a340"
 BAD_COLOR = "#c0392b"
+MIN_BIN_TOKENS = 10  # position bins with fewer tokens are left out of the position figure
 
 
 def colors(n: int) -> list:
@@ -356,6 +357,65 @@ def draw_spectra(traces: Sequence[Trace], layer: int) -> Figure:
 def plot_spectra(traces: Sequence[Trace], layer: int, path: str | Path) -> Path:
     """One layer's spectra of every checkpoint (see draw_spectra), saved as a PNG."""
     return _save(draw_spectra(traces, layer), path)
+
+
+def draw_positions(comparison: Comparison) -> Figure:
+    """Where in the reply: per pair (rows), the shifted-token share by position with its 95% bootstrap interval
+    (left) and the depth × position map of the cross-readout distance (right, when computed), each on its own
+    scale."""
+    prof = comparison.positions
+    if prof is None or prof.empty:
+        raise InputError("the comparison has no per-position profile; compare with --stores (and --position-tokens)")
+    depth = comparison.depth_position
+    pairs = [p for p in comparison.pairs if (prof["other"] == p.other).any()]
+    n = len(pairs)
+    cols = 2 if depth is not None and not depth.empty else 1
+    fig = Figure(figsize=(10, 0.9 + 2.3 * n), layout="constrained")
+    axes = fig.subplots(n, cols, squeeze=False)
+    cs = colors(len(comparison.pairs) + 1)[1:]
+    for row, p in enumerate(pairs):
+        c = cs[comparison.pairs.index(p)]
+        t = prof[(prof["other"] == p.other) & (prof["bin"] != "all") & (prof["tokens"] >= MIN_BIN_TOKENS)]
+        x = np.arange(len(t))
+        y = t["shifted"].to_numpy(float)
+        err = np.vstack([y - t["shifted_lo"].to_numpy(float), t["shifted_hi"].to_numpy(float) - y])
+        ax = axes[row, 0]
+        ax.bar(x, y, color=c, alpha=0.55, width=0.75)
+        ax.errorbar(x, y, yerr=np.clip(err, 0, None), fmt="none", ecolor="k", elinewidth=1, capsize=2)
+        overall = prof[(prof["other"] == p.other) & (prof["bin"] == "all")]["shifted"]
+        if not overall.empty:
+            ax.axhline(float(overall.iloc[0]), color=c, ls="--", lw=1.2)
+        ax.set_xticks(x, list(t["bin"]), rotation=90, fontsize=8)
+        ax.set_title(text(f"{p.other} vs {p.ref}: shifted tokens by position"), fontsize=10, loc="left")
+        ax.set_ylabel("share shifted")
+        ax.grid(alpha=0.3, axis="y")
+        if cols == 2:
+            ax2 = axes[row, 1]
+            d = depth[depth["other"] == p.other]
+            if d.empty:
+                ax2.set_visible(False)
+                continue
+            grid = d.pivot_table(index="layer", columns="bin_index", values="fr_total")
+            im = ax2.imshow(grid.to_numpy(float), aspect="auto", origin="lower", cmap="magma",
+                            extent=(-0.5, grid.shape[1] - 0.5, grid.index.min() - 0.5, grid.index.max() + 0.5))
+            labels = d.drop_duplicates("bin_index").set_index("bin_index")["bin"]
+            ax2.set_xticks(np.arange(grid.shape[1]), [labels[i] for i in grid.columns], rotation=90,
+                           fontsize=8)
+            ax2.set_ylabel("layer ℓ")
+            ax2.yaxis.get_major_locator().set_params(integer=True)
+            ax2.set_title("lens predictions apart (Fisher–Rao, rad)", fontsize=10, loc="left")
+            fig.colorbar(im, ax=ax2, shrink=0.9)
+    axes[-1, 0].set_xlabel("position in the stored reply (tokens)")
+    if cols == 2:
+        axes[-1, 1].set_xlabel("position in the stored reply (tokens)")
+    fig.suptitle("Where in the reply: the other checkpoint's top token outside the reference's top 3 (dashed: all "
+                 f"positions; bins of < {MIN_BIN_TOKENS} tokens left out)", fontsize=11)
+    return fig
+
+
+def plot_positions(comparison: Comparison, path: str | Path) -> Path:
+    """The per-position profile and depth × position map (see draw_positions), saved as a PNG."""
+    return _save(draw_positions(comparison), path)
 
 
 def draw_series(comparison: Comparison) -> Figure:

@@ -166,6 +166,11 @@ def _figures(traces: list[Trace], comparison: Comparison | None, plot_dir: Path)
                         "Δa and ΔL per layer, one row per checkpoint, each panel on its own scale; bars: paired 95% "
                         "bootstrap CIs; filled: the change counts (Holm p < 0.05 and beyond the ± null spread, "
                         "grey); orange: terminal window."))
+    if comparison is not None and comparison.positions is not None and not comparison.positions.empty:
+        out.append(_img(plots.plot_positions(comparison, plot_dir / "positions.png"), "where in the reply",
+                        "Share of reply positions where the checkpoint's most likely token lies outside the "
+                        "reference's top 3, by position, with 95% bootstrap intervals over sequences; right: per "
+                        "layer and position, how far the two checkpoints' lens predictions are apart."))
     out.append(_img(plots.plot_depth(traces, plot_dir / "depth.png"), "depth trace",
                     "a_ℓ with its 95% bootstrap CI and mean L_ℓ with its q25–q75 band; "
                     "hollow markers: fit status not ok."))

@@ -15,6 +15,7 @@ class Purpose(IntEnum):
     LENS_TOKENS = 3  # the token subsample of the transport pass (and of the cross-readout lens)
     COMPANION_TOKENS = 4  # the companions' subset of the lens tokens (JS, KL to final, entropy)
     COMPARE = 7  # the ΔL sequence bootstrap and its split-halves
+    POSITIONS = 8  # the sequence bootstrap of the per-position profile (analyze/positions.py)
 
 
 def rng(seed: int, purpose: Purpose) -> np.random.Generator:

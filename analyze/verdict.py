@@ -139,6 +139,15 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
                                       f"Fisher–Rao {t['fr_total'].iloc[last]:.3f} rad (the representation moved "
                                       f"{t['fr_representation'].iloc[last]:.3f}, the readout "
                                       f"{t['fr_readout'].iloc[last]:.3f})"))
+    share = p.summary.get("shifted_share")
+    if isinstance(share, (int, float)) and math.isfinite(share):
+        early = p.summary.get("shift_early_share")
+        points.append(("sequence", f"the top token leaves {p.ref}'s top 3 at {share:.1%} "
+                                   f"[{p.summary.get('shifted_share_lo', math.nan):.1%}, "
+                                   f"{p.summary.get('shifted_share_hi', math.nan):.1%}] of reply positions"
+                                   + (f", {early:.0%} of them in the first 8" if isinstance(early, float)
+                                      and math.isfinite(early) else "")
+                                   + f"; mean final KL {p.summary.get('kl_final_mean', math.nan):.3f} nats"))
     if ref is not None and other is not None and "entropy" in other.table:
         e_ref, e_oth = float(ref.table["entropy"].iloc[-1]), float(other.table["entropy"].iloc[-1])
         pl_ref, pl_oth = ref.meta.get("path_length"), other.meta.get("path_length")

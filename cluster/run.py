@@ -191,7 +191,8 @@ def _compare_stage(cfg: RunConfig, traces: list, summary: RunSummary):
     with summary.timed("compare", ",".join(t.label for t in traces)):
         c = cfg.compare
         result = comparison(traces, c, weights=[ck.path for ck in cfg.checkpoints] if c.weights else None,
-                            stores=[cfg.store_path(ck) for ck in cfg.checkpoints] if c.cross_readout_tokens else None,
+                            stores=[cfg.store_path(ck) for ck in cfg.checkpoints]
+                            if c.cross_readout_tokens or c.position_tokens else None,
                             weights_optional=True, workers=cfg.analyze.workers)
         result.save(Path(cfg.out) / "compare", overwrite=True)
         summary.comparison = str(Path(cfg.out) / "compare")

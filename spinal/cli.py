@@ -204,11 +204,12 @@ def analyze(
 def compare(
     options: dict,
     traces: list[str] = typer.Argument(..., help="trace folders: the reference first, then checkpoints in order"),
-    out: str = typer.Option(..., "--out", "-o", help="comparison folder (compare.parquet/.csv/.json, series.csv)"),
+    out: str = typer.Option(..., "--out", "-o", help="comparison folder (compare.parquet/.csv/.json, series.csv; positions and depth_position .parquet/.csv with --stores)"),
     weights: Optional[list[str]] = typer.Option(
         None, "--weights", help="checkpoint folders in the same order, for the per-block parameter change"),
     stores: Optional[list[str]] = typer.Option(
-        None, "--stores", help="the traces' stores in the same order, for the cross-readout lens"),
+        None, "--stores", help="the traces' stores in the same order, for the cross-readout lens and "
+        "where in the reply the checkpoints differ (--position-tokens)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing comparison folder"),
     as_json: bool = typer.Option(False, "--json", help="also print compare.json (per-pair summaries, series, "
                                  "options) on stdout"),

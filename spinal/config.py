@@ -119,12 +119,14 @@ class CompareConfig:
     null_splits: int = option("random split-halves of the reference's sequences for the null spread of ΔL", 32)
     cross_readout_tokens: int = option("tokens (seeded subsample) for the cross-readout lens (0: none)", 20000,
                                        short="--cross-tokens")  # the CLI flag is the TOML name; the old one works
+    position_tokens: int = option("tokens (seeded subsample) for where in the reply the checkpoints differ: "
+                                  "final-layer KL and shifted tokens by position (0: none)", 20000)
     weights: bool = option("per-block parameter change ‖θ − θ_ref‖², streamed from the safetensors", True, cli=False)
 
     def __post_init__(self) -> None:
         if self.n_boot < 1:
             raise InputError(f"n_boot={self.n_boot}: the ΔL bootstrap needs ≥ 1 resample (default 1000)")
-        for name in ("null_splits", "cross_readout_tokens"):
+        for name in ("null_splits", "cross_readout_tokens", "position_tokens"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
 

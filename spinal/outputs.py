@@ -35,7 +35,8 @@ MARKER = "spinal-output.json"
 LEGACY_KEY = {"trace": "trace.json", "comparison": "compare.json", "report": "report.html", "run": "run.json"}
 ENTRIES = {
     "trace": {"trace.parquet", "trace.csv", "trace.json", "bootstrap.parquet", "sequences.parquet", "spectra.npz"},
-    "comparison": {"compare.parquet", "compare.csv", "compare.json", "series.csv"},
+    "comparison": {"compare.parquet", "compare.csv", "compare.json", "series.csv", "positions.parquet", "positions.csv",
+                   "depth_position.parquet", "depth_position.csv"},
     "report": {"report.html", "plots"},
     "run": {"run.json", "summary.json", "stores", "traces", "compare", "report", "writer_lock"},
 }

@@ -28,7 +28,7 @@ def test_killed_driver_resumes_without_redoing_finished_units(checkpoint, tmp_pa
         '[run]\nout = "out"\nprompts = "prompts.jsonl"\n'
         f'[[checkpoints]]\nlabel = "base"\npath = "{checkpoint("llama")}"\n'
         f'[[checkpoints]]\nlabel = "tuned"\npath = "{checkpoint("llama", seed=1)}"\n'
-        "[capture]\nunit_tokens = 64\nbatch_size = 2\n[analyze]\nn_boot = 20\nnull_splits = 2\n"
+        "[capture]\nunit_tokens = 128\nbatch_size = 2\n[analyze]\nn_boot = 20\nnull_splits = 2\n"
         "[compare]\nn_boot = 50\n[cluster]\nreplicas = 2\n"
     )
     argv = [sys.executable, "-m", "spinal.cli", "run", str(tmp_path / "run.toml"), "--no-progress"]

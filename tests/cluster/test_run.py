@@ -97,6 +97,9 @@ def test_run_end_to_end_then_resume_reuses_everything(tmp_path, checkpoint):
     assert "tuned2" in html and "data:image/png;base64," in html
     assert {"fr_total", "fr_representation", "fr_readout"} <= set(cmp.columns)  # cross-readout lens
     assert "FR readout" in html
+    pos = pd.read_csv(out / "compare" / "positions.csv")  # where in the reply the checkpoints differ
+    assert set(pos["other"]) == {"tuned", "tuned2"} and 0 < doc["pairs"][0]["shifted_share"] <= 1
+    assert "where in the reply" in html and "of reply positions" in html
 
     r = runner.invoke(app, ["run", str(f), "--no-progress"])
     assert r.exit_code == 2 and "--resume" in r.stderr
