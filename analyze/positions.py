@@ -67,8 +67,8 @@ def final_shift(store_a: str, store_b: str, rows: np.ndarray, chunk_mib: int = 2
         idx = rows[start : start + chunk]
         ha = torch.from_numpy(decode(np.asarray(a.hidden.get_orthogonal_selection((ia, idx, slice(None)))), a.dtype))
         hb = torch.from_numpy(decode(np.asarray(b.hidden.get_orthogonal_selection((ib, idx, slice(None)))), b.dtype))
-        la, lb = lens_a.log_probs(ha).double(), lens_b.log_probs(hb).double()  # (chunk, vocab)
-        kl[start : start + idx.size] = (lb.exp() * (lb - la)).sum(-1).clamp_min(0).numpy()
+        la, lb = lens_a.log_probs(ha), lens_b.log_probs(hb)  # (chunk, vocab) float32
+        kl[start : start + idx.size] = torch.sum(lb.exp() * (lb - la), -1, dtype=torch.float64).clamp_min(0).numpy()
         top_a = la.topk(top_k, dim=-1).indices
         shifted[start : start + idx.size] = ~(top_a == lb.argmax(-1, keepdim=True)).any(-1).numpy()
     return {"layer": int(layer), "rows": rows, "kl": kl, "shifted": shifted}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -131,9 +132,11 @@ class PlanConfig:
         parse_layers(self.layers, None)
 
 
-def from_run(path: str) -> dict[str, Any]:
+def from_run(path: str, notes: list[str] | None = None) -> dict[str, Any]:
     """The plan fields a run TOML fixes: its first checkpoint, [capture] dtype, layers, batch_size, max_length and
-    unit_tokens, [analyze] lens_tokens and blocks, and [cluster] gpus_per_replica when set."""
+    unit_tokens, [analyze] lens_tokens and blocks, and [cluster] gpus_per_replica when set. A checkpoint path that
+    is not here but names a preset (the cluster config's /shared/models/Meta-Llama-3-70B) plans that preset, with a
+    line in ``notes``."""
     from spinal.config import load_run_config
 
     run = load_run_config(path)
@@ -143,6 +146,15 @@ def from_run(path: str) -> dict[str, Any]:
     if run.cluster.gpus_per_replica > 0:
         values["gpus_per_replica"] = run.cluster.gpus_per_replica
     if "://" not in values["model"] and not Path(values["model"]).exists():
-        raise InputError(f"{path}: the first checkpoint {values['model']} is not on this machine; plan where it is, "
-                         "or plan its preset (e.g. spinal plan llama-3-70b) with --set for the run's settings")
+        from spinal.cluster.presets import find_preset
+
+        preset = find_preset(Path(values["model"]).name)  # /shared/models/Meta-Llama-3-70B names its preset
+        if preset is None:
+            raise InputError(f"{path}: the first checkpoint {values['model']} is not on this machine; plan where it "
+                             "is, or plan its preset (e.g. spinal plan llama-3-70b) with --set for the run's settings")
+        if notes is not None:
+            notes.append(f"{path}: the first checkpoint {values['model']} is not on this machine; planned as the "
+                         f"preset {preset} its name matches (plan on the head node to read the checkpoint's own "
+                         "config)")
+        values["model"] = preset
     return values

@@ -93,7 +93,47 @@ def summarize(out: Path) -> str:
             "(its greedy replies are word salad, see reference/EVAL.md). METHOD.md's destabilization rule "
             f"({'flags' if s.get('destabilized') else 'does not flag'} it) looks for a *reversal* of the terminal gain "
             "or a renewed rise of L; this collapse is the opposite signature, so read the depth plot, not only the flag.")
+    lines += positions_block(out, doc)
     return "\n".join(lines)
+
+
+def positions_block(out: Path, doc: dict) -> list[str]:
+    """Where in the reply each checkpoint departs from the reference, from compare/positions.parquet."""
+    path = out / "compare" / "positions.parquet"
+    if not path.exists():
+        return []
+    prof = pd.read_parquet(path)
+    ref = doc["reference"]
+    lines = ["", f"Where in the reply each checkpoint departs from `{ref}` (its top token outside `{ref}`'s top 3 at "
+             "the last layer; 95 % bootstrap intervals over sequences; `compare/positions.csv`):", "",
+             "| checkpoint | shifted tokens | of them in the first 8 positions | position bin with the highest share | "
+             "mean final KL (nats) |", "|---|---:|---:|---|---:|"]
+    for p in doc["pairs"]:
+        t = prof[prof["other"] == p["other"]]
+        bins = t[(t["bin"] != "all") & (t["tokens"] >= 10)]
+        peak = bins.loc[bins["shifted"].idxmax()]  # the same bin as peak_bin()
+        lines.append(f"| `{p['other']}` | {p['shifted_share']:.1%} [{p['shifted_share_lo']:.1%}, "
+                     f"{p['shifted_share_hi']:.1%}] | {p['shift_early_share']:.0%} | {peak['bin']} "
+                     f"({peak['shifted']:.0%}) | {p['kl_final_mean']:.3f} |")
+    dpo = [p for p in doc["pairs"] if "overtrained" not in p["other"]]
+    over = [p for p in doc["pairs"] if "overtrained" in p["other"]]
+    if dpo:
+        peaks = sorted({peak_bin(prof, p["other"]) for p in dpo})
+        early = [p["shift_early_share"] for p in dpo]
+        lines += ["", f"For the DPO checkpoints the shifted share peaks at reply position(s) {', '.join(peaks)}, and "
+                  f"{min(early):.0%}–{max(early):.0%} of their shifted tokens fall in the first 8 positions"
+                  + (": the change is sparse in positions (5–8 % is published for 7B pairs)"
+                     if max(p["shifted_share"] for p in dpo) < 0.15 else "")
+                  + ("" if max(early) > 0.5 else ", not concentrated at the very start of the reply") + "."
+                  + "".join(f" The over-trained `{p['other']}` shifts {p['shifted_share']:.0%} of all positions."
+                            for p in over)]
+    lines += ["", "![shifted tokens by position and the depth × position map](reference/figures/demo-positions.png)"]
+    return lines
+
+
+def peak_bin(prof: pd.DataFrame, other: str) -> str:
+    t = prof[(prof["other"] == other) & (prof["bin"] != "all") & (prof["tokens"] >= 10)]
+    return str(t.loc[t["shifted"].idxmax(), "bin"])
 
 
 def screenshot(page: Path, png: Path, width: int = 1280, height: int = 1000) -> None:
@@ -114,8 +154,9 @@ def main(argv=None) -> None:
     block = summarize(args.out)
     figs = ROOT / "reference" / "figures"
     figs.mkdir(exist_ok=True)
-    for name in ("depth.png", "deltas.png", "series.png"):
-        shutil.copy(args.out / "report" / "plots" / name, figs / f"demo-{name}")
+    for name in ("depth.png", "deltas.png", "series.png", "positions.png"):
+        if (args.out / "report" / "plots" / name).exists():
+            shutil.copy(args.out / "report" / "plots" / name, figs / f"demo-{name}")
     screenshot(args.out / "report" / "report.html", figs / "demo-report.png")
     readme = ROOT / "README.md"
     text = readme.read_text()

@@ -308,7 +308,10 @@ def plan(
 
     from spinal.cluster.plan_config import from_run
 
-    run_values = from_run(options["model"]) if options["model"].endswith(".toml") else {}
+    notes: list[str] = []
+    run_values = from_run(options["model"], notes) if options["model"].endswith(".toml") else {}
+    for note in notes:
+        err.print(f"note: {note}", highlight=False)
     values = {**options, **run_values, **settings(PlanConfig, assume or [], "--set")}
     result = make_plan(PlanConfig(**values))
     if as_json:

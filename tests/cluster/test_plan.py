@@ -311,6 +311,12 @@ def test_a_run_config_is_planned_with_its_own_settings(tmp_path, checkpoint):
     assert (cfg["model"], cfg["batch_size"], cfg["seq_len"], cfg["dtype"], cfg["lens_tokens"], cfg["unit_tokens"]) == (
         str(ck), 3, 96, "float32", 999, 1024)
     cluster_toml = Path(__file__).parents[2] / "configs" / "llama70b-cluster.toml"
-    r = CliRunner().invoke(app, ["plan", str(cluster_toml)])
-    assert r.exit_code == 2 and "/shared/models/Meta-Llama-3-70B is not on this machine" in r.stderr
+    r = CliRunner().invoke(app, ["plan", str(cluster_toml)])  # /shared/models/Meta-Llama-3-70B: its preset
+    assert r.exit_code == 0, r.output
+    assert "/shared/models/Meta-Llama-3-70B is not on this machine; planned as the preset " \
+           "meta-llama/Meta-Llama-3-70B" in r.stderr
+    assert r.stdout.startswith("spinal plan: Meta-Llama-3-70B (preset meta-llama/Meta-Llama-3-70B)")
+    f.write_text(f.read_text().replace(str(ck), "/nowhere/my-own-model"))
+    r = CliRunner().invoke(app, ["plan", str(f)])
+    assert r.exit_code == 2 and "/nowhere/my-own-model is not on this machine" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
