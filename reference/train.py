@@ -41,14 +41,19 @@ class Stage:
     lr: float  # peak learning rate
     warmup: int = 20  # linear warm-up steps
     weight_decay: float = 0.0  # AdamW decoupled decay on matrices (never on norm weights)
-    schedule: str = "cosine"  # "cosine" (to 10% of lr at the last step) or "constant" after warm-up
+    schedule: str = "cosine"  # "cosine" (to 10% of lr at the last step), "constant" after warm-up, or "ramp":
+    #                           constant to ramp_from, then geometric to ramp_factor·lr at the last step
+    ramp_from: int = 0
+    ramp_factor: float = 1.0
     grad_clip: float = 1.0  # max global gradient norm
     beta: float = 0.0  # DPO temperature; 0 for the likelihood stages
     save_at: tuple[int, ...] = ()  # DPO steps to save as dpo-stepNNNN (the last step is always saved)
 
     def __post_init__(self):
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"Stage.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.schedule not in ("cosine", "constant", "ramp"):
+            raise ValueError(f"Stage.schedule must be 'cosine', 'constant' or 'ramp', got {self.schedule!r}")
+        if self.schedule == "ramp" and not 0 <= self.ramp_from < self.steps:
+            raise ValueError(f"Stage.ramp_from {self.ramp_from} must lie in 0..steps-1={self.steps - 1}")
         if any(not 0 < s <= self.steps for s in self.save_at):
             raise ValueError(f"Stage.save_at {self.save_at} must lie in 1..steps={self.steps}")
 
@@ -101,6 +106,10 @@ def optimizer(model, stage: Stage) -> tuple[torch.optim.Optimizer, torch.optim.l
             return (step + 1) / stage.warmup
         if stage.schedule == "constant":
             return 1.0
+        if stage.schedule == "ramp":
+            if step < stage.ramp_from:
+                return 1.0
+            return stage.ramp_factor ** ((step - stage.ramp_from) / max(1, stage.steps - 1 - stage.ramp_from))
         progress = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 

@@ -214,3 +214,42 @@ def test_shipped_eval_shows_the_alignment():
     # the over-trained run is degenerate: its chosen replies and plain text became far less likely
     assert over["chosen_nll_per_token"] > 2 * final["chosen_nll_per_token"]
     assert over["text_nll_per_token"] > final["text_nll_per_token"] + 1
+
+
+def test_the_series_schedule_is_the_family_run_then_a_geometric_ramp_to_30x():
+    """reference/series.py: in each phase the optimizer's learning rate at every step equals the documented
+    schedule (phase 1: warm-up, then constant 1e-4 at β 0.1; phase 2: 1e-4 ramped ×30 geometrically at β 0.01)."""
+    import torch
+
+    from reference.series import BREAK, HEALTHY, PHASES, lr_at
+    from reference.train import optimizer
+
+    seen = []
+    for _, stage in PHASES:
+        opt, sched = optimizer(torch.nn.Linear(2, 2), stage)
+        for _ in range(stage.steps):
+            seen.append(opt.param_groups[0]["lr"])  # the rate this optimizer step uses
+            opt.step()
+            sched.step()
+    assert seen == pytest.approx([lr_at(s) for s in range(1, len(seen) + 1)], rel=1e-12)
+    assert seen[HEALTHY.warmup] == pytest.approx(1e-4) and seen[HEALTHY.steps - 1] == pytest.approx(1e-4)
+    assert seen[HEALTHY.steps] == pytest.approx(1e-4) and seen[-1] == pytest.approx(3e-3)
+    assert (HEALTHY.beta, BREAK.beta) == (0.1, 0.01)
+    assert len(HEALTHY.save_at) + len(BREAK.save_at) + 2 == 12  # every 25 steps, with each phase's last
+
+
+def test_the_shipped_series_ground_truth_is_the_documented_schedule_and_breaks_after_step_150():
+    """reference/series/ holds the ground truth of `python -m reference.series`: every saved step evaluated, the
+    plain-text NLL drifting slowly through the healthy phase and jumping once β is cut."""
+    import json
+    from pathlib import Path
+
+    d = Path(__file__).resolve().parents[2] / "reference" / "series"
+    ev = json.loads((d / "eval.json").read_text())
+    names = [c["name"] for c in ev["checkpoints"]]
+    assert names == ["sft"] + [f"series-step{s:04d}" for s in range(25, 301, 25)]
+    nll = {c["name"]: c["text_nll_per_token"] for c in ev["checkpoints"]}
+    healthy = [nll[f"series-step{s:04d}"] for s in range(25, 151, 25)]
+    assert max(b - a for a, b in zip(healthy, healthy[1:])) < 0.5  # slow drift while healthy
+    assert nll["series-step0175"] - nll["series-step0150"] > 1.0  # the break
+    assert set(json.loads((d / "series.json").read_text())["kl_to_sft"]) == set(names[1:])
