@@ -32,7 +32,7 @@ def steps_into(T: np.ndarray) -> np.ndarray:
     return out
 
 
-def _nanmean(x: np.ndarray) -> float:
+def nanmean(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=float)
     x = x[np.isfinite(x)]
     return float(x.mean()) if x.size else math.nan
@@ -61,7 +61,7 @@ def pair_aggregates(a: Trace, b: Trace, table: pd.DataFrame, rep_a: np.ndarray, 
     """
     T = table["terminal"].to_numpy()
     TL = steps_into(T)
-    delta_align = _nanmean(table["d_a"].to_numpy()[T]) - _nanmean(table["d_L"].to_numpy()[TL])
+    delta_align = nanmean(table["d_a"].to_numpy()[T]) - nanmean(table["d_L"].to_numpy()[TL])
     # SE of Δ_align from the replicates (the a and L replicates are drawn independently)
     rep_LT = pad_rows(rep_L_step)[TL]
     rep_LT = rep_LT[np.isfinite(rep_LT).all(axis=1)]
@@ -119,12 +119,12 @@ def training_series(traces: list[Trace], pairs, term) -> tuple[pd.DataFrame, str
              "coherence": coherence(traces[0], term), "destabilized": False, "reason": ""}]
     for p in pairs:
         T = p.table["terminal"].to_numpy()
-        rows.append({"label": p.other, "terminal_a_gain": _nanmean(p.table["d_a"].to_numpy()[T]),
-                     "terminal_L_change": _nanmean(p.table["d_L"].to_numpy()[steps_into(T)]),
+        rows.append({"label": p.other, "terminal_a_gain": nanmean(p.table["d_a"].to_numpy()[T]),
+                     "terminal_L_change": nanmean(p.table["d_L"].to_numpy()[steps_into(T)]),
                      "coherence": p.summary["coherence_other"], "destabilized": False, "reason": ""})
     T0 = pairs[0].table["terminal"].to_numpy()
-    null_a = _nanmean(pairs[0].table["null_a"].to_numpy()[T0])
-    null_L = _nanmean(pairs[0].table["null_L"].to_numpy()[steps_into(T0)])
+    null_a = nanmean(pairs[0].table["null_a"].to_numpy()[T0])
+    null_L = nanmean(pairs[0].table["null_L"].to_numpy()[steps_into(T0)])
     null_coh = _coherence_null(traces[0], term)
     if not math.isfinite(null_coh) or null_coh <= 0:
         null_coh = 0.1 * rows[0]["coherence"]  # no bootstrap: a 10% drop stands in for the null spread

@@ -228,4 +228,5 @@ def with_positions(comparison: Comparison, profiles: dict[str, pd.DataFrame]) ->
                            shift_early_share=early_share(prof))
             frames.append(prof.assign(ref=p.ref, other=p.other))
         pairs.append(PairComparison(p.ref, p.other, p.table, summary))
-    return replace(comparison, pairs=tuple(pairs), positions=pd.concat(frames, ignore_index=True) if frames else comparison.positions)
+    positions = pd.concat(frames, ignore_index=True) if frames else comparison.positions
+    return replace(comparison, pairs=tuple(pairs), positions=positions)

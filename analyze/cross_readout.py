@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spinal.analyze.lens_pass import token_subsample
+from spinal.analyze.lens_pass import read_rows, token_subsample
 from spinal.analyze.positions import EDGES, position_bins, relative_positions
 from spinal.analyze.pool import run_tasks
 from spinal.analyze.transport import fisher_rao
 from spinal.errors import InputError
-from spinal.store import Store, decode
+from spinal.store import Store
 
 
 def cross_readout(store_a: str, store_b: str, *, layers: list[int] | None = None, lens_tokens: int = 20000,
@@ -76,8 +76,7 @@ def cross_readout_layer(store_a: str, store_b: str, layer: int, rows: np.ndarray
     by_bin, n_bin = np.zeros(nb), np.zeros(nb)
     for start in range(0, rows.size, chunk):
         idx = rows[start : start + chunk]
-        ha = torch.from_numpy(decode(np.asarray(a.hidden.get_orthogonal_selection((ia, idx, slice(None)))), a.dtype))
-        hb = torch.from_numpy(decode(np.asarray(b.hidden.get_orthogonal_selection((ib, idx, slice(None)))), b.dtype))
+        ha, hb = torch.from_numpy(read_rows(a, ia, idx)), torch.from_numpy(read_rows(b, ib, idx))
         pa_a, pa_b = lens_a.log_probs(ha), lens_a.log_probs(hb)  # (chunk, vocab)
         rep = fisher_rao(pa_a, pa_b)  # (chunk,)
         fr_rep = float(rep.sum())

@@ -115,7 +115,7 @@ def token_ranges(selected: np.ndarray, pieces: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _read(store: Store, layer_index: int, rows: np.ndarray) -> np.ndarray:
+def read_rows(store: Store, layer_index: int, rows: np.ndarray) -> np.ndarray:
     """(k, dim) float32 activations of one layer at flat token indices ``rows`` (sorted), touching only their chunks."""
     if rows[-1] - rows[0] + 1 == rows.size:
         raw = store.hidden[layer_index, int(rows[0]) : int(rows[-1]) + 1, :]
@@ -150,7 +150,7 @@ def lens_pass(store_path: str, token_range: tuple[int, int], layers: list[int], 
     chords, n_comp = [], 0
     for a in range(0, rows_all.size, chunk):
         rows = rows_all[a : a + chunk]
-        h = torch.from_numpy(np.stack([_read(store, i, rows) for i in li]))  # (layer, k, dim)
+        h = torch.from_numpy(np.stack([read_rows(store, i, rows) for i in li]))  # (layer, k, dim)
         comp_rows = np.ones(rows.size, bool) if companions is None else np.isin(rows, companions)
         c = torch.from_numpy(np.flatnonzero(comp_rows))  # companion rows of this chunk
         n_comp += int(c.numel())

@@ -34,8 +34,6 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
     grad = _parameter_change(traces, weights, weights_optional) if weights else None
     result = compare(traces, cfg, grad=grad)
     if stores and cfg.cross_readout_tokens:
-        import os
-
         import pandas as pd
 
         from spinal.analyze.cross_readout import cross_readout_tasks
@@ -46,25 +44,29 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
         tasks = [t for pair in per_pair for t in pair]
         vocab_dim = math.prod(Store.open(stores[0]).group["lens/unembed"].shape)
         flops = sum(2 * 3 * kw["rows"].size * vocab_dim for _, kw in tasks)  # three readouts per token and layer
-        if flops < 2e10:  # about a core-second: not worth starting worker processes
-            workers = 1
-        done = run_tasks(tasks, workers or os.cpu_count() or 1, progress)
+        done = run_tasks(tasks, _pool_size(flops, workers), progress)
         frames, k = {}, 0
-        for t, tasks in zip(traces[1:], per_pair):
-            frames[t.label] = pd.DataFrame(done[k : k + len(tasks)])
-            k += len(tasks)
+        for t, pair in zip(traces[1:], per_pair):
+            frames[t.label] = pd.DataFrame(done[k : k + len(pair)])
+            k += len(pair)
         result = with_cross_readout(result, frames)
     if stores and cfg.position_tokens:
         result = _positions(result, traces, stores, cfg, workers)
     return result
 
 
+def _pool_size(flops: float, workers: int) -> int:
+    """Processes for ``flops`` of lens work: 1 below about a core-second (starting workers costs more), else
+    ``workers`` (0: one per core)."""
+    import os
+
+    return 1 if flops < 2e10 else (workers or os.cpu_count() or 1)
+
+
 def _positions(result: Comparison, traces: list[Trace], stores: list[str], cfg: CompareConfig,
                workers: int) -> Comparison:
     """Where in the reply each checkpoint differs from the reference: final-layer KL and shifted tokens per token
     (one task per pair), then the per-position profile with a bootstrap over sequences."""
-    import os
-
     from spinal.analyze.lens_pass import token_subsample
     from spinal.analyze.pool import run_tasks
     from spinal.analyze.positions import final_shift, position_bins, profile, relative_positions
@@ -76,7 +78,7 @@ def _positions(result: Comparison, traces: list[Trace], stores: list[str], cfg: 
     rows = np.flatnonzero(tok["sequence"] >= 0) if sub is None else sub
     tasks = [(final_shift, dict(store_a=stores[0], store_b=s, rows=rows)) for s in stores[1:]]
     flops = 2 * 2 * rows.size * math.prod(ref.group["lens/unembed"].shape) * len(tasks)
-    done = run_tasks(tasks, 1 if flops < 2e10 else (workers or os.cpu_count() or 1))
+    done = run_tasks(tasks, _pool_size(flops, workers))
     bins = position_bins(relative_positions(tok["sequence"], tok["position"]))[rows]
     seq = tok["sequence"][rows]
     profiles = {t.label: profile(d["kl"], d["shifted"], bins, seq, n_boot=cfg.n_boot, seed=cfg.seed)

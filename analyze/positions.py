@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 
 from spinal.analyze.seeds import Purpose, rng
-from spinal.store import Store, decode
+from spinal.analyze.lens_pass import read_rows
+from spinal.store import Store
 
 # Bins of the position within a sequence's stored tokens (0 = the first reply token when positions = response):
 # single positions early, where alignment is said to act, then widening.
@@ -65,13 +66,12 @@ def final_shift(store_a: str, store_b: str, rows: np.ndarray, chunk_mib: int = 2
     shifted = np.empty(rows.size, dtype=bool)
     for start in range(0, rows.size, chunk):
         idx = rows[start : start + chunk]
-        ha = torch.from_numpy(decode(np.asarray(a.hidden.get_orthogonal_selection((ia, idx, slice(None)))), a.dtype))
-        hb = torch.from_numpy(decode(np.asarray(b.hidden.get_orthogonal_selection((ib, idx, slice(None)))), b.dtype))
+        ha, hb = torch.from_numpy(read_rows(a, ia, idx)), torch.from_numpy(read_rows(b, ib, idx))
         la, lb = lens_a.log_probs(ha), lens_b.log_probs(hb)  # (chunk, vocab) float32
         kl[start : start + idx.size] = torch.sum(lb.exp() * (lb - la), -1, dtype=torch.float64).clamp_min(0).numpy()
         top_a = la.topk(top_k, dim=-1).indices
         shifted[start : start + idx.size] = ~(top_a == lb.argmax(-1, keepdim=True)).any(-1).numpy()
-    return {"layer": int(layer), "rows": rows, "kl": kl, "shifted": shifted}
+    return {"layer": int(layer), "kl": kl, "shifted": shifted}
 
 
 def profile(kl: np.ndarray, shifted: np.ndarray, bins: np.ndarray, sequence: np.ndarray, *, n_boot: int = 1000,

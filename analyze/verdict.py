@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spinal.analyze.aggregates import steps_into
+from spinal.analyze.aggregates import nanmean, steps_into
 from spinal.analyze.comparison import Comparison, PairComparison, counts
 from spinal.analyze.trace import Trace
+from spinal.text import ranges
 
 SPREAD = 0.75  # a change beyond the noise at this share of layers or more is "throughout depth"
 
@@ -32,32 +33,11 @@ class Verdict:
     flagged: bool = False
 
 
-def spans(layers: list[int]) -> str:
-    """[9, 10, 11, 3] -> '3, 9–11'."""
-    out, run = [], []
-    for x in sorted(layers):
-        if run and x == run[-1] + 1:
-            run.append(x)
-            continue
-        if run:
-            out.append(f"{run[0]}–{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)))
-        run = [x]
-    if run:
-        out.append(f"{run[0]}–{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)))
-    return ", ".join(out)
-
-
 def onset_text(v, q: str) -> str:
     """The onset of a (a layer) or of L (a step ℓ→ℓ+1), never a bare 0 that could read as 'none'."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "none"
     return f"layer {int(v)}" if q == "a" else f"step {int(v)}→{int(v) + 1}"
-
-
-def _mean(x: np.ndarray) -> float:
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    return float(x.mean()) if x.size else math.nan
 
 
 def _status(tr: Trace, layers: list[int]) -> dict[int, str]:
@@ -83,8 +63,8 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
     window = f"layers {term[0]}–{term[-1]}" if term else "the terminal window"
     uniform = T.sum() / max(n_a, 1)
     share = float(p.summary.get("terminal_share_a") or math.nan)
-    gain_a, gain_L = _mean(d_a[T]), _mean(d_L[TL])
-    null_a, null_L = _mean(t["null_a"].to_numpy(float)[T]), _mean(t["null_L"].to_numpy(float)[TL])
+    gain_a, gain_L = nanmean(d_a[T]), nanmean(d_L[TL])
+    null_a, null_L = nanmean(t["null_a"].to_numpy(float)[T]), nanmean(t["null_L"].to_numpy(float)[TL])
     peak = int(np.nanargmax(np.abs(d_a))) if np.isfinite(d_a).any() else None
 
     # where
@@ -94,7 +74,7 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
         spread = False
     else:
         spread = c_a.sum() >= SPREAD * n_a and not (share > 1.5 * uniform)
-        moved = spans([int(x) for x in layers[c_a]])
+        moved = ranges([int(x) for x in layers[c_a]])
         if spread:
             where = (f"a changes throughout depth, at {c_a.sum()} of {n_a} layers beyond the noise, not only late; "
                      f"the terminal window holds {share:.0%} of |Δa| ({uniform:.0%} if uniform)")
@@ -110,7 +90,6 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
     if peak is not None:
         strength += (f"; largest Δa {d_a[peak]:+.3f} [{t['d_a_lo'].iloc[peak]:+.3f}, {t['d_a_hi'].iloc[peak]:+.3f}] "
                      f"at layer {layers[peak]}")
-    # the paper's signatures
     # the paper's signatures: each needs the terminal mean beyond the noise, a terminal layer (step) that counts
     # in the same direction, and, for the ramp, a change concentrated late rather than everywhere
     late_a = bool((c_a & T & (d_a > 0)).any())
@@ -139,10 +118,10 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
                                       f"Fisher–Rao {t['fr_total'].iloc[last]:.3f} rad (the representation moved "
                                       f"{t['fr_representation'].iloc[last]:.3f}, the readout "
                                       f"{t['fr_readout'].iloc[last]:.3f})"))
-    share = p.summary.get("shifted_share")
-    if isinstance(share, (int, float)) and math.isfinite(share):
+    shifted = p.summary.get("shifted_share")
+    if isinstance(shifted, (int, float)) and math.isfinite(shifted):
         early = p.summary.get("shift_early_share")
-        points.append(("sequence", f"the top token leaves {p.ref}'s top 3 at {share:.1%} "
+        points.append(("sequence", f"the top token leaves {p.ref}'s top 3 at {shifted:.1%} "
                                    f"[{p.summary.get('shifted_share_lo', math.nan):.1%}, "
                                    f"{p.summary.get('shifted_share_hi', math.nan):.1%}] of reply positions"
                                    + (f", {early:.0%} of them in the first 8" if isinstance(early, float)
@@ -165,13 +144,15 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
     rest = [int(x) for x in layers[c_a & T]] if ramp else [int(x) for x in layers[c_a]]  # nothing counts: no caveat
     caveat = None
     if ref is not None and other is not None and rest:
-        bad = {**_status(ref, rest), **_status(other, rest)}  # layer -> a status that is not ok
-        kinds = sorted(set(_status(ref, rest).values()) | set(_status(other, rest).values()))
+        in_ref, in_other = _status(ref, rest), _status(other, rest)  # layer -> a status that is not ok
+        bad = {**in_ref, **in_other}
         if bad:
+            kinds = " or ".join(sorted(set(in_ref.values()) | set(in_other.values())))
             which = ("the layer" if len(rest) == 1 else "all the layers" if len(bad) == len(rest) else
                      f"{len(bad)} of the {len(rest)} layers")
-            caveat = (f"{which} this rests on ({'layer' if len(bad) == 1 else 'layers'} {spans(list(bad))}) fit {' or '.join(kinds)} in {p.ref} or "
-                      f"{p.other}: a there is an average slope over a bent or noisy spectrum, not one exponent")
+            caveat = (f"{which} this rests on ({'layer' if len(bad) == 1 else 'layers'} {ranges(list(bad))}) fit "
+                      f"{kinds} in {p.ref} or {p.other}: a there is an average slope over a bent or noisy spectrum, "
+                      "not one exponent")
     head = ("changes throughout depth" if spread else "a late-layer α ramp" if ramp else
             "no late-layer α ramp" if c_a.any() else "no change in a beyond the noise")
     headline = f"{head}; terminal Δa {gain_a:+.3f}, ΔL {gain_L:+.3f}" + (" — flagged destabilized" if flagged else "")

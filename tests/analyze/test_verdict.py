@@ -9,7 +9,7 @@ import pytest
 from spinal.analyze.compare import compare
 from spinal.analyze.comparison import Comparison, PairComparison
 from spinal.analyze.trace import Trace
-from spinal.analyze.verdict import onset_text, pair_verdict, spans, verdicts
+from spinal.analyze.verdict import onset_text, pair_verdict, verdicts
 from spinal.config import CompareConfig
 
 N = 13  # layers 0…12; terminal window 9–12
@@ -97,7 +97,7 @@ def test_the_fit_caveat_names_the_layers_the_headline_rests_on():
     other.table.loc[other.table["layer"] == 12, "status"] = "curved"
     other.table.loc[other.table["layer"] == 3, "status"] = "poor-fit"  # not a layer the ramp rests on
     v = pair_verdict(_pair(d_a), ref, other, None)
-    assert v.caveat is not None and "2 of the 4 layers this rests on (layers 11, 12)" in v.caveat
+    assert v.caveat is not None and "2 of the 4 layers this rests on (layers 11–12)" in v.caveat
     assert "curved or poor-fit" in v.caveat and "not one exponent" in v.caveat
     every = pair_verdict(_pair(d_a), _trace("sft", "poor-fit"), _trace("dpo"), None)
     assert every.caveat.startswith("all the layers this rests on (layers 9–12) fit poor-fit")
@@ -117,7 +117,6 @@ def test_the_series_flag_and_the_output_numbers_are_carried():
 def test_onsets_never_read_as_a_bare_zero():
     assert onset_text(0, "a") == "layer 0" and onset_text(0, "L") == "step 0→1"
     assert onset_text(None, "a") == "none" and onset_text(float("nan"), "L") == "none"
-    assert spans([12, 9, 10, 11, 3, 5, 6]) == "3, 5, 6, 9–12"
 
 
 def test_verdicts_from_a_real_comparison(tmp_path):
