@@ -1,4 +1,4 @@
-"""Operational aggregates over the terminal window: Δ_align, coherence, gradient concentration, SPINALScore, series flag.
+"""Operational aggregates over the terminal window: Δ_align, coherence, gradient concentration, SPINALScore.
 
 The paper's exact formulas are not public (METHOD.md §4): these are definitions of our own,
 recorded in each comparison's DEFINITIONS.
@@ -69,7 +69,7 @@ def pair_aggregates(a: Trace, b: Trace, table: pd.DataFrame, rep_a: np.ndarray, 
     coh_a, coh_b = coherence(a, term), coherence(b, term)
     grad_share = None if grad is None else float(np.sum(grad[np.array(term) - 1]) / np.sum(grad))
     uniform = len(term) / n_blocks_of(a)
-    null_coh = _coherence_null(a, term)
+    null_coh = coherence_null(a, term)
     z = [delta_align / se if se > 0 else math.nan,
          (coh_b - coh_a) / null_coh if null_coh > 0 else math.nan,
          (grad_share - uniform) / uniform if grad_share is not None else math.nan]
@@ -96,7 +96,7 @@ def coherence(t: Trace, term: list[int]) -> float:
     return float(1 / (1 + kappa[sel].mean())) if sel.any() else math.nan
 
 
-def _coherence_null(t: Trace, term: list[int]) -> float:
+def coherence_null(t: Trace, term: list[int]) -> float:
     """Spread of coherence under the a-curve's bootstrap (scale for the Δcoherence z-score)."""
     if t.boot.shape[1] < 2:
         return math.nan
@@ -111,38 +111,3 @@ def _coherence_null(t: Trace, term: list[int]) -> float:
 def _z(x: np.ndarray) -> np.ndarray:
     sd = np.nanstd(x)
     return (x - np.nanmean(x)) / sd if sd > 0 else np.zeros_like(x)
-
-
-def training_series(traces: list[Trace], pairs, term) -> tuple[pd.DataFrame, str | None]:
-    """Training series: terminal gains against the reference, and a destabilization flag per checkpoint."""
-    rows = [{"label": traces[0].label, "terminal_a_gain": 0.0, "terminal_L_change": 0.0,
-             "coherence": coherence(traces[0], term), "destabilized": False, "reason": ""}]
-    for p in pairs:
-        T = p.table["terminal"].to_numpy()
-        rows.append({"label": p.other, "terminal_a_gain": nanmean(p.table["d_a"].to_numpy()[T]),
-                     "terminal_L_change": nanmean(p.table["d_L"].to_numpy()[steps_into(T)]),
-                     "coherence": p.summary["coherence_other"], "destabilized": False, "reason": ""})
-    T0 = pairs[0].table["terminal"].to_numpy()
-    null_a = nanmean(pairs[0].table["null_a"].to_numpy()[T0])
-    null_L = nanmean(pairs[0].table["null_L"].to_numpy()[steps_into(T0)])
-    null_coh = _coherence_null(traces[0], term)
-    if not math.isfinite(null_coh) or null_coh <= 0:
-        null_coh = 0.1 * rows[0]["coherence"]  # no bootstrap: a 10% drop stands in for the null spread
-    # "Reverses" / "rises again" / "drops" compare a checkpoint with the best value reached by the
-    # earlier checkpoints of the series (the reference excluded): the first step cannot reverse.
-    first = rows[1]
-    best_a, best_L, best_coh = first["terminal_a_gain"], first["terminal_L_change"], first["coherence"]
-    for r in rows[2:]:
-        why = []
-        if r["terminal_a_gain"] < best_a - null_a:
-            why.append(f"terminal a gain fell {best_a - r['terminal_a_gain']:.3g} below its best")
-        if r["terminal_L_change"] > best_L + null_L:
-            why.append(f"terminal L rose {r['terminal_L_change'] - best_L:.3g} above its lowest")
-        if math.isfinite(r["coherence"]) and math.isfinite(best_coh) and r["coherence"] < best_coh - null_coh:
-            why.append(f"coherence dropped to {r['coherence']:.3g} from {best_coh:.3g}")
-        r["destabilized"] = bool(why)
-        r["reason"] = "; ".join(why)
-        best_a, best_L = max(best_a, r["terminal_a_gain"]), min(best_L, r["terminal_L_change"])
-        best_coh = max(best_coh, r["coherence"]) if math.isfinite(r["coherence"]) else best_coh
-    ramp = [r["label"] for r in rows[1:] if r["terminal_a_gain"] > null_a]
-    return pd.DataFrame(rows), (ramp[0] if ramp else None)

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 
 from spinal.analyze import seeds
-from spinal.analyze.aggregates import pair_aggregates, steps_into, terminal_layers, training_series
+from spinal.analyze.aggregates import pair_aggregates, steps_into, terminal_layers
 from spinal.analyze.comparison import Comparison, PairComparison
 from spinal.analyze.spectrum import replicate_se, t_interval
+from spinal.analyze.stability import training_series
 from spinal.analyze.trace import Trace
 from spinal.config import CompareConfig
 from spinal.errors import InputError
@@ -62,9 +63,9 @@ def compare(traces: list[Trace], cfg: CompareConfig = CompareConfig(), *, grad: 
         _pair(traces[0], t, term, seed, n_boot, null_splits, None if grad is None else grad[i], weights)
         for i, t in enumerate(traces[1:], 1)
     )
-    series, ramp = training_series(traces, pairs, term) if len(traces) >= 3 else (None, None)
+    series, ramp = training_series(traces, pairs, term, cfg.jump_factor) if len(traces) >= 3 else (None, None)
     meta = {"ramp_onset": ramp, "labels": labels, "reference": labels[0], "seed": seed, "n_boot": n_boot,
-            "null_splits": null_splits, "traces": [t.identity for t in traces],
+            "null_splits": null_splits, "jump_factor": cfg.jump_factor, "traces": [t.identity for t in traces],
             "score_weights": list(weights), "terminal_layers": term, "n_blocks": n_blocks,
             "note": "Δ_align, coherence, gradient concentration and SPINALScore are this project's operational "
                     "definitions; the paper's exact formulas are not public."}

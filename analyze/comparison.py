@@ -25,13 +25,22 @@ DEFINITIONS = {
     "onset": "first layer with |Δ| > null spread and Holm-adjusted p < 0.05",
     "localization": "|Δx_ℓ| / Σ_ℓ |Δx_ℓ|; terminal share = its sum over the terminal window",
     "terminal": "blocks 21–30 when the model has ≥ 30 blocks, else layers ⌈0.7·n⌉…n (the same relative depth)",
-    "delta_align": "operational: mean_T Δa − mean_T ΔL over the terminal window T (for L: the steps ℓ−1→ℓ "
-    "that arrive in T, so the window is defined at any depth)",
-    "coherence": "operational: 1 / (1 + mean_T κ), κ_ℓ = ‖x_{ℓ+1} − 2x_ℓ + x_{ℓ−1}‖ of the curve x_ℓ = (ℓ/n, z(a_ℓ), z(L_ℓ))",
+    "delta_align": "terminal Δa − ΔL (METHOD's Δ_align; key delta_align): mean_T Δa − mean_T ΔL over the terminal "
+    "window T (for L: the steps ℓ−1→ℓ that arrive in T, so the window is defined at any depth). Named for what it "
+    "measures: on the known answers it falls as healthy DPO progresses (ΔL grows faster than Δa) and jumps "
+    "positive at a collapse, so larger is not 'more aligned' (README, Destabilization)",
+    "coherence": "terminal smoothness (METHOD's trajectory coherence; key coherence): 1 / (1 + mean_T κ), "
+    "κ_ℓ = ‖x_{ℓ+1} − 2x_ℓ + x_{ℓ−1}‖ of the curve x_ℓ = (ℓ/n, z(a_ℓ), z(L_ℓ)). It measures how straight the "
+    "standardized depth curve runs through the terminal window; on the known answers it does not rank the "
+    "checkpoints by alignment progress",
     "grad_concentration": "operational: share of Σ‖θ_other − θ_ref‖² (per block, streamed from safetensors) in T",
-    "destabilized": "training series: against the best value of the earlier checkpoints after the reference, the "
-    "terminal a gain falls by more than the null spread, the terminal ΔL rises by more than the null spread, or "
-    "coherence drops by more than its bootstrap spread",
+    "destabilized": "training series, in training order: a checkpoint's step from the one before (RMS change of "
+    "the a profile, of the L profile, or |Δ path length|) is more than jump_factor times the median of the same "
+    "step over the earlier checkpoints that were not flagged, and beyond 3 of its own standard errors "
+    "(analyze/stability.py; step_*, step_*_se, step_*_ratio). Validated on the known answers (README)",
+    "method_rule": "METHOD.md §4's wording, kept beside the flag for comparison: against the best value of the "
+    "earlier checkpoints after the reference, the terminal a gain falls, the terminal ΔL rises, or coherence "
+    "drops by more than its null spread. On the known answers it flags healthy DPO steps and misses collapses",
     "ramp_onset": "first checkpoint in the series whose terminal a gain exceeds the null spread",
     "cross_readout": "per layer, mean Fisher–Rao distance between lens_ref(h_ref) and lens_other(h_other) (total), "
     "lens_ref(h_ref) and lens_ref(h_other) (the representation moved), lens_ref(h_other) and lens_other(h_other) "
@@ -79,7 +88,8 @@ class Comparison:
 
     pairs: tuple[PairComparison, ...]
     series: pd.DataFrame | None  # per checkpoint in order: label, terminal_a_gain, terminal_L_change,
-    #                              coherence, destabilized, reason
+    #                              coherence, step_{a,L,path}[_se,_ratio], destabilized, reason,
+    #                              method_rule, method_reason (analyze/stability.py)
     meta: dict = field(default_factory=dict)
     positions: pd.DataFrame | None = None  # per pair and position bin: tokens, kl, shifted (with intervals)
     depth_position: pd.DataFrame | None = None  # per pair, layer and position bin: mean cross-readout fr_total

@@ -419,35 +419,60 @@ def plot_positions(comparison: Comparison, path: str | Path) -> Path:
 
 
 def draw_series(comparison: Comparison) -> Figure:
-    """Terminal a gain, terminal L change and coherence per checkpoint in training order, destabilized ones flagged."""
+    """Per checkpoint in training order: its step from the one before as a multiple of the run's typical healthy
+    step (the destabilization rule, analyze/stability.py, threshold dashed), and its terminal a gain and L change
+    against the reference; destabilized checkpoints flagged."""
     s = comparison.series
     if s is None or s.empty:
         raise InputError("the comparison has no checkpoint series; compare ≥ 3 checkpoints with --series")
     fig = Figure(figsize=(10, 7.6), layout="constrained")
-    axes = fig.subplots(3, 1, sharex=True)
+    axes = fig.subplots(3, 1, sharex=True, height_ratios=[1.3, 1, 1])
     x = np.arange(len(s))
     bad = np.array([bool(v) if pd.notna(v) else False for v in s["destabilized"]])
-    spec = [("terminal_a_gain", "Δa over terminal window", f"Terminal gain of the {A_NAME}"),
-            ("terminal_L_change", "ΔL (radians)", "Terminal change of the mean Fisher–Rao step L"),
-            ("coherence", "coherence (0…1]", "Trajectory coherence 1 / (1 + mean terminal curvature)")]
-    for ax, (col, ylabel, title) in zip(axes, spec):
+    factor = comparison.meta.get("jump_factor")
+    ax = axes[0]
+    shown = False
+    for col, name, marker in (("step_a_ratio", "a profile", "o"), ("step_L_ratio", "L profile", "s"),
+                              ("step_path_ratio", "path length", "^")):
+        if col in s:
+            y = s[col].to_numpy(float)
+            ok = np.isfinite(y) & (y > 0)
+            if ok.any():
+                ax.plot(x[ok], y[ok], marker=marker, ls="-", lw=1.2, ms=5, label=name)
+                shown = True
+    if shown:
+        ax.set_yscale("log")
+    if factor:
+        ax.axhline(float(factor), color=BAD_COLOR, ls="--", lw=1.2, label=f"threshold {float(factor):g}×")
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_title("Step from the previous checkpoint, × the run's typical healthy step", fontsize=10)
+    ax.set_ylabel("× typical step")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, ncol=4, loc="upper left")
+    spec = [("terminal_a_gain", "Δa over terminal window", f"Terminal gain of the {A_NAME} against the reference"),
+            ("terminal_L_change", "ΔL (radians)", "Terminal change of the mean Fisher–Rao step L against the reference")]
+    for ax, (col, ylabel, title) in zip(axes[1:], spec):
         y = s[col].to_numpy(float)
         ax.plot(x, y, "o-", color="#1f77b4", lw=1.6, ms=5)
-        ax.plot(x[bad], y[bad], "X", color=BAD_COLOR, ms=12, mec="k", mew=0.6, zorder=5)
-        for xi in x[bad]:
-            ax.axvspan(xi - 0.4, xi + 0.4, color=BAD_COLOR, alpha=0.08, lw=0)
-        if col != "coherence":
-            ax.axhline(0, color="k", lw=0.8)
+        ax.axhline(0, color="k", lw=0.8)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(handles=[Line2D([], [], ls="", marker="X", color=BAD_COLOR, mec="k", ms=10,
-                                   label="destabilized (see the series table for the reason)")], fontsize=8)
+    for ax in axes:
+        for xi in x[bad]:
+            ax.axvspan(xi - 0.4, xi + 0.4, color=BAD_COLOR, alpha=0.08, lw=0)
+    for ax, col in zip(axes[1:], ("terminal_a_gain", "terminal_L_change")):
+        y = s[col].to_numpy(float)
+        ax.plot(x[bad], y[bad], "X", color=BAD_COLOR, ms=12, mec="k", mew=0.6, zorder=5,
+                label="destabilized (see the series table for the reason)")
+    if bad.any():
+        axes[1].legend(fontsize=8)
     axes[-1].set_xticks(x, [text(v) for v in s["label"]], rotation=20, ha="right")
     axes[-1].set_xlabel("checkpoint, in training order")
     return fig
 
 
 def plot_series(comparison: Comparison, path: str | Path) -> Path:
-    """Terminal a gain, terminal L change and coherence per checkpoint in training order, destabilized ones flagged (see draw_series), saved as a PNG."""
+    """The series view (see draw_series), saved as a PNG."""
     return _save(draw_series(comparison), path)

@@ -40,8 +40,11 @@ HOW_TO_READ = (
     "highlighted; 'curved' means the spectrum bends inside the fit window, so a there is an average slope); "
     "a layer's change counts when its Holm-adjusted p is below 0.05 and it exceeds the null spread (highlighted "
     "cells), since the null spread is the noise between two halves of the same checkpoint. The aggregates "
-    "(Δ_align, coherence, gradient concentration, SPINALScore) are this project's operational definitions; "
-    "SPINALScore measures how far the terminal window moved in noise units, not how well a checkpoint is aligned."
+    "(terminal Δa − ΔL, called Δ_align in METHOD; terminal smoothness, called coherence; gradient concentration; "
+    "SPINALScore) are this project's operational definitions, named for what they measure: none of them ranks "
+    "checkpoints by how well aligned they are, and SPINALScore is how far the terminal window moved in noise units. "
+    "In a training series, a checkpoint is flagged destabilized when its step from the one before is several times "
+    "the run's typical healthy step."
 )
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px auto;max-width:1240px;
@@ -186,8 +189,9 @@ def _figures(traces: list[Trace], comparison: Comparison | None, plot_dir: Path)
     series = ""
     if comparison is not None and comparison.series is not None and not comparison.series.empty:
         series = _img(plots.plot_series(comparison, plot_dir / "series.png"), "checkpoint series",
-                      "Terminal a gain, terminal L change and coherence per checkpoint; red X: flagged by METHOD "
-                      "§4's destabilization rule.")
+                      "Each checkpoint's step from the one before, as a multiple of the run's typical healthy "
+                      "step (dashed: the threshold), and the terminal gains against the reference; red X: "
+                      "flagged destabilized.")
     return "".join(out), series
 
 
@@ -226,7 +230,7 @@ def _write(traces: list[Trace], comparison: Comparison | None, out_dir: Path) ->
         ramp = comparison.meta.get("ramp_onset")
         onset = (f"<p>First checkpoint whose terminal a gain exceeds the null spread: "
                  f"<b>{esc(ramp if ramp is not None else 'none')}</b></p>")
-        parts.append(f"<h2>Training series</h2>{onset}{series_fig}{series_table(comparison.series)}")
+        parts.append(f"<h2>Training series</h2>{onset}{series_fig}{series_table(comparison.series, comparison.meta.get('jump_factor'))}")
     if has_pairs:
         parts.append("<h2>Per-layer comparison</h2><p class=muted>Highlighted: Holm-adjusted p &lt; 0.05 "
                      "(p cell), and also |Δ| above the null spread (Δ cell: the change counts). "

@@ -106,8 +106,8 @@ def pair_table(p) -> str:
 
 def summary_table(comparison: Comparison) -> str:
     head = ("<tr><th class=txt>other − ref</th><th>onset a</th><th>onset L</th><th>terminal share a</th>"
-            "<th>terminal share L</th><th>Δ_align ± SE †</th><th>coherence ref → other †</th>"
-            "<th>Δcoherence †</th>"
+            "<th>terminal share L</th><th>terminal Δa − ΔL (Δ_align) ± SE †</th>"
+            "<th>terminal smoothness (coherence) ref → other †</th><th>Δsmoothness †</th>"
             "<th>gradient concentration †</th><th>size of the terminal change, z (SPINALScore) †</th><th class=txt>terminal layers</th></tr>")
     rows = []
     for p in comparison.pairs:
@@ -128,18 +128,41 @@ def summary_table(comparison: Comparison) -> str:
             "model moves most and scores highest.</p>")
 
 
-def series_table(s: pd.DataFrame) -> str:
-    known = ["label", "terminal_a_gain", "terminal_L_change", "coherence", "destabilized", "reason"]
-    extra = [c for c in s.columns if c not in known]  # anything else compare adds is shown, not dropped
-    head = ("<tr><th class=txt>checkpoint</th><th>terminal a gain</th><th>terminal L change</th><th>coherence</th>"
-            + "".join(f"<th>{esc(c)}</th>" for c in extra) + "<th>destabilized</th><th class=txt>reason</th></tr>")
+SERIES_COLUMNS = {  # column -> header, in the order shown; anything else compare adds follows, not dropped
+    "terminal_a_gain": "terminal a gain", "terminal_L_change": "terminal L change",
+    "step_a": "a-profile step", "step_a_ratio": "× typical", "step_L": "L-profile step",
+    "step_L_ratio": "× typical", "step_path": "path-length step", "step_path_ratio": "× typical",
+    "coherence": "terminal smoothness",
+}
+SERIES_HIDDEN = {"label", "destabilized", "reason", "method_rule", "method_reason", "step_a_se", "step_L_se",
+                 "step_path_se"}
+
+
+def series_table(s: pd.DataFrame, factor: float | None = None) -> str:
+    shown = [c for c in SERIES_COLUMNS if c in s.columns]
+    extra = [c for c in s.columns if c not in SERIES_COLUMNS and c not in SERIES_HIDDEN]
+    head = ("<tr><th class=txt>checkpoint</th>" + "".join(f"<th>{esc(SERIES_COLUMNS[c])}</th>" for c in shown)
+            + "".join(f"<th>{esc(c)}</th>" for c in extra)
+            + "<th>destabilized</th><th class=txt>reason</th><th class=txt>METHOD §4 wording</th></tr>")
     rows = []
     for _, r in s.iterrows():
         bad = bool(r.get("destabilized")) if pd.notna(r.get("destabilized")) else False
         reason = r.get("reason") if isinstance(r.get("reason"), str) else ""
-        rows.append(f"<tr><td class=txt>{esc(r['label'])}</td><td>{num(r['terminal_a_gain'])}</td>"
-                    f"<td>{num(r['terminal_L_change'])}</td><td>{num(r['coherence'])}</td>"
-                    + "".join(f"<td>{num(r[c])}</td>" for c in extra)
+        method = r.get("method_rule")
+        method_txt = ("—" if method is None or pd.isna(method) else
+                      f"flagged: {r.get('method_reason')}" if bool(method) else "not flagged")
+        cells = []
+        for c in shown + extra:
+            over = c.endswith("_ratio") and factor is not None and pd.notna(r[c]) and r[c] > factor
+            ratio = c.endswith("_ratio") and pd.notna(r[c]) and math.isfinite(r[c])
+            cells.append(f"<td{' class=flag' if over else ''}>{f'{r[c]:.1f}' if ratio else num(r[c])}</td>")
+        rows.append(f"<tr><td class=txt>{esc(r['label'])}</td>" + "".join(cells)
                     + f"<td{' class=flag' if bad else ''}>{'DESTABILIZED' if bad else 'no'}</td>"
-                    f"<td class=txt>{esc(reason)}</td></tr>")
-    return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+                    f"<td class=txt>{esc(reason)}</td><td class=txt>{esc(method_txt)}</td></tr>")
+    note = (f'<p class="note">Steps: each checkpoint against the one before it (RMS change of the a profile over '
+            f"layers, of the L profile over steps, and the change of path length Σ L); × typical: the step over the "
+            f"median of the same step among the earlier unflagged checkpoints. Flagged when a ratio exceeds "
+            f"{f'{factor:g}' if factor is not None else 'jump_factor'} and the step is beyond 3 standard errors "
+            "(README, Destabilization). The METHOD §4 wording is shown for comparison; on the known answers it "
+            "flags healthy steps and misses collapses.</p>")
+    return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>{note}'

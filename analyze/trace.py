@@ -144,7 +144,7 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     table, seq_L = _table(spectra, lens, store)
     meta = _meta(cfg, store, label, layers, window, blocks_used, spectra, lens, table, t0)
     if meta["L_precision"] > L_PRECISION and lens.n < meta["n_tokens"]:
-        log.warning("the %d lens tokens leave mean L uncertain by %.1f %% of its between-layer spread (target %g %%): "
+        log.warning("the %d lens tokens leave mean L uncertain by %.2f %% of its between-layer spread (target %g %%): "
                     "pass a larger --lens-tokens, or 0 for all %d tokens", lens.n, 100 * meta["L_precision"],
                     100 * L_PRECISION, meta["n_tokens"])
     return Trace(table, meta, np.stack([s.boot for s in spectra]) if cfg.n_boot else np.zeros((len(layers), 0)),

@@ -138,8 +138,18 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
     flagged = bool(series_row and series_row.get("destabilized"))
     if series_row is not None:
         reason = series_row.get("reason") or ""
-        points.append(("stability", "METHOD §4 destabilization rule: " + (f"flagged ({reason})" if flagged else
-                                                                          "not flagged")))
+        if flagged:
+            txt = f"flagged destabilized: {reason}"
+        elif reason:  # the first checkpoint after the reference has no earlier step
+            txt = f"not judged ({reason})"
+        else:
+            ratios = [series_row.get(f"step_{c}_ratio") for c in ("a", "L", "path")]
+            ratios = [r for r in ratios if isinstance(r, (int, float)) and math.isfinite(r)]
+            txt = ("not flagged: its step from the checkpoint before is at most "
+                   f"{max(ratios):.1f}x the run's typical healthy step" if ratios else "not flagged")
+        if series_row.get("method_rule"):
+            txt += f" (METHOD §4's wording would flag it: {series_row.get('method_reason')})"
+        points.append(("stability", txt))
     # fit caveat: the layers the headline rests on
     rest = [int(x) for x in layers[c_a & T]] if ramp else [int(x) for x in layers[c_a]]  # nothing counts: no caveat
     caveat = None

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spinal.analyze.stability import FACTOR, flag_text
 from spinal.analyze.verdict import onset_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +38,8 @@ def summarize(out: Path) -> str:
         f"blocks (same relative depth as blocks 21–30 of 30); {traces[ref]['n_tokens']:,} response tokens of "
         f"{traces[ref]['n_sequences']} held-out audit prompts.",
         "",
-        "| checkpoint | terminal Δa | terminal ΔL | share of \\|Δa\\| in terminal window | onset a / onset L | Δ_align ± SE | "
-        "path length Σ L | final-layer entropy | flagged destabilized |",
+        "| checkpoint | terminal Δa | terminal ΔL | share of \\|Δa\\| in terminal window | onset a / onset L | terminal Δa − ΔL "
+        "(Δ_align) ± SE | path length Σ L | final-layer entropy | flagged destabilized |",
         "|---|---:|---:|---:|---|---:|---:|---:|---|",
         f"| `{ref}` | – | – | – | – | – | {traces[ref]['path_length']:.3f} | "
         f"{tables[ref]['entropy'].iloc[-1]:.2f} | – |",
@@ -47,7 +48,7 @@ def summarize(out: Path) -> str:
     for p in doc["pairs"]:
         o = p["other"]
         s = series.get(o, {})
-        flag = ("yes: " + s["reason"]) if s.get("destabilized") else "no"
+        flag = flag_text(s, doc.get("jump_factor") or FACTOR)
         lines.append(
             f"| `{o}` | {s.get('terminal_a_gain', np.nan):+.3f} | {s.get('terminal_L_change', np.nan):+.3f} | "
             f"{p['terminal_share_a']:.2f} (uniform: {uniform:.2f}) | {onset_text(p['onset_a'], 'a')} / "
@@ -79,20 +80,25 @@ def summarize(out: Path) -> str:
                "terminal ΔL is positive — adjacent layers' readouts move *more* after DPO here, the opposite of the "
                "paper's claim for large models."))
     healthy_flagged = [o for o, _, _ in dpo if series.get(o, {}).get("destabilized")]
-    if healthy_flagged:
-        lines.append(
-            f"- **Destabilization flag**: METHOD.md's rule flags {', '.join(f'`{o}`' for o in healthy_flagged)} because "
-            "their terminal L keeps rising through DPO (the rule expects L to fall and treats a renewed rise as "
-            "instability); their behaviour is healthy (reference/EVAL.md), so at this scale the flag misfires.")
+    method_flagged = [o for o, _, _ in dpo if series.get(o, {}).get("method_rule")]
+    lines.append(
+        f"- **Destabilization flag**: SPINAL's rule (a step several times the run's typical healthy step) flags "
+        f"{', '.join(f'`{o}`' for o in healthy_flagged) or 'none'} of the healthy DPO checkpoints"
+        + (f"; METHOD.md §4's wording would flag {', '.join(f'`{o}`' for o in method_flagged)}, because their "
+           "terminal L keeps rising through DPO (the wording expects L to fall and treats a renewed rise as "
+           "instability)" if method_flagged else "") + ". See Destabilization below for the validation.")
     for o, _, _ in over:
         s = series.get(o, {})
         lines.append(
             f"- **Over-trained `{o}`**: a jumps at every block, not only late (terminal Δa {s.get('terminal_a_gain', 0):+.2f}), "
             f"path length falls to {traces[o]['path_length']:.2f} from {traces[ref]['path_length']:.2f}, and the "
             f"final-layer entropy rises to {tables[o]['entropy'].iloc[-1]:.2f} nats from {tables[ref]['entropy'].iloc[-1]:.2f} "
-            "(its greedy replies are word salad, see reference/EVAL.md). METHOD.md's destabilization rule "
-            f"({'flags' if s.get('destabilized') else 'does not flag'} it) looks for a *reversal* of the terminal gain "
-            "or a renewed rise of L; this collapse is the opposite signature, so read the depth plot, not only the flag.")
+            "(its greedy replies are word salad, see reference/EVAL.md). SPINAL's rule "
+            f"{'flags' if s.get('destabilized') else 'does not flag'} it"
+            + (f" (its a-profile step is {s['step_a_ratio']:.0f}× the run's typical healthy step)"
+               if s.get("destabilized") and np.isfinite(s.get("step_a_ratio", np.nan)) else "")
+            + f"; METHOD.md §4's wording {'flags' if s.get('method_rule') else 'does not flag'} it "
+            "(it looks for a *reversal* of the terminal gain or a renewed rise of L, the opposite signature).")
     lines += positions_block(out, doc)
     return "\n".join(lines)
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spinal.analyze.stability import FACTOR, flag_text
+
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "reference" / "smollm2" / "eval.json"
 START, END = "<!-- smollm2:results -->", "<!-- /smollm2:results -->"
@@ -52,7 +54,7 @@ def summarize(out: Path, eval_json: Path = EVAL) -> str:
         f"{traces[ref]['n_sequences']} held-out audit prompts. Ground truth from `reference/smollm2/EVAL.md`.",
         "",
         "| checkpoint | refusal (harmful) | refusal (benign) | distinct (benign) | base-reply NLL | reward acc | "
-        "terminal Δa | terminal ΔL | share of \\|Δa\\| in terminal window | peak \\|Δa\\| layer | Δ_align ± SE | "
+        "terminal Δa | terminal ΔL | share of \\|Δa\\| in terminal window | peak \\|Δa\\| layer | terminal Δa − ΔL ± SE | "
         "path length Σ L | final-layer entropy | flagged destabilized |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -64,7 +66,7 @@ def summarize(out: Path, eval_json: Path = EVAL) -> str:
         if p is None:  # the reference itself
             audit = f"– | – | – | – | – | {traces[lab]['path_length']:.3f} | {entropy[lab]:.2f} | –"
         else:
-            flag = ("yes: " + s["reason"]) if s.get("destabilized") else "no"
+            flag = flag_text(s, doc.get("jump_factor") or FACTOR)
             audit = (f"{_f(s.get('terminal_a_gain'), '+.3f')} | {_f(s.get('terminal_L_change'), '+.3f')} | "
                      f"{p['terminal_share_a']:.2f} (uniform: {uniform:.2f}) | {peak_layer(cmp, lab)} | "
                      f"{p['delta_align']:+.3f} ± {p['delta_align_se']:.3f} | {traces[lab]['path_length']:.3f} | "

@@ -16,9 +16,12 @@ from spinal.terminal import Bar, StageBars, cli_errors, err, out, run_app, setup
 def _hf_bars(progress: bool) -> None:
     """--no-progress silences transformers' own bars too (loading shards, dequantizing a GGUF)."""
     if not progress:
+        import os
+
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        os.environ["TQDM_DISABLE"] = "1"  # the GGUF dequantizer calls plain tqdm, which reads this at each bar
 
 
 def _usage_name(self) -> str:
@@ -227,7 +230,7 @@ def compare(
         s = p.summary
         err.print(
             f"{p.other} vs {p.ref}: onset a {s['onset_a']}, onset L {s['onset_L']}, terminal share of |Δa| "
-            f"{s['terminal_share_a']:.2f}, Δ_align {s['delta_align']:+.4g} ± {s['delta_align_se']:.2g}",
+            f"{s['terminal_share_a']:.2f}, terminal Δa − ΔL {s['delta_align']:+.4g} ± {s['delta_align_se']:.2g}",
             highlight=False,
         )
     err.print(f"comparison written to {out}", highlight=False)

@@ -121,11 +121,16 @@ class CompareConfig:
                                        short="--cross-tokens")  # the CLI flag is the TOML name; the old one works
     position_tokens: int = option("tokens (seeded subsample) for where in the reply the checkpoints differ: "
                                   "final-layer KL and shifted tokens by position (0: none)", 20000)
+    jump_factor: float = option("training series: flag a checkpoint whose step from the one before is more than "
+                                "this many times the run's typical healthy step (analyze/stability.py)", 4.0)
     weights: bool = option("per-block parameter change ‖θ − θ_ref‖², streamed from the safetensors", True, cli=False)
 
     def __post_init__(self) -> None:
         if self.n_boot < 1:
             raise InputError(f"n_boot={self.n_boot}: the ΔL bootstrap needs ≥ 1 resample (default 1000)")
+        if not self.jump_factor > 1:
+            raise InputError(f"jump_factor={self.jump_factor}: a jump must be larger than the typical step (> 1; "
+                             "default 4)")
         for name in ("null_splits", "cross_readout_tokens", "position_tokens"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")

@@ -171,7 +171,10 @@ def test_cross_readout_separates_readout_from_representation(tmp_path, checkpoin
     assert (same[["fr_total", "fr_representation", "fr_readout"]].to_numpy() == 0).all()
 
 
-def test_series_flags_a_reversal_of_the_terminal_gain_not_the_first_step(traces):
+def test_series_keeps_the_method_wording_beside_the_jump_rule(traces):
+    """METHOD.md §4's wording (a reversal of the terminal gain) is computed beside the destabilization flag: a
+    terminal gain that falls back is a reversal to the wording, but a step no larger than the run's first is not
+    a jump (analyze/stability.py)."""
     base = traces["base"]
     layers = base.table["layer"].to_numpy()
 
@@ -184,12 +187,17 @@ def test_series_flags_a_reversal_of_the_terminal_gain_not_the_first_step(traces)
     c = compare(series, CompareConfig(n_boot=200))
     rows = c.series.set_index("label")
     np.testing.assert_allclose(rows["terminal_a_gain"].to_numpy(), [0, 0.5, 0.7, 0.1], atol=1e-12)
-    assert not rows.loc["s1", "destabilized"] and not rows.loc["s2", "destabilized"]
-    assert rows.loc["s3", "destabilized"] and "terminal a gain fell 0.6" in rows.loc["s3", "reason"]
+    assert not rows.loc["s1", "method_rule"] and not rows.loc["s2", "method_rule"]
+    assert rows.loc["s3", "method_rule"] and "terminal a gain fell 0.6" in rows.loc["s3", "method_reason"]
     assert c.meta["ramp_onset"] == "s1"
+    # the a-profile steps are 0.5, 0.2, 0.6 (RMS over the 4 layers: half of each): s3 is 1.7x the median, no jump
+    np.testing.assert_allclose(rows["step_a"].to_numpy()[1:], [0.25, 0.1, 0.3], atol=1e-12)
+    assert not rows["destabilized"].any() and c.meta["jump_factor"] == 4.0
+    jump = compare(series[:3] + [shifted("s3", 3.0)], CompareConfig(n_boot=200)).series.set_index("label")
+    assert jump.loc["s3", "destabilized"] and jump.loc["s3", "step_a_ratio"] == pytest.approx(1.15 / 0.175)
     # a first step that loses ground against the reference is not a reversal
     c2 = compare([base, shifted("down", -0.5), shifted("up", 0.2)], CompareConfig(n_boot=200))
-    assert not c2.series["destabilized"].any()
+    assert not c2.series["method_rule"].any()
 
 
 def test_cross_readout_with_one_lens_skips_the_third_readout_and_equals_the_full_count(tmp_path, checkpoint):

@@ -97,11 +97,17 @@ def traces() -> list[Trace]:
 def comparison(traces) -> Comparison:
     series = pd.DataFrame({"label": LABELS, "terminal_a_gain": [0.0, 0.05, 0.11, 0.04],
                            "terminal_L_change": [0.0, -0.02, -0.04, 0.01], "coherence": [0.81, 0.83, 0.85, 0.7],
+                           "step_a": [np.nan, 0.02, 0.01, 0.3], "step_a_ratio": [np.nan, np.nan, 0.5, 20.0],
+                           "step_L": [np.nan, 0.01, 0.01, 0.02], "step_L_ratio": [np.nan, np.nan, 1.0, 2.0],
+                           "step_path": [np.nan, 0.1, 0.05, 0.5], "step_path_ratio": [np.nan, np.nan, 0.5, 6.7],
                            "destabilized": [False, False, False, True],
-                           "reason": ["", "", "", "terminal a gain reversed; coherence drop 0.15 > null 0.03"]})
+                           "reason": ["", "first step: no earlier step to compare with", "",
+                                      "a profile step 0.3 is 20.0x the run's typical healthy step 0.015 (threshold 4x)"],
+                           "method_rule": [False, False, True, False],
+                           "method_reason": ["", "", "terminal L rose 0.02 above its lowest", ""]})
     pairs = tuple(_pair(traces[0], tr, k) for k, tr in enumerate(traces[1:]))
     return Comparison(pairs, series, {"reference": "base", "n_boot": 200, "weights": {"align": 1.0},
-                                      "ramp_onset": "dpo-step100"})
+                                      "ramp_onset": "dpo-step100", "jump_factor": 4.0})
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +178,10 @@ def test_significant_cells_and_destabilization_flagged(report):
     sig_rows = re.findall(r"<tr class=term><td>(\d+)</td><td>yes</td><td class=\"sig\">", doc)
     assert sorted(set(map(int, sig_rows))) == [10, 11, 12]
     assert re.search(r"<tr><td>\d+</td><td></td><td class=\"sig\">", doc) is None  # none outside them
-    assert doc.count("DESTABILIZED") == 1 and "coherence drop 0.15 &gt; null 0.03" in doc
+    assert doc.count("DESTABILIZED") == 1 and "20.0x the run&#x27;s typical healthy step 0.015" in doc
+    assert "flagged: terminal L rose 0.02 above its lowest" in doc  # the METHOD wording, beside the flag
+    assert "<td class=flag>20.0</td>" in doc and "<td class=flag>6.7</td>" in doc and "ratio exceeds 4 and" in doc
+    assert "<td>2.0</td>" in doc and "<td class=flag>2.0</td>" not in doc  # 2 is under the threshold of 4
 
 
 def test_report_without_comparison(tmp_path, traces):

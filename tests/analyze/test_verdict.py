@@ -106,11 +106,21 @@ def test_the_fit_caveat_names_the_layers_the_headline_rests_on():
 
 
 def test_the_series_flag_and_the_output_numbers_are_carried():
-    row = {"label": "dpo", "destabilized": True, "reason": "terminal L rose 0.02 above its lowest"}
+    why = "a profile step 0.5 is 20.0x the run's typical healthy step 0.025 (threshold 4x)"
+    row = {"label": "dpo", "destabilized": True, "reason": why, "method_rule": False, "method_reason": ""}
     v = pair_verdict(_pair(np.where(TERM, 0.05, 0.0)), _trace("sft"), _trace("dpo", entropy_last=2.5,
                                                                               path_length=6.0), row)
     assert v.flagged and v.headline.endswith("flagged destabilized")
-    assert dict(v.points)["stability"] == "METHOD §4 destabilization rule: flagged (terminal L rose 0.02 above its lowest)"
+    assert dict(v.points)["stability"] == f"flagged destabilized: {why}"
+    calm = {"label": "dpo", "destabilized": False, "reason": "", "step_a_ratio": 0.4, "step_L_ratio": 1.3,
+            "step_path_ratio": float("nan"), "method_rule": True, "method_reason": "terminal L rose 0.02 above its lowest"}
+    quiet = pair_verdict(_pair(np.where(TERM, 0.05, 0.0)), _trace("sft"), _trace("dpo"), calm)
+    assert not quiet.flagged and dict(quiet.points)["stability"] == (
+        "not flagged: its step from the checkpoint before is at most 1.3x the run's typical healthy step "
+        "(METHOD §4's wording would flag it: terminal L rose 0.02 above its lowest)")
+    first = {**calm, "reason": "first step: no earlier step to compare with", "method_rule": False}
+    early = pair_verdict(_pair(np.where(TERM, 0.05, 0.0)), _trace("sft"), _trace("dpo"), first)
+    assert dict(early.points)["stability"] == "not judged (first step: no earlier step to compare with)"
     assert dict(v.more)["output"] == "final-layer entropy 2.50 nats (sft: 1.00); path length Σ L 6.00 (sft: 8.00)"
 
 
