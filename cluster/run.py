@@ -188,7 +188,7 @@ def _compare_stage(cfg: RunConfig, traces: list, summary: RunSummary):
     """Every checkpoint against the first, written to compare/."""
     from spinal.analyze.pipeline import comparison
 
-    with summary.timed("compare", ",".join(t.label for t in traces)):
+    with summary.timed("compare", ",".join(t.label for t in traces)) as detail:
         c = cfg.compare
         result = comparison(traces, c, weights=[ck.path for ck in cfg.checkpoints] if c.weights else None,
                             stores=[cfg.store_path(ck) for ck in cfg.checkpoints]
@@ -196,6 +196,9 @@ def _compare_stage(cfg: RunConfig, traces: list, summary: RunSummary):
                             weights_optional=True, workers=cfg.analyze.workers)
         result.save(Path(cfg.out) / "compare", overwrite=True)
         summary.comparison = str(Path(cfg.out) / "compare")
+        if result.series is not None:
+            bad = [str(x) for x in result.series.loc[result.series["destabilized"].astype(bool), "label"]]
+            detail.append(f"flagged destabilized: {', '.join(bad)}" if bad else "no checkpoint flagged destabilized")
     return result
 
 

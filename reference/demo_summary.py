@@ -103,7 +103,7 @@ def summarize(out: Path) -> str:
     return "\n".join(lines)
 
 
-def positions_block(out: Path, doc: dict) -> list[str]:
+def positions_block(out: Path, doc: dict, figure: str = "reference/figures/demo-positions.png") -> list[str]:
     """Where in the reply each checkpoint departs from the reference, from compare/positions.parquet."""
     path = out / "compare" / "positions.parquet"
     if not path.exists():
@@ -123,7 +123,17 @@ def positions_block(out: Path, doc: dict) -> list[str]:
                      f"({peak['shifted']:.0%}) | {p['kl_final_mean']:.3f} |")
     dpo = [p for p in doc["pairs"] if "overtrained" not in p["other"]]
     over = [p for p in doc["pairs"] if "overtrained" in p["other"]]
-    if dpo:
+    if dpo and max(p["shifted_share"] for p in dpo) < 0.01:
+        top = max(dpo, key=lambda p: p["shifted_share"])
+        n_tok = int(prof[(prof["other"] == top["other"]) & (prof["bin"] == "all")]["tokens"].iloc[0])
+        lines += ["", f"The DPO checkpoints' top token leaves `{ref}`'s top 3 at {top['shifted_share']:.1%} of reply "
+                  f"positions at most (about {round(top['shifted_share'] * n_tok)} of {n_tok:,} tokens): too few to "
+                  "say where in the reply the change sits; their mean final KL "
+                  f"({min(p['kl_final_mean'] for p in dpo):.3f}–{max(p['kl_final_mean'] for p in dpo):.3f} nats) is "
+                  "the finer measure here."
+                  + "".join(f" The over-trained `{p['other']}` shifts {p['shifted_share']:.0%} of all positions, "
+                            f"{p['shift_early_share']:.0%} of them in the first 8." for p in over)]
+    elif dpo:
         peaks = sorted({peak_bin(prof, p["other"]) for p in dpo})
         early = [p["shift_early_share"] for p in dpo]
         lines += ["", f"For the DPO checkpoints the shifted share peaks at reply position(s) {', '.join(peaks)}, and "
@@ -133,7 +143,7 @@ def positions_block(out: Path, doc: dict) -> list[str]:
                   + ("" if max(early) > 0.5 else ", not concentrated at the very start of the reply") + "."
                   + "".join(f" The over-trained `{p['other']}` shifts {p['shifted_share']:.0%} of all positions."
                             for p in over)]
-    lines += ["", "![shifted tokens by position and the depth × position map](reference/figures/demo-positions.png)"]
+    lines += ["", f"![shifted tokens by position and the depth × position map]({figure})"]
     return lines
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from reference.demo_summary import positions_block
 from spinal.analyze.stability import FACTOR, flag_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +83,11 @@ def main(argv=None) -> None:
     ap.add_argument("--readme", action="store_true", help="also write the table into README.md between its markers")
     args = ap.parse_args(argv)
     block = summarize(args.out)
+    doc = json.loads((args.out / "compare" / "compare.json").read_text())
+    block += "\n" + "\n".join(positions_block(args.out, doc, "reference/figures/smollm2-positions.png"))
+    plot = args.out / "report" / "plots" / "positions.png"
+    if args.readme and plot.exists():
+        shutil.copy(plot, ROOT / "reference" / "figures" / "smollm2-positions.png")
     if args.readme:
         readme = ROOT / "README.md"
         head, rest = readme.read_text().split(START, 1)

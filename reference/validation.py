@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,9 @@ def block(runs: list[dict]) -> str:
                      f"the rule flags {', '.join(f'`{x}`' for x in flagged) or 'nothing'} (largest jump ratio of a "
                      f"healthy checkpoint {_f(healthy_ratio, '.1f')}, at the break {_f(at_break, '.1f')}); the "
                      f"METHOD §4 wording flags {', '.join(f'`{x}`' for x in method) or 'nothing'}.")
+    if any(r["run"] == "series" for r in runs):
+        parts += ["", "![the dense series: each save's step against the run's typical healthy step, and the terminal "
+                  "gains](reference/figures/validation-series.png)"]
     parts += ["", "Spearman ρ of each aggregate with alignment progress over the healthy checkpoints (progress: the "
               "reward margin for the toy runs, the refusal rate on harmful requests for SmolLM2; ±1 ranks them as "
               "the ground truth does, the sign says which way):", "", rank]
@@ -172,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
               f"ground truth break {r['ground_truth_break']}")
     if not runs:
         raise SystemExit("no audits found")
+    fig = RUNS["series"][0] / "report" / "plots" / "series.png"
+    if args.readme and fig.exists():
+        shutil.copy(fig, HERE / "figures" / "validation-series.png")
     text = block(runs)
     print(text)
     if args.readme:

@@ -233,6 +233,14 @@ def compare(
             f"{s['terminal_share_a']:.2f}, terminal Δa − ΔL {s['delta_align']:+.4g} ± {s['delta_align_se']:.2g}",
             highlight=False,
         )
+    if result.series is not None:
+        from spinal.analyze.stability import flag_text
+
+        for row in result.series.to_dict(orient="records")[1:]:
+            text = flag_text(row, cfg.jump_factor)
+            text = ("flagged destabilized: " + text.removeprefix("yes: ") if row["destabilized"] else
+                    "not judged (first step)" if text.startswith("–") else "not flagged")
+            err.print(f"series: {row['label']} {text}", highlight=False)
     err.print(f"comparison written to {out}", highlight=False)
     if as_json:
         from pathlib import Path

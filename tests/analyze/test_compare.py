@@ -219,3 +219,20 @@ def test_cross_readout_with_one_lens_skips_the_third_readout_and_equals_the_full
     for col in ("fr_total", "fr_representation", "fr_readout"):
         np.testing.assert_allclose(short[col], full[col], rtol=1e-6, atol=1e-9)
         np.testing.assert_array_equal(pooled[col], short[col])
+
+
+def test_cli_compare_reads_the_series_out_and_refuses_a_jump_factor_of_one(traces, tmp_path):
+    other = traces["other"]
+    traces["base"].save(tmp_path / "base")
+    other.save(tmp_path / "other")
+    again = Trace(other.table, {**other.meta, "label": "other-again"}, other.boot, other.seq_L, other.spectra)
+    again.save(tmp_path / "again")
+    args = ["compare", str(tmp_path / "base"), str(tmp_path / "other"), str(tmp_path / "again"),
+            "-o", str(tmp_path / "c"), "--n-boot", "50"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "series: other not judged (first step)" in r.output
+    assert "series: other-again not flagged" in r.output  # no step at all after the first
+    bad = CliRunner().invoke(app, args + ["--jump-factor", "1", "--overwrite"])
+    assert bad.exit_code == 2 and "jump_factor=1.0: a jump must be larger than the typical step" in bad.output
+    assert (tmp_path / "c" / "compare.json").exists()  # the earlier comparison is still there

@@ -132,8 +132,17 @@ def test_the_family_flags_the_over_trained_run_only():
     assert [r["destabilized"] for r in judge(steps, doc["factor"])] == [False, False, False, True]
 
 
+def test_the_real_model_flags_its_over_trained_adapter_only():
+    """SmolLM2-135M-Instruct with LoRA-DPO adapters (configs/smollm2-dpo.toml): the over-trained adapter is
+    degenerate (base-reply NLL 1.06 → 2.01, reference/smollm2/EVAL.md), the three healthy steps are not."""
+    labels, steps, doc = _known("smollm2")
+    assert labels == ["base", "dpo-step0008", "dpo-step0014", "dpo-step0020", "dpo-overtrained"]
+    assert [r["destabilized"] for r in judge(steps, doc["factor"])] == [False, False, False, True]
+    assert doc["ground_truth_break"] == "dpo-overtrained"
+
+
 def test_the_known_answers_were_judged_with_the_default_factor():
-    for name in ("series", "family"):
+    for name in ("series", "family", "smollm2"):
         assert _known(name)[2]["factor"] == FACTOR
 
 
