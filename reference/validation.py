@@ -23,7 +23,6 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 from scipy.stats import spearmanr
 
 from spinal.analyze.stability import COMPONENTS, flag_text, judge, step
