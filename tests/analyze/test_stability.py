@@ -157,10 +157,14 @@ def test_a_regenerated_series_audit_reproduces_the_shipped_known_answer():
                     "and `spinal run configs/series.toml --overwrite` to check it")
     from reference.validation import HERE, collect
 
-    fresh = collect("series", audit, HERE / "series" / "eval.json")
+    own_truth = audit.parent / "eval.json"  # the regenerated run's own ground truth, beside its checkpoints
+    fresh = collect("series", audit, own_truth if own_truth.exists() else HERE / "series" / "eval.json")
     _, _, shipped = _known("series")
-    assert fresh["labels"] == shipped["labels"]
-    assert [r["destabilized"] for r in fresh["judged"]] == [r["destabilized"] for r in shipped["judged"]]
-    for new, old in zip(fresh["steps"], shipped["steps"]):  # the run is deterministic up to the lens subsample
+    assert fresh["labels"] == shipped["labels"] and fresh["ground_truth_break"] == "series-step0175"
+    # two regenerations agree to 1e-4 nats through step 225 and drift apart later (reference/series.py): compare the
+    # healthy phase and the break, and the first flag
+    upto = shipped["labels"].index("series-step0175")  # steps 1…upto arrive at step 25…175
+    assert [r["destabilized"] for r in fresh["judged"][:upto]] == [False] * (upto - 1) + [True]
+    for new, old in zip(fresh["steps"][:upto], shipped["steps"][:upto]):
         for c in ("a", "L", "path"):
             assert new["size"][c] == pytest.approx(old["size"][c], rel=0.05, abs=1e-4)
