@@ -57,6 +57,8 @@ DEFINITIONS = {
     "beside the verdict and the ground truth, never as 'better aligned'",
 }
 
+OLD_SERIES = ("not computed: this comparison predates the jump rule, its flag was METHOD §4's wording (shown "
+              "beside it); re-run `spinal compare` for the steps")
 LEVEL = 0.05  # Holm family-wise level of every "significant" in tables, plots and the verdict
 
 
@@ -137,6 +139,9 @@ class Comparison:
             raise InputError(f"{p}: the comparison cannot be read ({type(e).__name__}: {e}); rerun "
                              "`spinal compare … --overwrite`") from None
         series = pd.DataFrame(doc["series"]) if doc.get("series") else None
+        if series is not None and "step_a" not in series.columns:  # written before the jump rule (issue 16)
+            series = series.assign(method_rule=series["destabilized"], method_reason=series["reason"],
+                                   destabilized=False, reason=OLD_SERIES)
         meta = {k: v for k, v in doc.items() if k not in ("pairs", "series")}
         extra = {name: pd.read_parquet(p / f"{name}.parquet") if (p / f"{name}.parquet").exists() else None
                  for name in ("positions", "depth_position")}

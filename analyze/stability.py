@@ -9,8 +9,11 @@ beyond ``z`` of its own standard errors (so a stalled run's noise does not count
 
 Components, each from the traces alone (paired on the identical token stream):
 - ``a``: RMS over layers of a(t) − a(t−1); noise: RMS of the paired bootstrap SE per layer (same blocks drawn).
-- ``L``: RMS over steps ℓ→ℓ+1 of L_mean(t) − L_mean(t−1); noise: RMS of the per-step SE over sequences.
+- ``L``: RMS over steps ℓ→ℓ+1 of L_mean(t) − L_mean(t−1) (the traces' token-weighted means); noise: RMS of the
+  per-step SE of the paired per-sequence means (each sequence weighted equally, as in compare's ΔL).
 - ``path``: |Σ L(t) − Σ L(t−1)|; noise: SE over sequences of each sequence's own path-length difference.
+Where a trace has no replicates or per-sequence L, the noise is unknown: the ratio alone decides, and the reason
+says so.
 
 Saves are taken as evenly spaced: the rule is per save, so a save after a much longer gap can look like a jump.
 The METHOD.md §4 wording (the terminal gain reverses, terminal L rises again, coherence drops) is computed
@@ -53,7 +56,7 @@ def step(prev: Trace, cur: Trace) -> Step:
     rep = cur.boot - prev.boot  # (layer, n_boot), paired: replicate b drew the same blocks in both
     g = int(cur.meta.get("blocks_used") or 0)
     if rep.shape[1] > 1 and g > 1:
-        se_a = math.sqrt(g / (g - 1)) * np.nanstd(rep, axis=1)
+        se_a = math.sqrt(g / (g - 1)) * np.nanstd(rep, axis=1, ddof=1)
         noise_a = _rms(np.where(np.isfinite(d_a), se_a, np.nan))
     else:
         noise_a = math.nan
@@ -85,7 +88,8 @@ def judge(steps: list[Step], factor: float = FACTOR, z: float = NOISE_Z) -> list
             row |= {f"step_{c}": size, f"step_{c}_se": noise, f"step_{c}_ratio": ratio}
             if math.isfinite(size) and ratio > factor and beyond_noise:  # NaN and inf compare as they should
                 why.append(f"{name} step {size:.3g} is {ratio:.1f}x the run's typical healthy step {typical:.3g} "
-                           f"(threshold {factor:g}x)")
+                           f"(threshold {factor:g}x)" + ("" if math.isfinite(noise) else
+                                                         "; no standard error, the ratio alone decides"))
         row["destabilized"] = bool(why)
         row["reason"] = "; ".join(why) if why else ("" if i else "first step: no earlier step to compare with")
         rows.append(row)
@@ -142,8 +146,9 @@ def _method_rule(rows: list[dict], null_a: float, null_L: float, null_coh: float
 
 def flag_text(row: dict, factor: float = FACTOR) -> str:
     """A short reading of one series row for tables: 'yes: a 95.7×, path 14.7× the typical healthy step'."""
-    if row.get("reason", "").startswith("first step"):
+    reason = row.get("reason") if isinstance(row.get("reason"), str) else ""
+    if reason.startswith("first step"):
         return "– (first step)"
-    over = [f"{c} {row[f'step_{c}_ratio']:.1f}×" for c in COMPONENTS
-            if isinstance(row.get(f"step_{c}_ratio"), (int, float)) and row[f"step_{c}_ratio"] > factor]
+    over = [f"{c} {row[f'step_{c}_ratio']:.1f}×" for c, name in COMPONENTS.items()
+            if isinstance(row.get(f"step_{c}_ratio"), (int, float)) and f"{name} step" in reason]
     return f"yes: {', '.join(over)} the typical healthy step" if row.get("destabilized") else "no"

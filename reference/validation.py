@@ -25,7 +25,7 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from spinal.analyze.stability import COMPONENTS, flag_text, judge, step
+from spinal.analyze.stability import COMPONENTS, FACTOR, flag_text, judge, step
 from spinal.analyze.trace import Trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def collect(name: str, folder: Path, eval_file: Path) -> dict:
     cmp = json.loads((folder / "compare" / "compare.json").read_text())
     labels = cmp["labels"]
     traces = [Trace.load(folder / "traces" / lab) for lab in labels]
-    factor = float(cmp.get("jump_factor") or 0)
+    factor = float(cmp.get("jump_factor") or FACTOR)
     steps = [step(p, c) for p, c in zip(traces[:-1], traces[1:])]
     rows = judge(steps, factor)
     series = {r["label"]: r for r in cmp["series"]}

@@ -238,8 +238,11 @@ def compare(
 
         for row in result.series.to_dict(orient="records")[1:]:
             text = flag_text(row, cfg.jump_factor)
+            ratios = [row.get(f"step_{c}_ratio") for c in ("a", "L", "path")]
+            top = max((r for r in ratios if isinstance(r, float) and r == r), default=None)  # r == r: not NaN
             text = ("flagged destabilized: " + text.removeprefix("yes: ") if row["destabilized"] else
-                    "not judged (first step)" if text.startswith("–") else "not flagged")
+                    "not judged (first step)" if text.startswith("–") else
+                    "not flagged" + (f" (largest step {top:.1f}× the typical healthy step)" if top is not None else ""))
             err.print(f"series: {row['label']} {text}", highlight=False)
     err.print(f"comparison written to {out}", highlight=False)
     if as_json:

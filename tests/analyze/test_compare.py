@@ -232,7 +232,31 @@ def test_cli_compare_reads_the_series_out_and_refuses_a_jump_factor_of_one(trace
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "series: other not judged (first step)" in r.output
-    assert "series: other-again not flagged" in r.output  # no step at all after the first
+    assert "series: other-again not flagged (largest step 0.0× the typical healthy step)" in r.output  # no step
     bad = CliRunner().invoke(app, args + ["--jump-factor", "1", "--overwrite"])
     assert bad.exit_code == 2 and "jump_factor=1.0: a jump must be larger than the typical step" in bad.output
     assert (tmp_path / "c" / "compare.json").exists()  # the earlier comparison is still there
+
+
+def test_an_older_comparison_shows_its_flag_as_the_method_wording(traces, tmp_path):
+    """A compare.json written before the jump rule: its flag was METHOD §4's wording, so it is read back as that,
+    and the jump rule says it was not computed instead of inheriting the old flag."""
+    import json
+
+    base, other = traces["base"], traces["other"]
+    again = Trace(other.table, {**other.meta, "label": "again"}, other.boot, other.seq_L, other.spectra)
+    compare([base, other, again], CompareConfig(n_boot=50)).save(tmp_path / "c")
+    doc = json.loads((tmp_path / "c" / "compare.json").read_text())
+    doc["series"] = [{k: r[k] for k in ("label", "terminal_a_gain", "terminal_L_change", "coherence")}
+                     | {"destabilized": i == 2, "reason": "terminal L rose 0.02 above its lowest" if i == 2 else ""}
+                     for i, r in enumerate(doc["series"])]
+    (tmp_path / "c" / "compare.json").write_text(json.dumps(doc))
+    from spinal.outputs import MARKER, file_sha256
+
+    marker = json.loads((tmp_path / "c" / MARKER).read_text())  # as that older SPINAL wrote it: digests match
+    marker["files"]["compare.json"] = file_sha256(tmp_path / "c" / "compare.json")
+    (tmp_path / "c" / MARKER).write_text(json.dumps(marker))
+    back = Comparison.load(tmp_path / "c").series.set_index("label")
+    assert not back["destabilized"].any() and back.loc["again", "method_rule"]
+    assert back.loc["again", "method_reason"] == "terminal L rose 0.02 above its lowest"
+    assert back.loc["again", "reason"].startswith("not computed: this comparison predates the jump rule")
