@@ -219,7 +219,10 @@ def _write(traces: list[Trace], comparison: Comparison | None, out_dir: Path) ->
     figs, series_fig = _figures(traces, comparison, plot_dir)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     has_pairs = comparison is not None and bool(comparison.pairs)
-    parts = [f"<h1>SPINAL depth audit: {esc(', '.join(t.label for t in traces))}</h1>"
+    labels = [t.label for t in traces]
+    title = (", ".join(labels) if len(labels) <= 5 else  # a long series: its ends, the count between them
+             f"{labels[0]}, {labels[1]} … {labels[-1]} ({len(labels)} checkpoints)")
+    parts = [f"<h1>SPINAL depth audit: {esc(title)}</h1>"
              f"<p class=lede>{_lede(traces, comparison)} <span class=muted>Generated {esc(when)}.</span></p>",
              _verdict(verdicts(traces, comparison)),
              f"<details><summary>How to read this report</summary><p>{esc(HOW_TO_READ)}</p></details>",

@@ -411,3 +411,12 @@ def test_the_reader_check_sees_overlapping_text(report, tmp_path):
     dom = _chromium(["--window-size=1280,1000", "--dump-dom", page.as_uri()], tmp_path / "profile").stdout
     seen = json.loads(html.unescape(re.search(r'data-reader="([^"]*)"', _body_tag(dom)).group(1)))
     assert any("an intruding heading" in o for o in seen["overlaps"]), seen["overlaps"]
+
+
+def test_a_long_series_is_titled_by_its_ends_and_count(tmp_path):
+    many = [_trace(i % len(LABELS)) for i in range(6)]
+    many = [Trace(t.table, {**t.meta, "label": f"ckpt-{k}"}, t.boot, t.seq_L, t.spectra) for k, t in enumerate(many)]
+    doc = write_report(many, None, tmp_path / "r").read_text(encoding="utf-8")
+    assert "<h1>SPINAL depth audit: ckpt-0, ckpt-1 … ckpt-5 (6 checkpoints)</h1>" in doc
+    few = write_report(many[:3], None, tmp_path / "f").read_text(encoding="utf-8")
+    assert "<h1>SPINAL depth audit: ckpt-0, ckpt-1, ckpt-2</h1>" in few
