@@ -40,7 +40,7 @@ DEFINITIONS = {
     "(analyze/stability.py; step_*, step_*_se, step_*_ratio). Validated on the known answers (README)",
     "method_rule": "METHOD.md §4's wording, kept beside the flag for comparison: against the best value of the "
     "earlier checkpoints after the reference, the terminal a gain falls, the terminal ΔL rises, or coherence "
-    "drops by more than its null spread. On the known answers it flags healthy DPO steps and misses collapses",
+    "drops by more than its null spread. On the known answers it flags healthy DPO steps and misses the reference family's collapse",
     "ramp_onset": "first checkpoint in the series whose terminal a gain exceeds the null spread",
     "cross_readout": "per layer, mean Fisher–Rao distance between lens_ref(h_ref) and lens_other(h_other) (total), "
     "lens_ref(h_ref) and lens_ref(h_other) (the representation moved), lens_ref(h_other) and lens_other(h_other) "

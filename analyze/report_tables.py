@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from spinal.analyze.comparison import LEVEL, Comparison, counts
+from spinal.analyze.stability import NOISE_Z, jumped
 from spinal.analyze.trace import Trace
 from spinal.analyze.verdict import onset_text
 
@@ -151,9 +152,10 @@ def series_table(s: pd.DataFrame, factor: float | None = None) -> str:
         method = r.get("method_rule")
         method_txt = ("—" if method is None or pd.isna(method) else
                       f"flagged: {r.get('method_reason')}" if bool(method) else "not flagged")
+        flagging = {f"step_{c}_ratio" for c in jumped(r.to_dict())}
         cells = []
         for c in shown + extra:
-            over = c.endswith("_ratio") and factor is not None and pd.notna(r[c]) and r[c] > factor
+            over = c in flagging
             ratio = c.endswith("_ratio") and pd.notna(r[c]) and math.isfinite(r[c])
             cells.append(f"<td{' class=flag' if over else ''}>{f'{r[c]:.1f}' if ratio else num(r[c])}</td>")
         rows.append(f"<tr><td class=txt>{esc(r['label'])}</td>" + "".join(cells)
@@ -162,7 +164,7 @@ def series_table(s: pd.DataFrame, factor: float | None = None) -> str:
     note = (f'<p class="note">Steps: each checkpoint against the one before it (RMS change of the a profile over '
             f"layers, of the L profile over steps, and the change of path length Σ L); × typical: the step over the "
             f"median of the same step among the earlier unflagged checkpoints. Flagged when a ratio exceeds "
-            f"{f'{factor:g}' if factor is not None else 'jump_factor'} and the step is beyond 3 standard errors "
-            "(README, Destabilization). The METHOD §4 wording is shown for comparison; on the known answers it "
-            "flags healthy steps and misses collapses.</p>")
+            f"{f'{factor:g}' if factor is not None else 'jump_factor'} and the step is beyond {NOISE_Z:g} standard "
+            "errors (README, Destabilization); highlighted: the ratios that flagged it. The METHOD §4 wording is "
+            "shown for comparison; on the known answers it flags healthy steps and misses the family's collapse.</p>")
     return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>{note}'

@@ -17,7 +17,7 @@ says so.
 
 Saves are taken as evenly spaced: the rule is per save, so a save after a much longer gap can look like a jump.
 The METHOD.md §4 wording (the terminal gain reverses, terminal L rises again, coherence drops) is computed
-beside it (``method_rule``) for comparison; on the known answers it flags healthy steps and misses collapses.
+beside it (``method_rule``) for comparison; on the known answers it flags healthy steps and misses the family's collapse.
 """
 
 from __future__ import annotations
@@ -144,11 +144,23 @@ def _method_rule(rows: list[dict], null_a: float, null_L: float, null_coh: float
         best_coh = max(best_coh, r["coherence"]) if math.isfinite(r["coherence"]) else best_coh
 
 
+def jumped(row: dict) -> list[str]:
+    """The components whose step flagged this series row (those its reason names)."""
+    reason = row.get("reason") if isinstance(row.get("reason"), str) else ""
+    return [c for c, name in COMPONENTS.items() if f"{name} step" in reason]
+
+
+def largest_ratio(row: dict) -> float | None:
+    """The row's largest finite step ratio, or None (the first step, or a comparison without steps)."""
+    ratios = [row.get(f"step_{c}_ratio") for c in COMPONENTS]
+    ratios = [float(r) for r in ratios if isinstance(r, (int, float)) and math.isfinite(r)]
+    return max(ratios) if ratios else None
+
+
 def flag_text(row: dict, factor: float = FACTOR) -> str:
     """A short reading of one series row for tables: 'yes: a 95.7×, path 14.7× the typical healthy step'."""
     reason = row.get("reason") if isinstance(row.get("reason"), str) else ""
     if reason.startswith("first step"):
         return "– (first step)"
-    over = [f"{c} {row[f'step_{c}_ratio']:.1f}×" for c, name in COMPONENTS.items()
-            if isinstance(row.get(f"step_{c}_ratio"), (int, float)) and f"{name} step" in reason]
+    over = [f"{c} {row[f'step_{c}_ratio']:.1f}×" for c in jumped(row)]
     return f"yes: {', '.join(over)} the typical healthy step" if row.get("destabilized") else "no"

@@ -14,6 +14,7 @@ import numpy as np
 
 from spinal.analyze.aggregates import nanmean, steps_into
 from spinal.analyze.comparison import Comparison, PairComparison, counts
+from spinal.analyze.stability import largest_ratio
 from spinal.analyze.trace import Trace
 from spinal.text import ranges
 
@@ -143,10 +144,10 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
         elif reason:  # the first checkpoint after the reference has no earlier step
             txt = f"not judged ({reason})"
         else:
-            ratios = [series_row.get(f"step_{c}_ratio") for c in ("a", "L", "path")]
-            ratios = [r for r in ratios if isinstance(r, (int, float)) and math.isfinite(r)]
-            txt = ("not flagged: its step from the checkpoint before is at most "
-                   f"{max(ratios):.1f}x the run's typical healthy step" if ratios else "not flagged")
+            top = largest_ratio(series_row)
+            txt = ("not flagged" if top is None else
+                   f"not flagged: its step from the checkpoint before is at most {top:.1f}x the run's typical "
+                   "healthy step")
         if series_row.get("method_rule"):
             txt += f" (METHOD §4's wording would flag it: {series_row.get('method_reason')})"
         points.append(("stability", txt))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from spinal.analyze.stability import COMPONENTS, FACTOR, flag_text, judge, step
+from spinal.analyze.stability import COMPONENTS, FACTOR, flag_text, judge, largest_ratio, step
 from spinal.analyze.trace import Trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,12 +138,10 @@ def block(runs: list[dict]) -> str:
     for r in runs:
         flagged = [lab for lab, j in zip(r["labels"][1:], r["judged"]) if j["destabilized"]]
         method = [lab for lab in r["labels"][1:] if r["signals"][lab]["method_rule"]]
-        healthy_ratio = max((j[f"step_{c}_ratio"] for lab, j in zip(r["labels"][1:], r["judged"])
-                             if not r["truth"][lab]["broken"] for c in COMPONENTS
-                             if math.isfinite(j[f"step_{c}_ratio"])), default=math.nan)
+        healthy = [largest_ratio(j) for lab, j in zip(r["labels"][1:], r["judged"]) if not r["truth"][lab]["broken"]]
+        healthy_ratio = max((x for x in healthy if x is not None), default=math.nan)
         first = r["ground_truth_break"]
-        at_break = (max(r["judged"][r["labels"].index(first) - 1][f"step_{c}_ratio"] for c in COMPONENTS)
-                    if first else math.nan)
+        at_break = (largest_ratio(r["judged"][r["labels"].index(first) - 1]) if first else None) or math.nan
         parts.append(f"- **{r['run']}**: ground truth breaks at {('`' + first + '`') if first else 'no checkpoint'}; "
                      f"the rule flags {', '.join(f'`{x}`' for x in flagged) or 'nothing'} (largest jump ratio of a "
                      f"healthy checkpoint {_f(healthy_ratio, '.1f')}, at the break {_f(at_break, '.1f')}); the "

@@ -234,12 +234,11 @@ def compare(
             highlight=False,
         )
     if result.series is not None:
-        from spinal.analyze.stability import flag_text
+        from spinal.analyze.stability import flag_text, largest_ratio
 
         for row in result.series.to_dict(orient="records")[1:]:
             text = flag_text(row, cfg.jump_factor)
-            ratios = [row.get(f"step_{c}_ratio") for c in ("a", "L", "path")]
-            top = max((r for r in ratios if isinstance(r, float) and r == r), default=None)  # r == r: not NaN
+            top = largest_ratio(row)
             text = ("flagged destabilized: " + text.removeprefix("yes: ") if row["destabilized"] else
                     "not judged (first step)" if text.startswith("–") else
                     "not flagged" + (f" (largest step {top:.1f}× the typical healthy step)" if top is not None else ""))

@@ -102,7 +102,8 @@ def comparison(traces) -> Comparison:
                            "step_path": [np.nan, 0.1, 0.05, 0.5], "step_path_ratio": [np.nan, np.nan, 0.5, 6.7],
                            "destabilized": [False, False, False, True],
                            "reason": ["", "first step: no earlier step to compare with", "",
-                                      "a profile step 0.3 is 20.0x the run's typical healthy step 0.015 (threshold 4x)"],
+                                      "a profile step 0.3 is 20.0x the run's typical healthy step 0.015 (threshold 4x); "
+                                      "path length step 0.5 is 6.7x the run's typical healthy step 0.075 (threshold 4x)"],
                            "method_rule": [False, False, True, False],
                            "method_reason": ["", "", "terminal L rose 0.02 above its lowest", ""]})
     pairs = tuple(_pair(traces[0], tr, k) for k, tr in enumerate(traces[1:]))

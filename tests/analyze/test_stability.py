@@ -154,6 +154,9 @@ def test_the_real_model_flags_its_over_trained_adapter_only():
 
 
 def test_the_known_answers_were_judged_with_the_default_factor():
+    from spinal.config import CompareConfig
+
+    assert CompareConfig().jump_factor == FACTOR  # the CLI/TOML default is the validated one
     for name in ("series", "family", "smollm2"):
         assert _known(name)[2]["factor"] == FACTOR
 
