@@ -86,9 +86,12 @@ class AnalysisCost:
     eigen_s: float
     shares_s: float
     lens_s: float
-    total_s: float
+    total_s: float  # wall time: the tasks scheduled on the cores as the analysis pool does (``makespan``)
     lens_all_s: float  # the lens pass over every token instead
     task_memory_gib: float  # one (checkpoint, layer) task's float64 scatters
+    packed_s: float  # the core time spread perfectly over the cores (the bound ``total_s`` falls short of)
+    layer_waves: int  # rounds of single-threaded layer tasks the cores run: ceil(layers / cores)
+    total_all_s: float  # wall time with the lens over every token
 
 
 def store_size(cfg: PlanConfig, facts: ModelFacts) -> StoreSize:
@@ -182,7 +185,23 @@ def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisC
     shares_s = shares / (cores * cfg.cpu_gflops_shares * 1e9)
     lens_s = lens / (cores * cfg.cpu_gflops_f32 * 1e9)
     lens_all_s = lens_s * n / t
+    # Each layer is one single-threaded task (Gram, eigen, shares); the lens is one task per core (token ranges),
+    # queued after the layer tasks, so its tasks fill the cores the last wave of layers leaves idle.
+    per_layer = (gram_s + eigen_s + shares_s) * cores / layers
+    total = makespan([per_layer] * layers + [lens_s] * cores, cores)
+    total_all = makespan([per_layer] * layers + [lens_all_s] * cores, cores)
     # blocks per-block scatters + the merged total + its eigenvectors, d×d float64 each (analyze/gram.py)
     task_mem = (cfg.blocks + 2) * r * r * 8 / GIB
-    return AnalysisCost(gram, eigen_core_s, shares, t, lens, gram_s, eigen_s, shares_s, lens_s,
-                        gram_s + eigen_s + shares_s + lens_s, lens_all_s, round(task_mem, 3))
+    return AnalysisCost(gram, eigen_core_s, shares, t, lens, gram_s, eigen_s, shares_s, lens_s, total, lens_all_s,
+                        round(task_mem, 3), gram_s + eigen_s + shares_s + lens_s, -(-layers // cores), total_all)
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """Wall time of tasks taken in order by the first free of ``workers`` (how the analysis pool and Ray's
+    task queue run them): greedy list scheduling, exact for that order."""
+    import heapq
+
+    free = [0.0] * max(1, min(workers, len(durations)))
+    for d in durations:
+        heapq.heappush(free, heapq.heappop(free) + d)
+    return max(free) if durations else 0.0

@@ -66,9 +66,11 @@ def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureT
         f"eigh + eigvalsh {_dur(a.eigen_core_s)} per layer-core ({_dur(a.eigen_s)}), block shares "
         f"{_si(a.shares_flops)}FLOP ({_dur(a.shares_s)}),",
         f"           lens over {a.lens_tokens:,} tokens {_si(a.lens_flops)}FLOP ({_dur(a.lens_s)}) → "
-        f"{_dur(a.total_s)}; lens over all {s.tokens:,} tokens instead: {_dur(a.lens_all_s)} → "
-        f"{_dur(a.total_s - a.lens_s + a.lens_all_s)}; one layer task holds {a.task_memory_gib:.1f} GiB of float64 "
-        "scatters",
+        f"{_dur(a.total_s)} wall ({s.layers} single-threaded layer tasks in {a.layer_waves} wave"
+        f"{'s' * (a.layer_waves != 1)} on {c.cpu_cores} cores, lens tasks filling idle cores; {_dur(a.packed_s)} if "
+        "perfectly packed);",
+        f"           lens over all {s.tokens:,} tokens instead: {_dur(a.lens_all_s)} → {_dur(a.total_all_s)}; "
+        f"one layer task holds {a.task_memory_gib:.1f} GiB of float64 scatters",
         f"           rates per core measured by {RATES['command']} on {RATES['machine']['cpu']} "
         f"({RATES['measured']}), one BLAS thread: set cpu_* below to price other CPUs",
         "",

@@ -167,7 +167,19 @@ def test_analysis_cost_counts_gram_eigen_shares_and_lens(plan70):
     assert a.shares_flops == 81 * 16 * 2 * d * d * (d // 2)
     assert a.lens_tokens == 12288 and a.lens_flops == 81 * 2 * 12288 * d * 128256
     assert a.lens_all_s == pytest.approx(a.lens_s * n / 12288)
-    assert a.total_s == pytest.approx(a.gram_s + a.eigen_s + a.shares_s + a.lens_s)
+    assert a.packed_s == pytest.approx(a.gram_s + a.eigen_s + a.shares_s + a.lens_s)
+    # 81 single-threaded layer tasks on 64 cores run in two waves: the wall time exceeds perfect packing, and the
+    # lens tasks fill the 47 cores the second wave leaves idle (so less than two full layer waves + the lens)
+    per_layer = (a.gram_s + a.eigen_s + a.shares_s) * 64 / 81
+    assert a.layer_waves == 2 and a.packed_s < a.total_s < 2 * per_layer + a.lens_s
+
+
+def test_makespan_is_greedy_list_scheduling_in_task_order():
+    from spinal.cluster.plan_cost import makespan
+
+    assert makespan([3.0, 3.0, 3.0], 2) == 6.0  # the third task waits for a free worker
+    assert makespan([3.0, 3.0, 1.0, 1.0, 1.0], 2) == 5.0  # short tasks fill in behind the long ones
+    assert makespan([2.0] * 4, 8) == 2.0 and makespan([], 4) == 0.0
 
 
 def test_the_70b_analysis_fits_in_an_hour_at_the_measured_rates(plan70):
