@@ -1,0 +1,78 @@
+"""How many lens tokens reach a precision target for mean L (pure maths; issue 13's chosen subsample size).
+
+With tokens subsampled uniformly from sequences, the clustered variance of a step's mean L at n tokens is
+``SE²(n) ≈ a + W·n0/n``: ``a`` from the spread of the sequences' own means (more tokens of the same
+sequences cannot remove it), ``W·n0/n`` from the tokens within them (it shrinks as 1/n). Both are estimated
+from a pilot of n0 tokens; the size asked for is the smallest n whose predicted SE is ≤ target × the SD of the
+steps' mean L (trace.json ``L_precision``), or None when even every token would not reach it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MARGIN = 1.1  # grow 10 % beyond the predicted size: the pilot's variance estimates are themselves noisy
+
+
+def tokens_for_precision(steps_L: list[np.ndarray], seq: np.ndarray, n_seq: int, target: float,
+                         n_all: int) -> int | None:
+    """Tokens needed so every step's SE of mean L is ≤ ``target`` × SD of the steps' means.
+
+    ``steps_L``: per step, the pilot's per-token L (n0,); ``seq``: each pilot token's sequence.
+    Returns the size (≥ n0, ≤ n_all), or None when the between-sequence part alone exceeds the target
+    (the prompt set, not the subsample, limits the precision).
+    """
+    n0 = seq.size
+    means = np.array([float(np.mean(x)) for x in steps_L])
+    spread = float(np.std(means, ddof=1)) if means.size >= 2 else math.nan
+    if not (n0 and spread > 0):
+        return None
+    counts = np.bincount(seq, minlength=n_seq)
+    g = int((counts > 0).sum())
+    goal = (target * spread) ** 2
+    need = n0
+    for values in steps_L:
+        sums = np.bincount(seq, weights=values, minlength=n_seq)
+        used = counts > 0
+        total = counts[used].sum()
+        resid = sums[used] - counts[used] * (sums[used].sum() / total)
+        se2 = g / (g - 1) * float((resid**2).sum()) / total**2 if g >= 2 else math.nan
+        seq_mean = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+        within = float(((values - seq_mean[seq]) ** 2).sum()) / (n0 - g) if n0 > g else math.nan
+        w = within / n0 if math.isfinite(within) else se2  # no repeated sequence: all of it treated as within
+        # a by subtraction is noisy by ~ se2·√(2/g) (both terms are estimates): count it only beyond that noise,
+        # so a pilot dominated by within-sequence noise is not mistaken for one the prompt set limits
+        excess = se2 - w
+        between = excess if excess > 2 * se2 * math.sqrt(2 / max(g, 1)) else 0.0
+        if not math.isfinite(se2) or between >= goal:
+            return None
+        need = max(need, math.ceil(MARGIN * w * n0 / (goal - between)))
+    return min(need, n_all)
+
+
+def precision(steps_L: list[np.ndarray], seq: np.ndarray, n_seq: int) -> float:
+    """The largest step's clustered SE of mean L over the SD of the steps' means (trace.json ``L_precision``)."""
+    from spinal.analyze.trace import cluster_se
+
+    counts = np.bincount(seq, minlength=n_seq)
+    means = np.array([float(np.mean(x)) for x in steps_L])
+    ses = np.array([cluster_se(np.bincount(seq, weights=x, minlength=n_seq), counts) for x in steps_L])
+    spread = float(np.std(means, ddof=1)) if means.size >= 2 else math.nan
+    return float(np.max(ses) / spread) if spread > 0 else math.nan
+
+
+def grow(measure, n0: int, n_all: int, n_seq: int, target: float, rounds: int = 3) -> tuple[int, float, int]:
+    """Rounds of predict → measure: ``measure(n)`` gives (steps_L, seq) of the first n tokens of one nested
+    draw. Stops when the measured precision reaches ``target``, every token is used, or ``rounds`` grow steps
+    are spent. Returns (tokens, precision, grow steps)."""
+    n, k = n0, 0
+    steps_L, seq = measure(n)
+    p = precision(steps_L, seq, n_seq)
+    while p > target and n < n_all and k < rounds:
+        want = tokens_for_precision(steps_L, seq, n_seq, target, n_all)
+        n = n_all if want is None else max(want, n + 1)
+        steps_L, seq = measure(n)
+        p, k = precision(steps_L, seq, n_seq), k + 1
+    return n, p, k
