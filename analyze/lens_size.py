@@ -16,6 +16,24 @@ import numpy as np
 MARGIN = 1.1  # grow 10 % beyond the predicted size: the pilot's variance estimates are themselves noisy
 
 
+def cluster_se(sums: np.ndarray, counts: np.ndarray) -> float:
+    """Standard error of the token mean ``Σ sums / Σ counts`` with tokens clustered in sequences (per-sequence
+    ``sums`` and ``counts``; the sandwich form with the g/(g−1) factor); NaN with < 2 sequences."""
+    used = counts > 0
+    g = int(used.sum())
+    if g < 2:
+        return math.nan
+    total = counts[used].sum()
+    resid = sums[used] - counts[used] * (sums[used].sum() / total)
+    return float(math.sqrt(g / (g - 1) * (resid**2).sum()) / total)
+
+
+def _spread(steps_L: list[np.ndarray]) -> float:
+    """SD of the steps' mean L: the scale the precision target is a share of."""
+    means = np.array([float(np.mean(x)) for x in steps_L])
+    return float(np.std(means, ddof=1)) if means.size >= 2 else math.nan
+
+
 def tokens_for_precision(steps_L: list[np.ndarray], seq: np.ndarray, n_seq: int, target: float,
                          n_all: int) -> int | None:
     """Tokens needed so every step's SE of mean L is ≤ ``target`` × SD of the steps' means.
@@ -25,8 +43,7 @@ def tokens_for_precision(steps_L: list[np.ndarray], seq: np.ndarray, n_seq: int,
     (the prompt set, not the subsample, limits the precision).
     """
     n0 = seq.size
-    means = np.array([float(np.mean(x)) for x in steps_L])
-    spread = float(np.std(means, ddof=1)) if means.size >= 2 else math.nan
+    spread = _spread(steps_L)
     if not (n0 and spread > 0):
         return None
     counts = np.bincount(seq, minlength=n_seq)
@@ -35,10 +52,7 @@ def tokens_for_precision(steps_L: list[np.ndarray], seq: np.ndarray, n_seq: int,
     need = n0
     for values in steps_L:
         sums = np.bincount(seq, weights=values, minlength=n_seq)
-        used = counts > 0
-        total = counts[used].sum()
-        resid = sums[used] - counts[used] * (sums[used].sum() / total)
-        se2 = g / (g - 1) * float((resid**2).sum()) / total**2 if g >= 2 else math.nan
+        se2 = cluster_se(sums, counts) ** 2
         seq_mean = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
         within = float(((values - seq_mean[seq]) ** 2).sum()) / (n0 - g) if n0 > g else math.nan
         w = within / n0 if math.isfinite(within) else se2  # no repeated sequence: all of it treated as within
@@ -54,12 +68,9 @@ def tokens_for_precision(steps_L: list[np.ndarray], seq: np.ndarray, n_seq: int,
 
 def precision(steps_L: list[np.ndarray], seq: np.ndarray, n_seq: int) -> float:
     """The largest step's clustered SE of mean L over the SD of the steps' means (trace.json ``L_precision``)."""
-    from spinal.analyze.trace import cluster_se
-
     counts = np.bincount(seq, minlength=n_seq)
-    means = np.array([float(np.mean(x)) for x in steps_L])
     ses = np.array([cluster_se(np.bincount(seq, weights=x, minlength=n_seq), counts) for x in steps_L])
-    spread = float(np.std(means, ddof=1)) if means.size >= 2 else math.nan
+    spread = _spread(steps_L)
     return float(np.max(ses) / spread) if spread > 0 else math.nan
 
 

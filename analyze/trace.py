@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum
+from spinal.analyze.lens_size import cluster_se
 from spinal.analyze.lens_pass import LensPartial, lens_pass, selected_tokens, token_ranges, token_subsample
 from spinal.analyze.pool import Progress, run_tasks
 from spinal.analyze.seeds import Purpose
@@ -252,18 +253,6 @@ def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tup
                                               "hellinger", "js")})
         rows.append(row)
     return pd.DataFrame(rows), seq_L
-
-
-def cluster_se(sums: np.ndarray, counts: np.ndarray) -> float:
-    """Standard error of the token mean ``Σ sums / Σ counts`` with tokens clustered in sequences (per-sequence
-    ``sums`` and ``counts``; the sandwich form with the g/(g−1) factor); NaN with < 2 sequences."""
-    used = counts > 0
-    g = int(used.sum())
-    if g < 2:
-        return math.nan
-    total = counts[used].sum()
-    resid = sums[used] - counts[used] * (sums[used].sum() / total)
-    return float(math.sqrt(g / (g - 1) * (resid**2).sum()) / total)
 
 
 def l_precision(table: pd.DataFrame) -> float:
