@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
@@ -15,6 +17,7 @@ from spinal.config import CompareConfig
 from spinal.errors import InputError
 
 LEVEL = 0.95  # two-sided CI level and family-wise α = 0.05 for Holm
+log = logging.getLogger(__name__)
 
 
 def check_comparable(traces: list[Trace]) -> None:
@@ -57,6 +60,12 @@ def compare(traces: list[Trace], cfg: CompareConfig = CompareConfig(), *, grad: 
     labels = [t.label for t in traces]
     if len(set(labels)) != len(labels):
         raise InputError(f"trace labels must differ, got {labels}")
+    lens_sizes = [t.meta.get("lens_tokens") for t in traces]
+    if len(set(lens_sizes)) > 1:  # nested subsamples of one seeded order: still paired by sequence, less tightly
+        log.warning("the traces' L was read on different numbers of lens tokens (%s): ΔL stays paired by sequence "
+                    "but each sequence's mean covers different tokens, which widens its interval; `spinal run` "
+                    "reads every checkpoint on the reference's tokens", ", ".join(f"{l} {n}" for l, n in
+                                                                                 zip(labels, lens_sizes)))
     n_blocks = int(max(traces[0].table["layer"]))
     term = terminal_layers(n_blocks)
     pairs = tuple(
@@ -66,6 +75,7 @@ def compare(traces: list[Trace], cfg: CompareConfig = CompareConfig(), *, grad: 
     series, ramp = training_series(traces, pairs, term, cfg.jump_factor) if len(traces) >= 3 else (None, None)
     meta = {"ramp_onset": ramp, "labels": labels, "reference": labels[0], "seed": seed, "n_boot": n_boot,
             "null_splits": null_splits, "jump_factor": cfg.jump_factor, "traces": [t.identity for t in traces],
+            "lens_tokens": lens_sizes,
             "score_weights": list(weights), "terminal_layers": term, "n_blocks": n_blocks,
             "note": "Δ_align, coherence, gradient concentration and SPINALScore are this project's operational "
                     "definitions; the paper's exact formulas are not public."}

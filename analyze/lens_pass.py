@@ -53,6 +53,13 @@ def token_subsample(store: Store, n: int, seed: int, within: np.ndarray | None =
     return np.sort(rng(seed, purpose).choice(within, size=n, replace=False))
 
 
+def extension_order(store: Store, pilot: np.ndarray, seed: int) -> np.ndarray:
+    """The valid tokens outside the pilot subsample in one seeded order: a larger lens subsample is the pilot plus
+    a prefix of it, so subsamples are nested across sizes and identical across checkpoints of one token stream."""
+    valid = np.flatnonzero(store.group["tokens/sequence"][:] >= 0)
+    return rng(seed, Purpose.LENS_EXTENSION).permutation(np.setdiff1d(valid, pilot, assume_unique=True))
+
+
 @dataclass(frozen=True)
 class ChunkTransport:
     """Transport of one chunk of k tokens through all layers."""

@@ -14,6 +14,7 @@ class Purpose(IntEnum):
     NULL_SPLITS = 2  # split-halves of the sequence blocks: the null spread of Δa
     LENS_TOKENS = 3  # the token subsample of the transport pass (and of the cross-readout lens)
     COMPANION_TOKENS = 4  # the companions' subset of the lens tokens (JS, KL to final, entropy)
+    LENS_EXTENSION = 9  # the order in which the lens subsample grows beyond its pilot (the tokens not in it)
     COMPARE = 7  # the ΔL sequence bootstrap and its split-halves
     POSITIONS = 8  # the sequence bootstrap of the per-position profile (analyze/positions.py)
 

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum
-from spinal.analyze.lens_size import cluster_se
-from spinal.analyze.lens_pass import LensPartial, lens_pass, selected_tokens, token_ranges, token_subsample
+from spinal.analyze.lens_pass import (LensPartial, extension_order, lens_pass, selected_tokens, token_ranges,
+                                      token_subsample)
+from spinal.analyze.lens_size import GROWTH, cluster_se, grow
 from spinal.analyze.pool import Progress, run_tasks
 from spinal.analyze.seeds import Purpose
 from spinal.analyze.spectrum import t_interval, with_curvature
@@ -31,9 +32,7 @@ from spinal.store import Store
 
 TRACE_FORMAT = 2  # 2: first-order bootstrap replicates (analyze/influence.py), L_se, L_precision
 log = logging.getLogger(__name__)
-# The lens subsample should leave each step's mean L uncertain by at most this share of the steps' spread
-# (trace.json L_precision; a warning says when it does not).
-L_PRECISION = 0.01
+LENS_ROUNDS = 3  # growth rounds of the lens subsample beyond its pilot (analyze/lens_size.py)
 
 
 @dataclass(frozen=True)
@@ -110,8 +109,11 @@ class Trace:
 
 
 def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | None = None,
-            submit: Callable | None = None) -> Trace:
-    """Run the analysis of one store. ``submit`` (optional) maps (fn, kwargs-list) -> results, e.g. Ray."""
+            submit: Callable | None = None, lens_floor: int = 0) -> Trace:
+    """Run the analysis of one store. ``submit`` (optional) maps (fn, kwargs-list) -> results, e.g. Ray.
+
+    ``lens_floor``: grow the lens subsample to at least this many tokens (a run passes its reference's size, so
+    every checkpoint's L is read on the same tokens; `cfg.lens_precision` may grow it further)."""
     store = Store.open(cfg.store)
     store.check_tables()  # a damaged table is one clear refusal before any work
     done = store.done(strict=True)
@@ -135,21 +137,73 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     workers = cfg.workers or os.cpu_count() or 1
     blocks_used = min(cfg.blocks, int(store.meta["n_sequences"]))  # s mod blocks: the same blocks either way
     t0 = time.perf_counter()
-    results = (submit or run_tasks)(_tasks(cfg, store, layers, window, blocks_used, workers, sub, comp), workers,
-                                    progress)
+    run = submit or run_tasks
+    tasks = _tasks(cfg, store, layers, window, blocks_used, workers, sub, comp)
+    results = run(tasks, workers, progress)
     spectra: list[LayerSpectrum] = results[: len(layers)]
-    lens_parts: list[LensPartial] = results[len(layers):]
-    lens = lens_parts[0]
-    for part in lens_parts[1:]:
-        lens = lens.merge(part)
+    lens = _merged(results[len(layers):])
+    growth = {"pilot": lens.n, "rounds": 0, "floor": lens_floor}
+    if sub is not None and (cfg.lens_precision > 0 or lens_floor > lens.n):
+        lens, growth = _grow_lens(cfg, store, layers, sub, lens, workers, run, _after(progress, len(tasks)),
+                                  lens_floor)
     table, seq_L = _table(spectra, lens, store)
-    meta = _meta(cfg, store, label, layers, window, blocks_used, spectra, lens, table, t0)
-    if meta["L_precision"] > L_PRECISION and lens.n < meta["n_tokens"]:
-        log.warning("the %d lens tokens leave mean L uncertain by %.2f %% of its between-layer spread (target %g %%): "
-                    "pass a larger --lens-tokens, or 0 for all %d tokens", lens.n, 100 * meta["L_precision"],
-                    100 * L_PRECISION, meta["n_tokens"])
+    meta = _meta(cfg, store, label, layers, window, blocks_used, spectra, lens, table, t0, growth)
+    _warn_precision(cfg, meta, growth)
     return Trace(table, meta, np.stack([s.boot for s in spectra]) if cfg.n_boot else np.zeros((len(layers), 0)),
                  seq_L, {s.layer: s.sv for s in spectra})
+
+
+def _merged(parts: list[LensPartial]) -> LensPartial:
+    lens = parts[0]
+    for part in parts[1:]:
+        lens = lens.merge(part)
+    return lens
+
+
+def _after(progress: Progress | None, done: int) -> Progress | None:
+    """The progress of later task batches, counted after the ``done`` tasks already run."""
+    return (lambda d, t: progress(done + d, done + t)) if progress else None
+
+
+def _grow_lens(cfg: AnalyzeConfig, store: Store, layers: list[int], sub: np.ndarray, lens: LensPartial,
+               workers: int, run: Callable, progress: Progress | None, floor: int) -> tuple[LensPartial, dict]:
+    """The lens subsample grown beyond its pilot ``sub`` (already passed: ``lens``) by a prefix of the remaining
+    tokens in one seeded order, in rounds, until ``cfg.lens_precision`` holds (analyze/lens_size.py ``grow``).
+    Each round runs lens tasks over only the tokens it adds; companions stay the pilot's, unless every lens token
+    is asked to be one (companion_tokens = 0)."""
+    rest = extension_order(store, sub, cfg.seed)
+    state = {"lens": lens, "done": 0}
+    companions = None if cfg.companion_tokens == 0 else np.zeros(0, np.int64)
+
+    def measure(n: int):
+        have = state["lens"].n
+        if n > have:
+            new = np.sort(rest[have - sub.size : n - sub.size])
+            tasks = [(lens_pass, dict(store_path=cfg.store, token_range=r, layers=layers, chunk_mib=cfg.chunk_mib,
+                                      subsample=new, companions=companions))
+                     for r in token_ranges(new, workers)]
+            state["lens"] = _merged([state["lens"], *run(tasks, workers, _after(progress, state["done"]))])
+            state["done"] += len(tasks)
+        return state["lens"].steps_L, state["lens"].seq
+
+    target = cfg.lens_precision if cfg.lens_precision > 0 else math.inf
+    n, _, rounds = grow(measure, sub.size, sub.size + rest.size, int(store.meta["n_sequences"]), target,
+                        rounds=LENS_ROUNDS, floor=floor)
+    return state["lens"], {"pilot": int(sub.size), "rounds": rounds, "floor": floor}
+
+
+def _warn_precision(cfg: AnalyzeConfig, meta: dict, growth: dict) -> None:
+    """Say when the lens subsample did not reach the precision asked for, and what would."""
+    p, n, n_all = meta["L_precision"], meta["lens_tokens"], meta["n_tokens"]
+    if not cfg.lens_precision or not p > cfg.lens_precision:
+        return
+    what = (f"mean L uncertain by {100 * p:.2f} % of its between-layer spread (target {100 * cfg.lens_precision:g} %)")
+    if n >= n_all:
+        log.warning("every one of the %d tokens leaves %s: the prompts themselves differ that much, so more prompts, "
+                    "not more tokens, would narrow it", n_all, what)
+    else:
+        log.warning("the %d lens tokens (pilot %d, %d growth rounds) leave %s: pass a larger --lens-tokens, or 0 for "
+                    "all %d tokens", n, growth["pilot"], growth["rounds"], what, n_all)
 
 
 def _tasks(cfg: AnalyzeConfig, store: Store, layers: list[int], window, blocks_used: int, workers: int, sub, comp
@@ -163,7 +217,8 @@ def _tasks(cfg: AnalyzeConfig, store: Store, layers: list[int], window, blocks_u
     return tasks
 
 
-def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, spectra, lens, table, t0) -> dict:
+def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, spectra, lens, table, t0,
+          growth: dict) -> dict:
     """trace.json: what the trace was made from, every option and rule used, the trace-level summaries."""
     return {
         "trace_format": TRACE_FORMAT,
@@ -178,7 +233,14 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
         "n_sequences": int(store.meta["n_sequences"]),
         "lens_tokens": int(lens.n),
         "L_precision": l_precision(table),
-        "L_precision_target": L_PRECISION,
+        "L_precision_target": cfg.lens_precision or None,
+        "lens_pilot": growth["pilot"],
+        "lens_rounds": growth["rounds"],
+        "lens_floor": growth["floor"],
+        "lens_rule": "lens_tokens: a seeded pilot subsample; then, while L_precision > L_precision_target (≤ "
+                     f"{LENS_ROUNDS} rounds), grown to the size SE²(n) ≈ a + W·n0/n predicts (analyze/lens_size.py), "
+                     f"≤ {GROWTH}× per round, by a prefix of the other tokens in a seeded order (at least lens_floor)"
+        if cfg.lens_precision or growth["floor"] > growth["pilot"] else "exactly lens_tokens (seeded subsample)",
         "blocks_used": blocks_used,
         "companion_tokens": int(lens.n_companion),
         "layers": layers,

@@ -69,7 +69,8 @@ def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureT
         f"{_dur(a.total_s)} wall ({s.layers} single-threaded layer tasks in {a.layer_waves} wave"
         f"{'s' * (a.layer_waves != 1)} on {c.cpu_cores} cores, lens tasks filling idle cores; {_dur(a.packed_s)} if "
         "perfectly packed);",
-        f"           lens over all {s.tokens:,} tokens instead: {_dur(a.lens_all_s)} → {_dur(a.total_all_s)}; "
+        f"           lens over all {s.tokens:,} tokens (--lens-tokens 0, or as far as the pilot may grow to reach "
+        f"--lens-precision): {_dur(a.lens_all_s)} → {_dur(a.total_all_s)}; "
         f"one layer task holds {a.task_memory_gib:.1f} GiB of float64 scatters",
         f"           rates per core measured by {RATES['command']} on {RATES['machine']['cpu']} "
         f"({RATES['measured']}), one BLAS thread: set cpu_* below to price other CPUs",

@@ -136,7 +136,8 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
         traces = []
         for ck in cfg.checkpoints:
             store = _capture_stage(cfg, ck, backend, progress, summary)
-            traces.append(_analyze_stage(cfg, ck, store, backend, progress, summary))
+            floor = int(traces[0].meta.get("lens_tokens") or 0) if traces else 0
+            traces.append(_analyze_stage(cfg, ck, store, backend, progress, summary, floor))
         comparison = _compare_stage(cfg, traces, summary) if len(traces) >= 2 else None
         with summary.timed("report", "all"):
             from spinal.analyze.report import write_report
@@ -167,8 +168,9 @@ def _capture_stage(cfg: RunConfig, ck, backend: Backend, progress: Progress | No
 
 
 def _analyze_stage(cfg: RunConfig, ck, store: str, backend: Backend, progress: Progress | None,
-                   summary: RunSummary):
-    """The checkpoint's trace: reused when whole, else analyzed from its store."""
+                   summary: RunSummary, lens_floor: int = 0):
+    """The checkpoint's trace: reused when whole, else analyzed from its store, its lens subsample at least
+    ``lens_floor`` tokens (the reference's, so the checkpoints' L are read on the same tokens)."""
     from spinal.analyze.trace import analyze
 
     tdir = cfg.trace_path(ck)
@@ -178,7 +180,7 @@ def _analyze_stage(cfg: RunConfig, ck, store: str, backend: Backend, progress: P
         return reused
     with summary.timed("analyze", ck.label) as detail:
         tr = analyze(cfg.analyze_config(store, tdir, overwrite=True), progress=_bar(progress, "analyze", ck.label),
-                     label=ck.label, submit=backend.submit)
+                     label=ck.label, submit=backend.submit, lens_floor=lens_floor)
         tr.save(tdir, overwrite=True)
         detail.append(f"path length {tr.meta['path_length']:.4g}")
     return tr

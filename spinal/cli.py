@@ -196,9 +196,17 @@ def analyze(
     err.print(
         f"trace of {trace.meta['n_tokens']:,} tokens × {len(t)} layers written to {cfg.out} "
         f"({trace.meta['seconds']:.1f} s); path length {trace.meta['path_length']:.4g}, "
-        f"straightness {trace.meta['straightness']:.3g}; {bad} layer(s) with fit status other than ok",
+        f"straightness {trace.meta['straightness']:.3g}; {bad} layer(s) with fit status other than ok; "
+        f"{_lens_line(trace.meta)}",
         highlight=False,
     )
+
+
+def _lens_line(m: dict) -> str:
+    """How many tokens the lens read, and why that many."""
+    n, pilot, p = m["lens_tokens"], m.get("lens_pilot", m["lens_tokens"]), m["L_precision"]
+    grown = f", grown from a {pilot:,}-token pilot in {m['lens_rounds']} round(s)" if n > pilot else ""
+    return f"L read on {n:,} tokens{grown}, precision {100 * p:.2f} % of the L curve's spread"
 
 
 @app.command()

@@ -92,7 +92,11 @@ class AnalyzeConfig:
     seed: int = option("seed of the bootstrap draws and the lens token subsample", 0)
     lens_tokens: int = option("tokens for the transport pass (seeded subsample; 0 = all). 12288 keep each step's "
                               "mean L within 1 % of the L curve's spread on the reference family (8192 left 1.1 %); "
-                              "trace.json L_precision says what a run got, with a warning above 1 %", 12288)
+                              "trace.json L_precision says what a run got", 12288)
+    lens_precision: float = option(
+        "grow the lens subsample beyond --lens-tokens (the pilot) until every step's mean L is uncertain by at most "
+        "this share of the L curve's spread (standard error over the SD of the step means; ≤ 3 rounds, each ≤ 4× "
+        "the last, from the remaining tokens in a seeded order); 0 = exactly --lens-tokens", 0.01)
     companion_tokens: int = option(
         "tokens (a seeded subset of the lens tokens) for the companions JS, KL to final and entropy, whose "
         "cancellation-free float32 forms cost ~4× the Fisher–Rao step; 0 = every lens token", 4096)
@@ -107,6 +111,9 @@ class AnalyzeConfig:
         for name in ("n_boot", "null_splits", "lens_tokens", "companion_tokens", "workers"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
+        if not 0 <= self.lens_precision < 1:
+            raise InputError(f"lens_precision={self.lens_precision}; give a share in [0, 1), e.g. 0.01 for 1 % "
+                             "of the L curve's spread, or 0 for exactly --lens-tokens")
         parse_window(self.window)
 
 

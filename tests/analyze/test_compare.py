@@ -260,3 +260,18 @@ def test_an_older_comparison_shows_its_flag_as_the_method_wording(traces, tmp_pa
     assert not back["destabilized"].any() and back.loc["again", "method_rule"]
     assert back.loc["again", "method_reason"] == "terminal L rose 0.02 above its lowest"
     assert back.loc["again", "reason"].startswith("not computed: this comparison predates the jump rule")
+
+
+def test_traces_read_on_different_lens_sizes_are_compared_with_a_warning_and_both_sizes_recorded(traces, caplog):
+    """Nested lens subsamples of one seeded order stay paired by sequence: compare goes on, says so, records both."""
+    base = traces["base"]
+    other = Trace(traces["other"].table, {**traces["other"].meta, "lens_tokens": base.meta["lens_tokens"] + 7},
+                  traces["other"].boot, traces["other"].seq_L, traces["other"].spectra)
+    with caplog.at_level("WARNING"):
+        c = compare([base, other], CompareConfig(n_boot=50))
+    assert "different numbers of lens tokens" in caplog.text
+    assert c.meta["lens_tokens"] == [base.meta["lens_tokens"], base.meta["lens_tokens"] + 7]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        compare([base, traces["other"]], CompareConfig(n_boot=50))
+    assert "lens tokens" not in caplog.text

@@ -105,7 +105,8 @@ def test_save_load_round_trip_and_recorded_options(trace, tmp_path):
 
 
 def test_lens_token_subsample_is_seeded_and_recorded(store, tmp_path):
-    cfg = dict(store=store[0], out=str(tmp_path / "x"), n_boot=0, workers=1, lens_tokens=300, null_splits=0)
+    cfg = dict(store=store[0], out=str(tmp_path / "x"), n_boot=0, workers=1, lens_tokens=300, null_splits=0,
+               lens_precision=0)  # exactly lens_tokens
     a = analyze(AnalyzeConfig(**cfg))
     b = analyze(AnalyzeConfig(**cfg))
     assert a.meta["lens_tokens"] == 300
@@ -203,3 +204,52 @@ def test_lens_split_by_token_ranges_equals_one_pass(store, n_sub):
         np.testing.assert_array_equal(a, b)
     for key in whole.sums:
         np.testing.assert_allclose(merged.sums[key], whole.sums[key], rtol=1e-6)  # float32 chunk sums, regrouped
+
+
+def _mean_L(store_path, rows, layers):
+    """Mean L per step over exactly ``rows`` (flat token indices), by the lens pass on that explicit subsample."""
+    from spinal.analyze.lens_pass import lens_pass
+
+    part = lens_pass(store_path, (0, int(rows.max()) + 1), layers, chunk_mib=64, subsample=np.sort(rows))
+    return np.array([float(np.mean(x, dtype=np.float64)) for x in part.steps_L])
+
+
+def test_the_lens_subsample_grows_from_its_pilot_until_the_precision_target_holds(store, tmp_path, caplog):
+    """The pilot (lens_tokens) misses a target that a larger subsample meets: the trace grows it, by a prefix of
+    the other tokens in the seeded extension order, reads L on exactly pilot ∪ prefix, and records what it did."""
+    from spinal.analyze.lens_pass import extension_order, token_subsample
+    from spinal.analyze.seeds import Purpose
+
+    cfg = dict(store=store[0], out=str(tmp_path / "g"), n_boot=0, workers=1, lens_tokens=300, null_splits=0)
+    pilot = analyze(AnalyzeConfig(**cfg, lens_precision=0))
+    p0 = pilot.meta["L_precision"]
+    target = round(0.7 * p0, 4)  # the pilot's precision misses it; √2–4× the tokens should meet it
+    grown = analyze(AnalyzeConfig(**cfg, lens_precision=target))
+    m, n_all = grown.meta, grown.meta["n_tokens"]
+    assert (m["lens_pilot"], m["L_precision_target"]) == (300, target) and m["lens_rounds"] >= 1
+    assert 300 < m["lens_tokens"] < n_all and m["L_precision"] <= target
+    s = Store.open(store[0])
+    sub = token_subsample(s, 300, 0)
+    rows = np.concatenate([sub, extension_order(s, sub, 0)[: m["lens_tokens"] - 300]])
+    np.testing.assert_allclose(grown.table["L_mean"].to_numpy()[:-1], _mean_L(store[0], rows, m["layers"]),
+                               rtol=1e-6)
+    assert np.unique(rows).size == rows.size and Purpose.LENS_EXTENSION == 9  # recorded history: never renumbered
+    assert m["companion_tokens"] == pilot.meta["companion_tokens"] == 300  # companions stay the pilot's
+    np.testing.assert_array_equal(grown.table["js"], pilot.table["js"])
+
+    # a floor (what `spinal run` passes from its reference) reads the same tokens, nested in one order
+    floored = analyze(AnalyzeConfig(**cfg, lens_precision=0), lens_floor=m["lens_tokens"])
+    assert floored.meta["lens_tokens"] == m["lens_tokens"] and floored.meta["lens_floor"] == m["lens_tokens"]
+    np.testing.assert_array_equal(floored.table["L_mean"], grown.table["L_mean"])
+
+    # a target no subsample of these prompts reaches: every token is used, and the warning says why
+    with caplog.at_level("WARNING"):
+        every = analyze(AnalyzeConfig(**cfg, lens_precision=1e-6, companion_tokens=0))
+    assert every.meta["lens_tokens"] == n_all and every.meta["companion_tokens"] == n_all
+    assert "more prompts, not more tokens" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.0, float("nan")])
+def test_a_precision_target_outside_0_1_is_refused(bad):
+    with pytest.raises(InputError, match="lens_precision"):
+        AnalyzeConfig(store="s", out="t", lens_precision=bad)

@@ -83,9 +83,14 @@ def test_missing_checkpoint_is_refused_before_any_work(tmp_path, checkpoint):
 def test_run_end_to_end_then_resume_reuses_everything(tmp_path, checkpoint):
     f = _config(tmp_path, {"base": checkpoint("llama"), "tuned": checkpoint("llama", seed=1),
                            "tuned2": checkpoint("llama", seed=2)})
+    f.write_text(f.read_text().replace("workers = 1\n", "workers = 1\nlens_tokens = 200\n"))  # a pilot that grows
     r = runner.invoke(app, ["run", str(f), "--no-progress"])
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
+    metas = [json.loads((out / "traces" / k / "trace.json").read_text()) for k in ("base", "tuned", "tuned2")]
+    assert metas[0]["lens_pilot"] == 200 and metas[0]["lens_floor"] == 0
+    for m in metas[1:]:  # every checkpoint's L is read on at least the reference's tokens (nested in one order)
+        assert m["lens_floor"] == metas[0]["lens_tokens"] <= m["lens_tokens"]
     summary = json.loads((out / "summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == ["capture", "analyze"] * 3 + ["compare", "report"]
     cmp = pd.read_csv(out / "compare" / "compare.csv")
