@@ -148,3 +148,20 @@ def test_the_audit_config_names_the_base_then_every_shipped_adapter_in_training_
     assert all(Path(c.path).name == GGUF.name for c in cfg.checkpoints) and cfg.checkpoints[0].adapter is None
     assert [Path(c.adapter) for c in cfg.checkpoints[1:]] == [SHIPPED / "adapters" / c.label for c in cfg.checkpoints[1:]]
     assert Path(cfg.prompts) == SHIPPED / "prompts" / "audit.jsonl" and cfg.capture.chat_template
+
+
+def test_the_two_process_evaluation_gives_the_serial_figures(base):
+    """The regeneration measures the later adapters in a second process (its own base): every figure, reply and
+    reward equals what one process measuring them in turn gives."""
+    _, splits = R.read_data(R.DATA)
+    names = ["dpo-step0008", "dpo-overtrained"]
+
+    def run(parallel: bool) -> list[dict]:
+        rep = E.evaluate(copy.deepcopy(base.model), base.tokenizer, splits, SHIPPED / "adapters", names, R.SHORT, {},
+                         parallel=parallel)
+        return [{k: v for k, v in c.items() if k != "wall_s"} for c in rep["checkpoints"]]
+
+    serial, parallel = run(False), run(True)
+    assert [c["name"] for c in parallel] == ["base", *names]
+    assert parallel == serial
+    assert parallel[2]["replies"] != parallel[0]["replies"] and parallel[2]["reward_margin"] != 0  # adapters applied
