@@ -145,6 +145,10 @@ def from_run(path: str, notes: list[str] | None = None) -> dict[str, Any]:
               "seq_len": c.max_length, "unit_tokens": c.unit_tokens, "lens_tokens": a.lens_tokens, "blocks": a.blocks}
     if run.cluster.gpus_per_replica > 0:
         values["gpus_per_replica"] = run.cluster.gpus_per_replica
+    adapters = [ck.label for ck in run.checkpoints if ck.adapter]
+    if adapters and notes is not None:  # merged into the base in memory before capture: the base's shape and cost
+        notes.append(f"{path}: {len(adapters)} checkpoint(s) ({', '.join(adapters)}) add a LoRA adapter to their base; "
+                     "it is merged in memory before capture, so each costs what its base costs, planned here")
     if "://" not in values["model"] and not Path(values["model"]).exists():
         from spinal.cluster.presets import find_preset
 

@@ -328,6 +328,10 @@ def test_a_run_config_is_planned_with_its_own_settings(tmp_path, checkpoint):
     assert "/shared/models/Meta-Llama-3-70B is not on this machine; planned as the preset " \
            "meta-llama/Meta-Llama-3-70B" in r.stderr
     assert r.stdout.startswith("spinal plan: Meta-Llama-3-70B (preset meta-llama/Meta-Llama-3-70B)")
+    f.write_text(f.read_text() + f'[[checkpoints]]\nlabel = "tuned"\npath = "{ck}"\nadapter = "lora-folder"\n')
+    r = CliRunner().invoke(app, ["plan", str(f)])  # an adapter is merged into its base: the base's plan, said so
+    assert r.exit_code == 0, r.output
+    assert "1 checkpoint(s) (tuned) add a LoRA adapter" in r.stderr and "costs what its base costs" in r.stderr
     f.write_text(f.read_text().replace(str(ck), "/nowhere/my-own-model"))
     r = CliRunner().invoke(app, ["plan", str(f)])
     assert r.exit_code == 2 and "/nowhere/my-own-model is not on this machine" in r.stderr
