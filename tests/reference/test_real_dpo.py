@@ -153,11 +153,13 @@ def test_the_audit_config_names_the_base_then_every_shipped_adapter_in_training_
 def test_the_two_process_evaluation_gives_the_serial_figures(base):
     """The regeneration measures the later adapters in a second process (its own base): every figure, reply and
     reward equals what one process measuring them in turn gives."""
+    from dataclasses import replace
+
     _, splits = R.read_data(R.DATA)
-    names = ["dpo-step0008", "dpo-overtrained"]
+    names, cfg = ["dpo-step0008", "dpo-overtrained"], replace(R.SHORT, n_eval=1, max_new_tokens=4)
 
     def run(parallel: bool) -> list[dict]:
-        rep = E.evaluate(copy.deepcopy(base.model), base.tokenizer, splits, SHIPPED / "adapters", names, R.SHORT, {},
+        rep = E.evaluate(copy.deepcopy(base.model), base.tokenizer, splits, SHIPPED / "adapters", names, cfg, {},
                          parallel=parallel)
         return [{k: v for k, v in c.items() if k != "wall_s"} for c in rep["checkpoints"]]
 
