@@ -70,7 +70,7 @@ def cross_readout_layer(store_a: str, store_b: str, layer: int, rows: np.ndarray
     lens_a = a.lens()
     lens_b = lens_a if same_lens else b.lens()
     ia, ib = a.layer_index(layer), b.layer_index(layer)
-    chunk = max(1, (chunk_mib << 20) // (4 * lens_a.vocab * 4))  # four (chunk, vocab) float32 live at once
+    chunk = lens_a.chunk_tokens(chunk_mib, 4)  # four (chunk, vocab) float32 live at once
     sums = np.zeros(3)
     nb = len(EDGES)
     by_bin, n_bin = np.zeros(nb), np.zeros(nb)

@@ -149,7 +149,7 @@ def lens_pass(store_path: str, token_range: tuple[int, int], layers: list[int], 
         rows_all = lo + np.flatnonzero(seq_all[lo:hi] >= 0)
     else:
         rows_all = subsample[(subsample >= lo) & (subsample < hi)]
-    chunk = max(1, (chunk_mib << 20) // (4 * lens.vocab * 3))  # three (chunk, vocab) float32 buffers, reused
+    chunk = lens.chunk_tokens(chunk_mib, 3)  # three (chunk, vocab) float32 buffers, reused
     k = min(chunk, rows_all.size)
     bufs = [torch.empty(k, lens.vocab) for _ in range(3)] if k else []
     steps = [[] for _ in range(len(layers) - 1)]

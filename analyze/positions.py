@@ -61,7 +61,7 @@ def final_shift(store_a: str, store_b: str, rows: np.ndarray, chunk_mib: int = 2
     lens_a, lens_b = a.lens(), b.lens()
     layer = a.layers[-1]
     ia, ib = a.layer_index(layer), b.layer_index(layer)
-    chunk = max(1, (chunk_mib << 20) // (3 * lens_a.vocab * 4))
+    chunk = lens_a.chunk_tokens(chunk_mib, 3)
     kl = np.empty(rows.size, dtype=np.float64)
     shifted = np.empty(rows.size, dtype=bool)
     for start in range(0, rows.size, chunk):

@@ -100,7 +100,8 @@ class AnalyzeConfig:
     companion_tokens: int = option(
         "tokens (a seeded subset of the lens tokens) for the companions JS, KL to final and entropy, whose "
         "cancellation-free float32 forms cost ~4× the Fisher–Rao step; 0 = every lens token", 4096)
-    chunk_mib: int = option("memory budget of one lens chunk (token × vocab float32), MiB", 256)
+    chunk_mib: int = option("memory budget of one lens chunk (token × vocab float32), MiB; a chunk holds at most "
+                            "512 tokens, which keeps small vocabularies near the caches", 256)
     workers: int = option("processes for the per-layer and lens tasks (0 = one per core)", 0)
     overwrite: bool = option("replace an existing trace folder", False)
 

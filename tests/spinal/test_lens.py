@@ -55,3 +55,16 @@ def test_sqrt_probs_and_row_log_probs_equal_float64_log_softmax(kind):
     np.testing.assert_allclose(lens.log_probs(h).numpy(), ref, rtol=1e-5, atol=2e-5)
     again, none = lens.sqrt_probs(h)
     assert none is None and torch.equal(again, root)
+
+
+def test_lens_chunks_are_capped_near_the_caches_and_bounded_by_the_memory_budget():
+    """Small vocabularies get CHUNK_TOKENS rows (scratch buffers near the caches), large ones what the budget
+    allows: three (chunk, vocab) float32 buffers within chunk_mib."""
+    from spinal.lens import CHUNK_TOKENS
+
+    def lens(vocab):
+        return Lens(LensSpec(norm="none"), torch.zeros(vocab, 4))
+
+    assert lens(3072).chunk_tokens(256, 3) == CHUNK_TOKENS == 512
+    assert lens(128256).chunk_tokens(256, 3) == (256 << 20) // (4 * 128256 * 3) == 174
+    assert lens(3072).chunk_tokens(1, 3) == 28 and lens(10**9).chunk_tokens(1, 3) == 1
