@@ -37,12 +37,17 @@ def run_tasks(tasks: list[Task], workers: int, progress: Progress | None = None)
             if progress:
                 progress(k, len(tasks))
     except BaseException:  # Ctrl-C or a failed task: stop the other workers now, not after their tasks
-        for proc in list((ex._processes or {}).values()):
-            proc.terminate()
-        ex.shutdown(wait=False, cancel_futures=True)
+        stop_now(ex)
         raise
     ex.shutdown()
     return out
+
+
+def stop_now(ex: cf.ProcessPoolExecutor) -> None:
+    """End a process pool's workers at once (their running tasks too) and drop the queued ones."""
+    for proc in list((ex._processes or {}).values()):
+        proc.terminate()
+    ex.shutdown(wait=False, cancel_futures=True)
 
 
 def _one_thread() -> None:

@@ -201,7 +201,7 @@ def _grow_lens(cfg: AnalyzeConfig, store: Store, layers: list[int], sub: np.ndar
         return state["lens"].steps_L, state["lens"].seq
 
     target = cfg.lens_precision if cfg.lens_precision > 0 else math.inf
-    n, _, rounds = grow(measure, sub.size, sub.size + rest.size, int(store.meta["n_sequences"]), target,
+    _, _, rounds = grow(measure, sub.size, sub.size + rest.size, int(store.meta["n_sequences"]), target,
                         rounds=LENS_ROUNDS, floor=floor)
     return state["lens"], {"pilot": int(sub.size), "rounds": rounds, "floor": floor}
 

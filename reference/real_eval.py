@@ -16,6 +16,7 @@ import torch
 
 from . import real_data as D
 from . import real_dpo as R
+from spinal.analyze.pool import stop_now
 from spinal.outputs import cpu_model
 
 EXAMPLES = 3  # held-out prompts of each kind whose replies EVAL.md shows for every checkpoint
@@ -118,9 +119,7 @@ def evaluate(pm_base, tok, splits, adapters: Path, names: list[str], cfg, record
         measured = _measure_adapters(pm, tok, splits, adapters, names[:split], cfg) + (later.result() if later else [])
     except BaseException:  # Ctrl-C or a failure here: stop the second process now, not after its checkpoints
         if ex:
-            for proc in list((ex._processes or {}).values()):
-                proc.terminate()
-            ex.shutdown(wait=False, cancel_futures=True)
+            stop_now(ex)
         raise
     if ex:
         ex.shutdown()
