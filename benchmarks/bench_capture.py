@@ -27,6 +27,7 @@ from common import PRINT_PEAK_RSS, child_peak_rss_mib, gpt2_small, llama_50m, ma
 from spinal.capture.discover import discover  # noqa: E402
 
 HERE = Path(__file__).parent
+SPINAL_CODECS = ("zstd-1", "crc32c")
 
 
 def _batches(ckpt: Path, prompts: Path, batch: int):
@@ -138,14 +139,15 @@ def describe(diffs: list[float]) -> str:
     return f"max abs diff {max(diffs):.2g} (layers {[i for i, d in enumerate(diffs) if d]})"
 
 
-def time_spinal(ckpt: Path, prompts: Path, out: Path, batch: int, model, tok) -> tuple[float, int]:
+def time_spinal(ckpt: Path, prompts: Path, out: Path, batch: int, model, tok, codec: str = "zstd-1") -> tuple[float, int]:
     from spinal.capture import capture
     from spinal.capture.load import Loaded
     from spinal.config import CaptureConfig
 
     source = {"model": str(ckpt), "weights_fingerprint": "bench", "tokenizer": {"fingerprint": "bench"},
               "architecture": type(model).__name__}
-    cfg = CaptureConfig(model=str(ckpt), prompts=str(prompts), out=str(out), batch_size=batch, overwrite=True)
+    cfg = CaptureConfig(model=str(ckpt), prompts=str(prompts), out=str(out), batch_size=batch, overwrite=True,
+                        codec=codec)
     t = time.perf_counter()
     capture(cfg, loaded=Loaded(model, tok, source))
     dt = time.perf_counter() - t
@@ -182,7 +184,9 @@ def main(argv=None) -> dict:
     # speed drifts over a run, and a floor caught in a slow spell would flatter everyone's ratio.
     bare_runs = [time_forward(model, batches, base=False)]
     base_runs = [time_forward(model, batches, base=True)]
-    spinal_s, spinal_bytes = time_spinal(ckpt, prompts, work / "spinal.zarr", args.batch, model, tok)
+    # SPINAL's captures are timed twice too, next to the floors' runs, and the faster kept, as for the floors
+    spinal_runs = {c: [time_spinal(ckpt, prompts, work / f"spinal-{c}.zarr", args.batch, model, tok, c)]
+                   for c in SPINAL_CODECS}
     hf_s, hf_bytes = time_hf_save(model, batches, work / "hf-npy")
     from transformers import AutoModelForCausalLM
 
@@ -191,8 +195,12 @@ def main(argv=None) -> dict:
     nn_s, nn_bytes = time_nnsight(fresh(), tok, batches, work / "nnsight-npy")
     bare_runs.append(time_forward(model, batches, base=False))
     base_runs.append(time_forward(model, batches, base=True))
+    for c in SPINAL_CODECS:
+        spinal_runs[c].append(time_spinal(ckpt, prompts, work / f"spinal-{c}.zarr", args.batch, model, tok, c))
     bare, base = min(bare_runs), min(base_runs)
-    exact = {name: describe(max_abs_diff(work / d, work / "spinal.zarr"))
+    spinal_s, spinal_bytes = min(spinal_runs["zstd-1"])
+    crc_s, crc_bytes = min(spinal_runs["crc32c"])
+    exact = {name: describe(max_abs_diff(work / d, work / "spinal-zstd-1.zarr"))
              for name, d in (("hf_hidden_states_npy", "hf-npy"), ("transformerlens_npy", "tl-npy"),
                              ("nnsight_npy", "nnsight-npy"))}
     prompts2 = write_prompts(work / "prompts2.jsonl", 2 * args.prompts, args.length, seed=1)
@@ -203,12 +211,16 @@ def main(argv=None) -> dict:
         "architecture": type(model).__name__, "layers_stored": len(discover(model).blocks) + 1,
         "prompts": args.prompts, "seq_len": args.length, "batch": args.batch, "stored_tokens": stored,
         "floor_runs_seconds": {"bare_forward": bare_runs, "base_forward": base_runs},
-        "seconds": {"bare_forward": bare, "base_forward": base, "spinal_capture": spinal_s,
+        "spinal_runs_seconds": {c: [t for t, _ in runs] for c, runs in spinal_runs.items()},
+        "seconds": {"bare_forward": bare, "base_forward": base, "spinal_capture": spinal_s, "spinal_capture_crc32c": crc_s,
                     "hf_hidden_states_npy": hf_s, "transformerlens_npy": tl_s, "nnsight_npy": nn_s},
-        "ratio_to_bare_forward": {"spinal_capture": bare / spinal_s, "hf_hidden_states_npy": bare / hf_s,
+        "ratio_to_base_forward": {"spinal_capture": base / spinal_s, "spinal_capture_crc32c": base / crc_s},
+        "ratio_to_bare_forward": {"spinal_capture": bare / spinal_s, "spinal_capture_crc32c": bare / crc_s,
+                                  "hf_hidden_states_npy": bare / hf_s,
                                   "transformerlens_npy": bare / tl_s, "nnsight_npy": bare / nn_s,
                                   "base_forward": bare / base},
-        "bytes_on_disk": {"spinal_capture": spinal_bytes, "hf_hidden_states_npy": hf_bytes,
+        "bytes_on_disk": {"spinal_capture": spinal_bytes, "spinal_capture_crc32c": crc_bytes,
+                          "hf_hidden_states_npy": hf_bytes,
                           "transformerlens_npy": tl_bytes, "nnsight_npy": nn_bytes},
         "peak_rss_mib": {f"{args.prompts} prompts": mem1, f"{2 * args.prompts} prompts": mem2},
         "agreement_with_spinal_store": exact,
@@ -228,21 +240,24 @@ def render(r: dict) -> str:
         f"{r['prompts']} prompts × {r['seq_len']} tokens, batch {r['batch']}, float32, "
         f"{r['machine']['cores']} cores (`python benchmarks/bench_capture.py --model {r.get('model', 'llama-50m')}`):",
         "",
-        "| method | seconds | tokens/s | throughput × bare forward | bytes on disk | persisted copy |",
-        "|---|---:|---:|---:|---:|---|",
-        f"| bare forward (causal LM, nothing kept; faster of a run before and after the tools) | {s['bare_forward']:.2f} | {tok / s['bare_forward']:,.0f} | 1.00 | – | – |",
-        f"| bare forward, base model only (no vocab head; what SPINAL runs) | {s['base_forward']:.2f} | "
-        f"{tok / s['base_forward']:,.0f} | {rt['base_forward']:.2f} | – | – |",
-        f"| spinal capture (lossless Zarr, zstd + crc32c) | {s['spinal_capture']:.2f} | {tok / s['spinal_capture']:,.0f} | "
-        f"{rt['spinal_capture']:.2f} | {b['spinal_capture'] / 2**20:,.1f} MiB (+ lens) | bit-exact, pre-norm last "
-        "layer, stored positions only |",
+        "| method | seconds | tokens/s | throughput × bare forward | × base-model forward | bytes on disk | persisted copy |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        f"| bare forward (causal LM, nothing kept; faster of a run before and after the tools) | {s['bare_forward']:.2f} | {tok / s['bare_forward']:,.0f} | 1.00 | – | – | – |",
+        f"| bare forward, base model only (no vocab head; what SPINAL runs; faster of two runs) | {s['base_forward']:.2f} | "
+        f"{tok / s['base_forward']:,.0f} | {rt['base_forward']:.2f} | 1.00 | – | – |",
     ]
+    rb = r.get("ratio_to_base_forward", {})
+    for key, name in (("spinal_capture", "**spinal capture** (default `--codec zstd-1`: lossless Zarr, zstd + crc32c)"),
+                      ("spinal_capture_crc32c", "**spinal capture**, `--codec crc32c` (checksum only, no compression)")):
+        if key in s:
+            rows.append(f"| {name} | {s[key]:.2f} | {tok / s[key]:,.0f} | {rt[key]:.2f} | {rb.get(key, float('nan')):.2f} | "
+                        f"{b[key] / 2**20:,.1f} MiB (+ lens) | bit-exact, pre-norm last layer, stored positions only |")
     ex = r["agreement_with_spinal_store"]
     for key, name in (("hf_hidden_states_npy", "HF `output_hidden_states` + `np.save`"),
                       ("transformerlens_npy", "TransformerLens `run_with_cache` (resid only) + `np.save`"),
                       ("nnsight_npy", "nnsight `trace` + `.save()` + `np.save`")):
-        rows.append(f"| {name} | {s[key]:.2f} | {tok / s[key]:,.0f} | {rt[key]:.2f} | {b[key] / 2**20:,.1f} MiB | "
-                    f"vs SPINAL's store: {ex[key]}; padding kept |")
+        rows.append(f"| {name} | {s[key]:.2f} | {tok / s[key]:,.0f} | {rt[key]:.2f} | {s['base_forward'] / s[key]:.2f} | "
+                    f"{b[key] / 2**20:,.1f} MiB | vs SPINAL's store: {ex[key]}; padding kept |")
     rows += [
         "",
         f"Peak RSS of a capture process: {mem[0][1]:,.0f} MiB at {mem[0][0]}, {mem[1][1]:,.0f} MiB at {mem[1][0]}.",

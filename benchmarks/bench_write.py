@@ -11,9 +11,11 @@ exponents compress differently.
 
 - Codec table: every codec of spinal/codecs.py on the store's own chunks, one thread, through numcodecs (what
   zarr calls): compressed/raw, encode and decode MB/s of raw bytes, the crc32c included.
-- Writer table: `Store.write_unit` (the production path: zarr shards, codec, checksum, files) writing the unit
-  into a fresh store, in a fresh process per zarr thread count 1 … cores (`threading.max_workers`), GiB/s of raw
-  bytes, best of 3; scaling = GiB/s at n threads / (n × GiB/s at 1).
+- Writer table: `Store.write_unit` (the production path: spinal/shards.py encodes each shard with the array's
+  own codecs and writes it with one writev, in a pool of n threads, as `capture --write-threads n` does) writing
+  the unit into a fresh store, beside zarr's own write pipeline on the same unit (`array[...] = block`, zarr's
+  `threading.max_workers` = n): a fresh process per writer and thread count 1 … cores, GiB/s of raw bytes, best
+  of 3; scaling = GiB/s at n threads / (n × GiB/s at 1).
 - ``--write-rates``: store the default codec's per-core write rate in cluster/write_rates.json, which the planner
   prices capture with.
 """
@@ -116,6 +118,7 @@ def codec_table(stored: np.ndarray, t_chunk: int) -> dict:
 
 WRITER = """
 import json, sys, time, tempfile, shutil, numpy as np, zarr
+from concurrent.futures import ThreadPoolExecutor
 zarr.config.set({{"threading.max_workers": {threads}}})
 sys.path.insert(0, {root!r})
 from spinal.create import create_store
@@ -135,17 +138,27 @@ for rep in range(3):
     unit = layout.units[0]
     padded = np.zeros((n_layer, unit.token_stop - unit.token_start, dim), block.dtype)  # as a capture pads it
     padded[:, :n_tok] = block
+    pool = ThreadPoolExecutor({threads}) if {threads} > 1 else None
     t = time.perf_counter()
-    s.write_unit(unit, padded)
+    if {how!r} == "spinal":
+        s.write_unit(unit, padded, pool)
+    else:
+        s.hidden.with_config({{"write_empty_chunks": True}})[:, unit.token_start : unit.token_stop, :] = padded
     times.append(time.perf_counter() - t)
+    if pool is not None:
+        pool.shutdown()
     shutil.rmtree(d)
 print(json.dumps([min(times), int(padded.nbytes)]))
 """
 
 
-def writer_gib_s(npy: Path, dtype: str, codec: str, threads: int, t_chunk: int, t_shard: int, tmp: str) -> float:
+WRITERS = ("spinal", "zarr")
+
+
+def writer_gib_s(npy: Path, dtype: str, codec: str, threads: int, t_chunk: int, t_shard: int, tmp: str,
+                 how: str = "spinal") -> float:
     code = WRITER.format(threads=threads, root=str(ROOT), npy=str(npy), tmp=tmp, t_chunk=t_chunk, t_shard=t_shard,
-                         dtype=dtype, codec=codec)
+                         dtype=dtype, codec=codec, how=how)
     out, _ = run_child(code)
     seconds, nbytes = json.loads(out)
     return nbytes / seconds / 2**30
@@ -177,7 +190,7 @@ def measure(store_path: str, tokens: int) -> dict:
     valid_tokens = int((Store.open(store_path).group["tokens/sequence"][:] >= 0).sum())
     cores = os.cpu_count() or 1
     res = {"benchmark": "write", "machine": machine(), "store": store_path, "block_shape": list(block.shape), "valid_tokens": valid_tokens,
-           "codecs": {}, "writer": {}, "floor": {}}
+           "codecs": {}, "writer": {}, "zarr_writer": {}, "floor": {}}
     with tempfile.TemporaryDirectory(dir=ROOT / "out" if (ROOT / "out").exists() else None) as tmp:
         for dtype in DTYPES:
             stored = as_stored(block, dtype)
@@ -188,11 +201,12 @@ def measure(store_path: str, tokens: int) -> dict:
             res["floor"][dtype] = floor_gib_s(stored, tmp)
             npy = Path(tmp) / f"{dtype}.npy"
             np.save(npy, stored)
-            res["writer"][dtype] = {}
+            res["writer"][dtype], res["zarr_writer"][dtype] = {}, {}
             for name in CODECS:
-                print(f"[{dtype}] writer {name}, 1…{cores} threads …", file=sys.stderr)
-                res["writer"][dtype][name] = {str(n): writer_gib_s(npy, dtype, name, n, t_chunk, t_shard, tmp)
-                                              for n in range(1, cores + 1)}
+                print(f"[{dtype}] writers {name}, 1…{cores} threads …", file=sys.stderr)
+                for key, how in (("writer", "spinal"), ("zarr_writer", "zarr")):
+                    res[key][dtype][name] = {str(n): writer_gib_s(npy, dtype, name, n, t_chunk, t_shard, tmp, how)
+                                             for n in range(1, cores + 1)}
     return res
 
 
@@ -207,14 +221,16 @@ def table(res: dict) -> str:
         lines += [f"**{dtype}** (floor on this machine: memcpy {fl['memcpy']:.1f} GiB/s, plain file write "
                   f"{fl['file_write']:.1f} GiB/s)", "",
                   "| codec | stored / raw | encode MB/s (1 thread) | decode MB/s (1 thread) | "
-                  + " | ".join(f"writer GiB/s, {n} thr" for n in range(1, cores + 1))
-                  + f" | scaling at {cores} | writer per core / codec |",
-                  "|---|---:|---:|---:|" + "---:|" * cores + "---:|---:|"]
+                  + " | ".join(f"zarr's writer GiB/s, {n} thr" for n in range(1, cores + 1)) + " | "
+                  + " | ".join(f"**SPINAL writer** GiB/s, {n} thr" for n in range(1, cores + 1))
+                  + f" | SPINAL scaling at {cores} | SPINAL per core / codec |",
+                  "|---|---:|---:|---:|" + "---:|" * (2 * cores) + "---:|---:|"]
         for name, c in res["codecs"][dtype].items():
-            w = res["writer"][dtype][name]
+            w, z = res["writer"][dtype][name], res["zarr_writer"][dtype][name]
             one, top = w["1"], w[str(cores)]
             lines.append(f"| {name} | {c['ratio']:.3f} | {c['encode_mb_s']:.0f} | {c['decode_mb_s']:.0f} | "
-                         + " | ".join(f"{w[str(n)]:.2f}" for n in range(1, cores + 1))
+                         + " | ".join(f"{z[str(n)]:.2f}" for n in range(1, cores + 1)) + " | "
+                         + " | ".join(f"**{w[str(n)]:.2f}**" for n in range(1, cores + 1))
                          + f" | {top / (cores * one):.0%} | {one * 2**30 / 1e6 / c['encode_mb_s']:.2f} |")
         lines.append("")
     return "\n".join(lines).rstrip()

@@ -19,7 +19,8 @@ class Recorder:
 
     Each hook keeps only the selected tokens: ``h.reshape(-1, dim)[flat_index]`` on the
     block's own device, then a non-blocking copy into pinned host memory when on GPU, so the
-    GPU never waits for the host.
+    GPU never waits for the host. On CPU, given ``into`` (per layer, a (token, dim) tensor: a view
+    of the unit's block), the selected rows are gathered straight into it: no copy of their own.
     """
 
     def __init__(self, blocks: nn.ModuleList, layers: Sequence[int], dim: int, arch: str):
@@ -27,6 +28,7 @@ class Recorder:
         self.out: dict[int, torch.Tensor] = {}
         self._index: torch.Tensor | None = None
         self._index_on: dict[torch.device, torch.Tensor] = {}
+        self._into: dict[int, torch.Tensor] = {}
         self._handles = []
         wanted = set(self.layers)
         if 0 in wanted:
@@ -35,10 +37,11 @@ class Recorder:
             if i in wanted:
                 self._handles.append(block.register_forward_hook(self._make_hook(i)))
 
-    def gather(self, flat_index: torch.Tensor) -> None:
+    def gather(self, flat_index: torch.Tensor, into: dict[int, torch.Tensor] | None = None) -> None:
         self.out = {}
         self._index = flat_index
         self._index_on = {}
+        self._into = into or {}
 
     def remove(self) -> None:
         for h in self._handles:
@@ -75,7 +78,12 @@ class Recorder:
         idx = self._index_on.get(h.device)
         if idx is None:
             idx = self._index_on[h.device] = self._index.to(h.device, non_blocking=True)
-        sel = h.reshape(-1, self.dim).index_select(0, idx)  # (token, dim) selected positions only
+        flat = h.reshape(-1, self.dim)
+        dest = self._into.get(layer)
+        if dest is not None and flat.device.type == "cpu" and dest.dtype == flat.dtype:
+            self.out[layer] = torch.index_select(flat, 0, idx, out=dest)  # (token, dim), into the unit's block
+            return
+        sel = flat.index_select(0, idx)  # (token, dim) selected positions only
         if sel.device.type != "cpu":
             host = torch.empty(sel.shape, dtype=sel.dtype, pin_memory=True)
             host.copy_(sel, non_blocking=True)

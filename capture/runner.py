@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,8 +68,12 @@ class Session:
     check: dict | None
     lock: StoreLock | None = None  # held by this session (None: a Ray replica under its driver's lock)
     lock_token: str | None = None  # a replica's: the driver's lock, checked before each unit is written
+    write_pool: ThreadPoolExecutor | None = None  # threads encoding and writing a unit's shards (None: one thread)
 
     def close(self) -> None:
+        if self.write_pool is not None:
+            self.write_pool.shutdown(wait=True)
+            self.write_pool = None
         if self.lock is not None:
             self.lock.release()
 
@@ -87,7 +92,7 @@ class Session:
             block = self.unit_capture.block(unit, rec)
         if self.lock_token is not None:
             check_token(self.store.path, self.lock_token)
-        write_unit(self.store, unit, block)
+        write_unit(self.store, unit, block, self.write_pool)
         return {"unit": index, "tokens": self.layout.stored_tokens(unit), "seconds": time.perf_counter() - t0}
 
 
@@ -185,7 +190,19 @@ def prepare(cfg: CaptureConfig, loaded: Loaded | None = None, lock_token: str | 
                     len(tokd.truncated), cfg.max_length)
     unit_capture = UnitCapture(loaded.model, loaded.tokenizer, tokd, layout, tuple(p.id for p in prompts.prompts),
                                tuple(store.layers), int(store.hidden.shape[2]), store.dtype, cfg.batch_size)
-    return Session(cfg, anatomy, store, unit_capture, store.meta.get("self_check"), lock, lock_token)
+    threads = write_threads(cfg.write_threads)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="spinal-shards") if threads > 1 else None
+    return Session(cfg, anatomy, store, unit_capture, store.meta.get("self_check"), lock, lock_token, pool)
+
+
+def write_threads(requested: int) -> int:
+    """Threads for a unit's shard writes: ``requested``, or with 0 one per core this process may run on."""
+    if requested:
+        return requested
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _bind(cfg: CaptureConfig, action: str, lock: StoreLock | None, create: Callable[[], Store], ident: dict,
@@ -277,12 +294,15 @@ def _run_units(session: Session, progress: Progress | None) -> CaptureResult:
     t0 = time.perf_counter()
     writing: Future | None = None
     # leaving the block, also on an error, waits for the write in flight
+    # two blocks in turn: one is filled while the other is written; unit i's buffer was unit i − 2's, whose write
+    # finished before unit i − 1's was handed over
+    buffers = [session.unit_capture.new_buffer() for _ in range(min(2, len(todo)))]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spinal-writer") as writer, session.recorder() as rec:
-        for unit in todo:
-            block = session.unit_capture.block(unit, rec)
+        for i, unit in enumerate(todo):
+            block = session.unit_capture.block(unit, rec, buffers[i % 2])
             if writing is not None:
                 writing.result()  # the previous unit's write has finished (or its error stops the run here)
-            writing = writer.submit(write_unit, store, unit, block)
+            writing = writer.submit(write_unit, store, unit, block, session.write_pool)
             finished += layout.stored_tokens(unit)
             if progress:
                 progress(finished, total)
@@ -293,10 +313,10 @@ def _run_units(session: Session, progress: Progress | None) -> CaptureResult:
                          session.check, sum(layout.stored_tokens(u) for u in todo))
 
 
-def write_unit(store: Store, unit: Unit, block: np.ndarray) -> None:
+def write_unit(store: Store, unit: Unit, block: np.ndarray, pool: ThreadPoolExecutor | None = None) -> None:
     """``Store.write_unit``, with a failed write said in one line naming the unit (disk full: resume later)."""
     try:
-        store.write_unit(unit, block)
+        store.write_unit(unit, block, pool)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise StoreError(

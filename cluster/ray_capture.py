@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from collections import deque
@@ -34,7 +36,9 @@ def capture_on_ray(cfg: CaptureConfig, cluster: ClusterConfig, progress: Callabl
         raise InputError(f"gpus_per_replica={gpus:g}, but the largest node has {nodes_gpus:g} GPUs; "
                          "a replica cannot span nodes")
     Actor = ray.remote(CaptureActor).options(num_gpus=gpus, num_cpus=cluster.cpus_per_replica, max_restarts=0)
-    actors = [Actor.remote(cfg.__dict__) for _ in range(cluster.replicas)]
+    # a replica's shard writes use the cores it reserves, not every core of its node (write_threads 0)
+    actor_cfg = dataclasses.replace(cfg, write_threads=cfg.write_threads or max(1, int(cluster.cpus_per_replica)))
+    actors = [Actor.remote(actor_cfg.__dict__) for _ in range(cluster.replicas)]
     try:
         return drive(cfg, actors, cluster.max_unit_retries, progress)
     finally:

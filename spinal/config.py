@@ -45,6 +45,8 @@ class CaptureConfig:
     codec: str = option("lossless codec of the stored activations, always checksummed (crc32c): zstd-1, zstd-3, "
                         "blosc-zstd-1-shuffle, blosc-lz4-shuffle, blosc-lz4-bitshuffle, or crc32c (no compression); "
                         "README 'Store writes' measures them. A resumed store keeps its own", DEFAULT_CODEC)
+    write_threads: int = option("threads that compress, checksum and write a unit's shards while the next unit "
+                                "runs (0: one per core this process may use)", 0)
     resume: bool = option("finish an interrupted store: redo exactly the units not marked done", False)
     overwrite: bool = option("replace an existing store at --out", False)
     trust_remote_code: bool = option("allow the checkpoint's own Python code (off: refused)", False)
@@ -57,6 +59,8 @@ class CaptureConfig:
         for name in ("batch_size", "unit_tokens"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 1")
+        if self.write_threads < 0:
+            raise InputError(f"write_threads={self.write_threads}; must be ≥ 0 (0: one per core)")
         if self.max_length < 2:
             raise InputError(f"max_length={self.max_length}; must be ≥ 2")
         if self.dtype not in DTYPES:

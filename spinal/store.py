@@ -21,6 +21,7 @@ shards are. Readers see done units and valid tokens only. The token layout is pl
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Executor
 from functools import cached_property
 from typing import Iterator
 
@@ -32,6 +33,7 @@ from spinal.errors import IntegrityError, StoreError, first_line
 from spinal.layout import Unit
 from spinal.lens import Lens, LensSpec
 from spinal.location import ATTR_KEY, location_state, root_meta
+from spinal.shards import ShardWriter
 from spinal.text import ranges
 
 FORMAT_VERSION = 1
@@ -185,14 +187,26 @@ class Store:
             )
         return out
 
-    def write_unit(self, unit: Unit, block: np.ndarray) -> None:
-        """Write a unit's whole shards (block: (layer, unit tokens, dim), storage dtype), then mark it done."""
+    @cached_property
+    def shard_writer(self) -> ShardWriter | None:
+        """SPINAL's own writer of ``hidden``'s shards (spinal/shards.py), or None where zarr writes them."""
+        return ShardWriter.for_array(self.hidden)
+
+    def write_unit(self, unit: Unit, block: np.ndarray, pool: Executor | None = None) -> None:
+        """Write a unit's whole shards (block: (layer, unit tokens, dim), storage dtype), then mark it done.
+
+        ``pool``: threads that encode and write the shards in parallel (None: this thread writes them one by one).
+        """
         expected = (len(self.layers), unit.token_stop - unit.token_start, self.hidden.shape[2])
         if block.shape != expected:
             raise StoreError(f"unit {unit.index}: block shape {block.shape}, expected {expected}")
-        # every chunk is written, none first compared with the fill value: a unit owns whole shards, so there is
-        # nothing to skip but padding, and the comparison cost a third of a checksum-only write (bench_write.py)
-        self.hidden.with_config({"write_empty_chunks": True})[:, unit.token_start : unit.token_stop, :] = block
+        if block.dtype != self.hidden.dtype:
+            raise StoreError(f"unit {unit.index}: block dtype {block.dtype}, the store holds {self.hidden.dtype}")
+        if self.shard_writer is not None:
+            self.shard_writer.write_block(unit.token_start, block, pool)
+        else:
+            # every chunk is written, none first compared with the fill value: a unit owns whole shards
+            self.hidden.with_config({"write_empty_chunks": True})[:, unit.token_start : unit.token_stop, :] = block
         self.group["units/done"][unit.index] = 1
 
     def mark_complete(self) -> None:

@@ -129,11 +129,11 @@ def test_disk_full_keeps_finished_units_and_resumes(llama, prompts_file, tmp_pat
     real = Store.write_unit
     calls = {"n": 0}
 
-    def failing(self, unit, block):
+    def failing(self, unit, block, *pool):
         calls["n"] += 1
         if calls["n"] == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, unit, block)
+        return real(self, unit, block, *pool)
 
     monkeypatch.setattr(Store, "write_unit", failing)
     r = run("capture", llama, "-p", prompts_file, "-o", out, "--unit-tokens", "16", "--no-progress")

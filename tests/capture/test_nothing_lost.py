@@ -163,9 +163,9 @@ SLOW_DISK = textwrap.dedent("""
     import sys, time
     from spinal.store import Store
     real = Store.write_unit
-    def write_unit(self, unit, block):  # a slow disk: each unit takes half a second to land
+    def write_unit(self, unit, block, *pool):  # a slow disk: each unit takes half a second to land
         time.sleep(0.5)
-        return real(self, unit, block)
+        return real(self, unit, block, *pool)
     Store.write_unit = write_unit
     from spinal.cli import app
     sys.argv = ["spinal"] + sys.argv[1:]
