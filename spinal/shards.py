@@ -110,7 +110,7 @@ class ShardWriter:
         from zarr.core.sync import sync
 
         sp = self.array.store_path
-        data = default_buffer_prototype().buffer.from_bytes(b"".join(bytes(memoryview(p)) for p in pieces))
+        data = default_buffer_prototype().buffer.from_bytes(b"".join(pieces))
         sync(sp.store.set(f"{sp.path}/{key}" if sp.path else key, data))
 
     def write_block(self, token_start: int, block: np.ndarray, pool: Executor | None) -> None:
