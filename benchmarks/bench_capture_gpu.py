@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -45,6 +46,27 @@ def build(path: Path, shape: dict, device: str) -> Path:
     PreTrainedTokenizerFast(tokenizer_object=t, bos_token="w1", eos_token="w2", unk_token="w0").save_pretrained(path)
     del model
     return path
+
+
+@torch.no_grad()
+def against_hf(model, store_path: str, tokd, batch) -> dict:
+    """The store's rows of the first batch's sequences against HF's own ``output_hidden_states`` of that batch
+    (same sequences, same padding: the capture's first batch), every layer but the last (HF's is final-normed)."""
+    from spinal.store import Store, decode
+
+    store = Store.open(store_path)
+    offsets = store.sequences()["offset"]
+    ids, mask = batch
+    hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+    worst, exact = 0.0, True
+    for r in range(ids.shape[0]):
+        pos, off = list(tokd.positions[r]), int(offsets[r])
+        for layer in range(len(hs) - 1):
+            ref = hs[layer][r, pos].float().cpu().numpy()
+            got = decode(store.hidden[store.layer_index(layer), off : off + len(pos)], store.dtype)
+            exact &= bool(np.array_equal(got, ref))
+            worst = max(worst, float(np.abs(got - ref).max()))
+    return {"sequences": int(ids.shape[0]), "layers": len(hs) - 1, "bit_exact": exact, "max_abs_diff": worst}
 
 
 def main(argv=None) -> dict:
@@ -98,6 +120,7 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     capture(cfg, loaded=Loaded(model, tok, source))
     spinal_s = time.perf_counter() - t
+    check = against_hf(model, cfg.out, tokd, batches[0])
     res = {
         "benchmark": "capture-gpu", "machine": {**machine(), "device": torch.cuda.get_device_name(0)
                                                 if args.device.startswith("cuda") else "cpu"},
@@ -105,6 +128,8 @@ def main(argv=None) -> dict:
         "prompts": args.prompts, "seq_len": args.length, "batch": args.batch, "stored_tokens": stored, "dtype": "bfloat16",
         "seconds": {"bare_forward": bare, "base_forward": base, "spinal_capture": spinal_s},
         "ratio_to_bare_forward": {"spinal_capture": bare / spinal_s, "base_forward": bare / base},
+        "ratio_to_base_forward": {"spinal_capture": base / spinal_s},
+        "store_vs_hf_output_hidden_states": check,
         "bytes_on_disk": {"spinal_capture": sum(f.stat().st_size for f in (work / "spinal.zarr" / "hidden").rglob("*")
                                                 if f.is_file())},
     }
