@@ -90,19 +90,26 @@ def _positions(kind: str, k: int, n: int, n_head: int, text: list[bool]) -> list
 
 def shared_row_share(ids: list[tuple[int, ...]], positions: list[tuple[int, ...]]) -> float:
     """The share of stored rows (sequence, position) whose token prefix ids[:position + 1] is also another
-    sequence's: their hidden states are identical in a causal model."""
-    seen: dict[int, set[int]] = {}
-    keys: list[list[int]] = []
-    for s, (seq, pos) in enumerate(zip(ids, positions)):
-        prefix, row_keys, want = hash(()), [], set(pos)
-        for p, t in enumerate(seq[: max(pos) + 1] if pos else ()):
-            prefix = hash((prefix, t))
-            if p in want:
-                seen.setdefault(prefix, set()).add(s)
-                row_keys.append(prefix)
-        keys.append(row_keys)
-    total = sum(len(k) for k in keys)
-    return sum(len(seen[h]) > 1 for k in keys for h in k) / total if total else 0.0
+    sequence's: their hidden states are identical in a causal model.
+
+    Exact, by sorting: in lexicographic order the sequences sharing a prefix with one sequence lie next to it, so
+    its longest prefix shared with any other is the longer of its common prefixes with its two neighbours, and a
+    row is shared iff its position lies below that length.
+    """
+    n = len(ids)
+    total = sum(len(p) for p in positions)
+    if not total:
+        return 0.0
+    order = sorted(range(n), key=lambda i: ids[i])
+    shared_len = np.zeros(n, dtype=np.int64)  # per sequence: its longest prefix that another sequence has too
+    for a, b in zip(order, order[1:]):
+        x, y = np.asarray(ids[a]), np.asarray(ids[b])
+        m = min(x.size, y.size)
+        differ = np.flatnonzero(x[:m] != y[:m])
+        lcp = int(differ[0]) if differ.size else m
+        shared_len[a] = max(shared_len[a], lcp)
+        shared_len[b] = max(shared_len[b], lcp)
+    return sum(int((np.asarray(p, dtype=np.int64) < shared_len[s]).sum()) for s, p in enumerate(positions)) / total
 
 
 def _split(prompt: str, response: str | None, tokenizer, chat_template: bool, need_text: bool) -> _Split:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -55,6 +56,19 @@ def test_shared_rows_are_those_whose_whole_prefix_another_sequence_has():
     assert shared_row_share([(1, 2, 3), (1, 2, 3)], [(0, 1, 2), (0, 1, 2)]) == 1.0
     assert shared_row_share([(1, 2, 3), (1, 2, 4)], [(1, 2), (1, 2)]) == 0.5  # position 1 shared, 2 not
     assert shared_row_share([(1, 2), (2, 2)], [(0, 1), (0, 1)]) == 0.0  # same token, other prefix: not shared
+
+
+def test_shared_row_share_equals_a_brute_force_count_on_random_overlapping_sequences():
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        stem = tuple(int(t) for t in rng.integers(0, 3, 6))  # shared template-like heads, tiny vocab: many ties
+        ids = [stem[: rng.integers(0, 7)] + tuple(int(t) for t in rng.integers(0, 3, rng.integers(1, 8)))
+               for _ in range(rng.integers(1, 12))]
+        positions = [tuple(sorted(rng.choice(len(x), rng.integers(0, len(x) + 1), replace=False))) for x in ids]
+        shared = sum(any(j != i and len(ids[j]) > p and ids[j][: p + 1] == ids[i][: p + 1] for j in range(len(ids)))
+                     for i, pos in enumerate(positions) for p in pos)
+        total = sum(len(p) for p in positions)
+        assert shared_row_share(ids, positions) == (shared / total if total else 0.0), (trial, ids, positions)
 
 
 def test_a_template_heavy_capture_is_warned_of_and_text_is_not(chat_tokenizer, caplog):
