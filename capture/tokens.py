@@ -101,9 +101,10 @@ def shared_row_share(ids: list[tuple[int, ...]], positions: list[tuple[int, ...]
     if not total:
         return 0.0
     order = sorted(range(n), key=lambda i: ids[i])
+    arrays = [np.asarray(x, dtype=np.int64) for x in ids]
     shared_len = np.zeros(n, dtype=np.int64)  # per sequence: its longest prefix that another sequence has too
     for a, b in zip(order, order[1:]):
-        x, y = np.asarray(ids[a]), np.asarray(ids[b])
+        x, y = arrays[a], arrays[b]
         m = min(x.size, y.size)
         differ = np.flatnonzero(x[:m] != y[:m])
         lcp = int(differ[0]) if differ.size else m

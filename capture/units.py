@@ -43,7 +43,7 @@ class UnitCapture:
         if buffer is None or buffer.shape[1] < n_tok:
             buffer = self.new_buffer(n_tok)
         side_copies = device.type == "cuda" and _is_pinned(buffer)
-        flags: list[tuple[list[int], int, torch.Tensor]] = []  # (batch, layer, finite) of the side copies
+        flags: list[tuple[list[int], int, torch.Tensor, torch.Tensor]] = []  # (batch, layer, rows, finite) per side copy
         block = buffer[:, :n_tok]  # (layer, token, dim); each layer's rows stay contiguous
         valid = self.layout.stored_tokens(unit)  # the unit's sequences fill its first rows, padding follows
         block[:, valid:] = 0
@@ -63,7 +63,7 @@ class UnitCapture:
             rec.gather(flat, into=rows, pinned=side_copies)
             # The base model only: hidden states need no logits, so the (vocab × dim) head is skipped.
             self.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
-            flags += [(batch, layer, ok) for layer, ok in rec.finite_flags]
+            flags += [(batch, layer, rows[layer], ok) for layer, ok in rec.finite_flags]
             rest = {layer: dest for layer, dest in rows.items() if rec.out[layer] is not dest or not side_copies}
             if rest and device.type == "cuda":
                 for d in range(torch.cuda.device_count()):  # every shard's device, under a device map
@@ -76,21 +76,19 @@ class UnitCapture:
                     dest.copy_(h)
         if side_copies:
             rec.wait()  # every side copy of this unit is in the block
-            self._check_flags(unit, flags, stored)
+            self._check_flags(unit, flags)
         return block
 
-    def _check_flags(self, unit: Unit, flags: list, stored: torch.Tensor) -> None:
+    def _check_flags(self, unit: Unit, flags: list) -> None:
         """The side copies' finiteness flags, one transfer per device; the first non-finite row is named."""
         by_device: dict[torch.device, list[int]] = {}
-        for i, (_, _, ok) in enumerate(flags):
+        for i, (*_, ok) in enumerate(flags):
             by_device.setdefault(ok.device, []).append(i)
         for idx in by_device.values():
-            oks = torch.stack([flags[i][2] for i in idx]).cpu()
+            oks = torch.stack([flags[i][3] for i in idx]).cpu()
             if not bool(oks.all()):
-                batch, layer, _ = flags[idx[int(torch.nonzero(~oks)[0, 0])]]
-                start = int(self.layout.offsets[batch[0]]) - unit.token_start
-                stop = int(self.layout.offsets[batch[-1]] + self.layout.lengths[batch[-1]]) - unit.token_start
-                self._refuse_non_finite(unit, batch, layer, stored[self.layers.index(layer), start:stop])
+                batch, layer, rows, _ = flags[idx[int(torch.nonzero(~oks)[0, 0])]]
+                self._refuse_non_finite(unit, batch, layer, rows)  # rows: the batch's landed host copy
 
     def new_buffer(self, tokens: int | None = None) -> np.ndarray:
         """A (layer, tokens, dim) block for ``block`` to fill; by default as large as the largest unit."""
