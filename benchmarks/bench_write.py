@@ -12,10 +12,11 @@ exponents compress differently.
 - Codec table: every codec of spinal/codecs.py on the store's own chunks, one thread, through numcodecs (what
   zarr calls): compressed/raw, encode and decode MB/s of raw bytes, the crc32c included.
 - Writer table: `Store.write_unit` (the production path: spinal/shards.py encodes each shard with the array's
-  own codecs and writes it with one writev, in a pool of n threads, as `capture --write-threads n` does) writing
-  the unit into a fresh store, beside zarr's own write pipeline on the same unit (`array[...] = block`, zarr's
-  `threading.max_workers` = n): a fresh process per writer and thread count 1 … cores, GiB/s of raw bytes, best
-  of 3; scaling = GiB/s at n threads / (n × GiB/s at 1).
+  own codecs and writes it with O_DIRECT, in a pool of n threads, as `capture --write-threads n` does) writing
+  the unit 3 times into a fresh store (a capture's store grows: new files), beside zarr's own write pipeline on
+  the same units (`array[...] = block`, zarr's `threading.max_workers` = n) and SPINAL's writer through the page
+  cache (`--no-direct-io`): a fresh process per writer and thread count 1 … cores, GiB/s of raw bytes, best of 3;
+  scaling = GiB/s at n threads / (n × GiB/s at 1).
 - ``--write-rates``: store the default codec's per-core write rate in cluster/write_rates.json, which the planner
   prices capture with.
 """
@@ -127,57 +128,81 @@ from spinal.lens import LensSpec
 from spinal.store import Store
 block = np.load({npy!r}, mmap_mode="r")
 n_layer, n_tok, dim = block.shape
+units = {units}
 times = []
 for rep in range(3):
     d = tempfile.mkdtemp(dir={tmp!r})
-    layout = plan_layout([np.zeros(n_tok, np.int64)], [list(range(n_tok))], t_chunk={t_chunk}, t_shard={t_shard},
-                         unit_tokens=n_tok)
+    layout = plan_layout([np.zeros(n_tok, np.int64)] * units, [list(range(n_tok))] * units, t_chunk={t_chunk},
+                         t_shard={t_shard}, unit_tokens=n_tok)
     s = create_store(d + "/s.zarr", layout=layout, layers=list(range(n_layer)), dim=dim, dtype={dtype!r},
-                     sequences={{"prompt_id": np.array(["p"], dtype=object)}}, lens_arrays={{}},
+                     sequences={{"prompt_id": np.array(["p"] * units, dtype=object)}}, lens_arrays={{}},
                      lens_spec=LensSpec(norm="none"), meta={{}}, codec={codec!r})
     unit = layout.units[0]
     padded = np.zeros((n_layer, unit.token_stop - unit.token_start, dim), block.dtype)  # as a capture pads it
     padded[:, :n_tok] = block
     pool = ThreadPoolExecutor({threads}) if {threads} > 1 else None
     t = time.perf_counter()
-    if {how!r} == "spinal":
-        s.write_unit(unit, padded, pool)
-    else:
-        s.hidden.with_config({{"write_empty_chunks": True}})[:, unit.token_start : unit.token_stop, :] = padded
+    for u in layout.units:  # the store grows unit by unit, as a capture writes it
+        if {how!r} == "spinal":
+            s.write_unit(u, padded, pool, direct={direct})
+        else:
+            s.hidden.with_config({{"write_empty_chunks": True}})[:, u.token_start : u.token_stop, :] = padded
     times.append(time.perf_counter() - t)
     if pool is not None:
         pool.shutdown()
     shutil.rmtree(d)
-print(json.dumps([min(times), int(padded.nbytes)]))
+    time.sleep(1)
+print(json.dumps([min(times), int(padded.nbytes) * units]))
 """
 
 
 WRITERS = ("spinal", "zarr")
 
 
+UNITS = 3  # units per timed store: a capture's store grows, and new files need page-cache pages a rewrite would not
+
+
 def writer_gib_s(npy: Path, dtype: str, codec: str, threads: int, t_chunk: int, t_shard: int, tmp: str,
-                 how: str = "spinal") -> float:
+                 how: str = "spinal", direct: bool = True) -> float:
     code = WRITER.format(threads=threads, root=str(ROOT), npy=str(npy), tmp=tmp, t_chunk=t_chunk, t_shard=t_shard,
-                         dtype=dtype, codec=codec, how=how)
+                         dtype=dtype, codec=codec, how=how, direct=direct, units=UNITS)
     out, _ = run_child(code)
     seconds, nbytes = json.loads(out)
     return nbytes / seconds / 2**30
 
 
 def floor_gib_s(stored: np.ndarray, tmp: str) -> dict:
-    """memcpy and a plain write(2) of the same bytes to a file in the same folder (page cache, no fsync; zarr
-    does not fsync either)."""
+    """memcpy, and plain writes of the same bytes as ``UNITS`` new files in the same folder, kept until the last is
+    written as a store's shards are: through the page cache (write(2), no fsync; zarr does not fsync either) and
+    with O_DIRECT (from one page-aligned copy, as spinal/shards.py writes)."""
+    import mmap
+    import shutil
+
     dst = np.empty_like(stored)
     t_copy = best_of(lambda: np.copyto(dst, stored))
-    path = Path(tmp) / "plain.bin"
+    size = -(-stored.nbytes // 4096) * 4096
+    aligned = mmap.mmap(-1, size)
+    aligned[: stored.nbytes] = memoryview(stored).cast("B")
+    folder = Path(tmp) / "plain"
 
-    def write():
-        with open(path, "wb") as f:
-            f.write(memoryview(stored).cast("B"))
-        path.unlink()
+    def write(direct: bool) -> float:
+        folder.mkdir()
+        t = time.perf_counter()
+        for i in range(UNITS):
+            fd = os.open(folder / str(i), os.O_WRONLY | os.O_CREAT | (os.O_DIRECT if direct else 0), 0o644)
+            view, done = memoryview(aligned)[: size if direct else stored.nbytes], 0
+            while done < view.nbytes:
+                done += os.write(fd, view[done:])
+            os.close(fd)
+        dt = time.perf_counter() - t
+        shutil.rmtree(folder)
+        time.sleep(1)
+        return dt
 
-    t_write = best_of(write)
-    return {"memcpy": stored.nbytes / t_copy / 2**30, "file_write": stored.nbytes / t_write / 2**30}
+    t_write, t_direct = min(write(False) for _ in range(3)), min(write(True) for _ in range(3))
+    total = UNITS * stored.nbytes
+    return {"memcpy": stored.nbytes / t_copy / 2**30, "file_write": total / t_write / 2**30,
+            "file_write_direct": total / t_direct / 2**30}
 
 
 def measure(store_path: str, tokens: int) -> dict:
@@ -190,7 +215,7 @@ def measure(store_path: str, tokens: int) -> dict:
     valid_tokens = int((Store.open(store_path).group["tokens/sequence"][:] >= 0).sum())
     cores = os.cpu_count() or 1
     res = {"benchmark": "write", "machine": machine(), "store": store_path, "block_shape": list(block.shape), "valid_tokens": valid_tokens,
-           "codecs": {}, "writer": {}, "zarr_writer": {}, "floor": {}}
+           "codecs": {}, "writer": {}, "zarr_writer": {}, "buffered_writer": {}, "floor": {}, "units_per_store": UNITS}
     with tempfile.TemporaryDirectory(dir=ROOT / "out" if (ROOT / "out").exists() else None) as tmp:
         for dtype in DTYPES:
             stored = as_stored(block, dtype)
@@ -201,12 +226,14 @@ def measure(store_path: str, tokens: int) -> dict:
             res["floor"][dtype] = floor_gib_s(stored, tmp)
             npy = Path(tmp) / f"{dtype}.npy"
             np.save(npy, stored)
-            res["writer"][dtype], res["zarr_writer"][dtype] = {}, {}
+            res["writer"][dtype], res["zarr_writer"][dtype], res["buffered_writer"][dtype] = {}, {}, {}
             for name in CODECS:
                 print(f"[{dtype}] writers {name}, 1…{cores} threads …", file=sys.stderr)
                 for key, how in (("writer", "spinal"), ("zarr_writer", "zarr")):
                     res[key][dtype][name] = {str(n): writer_gib_s(npy, dtype, name, n, t_chunk, t_shard, tmp, how)
                                              for n in range(1, cores + 1)}
+                res["buffered_writer"][dtype][name] = {  # SPINAL's writer through the page cache (--no-direct-io)
+                    str(cores): writer_gib_s(npy, dtype, name, cores, t_chunk, t_shard, tmp, "spinal", direct=False)}
     return res
 
 
@@ -218,19 +245,21 @@ def table(res: dict) -> str:
              f"rounded. One run, {cores} cores.", ""]
     for dtype in DTYPES:
         fl = res["floor"][dtype]
-        lines += [f"**{dtype}** (floor on this machine: memcpy {fl['memcpy']:.1f} GiB/s, plain file write "
-                  f"{fl['file_write']:.1f} GiB/s)", "",
+        lines += [f"**{dtype}** (floor on this machine: memcpy {fl['memcpy']:.1f} GiB/s; {res.get('units_per_store', 1)} "
+                  f"new files of the unit's bytes: {fl['file_write']:.1f} GiB/s through the page cache, "
+                  f"{fl.get('file_write_direct', float('nan')):.1f} GiB/s with O_DIRECT)", "",
                   "| codec | stored / raw | encode MB/s (1 thread) | decode MB/s (1 thread) | "
                   + " | ".join(f"zarr's writer GiB/s, {n} thr" for n in range(1, cores + 1)) + " | "
                   + " | ".join(f"**SPINAL writer** GiB/s, {n} thr" for n in range(1, cores + 1))
-                  + f" | SPINAL scaling at {cores} | SPINAL per core / codec |",
-                  "|---|---:|---:|---:|" + "---:|" * (2 * cores) + "---:|---:|"]
+                  + f" | SPINAL through the page cache, {cores} thr | SPINAL scaling at {cores} | SPINAL per core / codec |",
+                  "|---|---:|---:|---:|" + "---:|" * (2 * cores) + "---:|---:|---:|"]
         for name, c in res["codecs"][dtype].items():
             w, z = res["writer"][dtype][name], res["zarr_writer"][dtype][name]
             one, top = w["1"], w[str(cores)]
             lines.append(f"| {name} | {c['ratio']:.3f} | {c['encode_mb_s']:.0f} | {c['decode_mb_s']:.0f} | "
                          + " | ".join(f"{z[str(n)]:.2f}" for n in range(1, cores + 1)) + " | "
                          + " | ".join(f"**{w[str(n)]:.2f}**" for n in range(1, cores + 1))
+                         + f" | {res.get('buffered_writer', {}).get(dtype, {}).get(name, {}).get(str(cores), float('nan')):.2f}"
                          + f" | {top / (cores * one):.0%} | {one * 2**30 / 1e6 / c['encode_mb_s']:.2f} |")
         lines.append("")
     return "\n".join(lines).rstrip()

@@ -92,7 +92,7 @@ class Session:
             block = self.unit_capture.block(unit, rec)
         if self.lock_token is not None:
             check_token(self.store.path, self.lock_token)
-        write_unit(self.store, unit, block, self.write_pool)
+        write_unit(self.store, unit, block, self.write_pool, self.cfg.direct_io)
         return {"unit": index, "tokens": self.layout.stored_tokens(unit), "seconds": time.perf_counter() - t0}
 
 
@@ -302,7 +302,7 @@ def _run_units(session: Session, progress: Progress | None) -> CaptureResult:
             block = session.unit_capture.block(unit, rec, buffers[i % 2])
             if writing is not None:
                 writing.result()  # the previous unit's write has finished (or its error stops the run here)
-            writing = writer.submit(write_unit, store, unit, block, session.write_pool)
+            writing = writer.submit(write_unit, store, unit, block, session.write_pool, session.cfg.direct_io)
             finished += layout.stored_tokens(unit)
             if progress:
                 progress(finished, total)
@@ -313,10 +313,11 @@ def _run_units(session: Session, progress: Progress | None) -> CaptureResult:
                          session.check, sum(layout.stored_tokens(u) for u in todo))
 
 
-def write_unit(store: Store, unit: Unit, block: np.ndarray, pool: ThreadPoolExecutor | None = None) -> None:
+def write_unit(store: Store, unit: Unit, block: np.ndarray, pool: ThreadPoolExecutor | None = None,
+               direct: bool = True) -> None:
     """``Store.write_unit``, with a failed write said in one line naming the unit (disk full: resume later)."""
     try:
-        store.write_unit(unit, block, pool)
+        store.write_unit(unit, block, pool, direct)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise StoreError(

@@ -47,6 +47,8 @@ class CaptureConfig:
                         "README 'Store writes' measures them. A resumed store keeps its own", DEFAULT_CODEC)
     write_threads: int = option("threads that compress, checksum and write a unit's shards while the next unit "
                                 "runs (0: one per core this process may use)", 0)
+    direct_io: bool = option("write shard files with O_DIRECT, past the page cache, where the file system takes it "
+                             "(same bytes; --no-direct-io writes through the page cache; README 'Store writes')", True)
     resume: bool = option("finish an interrupted store: redo exactly the units not marked done", False)
     overwrite: bool = option("replace an existing store at --out", False)
     trust_remote_code: bool = option("allow the checkpoint's own Python code (off: refused)", False)

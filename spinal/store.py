@@ -192,10 +192,12 @@ class Store:
         """SPINAL's own writer of ``hidden``'s shards (spinal/shards.py), or None where zarr writes them."""
         return ShardWriter.for_array(self.hidden)
 
-    def write_unit(self, unit: Unit, block: np.ndarray, pool: Executor | None = None) -> None:
+    def write_unit(self, unit: Unit, block: np.ndarray, pool: Executor | None = None, direct: bool = True) -> None:
         """Write a unit's whole shards (block: (layer, unit tokens, dim), storage dtype), then mark it done.
 
         ``pool``: threads that encode and write the shards in parallel (None: this thread writes them one by one).
+        ``direct``: local shard files with ``O_DIRECT``, past the page cache, where the file system takes it
+        (spinal/shards.py); the bytes are the same either way.
         """
         expected = (len(self.layers), unit.token_stop - unit.token_start, self.hidden.shape[2])
         if block.shape != expected:
@@ -203,7 +205,7 @@ class Store:
         if block.dtype != self.hidden.dtype:
             raise StoreError(f"unit {unit.index}: block dtype {block.dtype}, the store holds {self.hidden.dtype}")
         if self.shard_writer is not None:
-            self.shard_writer.write_block(unit.token_start, block, pool)
+            self.shard_writer.write_block(unit.token_start, block, pool, direct)
         else:
             # every chunk is written, none first compared with the fill value: a unit owns whole shards
             self.hidden.with_config({"write_empty_chunks": True})[:, unit.token_start : unit.token_stop, :] = block

@@ -1,5 +1,6 @@
-"""SPINAL's shard writer writes the very bytes zarr's own writer writes, for every codec and dtype; in parallel
-threads as in one; a failed write leaves no torn or temporary file; stores it cannot lay out go through zarr."""
+"""SPINAL's shard writer writes the very bytes zarr's own writer writes, for every codec and dtype, with O_DIRECT
+and through the page cache; in parallel threads as in one; a file system that refuses O_DIRECT gets buffered
+writes; a failed write leaves no torn or temporary file; stores it cannot lay out go through zarr."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from spinal.codecs import CODECS
 from spinal.create import create_store
 from spinal.layout import plan_layout
 from spinal.lens import LensSpec
+from spinal import shards
 from spinal.shards import ShardWriter
 from spinal.store import Store
 
@@ -43,19 +45,43 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _takes_o_direct(folder: Path) -> bool:
+    """Whether the file system under ``folder`` opens files with O_DIRECT (ext4, xfs: yes; tmpfs: no)."""
+    try:
+        fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+    except (OSError, AttributeError):
+        return False
+    os.close(fd)
+    os.unlink(folder / "probe")
+    return True
+
+
+@pytest.fixture
+def ways(monkeypatch) -> list[str]:
+    """How each shard file was written ("direct" or "buffered"), in order."""
+    out, real = [], shards._write_file
+    monkeypatch.setattr(shards, "_write_file", lambda path, pieces, direct=True: out.append(real(path, pieces, direct))
+                        or out[-1])
+    return out
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "buffered"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("codec", list(CODECS))
-def test_the_shard_files_are_byte_identical_to_zarrs_own(tmp_path, codec, dtype):
+def test_the_shard_files_are_byte_identical_to_zarrs_own(tmp_path, codec, dtype, direct, ways):
     block = _block(dtype)
     ours, theirs = _store(str(tmp_path / "ours.zarr"), dtype, codec), _store(str(tmp_path / "zarr.zarr"), dtype, codec)
     assert ours.shard_writer is not None
-    ours.shard_writer.write_block(0, block, None)
+    ours.shard_writer.write_block(0, block, None, direct)
     theirs.hidden.with_config({"write_empty_chunks": True})[...] = block  # zarr's own write pipeline
     mine, want = _files(tmp_path / "ours.zarr" / "hidden"), _files(tmp_path / "zarr.zarr" / "hidden")
     assert len(want) == 1 + N_LAYER * N_TOK // T_SHARD  # zarr.json and every shard
     assert mine.keys() == want.keys()
     for key in want:
         assert mine[key] == want[key], key
+    used = "direct" if direct and _takes_o_direct(tmp_path) else "buffered"
+    assert ways == [used] * (N_LAYER * N_TOK // T_SHARD)
+    assert any(len(v) % shards.ALIGN for k, v in mine.items() if k != "zarr.json")  # O_DIRECT's padding cut off
     plain = zarr.open_array(str(tmp_path / "ours.zarr" / "hidden"), mode="r")
     assert np.array_equal(plain[...], block)
 
@@ -85,28 +111,30 @@ def test_a_view_of_a_larger_buffer_is_written_as_its_values(tmp_path):
     assert np.array_equal(s.hidden[...], view)
 
 
-def test_a_full_disk_leaves_no_torn_or_temporary_shard(tmp_path, monkeypatch):
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "buffered"])
+def test_a_full_disk_leaves_no_torn_or_temporary_shard(tmp_path, monkeypatch, direct):
     block = _block("float32")
     s = _store(str(tmp_path / "s.zarr"), "float32", "zstd-1")
-    real, calls = os.writev, {"n": 0}
+    name = "write" if direct and _takes_o_direct(tmp_path) else "writev"  # the call each path writes with
+    real, calls = getattr(os, name), {"n": 0}
 
-    def writev(fd, views):  # the 6th shard hits a full disk halfway through
+    def failing(fd, data):  # the 6th shard hits a full disk halfway through (a block boundary for O_DIRECT)
         calls["n"] += 1
         if calls["n"] == 6:
-            os.write(fd, bytes(views[0][: len(views[0]) // 2]))
+            real(fd, data[: shards.ALIGN] if name == "write" else [bytes(data[0][: len(data[0]) // 2])])
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, views)
+        return real(fd, data)
 
-    monkeypatch.setattr(os, "writev", writev)
+    monkeypatch.setattr(os, name, failing)
     with pytest.raises(OSError) as e:
-        s.write_unit(s.units[0], block)
+        s.write_unit(s.units[0], block, None, direct)
     assert e.value.errno == errno.ENOSPC
     names = [p.name for p in (tmp_path / "s.zarr" / "hidden").rglob("*") if p.is_file()]
     assert not [n for n in names if n.endswith(".partial")]
     assert len(names) == 1 + 5  # zarr.json and the 5 whole shards written before the disk filled
     assert not Store.open(str(tmp_path / "s.zarr")).done().any()  # the unit is not marked done: resume redoes it
-    monkeypatch.setattr(os, "writev", real)
-    s.write_unit(s.units[0], block)
+    monkeypatch.setattr(os, name, real)
+    s.write_unit(s.units[0], block, None, direct)
     assert np.array_equal(Store.open(str(tmp_path / "s.zarr")).hidden[...], block)
 
 
@@ -116,8 +144,53 @@ def test_short_writes_are_continued(tmp_path, monkeypatch):
     s = _store(str(tmp_path / "s.zarr"), "bfloat16", "zstd-1")
     real = os.writev
     monkeypatch.setattr(os, "writev", lambda fd, views: real(fd, [views[0][: max(1, len(views[0]) // 3)]]))
-    s.write_unit(s.units[0], block)
+    s.write_unit(s.units[0], block, None, direct=False)
     assert np.array_equal(zarr.open_array(str(tmp_path / "s.zarr" / "hidden"), mode="r")[...], block)
+
+
+def test_short_o_direct_writes_are_continued(tmp_path, monkeypatch, ways):
+    """An O_DIRECT write(2) may stop at any block; the rest follows from there, and the file is whole."""
+    if not _takes_o_direct(tmp_path):
+        pytest.skip(f"{tmp_path}'s file system refuses O_DIRECT (the buffered path is tested above)")
+    block = _block("float32", seed=2)
+    s = _store(str(tmp_path / "s.zarr"), "float32", "crc32c")
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, data[: shards.ALIGN]))  # one block per call
+    s.write_unit(s.units[0], block)
+    assert set(ways) == {"direct"}
+    assert np.array_equal(zarr.open_array(str(tmp_path / "s.zarr" / "hidden"), mode="r")[...], block)
+
+
+@pytest.mark.parametrize("refused_at", ["open", "write"])
+def test_a_file_system_that_refuses_o_direct_gets_buffered_writes(tmp_path, monkeypatch, ways, refused_at):
+    """tmpfs refuses O_DIRECT at open(2), some FUSE file systems at the first write(2): either way the same files."""
+    block = _block("float32", seed=4)
+    want = _store(str(tmp_path / "want.zarr"), "float32", "zstd-1")
+    want.write_unit(want.units[0], block, None, direct=False)
+    real_open, real_write, direct_fds = os.open, os.write, set()
+
+    def fake_open(path, flags, *mode):
+        if flags & os.O_DIRECT and refused_at == "open":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fd = real_open(path, flags & ~os.O_DIRECT, *mode)  # the flag dropped: this test's file system may lack it
+        if flags & os.O_DIRECT:
+            direct_fds.add(fd)
+        return fd
+
+    def fake_write(fd, data):
+        if fd in direct_fds:
+            direct_fds.discard(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "write", fake_write)
+    s = _store(str(tmp_path / "s.zarr"), "float32", "zstd-1")
+    ways.clear()
+    s.write_unit(s.units[0], block)
+    assert ways == ["buffered"] * (N_LAYER * N_TOK // T_SHARD)
+    assert _files(tmp_path / "s.zarr" / "hidden") == _files(tmp_path / "want.zarr" / "hidden")
+    assert not [p for p in (tmp_path / "s.zarr").rglob("*.partial")]
 
 
 def test_an_fsspec_store_is_written_through_zarrs_store_api(tmp_path):
