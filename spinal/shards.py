@@ -11,8 +11,8 @@ a rename, as zarr writes.
 A local shard is written with ``O_DIRECT`` where the file system takes it (``direct``, the capture's default): the
 pieces are copied into one page-aligned buffer per thread (a memcpy, ~1 ms for an 8 MiB shard) and go to the disk
 without passing through the page cache. A store grows by gigabytes the page cache would have to find fresh pages
-for; on the test machine that costs more than the compression (a store of four units grows at 0.39–0.50 GiB/s
-through the page cache, 0.63–0.72 with ``O_DIRECT``, zstd-1 on two threads: README, "Store writes"). Where
+for; on the test machine that costs more than the compression (a store growing by three units took 0.47 GiB/s of
+float32 through the page cache, 0.70 with ``O_DIRECT``, zstd-1 on two threads: README, "Store writes"). Where
 ``O_DIRECT`` is refused (tmpfs, some network file systems, macOS), the shard is written with one buffered
 ``writev`` of its pieces instead.
 
@@ -185,20 +185,18 @@ def _write_file(path: Path, pieces: list, direct: bool = True) -> str:
 def _write_direct(tmp: Path, views: list) -> bool:
     """The pieces, copied into one aligned buffer, written with O_DIRECT and cut to their length; False (nothing
     left at ``tmp``) when the file system refuses O_DIRECT."""
-    total = sum(v.nbytes for v in views)
-    size = -(-total // ALIGN) * ALIGN
-    buf = _aligned_buffer(size)
-    offset = 0
-    for v in views:
-        buf[offset : offset + v.nbytes] = v
-        offset += v.nbytes
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
     except OSError as e:
         if e.errno in _REFUSED:
             return False
         raise
-    done = 0
+    total = sum(v.nbytes for v in views)
+    size = -(-total // ALIGN) * ALIGN
+    buf, offset, done, refused = _aligned_buffer(size), 0, 0, False
+    for v in views:
+        buf[offset : offset + v.nbytes] = v
+        offset += v.nbytes
     try:
         while done < size:
             n = os.write(fd, buf[done:size])  # a short write stays aligned: it ends on a block (ENOSPC comes next)
@@ -207,13 +205,14 @@ def _write_direct(tmp: Path, views: list) -> bool:
             done += n
         os.ftruncate(fd, total)  # the padding past the last piece goes
     except OSError as e:
+        if e.errno not in _REFUSED or done:
+            raise
+        refused = True  # opened, but the write itself refused: the caller writes it buffered instead
+    finally:
         os.close(fd)
-        if e.errno in _REFUSED and done == 0:  # opened, but the write itself refused: write it buffered instead
-            tmp.unlink(missing_ok=True)
-            return False
-        raise
-    os.close(fd)
-    return True
+    if refused:
+        tmp.unlink(missing_ok=True)
+    return not refused
 
 
 def _write_buffered(tmp: Path, views: list) -> None:

@@ -60,8 +60,12 @@ def _takes_o_direct(folder: Path) -> bool:
 def ways(monkeypatch) -> list[str]:
     """How each shard file was written ("direct" or "buffered"), in order."""
     out, real = [], shards._write_file
-    monkeypatch.setattr(shards, "_write_file", lambda path, pieces, direct=True: out.append(real(path, pieces, direct))
-                        or out[-1])
+
+    def recorded(path, pieces, direct=True):
+        out.append(real(path, pieces, direct))
+        return out[-1]
+
+    monkeypatch.setattr(shards, "_write_file", recorded)
     return out
 
 
