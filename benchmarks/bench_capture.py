@@ -151,6 +151,7 @@ def time_spinal(ckpt: Path, prompts: Path, out: Path, batch: int, model, tok, co
               "architecture": type(model).__name__}
     cfg = CaptureConfig(model=str(ckpt), prompts=str(prompts), out=str(out), batch_size=batch, overwrite=True,
                         codec=codec, direct_io=direct)
+    shutil.rmtree(out, ignore_errors=True)  # a new store each time, its predecessor removed outside the timing
     t = time.perf_counter()
     capture(cfg, loaded=Loaded(model, tok, source))
     dt = time.perf_counter() - t
@@ -174,6 +175,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--model", choices=("llama-50m", "gpt2-small"), default="llama-50m",
                     help="a ~58M Llama-style model, or a GPT-2-small-shaped one (124M, LayerNorm, tied head)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="paired rounds of the base-model forward pass and each SPINAL variant (median reported)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--update-readme", action="store_true")
     args = ap.parse_args(argv)
@@ -183,13 +186,23 @@ def main(argv=None) -> dict:
     model, tok, batches, stored = _batches(ckpt, prompts, args.batch)
     n_params = sum(p.numel() for p in model.parameters())
     time_forward(model, batches[:2], base=False)  # warm-up
-    # The floors are timed before and after the tools and the faster run is kept: a shared machine's
-    # speed drifts over a run, and a floor caught in a slow spell would flatter everyone's ratio.
+    # SPINAL against its floor in paired rounds: each round times the base-model forward pass and every SPINAL
+    # variant back to back (the order rotated from round to round), and a ratio is taken within a round. A shared
+    # machine's speed drifts by tens of percent over minutes; a ratio of two runs minutes apart measures the drift.
+    # The bare causal LM and the peers run once, between the first round and the rest.
+    variants = (("base_forward", None, None),) + SPINAL_RUNS
+    runs: dict[str, list] = {key: [] for key, _, _ in variants}
+
+    def one_round(r: int) -> None:
+        for key, codec, direct in variants[r % len(variants):] + variants[:r % len(variants)]:
+            if codec is None:
+                runs[key].append((time_forward(model, batches, base=True), 0))
+            else:
+                runs[key].append(time_spinal(ckpt, prompts, work / f"{key}.zarr", args.batch, model, tok, codec,
+                                             direct))
+
     bare_runs = [time_forward(model, batches, base=False)]
-    base_runs = [time_forward(model, batches, base=True)]
-    # SPINAL's captures are timed twice too, next to the floors' runs, and the faster kept, as for the floors
-    spinal_runs = {key: [time_spinal(ckpt, prompts, work / f"{key}.zarr", args.batch, model, tok, c, direct)]
-                   for key, c, direct in SPINAL_RUNS}
+    one_round(0)
     hf_s, hf_bytes = time_hf_save(model, batches, work / "hf-npy")
     from transformers import AutoModelForCausalLM
 
@@ -197,11 +210,13 @@ def main(argv=None) -> dict:
     tl_s, tl_bytes = time_transformerlens(ckpt, fresh(), tok, batches, work / "tl-npy")
     nn_s, nn_bytes = time_nnsight(fresh(), tok, batches, work / "nnsight-npy")
     bare_runs.append(time_forward(model, batches, base=False))
-    base_runs.append(time_forward(model, batches, base=True))
-    for key, c, direct in reversed(SPINAL_RUNS):  # the other order: none always runs first after the peers
-        spinal_runs[key].append(time_spinal(ckpt, prompts, work / f"{key}.zarr", args.batch, model, tok, c, direct))
-    bare, base = min(bare_runs), min(base_runs)
-    best = {key: min(runs) for key, runs in spinal_runs.items()}  # (seconds, bytes) of the faster run
+    for r in range(1, args.rounds):
+        one_round(r)
+    seconds = {key: [t for t, _ in rs] for key, rs in runs.items()}
+    bare, base = min(bare_runs), float(np.median(seconds["base_forward"]))
+    keys = [key for key, _, _ in SPINAL_RUNS]
+    paired = {key: [b / t for b, t in zip(seconds["base_forward"], seconds[key])] for key in keys}
+    best = {key: (float(np.median(seconds[key])), runs[key][0][1]) for key in keys}  # (median seconds, bytes)
     exact = {name: describe(max_abs_diff(work / d, work / "spinal_capture.zarr"))
              for name, d in (("hf_hidden_states_npy", "hf-npy"), ("transformerlens_npy", "tl-npy"),
                              ("nnsight_npy", "nnsight-npy"))}
@@ -212,11 +227,13 @@ def main(argv=None) -> dict:
         "benchmark": "capture", "model": args.model, "machine": machine(), "model_params": n_params,
         "architecture": type(model).__name__, "layers_stored": len(discover(model).blocks) + 1,
         "prompts": args.prompts, "seq_len": args.length, "batch": args.batch, "stored_tokens": stored,
-        "floor_runs_seconds": {"bare_forward": bare_runs, "base_forward": base_runs},
-        "spinal_runs_seconds": {key: [t for t, _ in runs] for key, runs in spinal_runs.items()},
+        "rounds": args.rounds,
+        "floor_runs_seconds": {"bare_forward": bare_runs, "base_forward": seconds["base_forward"]},
+        "spinal_runs_seconds": {key: seconds[key] for key in keys},
+        "paired_ratio_to_base_forward": paired,
         "seconds": {"bare_forward": bare, "base_forward": base, **{key: t for key, (t, _) in best.items()},
                     "hf_hidden_states_npy": hf_s, "transformerlens_npy": tl_s, "nnsight_npy": nn_s},
-        "ratio_to_base_forward": {key: base / t for key, (t, _) in best.items()},
+        "ratio_to_base_forward": {key: float(np.median(v)) for key, v in paired.items()},
         "ratio_to_bare_forward": {**{key: bare / t for key, (t, _) in best.items()},
                                   "hf_hidden_states_npy": bare / hf_s,
                                   "transformerlens_npy": bare / tl_s, "nnsight_npy": bare / nn_s,
@@ -236,6 +253,8 @@ def render(r: dict) -> str:
     s, rt, b = r["seconds"], r["ratio_to_bare_forward"], r["bytes_on_disk"]
     tok = r["stored_tokens"]
     mem = list(r["peak_rss_mib"].items())
+    n = r.get("rounds", 2)
+    rounds = f"median of {n} paired rounds" if "paired_ratio_to_base_forward" in r else "faster of two runs"
     rows = [
         f"Capture, {r['model_params'] / 1e6:.0f}M-parameter {r.get('architecture', 'Llama')}, all {r['layers_stored']} layers, "
         f"{r['prompts']} prompts × {r['seq_len']} tokens, batch {r['batch']}, float32, "
@@ -244,7 +263,7 @@ def render(r: dict) -> str:
         "| method | seconds | tokens/s | throughput × bare forward | × base-model forward | bytes on disk | persisted copy |",
         "|---|---:|---:|---:|---:|---:|---|",
         f"| bare forward (causal LM, nothing kept; faster of a run before and after the tools) | {s['bare_forward']:.2f} | {tok / s['bare_forward']:,.0f} | 1.00 | – | – | – |",
-        f"| bare forward, base model only (no vocab head; what SPINAL runs; faster of two runs) | {s['base_forward']:.2f} | "
+        f"| bare forward, base model only (no vocab head; what SPINAL runs; {rounds}) | {s['base_forward']:.2f} | "
         f"{tok / s['base_forward']:,.0f} | {rt['base_forward']:.2f} | 1.00 | – | – |",
     ]
     rb = r.get("ratio_to_base_forward", {})
@@ -261,6 +280,14 @@ def render(r: dict) -> str:
                       ("nnsight_npy", "nnsight `trace` + `.save()` + `np.save`")):
         rows.append(f"| {name} | {s[key]:.2f} | {tok / s[key]:,.0f} | {rt[key]:.2f} | {s['base_forward'] / s[key]:.2f} | "
                     f"{b[key] / 2**20:,.1f} MiB | vs SPINAL's store: {ex[key]}; padding kept |")
+    per_round = r.get("paired_ratio_to_base_forward", {})
+    if per_round:
+        names = {"spinal_capture": "zstd-1", "spinal_capture_crc32c": "crc32c",
+                 "spinal_capture_buffered": "zstd-1 through the page cache"}
+        rows += ["", f"SPINAL's × base-model forward is the median over {n} rounds, each timing the base-model forward "
+                 "pass and every SPINAL row back to back (order rotated between rounds), of the ratio within a round; "
+                 "per round: " + "; ".join(f"{names[k]} " + ", ".join(f"{x:.2f}" for x in v)
+                                           for k, v in per_round.items()) + "."]
     rows += [
         "",
         f"Peak RSS of a capture process: {mem[0][1]:,.0f} MiB at {mem[0][0]}, {mem[1][1]:,.0f} MiB at {mem[1][0]}.",

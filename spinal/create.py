@@ -91,13 +91,18 @@ def _write_tables(g: zarr.Group, layout: TokenLayout, sequences: dict[str, np.nd
 
 
 def _write_lens(g: zarr.Group, lens_arrays: dict[str, tuple[np.ndarray, str]], lens_spec: LensSpec) -> None:
-    """lens/*: the readout's arrays in their storage dtype, the spec in the group's attributes."""
+    """lens/*: the readout's arrays in their storage dtype, the spec in the group's attributes.
+
+    Checksummed, not compressed: weights barely compress (zstd-3 kept 0.93 of a GPT-2-sized unembedding) and the
+    lens is written before the first unit, with nothing to overlap it (154 MB: 0.12–0.20 s as crc32c only,
+    0.43–0.65 s through zstd-3, 2 cores).
+    """
     lens_g = g.require_group("lens")
     lens_g.attrs["spec"] = lens_spec.to_dict()
     for name, (arr, real) in lens_arrays.items():
         a = lens_g.create_array(
             name, shape=arr.shape, chunks=arr.shape, dtype=arr.dtype, fill_value=0,
-            compressors=[ZstdCodec(level=3), Crc32cCodec()], attributes={"spinal_dtype": real},
+            compressors=[Crc32cCodec()], attributes={"spinal_dtype": real},
         )
         a[...] = arr
 
