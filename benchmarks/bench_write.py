@@ -15,8 +15,10 @@ exponents compress differently.
   own codecs and writes it with O_DIRECT, in a pool of n threads, as `capture --write-threads n` does) writing
   the unit 3 times into a fresh store (a capture's store grows: new files), beside zarr's own write pipeline on
   the same units (`array[...] = block`, zarr's `threading.max_workers` = n) and SPINAL's writer through the page
-  cache (`--no-direct-io`): a fresh process per writer and thread count 1 … cores, GiB/s of raw bytes, best of 3;
-  scaling = GiB/s at n threads / (n × GiB/s at 1).
+  cache (`--no-direct-io`): GiB/s of raw bytes, best of 3 (SPINAL's: of 4). SPINAL's writer runs at 1 … cores
+  threads in one process, the thread counts back to back in each of 4 repetitions (order rotated); its scaling =
+  the median over repetitions of time at 1 thread / (n × time at n threads). Zarr's and the page-cache runs take
+  a fresh process per thread count (zarr's thread pool is fixed per process).
 - ``--write-rates``: store the default codec's per-core write rate in cluster/write_rates.json, which the planner
   prices capture with.
 """
@@ -120,7 +122,7 @@ def codec_table(stored: np.ndarray, t_chunk: int) -> dict:
 WRITER = """
 import json, sys, time, tempfile, shutil, numpy as np, zarr
 from concurrent.futures import ThreadPoolExecutor
-zarr.config.set({{"threading.max_workers": {threads}}})
+zarr.config.set({{"threading.max_workers": {threads}[0]}})
 sys.path.insert(0, {root!r})
 from spinal.create import create_store
 from spinal.layout import plan_layout
@@ -129,30 +131,32 @@ from spinal.store import Store
 block = np.load({npy!r}, mmap_mode="r")
 n_layer, n_tok, dim = block.shape
 units = {units}
-times = []
-for rep in range(3):
-    d = tempfile.mkdtemp(dir={tmp!r})
-    layout = plan_layout([np.zeros(n_tok, np.int64)] * units, [list(range(n_tok))] * units, t_chunk={t_chunk},
-                         t_shard={t_shard}, unit_tokens=n_tok)
-    s = create_store(d + "/s.zarr", layout=layout, layers=list(range(n_layer)), dim=dim, dtype={dtype!r},
-                     sequences={{"prompt_id": np.array(["p"] * units, dtype=object)}}, lens_arrays={{}},
-                     lens_spec=LensSpec(norm="none"), meta={{}}, codec={codec!r})
-    unit = layout.units[0]
-    padded = np.zeros((n_layer, unit.token_stop - unit.token_start, dim), block.dtype)  # as a capture pads it
-    padded[:, :n_tok] = block
-    pool = ThreadPoolExecutor({threads}) if {threads} > 1 else None
-    t = time.perf_counter()
-    for u in layout.units:  # the store grows unit by unit, as a capture writes it
-        if {how!r} == "spinal":
-            s.write_unit(u, padded, pool, direct={direct})
-        else:
-            s.hidden.with_config({{"write_empty_chunks": True}})[:, u.token_start : u.token_stop, :] = padded
-    times.append(time.perf_counter() - t)
-    if pool is not None:
-        pool.shutdown()
-    shutil.rmtree(d)
-    time.sleep(1)
-print(json.dumps([min(times), int(padded.nbytes) * units]))
+counts = {threads}
+times = {{n: [] for n in counts}}
+for rep in range({reps}):
+    for n in counts[rep % len(counts):] + counts[:rep % len(counts)]:  # thread counts back to back, order rotated
+        d = tempfile.mkdtemp(dir={tmp!r})
+        layout = plan_layout([np.zeros(n_tok, np.int64)] * units, [list(range(n_tok))] * units, t_chunk={t_chunk},
+                             t_shard={t_shard}, unit_tokens=n_tok)
+        s = create_store(d + "/s.zarr", layout=layout, layers=list(range(n_layer)), dim=dim, dtype={dtype!r},
+                         sequences={{"prompt_id": np.array(["p"] * units, dtype=object)}}, lens_arrays={{}},
+                         lens_spec=LensSpec(norm="none"), meta={{}}, codec={codec!r})
+        unit = layout.units[0]
+        padded = np.zeros((n_layer, unit.token_stop - unit.token_start, dim), block.dtype)  # as a capture pads it
+        padded[:, :n_tok] = block
+        pool = ThreadPoolExecutor(n) if n > 1 else None
+        t = time.perf_counter()
+        for u in layout.units:  # the store grows unit by unit, as a capture writes it
+            if {how!r} == "spinal":
+                s.write_unit(u, padded, pool, direct={direct})
+            else:
+                s.hidden.with_config({{"write_empty_chunks": True}})[:, u.token_start : u.token_stop, :] = padded
+        times[n].append(time.perf_counter() - t)
+        if pool is not None:
+            pool.shutdown()
+        shutil.rmtree(d)
+        time.sleep(1)
+print(json.dumps([times, int(padded.nbytes) * units]))
 """
 
 
@@ -162,13 +166,35 @@ WRITERS = ("spinal", "zarr")
 UNITS = 3  # units per timed store: a capture's store grows, and new files need page-cache pages a rewrite would not
 
 
+def writer_times(npy: Path, dtype: str, codec: str, threads: list[int], t_chunk: int, t_shard: int, tmp: str,
+                 how: str = "spinal", direct: bool = True, reps: int = 3) -> tuple[dict[int, list[float]], int]:
+    """One fresh process timing the writer at each thread count of ``threads`` ``reps`` times, the counts back to
+    back within a repetition: {threads: [seconds per repetition]}, and the bytes written each time."""
+    code = WRITER.format(threads=list(threads), root=str(ROOT), npy=str(npy), tmp=tmp, t_chunk=t_chunk,
+                         t_shard=t_shard, dtype=dtype, codec=codec, how=how, direct=direct, units=UNITS, reps=reps)
+    out, _ = run_child(code)
+    times, nbytes = json.loads(out)
+    return {int(n): t for n, t in times.items()}, nbytes
+
+
 def writer_gib_s(npy: Path, dtype: str, codec: str, threads: int, t_chunk: int, t_shard: int, tmp: str,
                  how: str = "spinal", direct: bool = True) -> float:
-    code = WRITER.format(threads=threads, root=str(ROOT), npy=str(npy), tmp=tmp, t_chunk=t_chunk, t_shard=t_shard,
-                         dtype=dtype, codec=codec, how=how, direct=direct, units=UNITS)
-    out, _ = run_child(code)
-    seconds, nbytes = json.loads(out)
-    return nbytes / seconds / 2**30
+    times, nbytes = writer_times(npy, dtype, codec, [threads], t_chunk, t_shard, tmp, how, direct)
+    return nbytes / min(times[threads]) / 2**30
+
+
+def spinal_scaling(npy: Path, dtype: str, codec: str, cores: int, t_chunk: int, t_shard: int, tmp: str
+                   ) -> tuple[dict[str, float], float]:
+    """SPINAL's writer at 1 … cores threads in one process, the counts back to back (order rotated) in each of
+    ``PAIRED_REPS`` repetitions: GiB/s per count (best repetition), and the scaling at all cores as the median over
+    repetitions of the within-repetition ratio (a shared machine's speed drifts between processes)."""
+    counts = list(range(1, cores + 1))
+    times, nbytes = writer_times(npy, dtype, codec, counts, t_chunk, t_shard, tmp, reps=PAIRED_REPS)
+    rates = {str(n): nbytes / min(times[n]) / 2**30 for n in counts}
+    return rates, float(np.median([t1 / (cores * tn) for t1, tn in zip(times[1], times[cores])]))
+
+
+PAIRED_REPS = 4  # even: each order of the thread counts runs equally often (two counts)
 
 
 def floor_gib_s(stored: np.ndarray, tmp: str) -> dict:
@@ -215,7 +241,8 @@ def measure(store_path: str, tokens: int) -> dict:
     valid_tokens = int((Store.open(store_path).group["tokens/sequence"][:] >= 0).sum())
     cores = os.cpu_count() or 1
     res = {"benchmark": "write", "machine": machine(), "store": store_path, "block_shape": list(block.shape), "valid_tokens": valid_tokens,
-           "codecs": {}, "writer": {}, "zarr_writer": {}, "buffered_writer": {}, "floor": {}, "units_per_store": UNITS}
+           "codecs": {}, "writer": {}, "writer_scaling": {}, "zarr_writer": {}, "buffered_writer": {}, "floor": {},
+           "units_per_store": UNITS, "paired_reps": PAIRED_REPS}
     with tempfile.TemporaryDirectory(dir=ROOT / "out" if (ROOT / "out").exists() else None) as tmp:
         for dtype in DTYPES:
             stored = as_stored(block, dtype)
@@ -226,15 +253,26 @@ def measure(store_path: str, tokens: int) -> dict:
             res["floor"][dtype] = floor_gib_s(stored, tmp)
             npy = Path(tmp) / f"{dtype}.npy"
             np.save(npy, stored)
-            res["writer"][dtype], res["zarr_writer"][dtype], res["buffered_writer"][dtype] = {}, {}, {}
+            for key in ("writer", "writer_scaling", "zarr_writer", "buffered_writer"):
+                res[key][dtype] = {}
             for name in CODECS:
                 print(f"[{dtype}] writers {name}, 1…{cores} threads …", file=sys.stderr)
-                for key, how in (("writer", "spinal"), ("zarr_writer", "zarr")):
-                    res[key][dtype][name] = {str(n): writer_gib_s(npy, dtype, name, n, t_chunk, t_shard, tmp, how)
-                                             for n in range(1, cores + 1)}
+                res["writer"][dtype][name], res["writer_scaling"][dtype][name] = spinal_scaling(
+                    npy, dtype, name, cores, t_chunk, t_shard, tmp)
+                res["zarr_writer"][dtype][name] = {str(n): writer_gib_s(npy, dtype, name, n, t_chunk, t_shard, tmp,
+                                                                        "zarr") for n in range(1, cores + 1)}
                 res["buffered_writer"][dtype][name] = {  # SPINAL's writer through the page cache (--no-direct-io)
                     str(cores): writer_gib_s(npy, dtype, name, cores, t_chunk, t_shard, tmp, "spinal", direct=False)}
     return res
+
+
+def scaling(res: dict, dtype: str, name: str) -> float:
+    """SPINAL's writer at all cores against linear: the paired median where measured, else from the best rates."""
+    paired = res.get("writer_scaling", {}).get(dtype, {}).get(name)
+    if paired is not None:
+        return paired
+    w, cores = res["writer"][dtype][name], str(res["machine"]["cores"])
+    return w[cores] / (int(cores) * w["1"])
 
 
 def table(res: dict) -> str:
@@ -255,12 +293,12 @@ def table(res: dict) -> str:
                   "|---|---:|---:|---:|" + "---:|" * (2 * cores) + "---:|---:|---:|"]
         for name, c in res["codecs"][dtype].items():
             w, z = res["writer"][dtype][name], res["zarr_writer"][dtype][name]
-            one, top = w["1"], w[str(cores)]
+            one = w["1"]
             lines.append(f"| {name} | {c['ratio']:.3f} | {c['encode_mb_s']:.0f} | {c['decode_mb_s']:.0f} | "
                          + " | ".join(f"{z[str(n)]:.2f}" for n in range(1, cores + 1)) + " | "
                          + " | ".join(f"**{w[str(n)]:.2f}**" for n in range(1, cores + 1))
                          + f" | {res.get('buffered_writer', {}).get(dtype, {}).get(name, {}).get(str(cores), float('nan')):.2f}"
-                         + f" | {top / (cores * one):.0%} | {one * 2**30 / 1e6 / c['encode_mb_s']:.2f} |")
+                         + f" | {scaling(res, dtype, name):.0%} | {one * 2**30 / 1e6 / c['encode_mb_s']:.2f} |")
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -297,7 +335,7 @@ def write_rates(res: dict) -> dict:
         codecs[name] = {}
         for dtype in DTYPES:
             w = res["writer"][dtype][name]
-            codecs[name][dtype] = {"gib_s_per_core": w["1"], "scaling": min(1.0, w[cores] / (int(cores) * w["1"])),
+            codecs[name][dtype] = {"gib_s_per_core": w["1"], "scaling": min(1.0, scaling(res, dtype, name)),
                                    "ratio": res["codecs"][dtype][name]["ratio"]}
     return {"codecs": codecs, "machine": res["machine"], "measured": time.strftime("%Y-%m-%d"),
             "command": "benchmarks/bench_write.py --write-rates", "activations": Path(res["store"]).name}
