@@ -11,8 +11,10 @@ a rename, as zarr writes.
 A local shard is written with ``O_DIRECT`` where the file system takes it (``direct``, the capture's default): the
 pieces are copied into one page-aligned buffer per thread (a memcpy, ~1 ms for an 8 MiB shard) and go to the disk
 without passing through the page cache. A store grows by gigabytes the page cache would have to find fresh pages
-for; on the test machine that costs more than the compression (a store growing by three units took 0.47 GiB/s of
-float32 through the page cache, 0.70 with ``O_DIRECT``, zstd-1 on two threads: README, "Store writes"). Where
+for; on the test machine that has cost more than the compression (in one run a store growing by three units took
+0.47 GiB/s of float32 through the page cache and 0.70 with ``O_DIRECT``, zstd-1 on two threads; in a later run the
+page cache was ahead, 0.82 against 0.64, and capture itself was as fast or faster with ``O_DIRECT``: README,
+"Store writes"). Where
 ``O_DIRECT`` is refused (tmpfs, some network file systems, macOS), the shard is written with one buffered
 ``writev`` of its pieces instead.
 
@@ -33,13 +35,17 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-import google_crc32c
+import crc32c
 import numpy as np
 
 
 def _crc(data) -> bytes:
-    """The crc32c codec's 4 bytes: the checksum of ``data``, little-endian (zarr v3 spec)."""
-    return int(google_crc32c.value(data)).to_bytes(4, "little")
+    """The crc32c codec's 4 bytes: the checksum of ``data``, little-endian (zarr v3 spec).
+
+    The ``crc32c`` package, not ``google_crc32c`` (zarr's): the same checksum, but it releases the GIL, so writer
+    threads checksum in parallel (two threads on 64 MiB buffers: 0.5× linear with google_crc32c, 0.8–0.98× here).
+    """
+    return int(crc32c.crc32c(data)).to_bytes(4, "little")
 
 
 @dataclass(frozen=True)
@@ -194,8 +200,12 @@ def _write_direct(tmp: Path, views: list) -> bool:
     total = sum(v.nbytes for v in views)
     size = -(-total // ALIGN) * ALIGN
     buf, offset, done, refused = _aligned_buffer(size), 0, 0, False
+    flat = np.frombuffer(buf, np.uint8)
     for v in views:
-        buf[offset : offset + v.nbytes] = v
+        if v.nbytes >= 1 << 16:  # numpy's copy releases the GIL, a memoryview assignment does not
+            np.copyto(flat[offset : offset + v.nbytes], np.frombuffer(v, np.uint8))
+        else:
+            buf[offset : offset + v.nbytes] = v
         offset += v.nbytes
     try:
         while done < size:

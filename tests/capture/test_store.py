@@ -165,3 +165,28 @@ def test_store_on_an_fsspec_url(checkpoint, prompts_file, tmp_path):
     a = np.concatenate([h for h, _ in s.iter_layer(2)])
     b = np.concatenate([h for h, _ in Store.open(local).iter_layer(2)])
     assert np.array_equal(a, b)
+
+
+def test_the_self_check_probes_the_first_prompts_cut_short_and_right_padded(llama, tmp_path, monkeypatch):
+    """The probe runs before the first unit with nothing to overlap it, so it is short; its second row stays shorter
+    than its first, so the padding mask is part of what is checked even when every prompt is long."""
+    import spinal.capture.runner as runner_mod
+    from conftest import write_jsonl
+    from spinal.capture.runner import PROBE_TOKENS
+
+    seen = []
+    real = runner_mod.run_self_check
+
+    def spy(model, anatomy, lens, input_ids, attention_mask, dtype):
+        seen.append(attention_mask.sum(dim=1).tolist())
+        return real(model, anatomy, lens, input_ids, attention_mask, dtype)
+
+    monkeypatch.setattr(runner_mod, "run_self_check", spy)
+    prompts = write_jsonl(tmp_path / "long.jsonl", [{"id": f"p{i}", "prompt": c * 150} for i, c in enumerate("abc")])
+    out = str(tmp_path / "s.zarr")
+    capture(CaptureConfig(model=str(llama), prompts=str(prompts), out=out, batch_size=2))
+    assert seen == [list(PROBE_TOKENS)]  # rows of 64 and 48 valid tokens: the second right-padded
+    s = Store.open(out)
+    assert s.meta["self_check"]["hidden_max_abs_diff"] == 0.0 and s.complete
+    assert s.read("tokens/sequence").max() == 2  # every prompt is still captured whole, not cut like the probe
+    assert (s.read("sequences/length") >= 150).all()
