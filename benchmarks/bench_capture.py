@@ -216,7 +216,7 @@ def main(argv=None) -> dict:
     bare, base = min(bare_runs), float(np.median(seconds["base_forward"]))
     keys = [key for key, _, _ in SPINAL_RUNS]
     paired = {key: [b / t for b, t in zip(seconds["base_forward"], seconds[key])] for key in keys}
-    best = {key: (float(np.median(seconds[key])), runs[key][0][1]) for key in keys}  # (median seconds, bytes)
+    typical = {key: (float(np.median(seconds[key])), runs[key][0][1]) for key in keys}  # (median seconds, bytes)
     exact = {name: describe(max_abs_diff(work / d, work / "spinal_capture.zarr"))
              for name, d in (("hf_hidden_states_npy", "hf-npy"), ("transformerlens_npy", "tl-npy"),
                              ("nnsight_npy", "nnsight-npy"))}
@@ -231,14 +231,14 @@ def main(argv=None) -> dict:
         "floor_runs_seconds": {"bare_forward": bare_runs, "base_forward": seconds["base_forward"]},
         "spinal_runs_seconds": {key: seconds[key] for key in keys},
         "paired_ratio_to_base_forward": paired,
-        "seconds": {"bare_forward": bare, "base_forward": base, **{key: t for key, (t, _) in best.items()},
+        "seconds": {"bare_forward": bare, "base_forward": base, **{key: t for key, (t, _) in typical.items()},
                     "hf_hidden_states_npy": hf_s, "transformerlens_npy": tl_s, "nnsight_npy": nn_s},
         "ratio_to_base_forward": {key: float(np.median(v)) for key, v in paired.items()},
-        "ratio_to_bare_forward": {**{key: bare / t for key, (t, _) in best.items()},
+        "ratio_to_bare_forward": {**{key: bare / t for key, (t, _) in typical.items()},
                                   "hf_hidden_states_npy": bare / hf_s,
                                   "transformerlens_npy": bare / tl_s, "nnsight_npy": bare / nn_s,
                                   "base_forward": bare / base},
-        "bytes_on_disk": {**{key: b for key, (_, b) in best.items()}, "hf_hidden_states_npy": hf_bytes,
+        "bytes_on_disk": {**{key: b for key, (_, b) in typical.items()}, "hf_hidden_states_npy": hf_bytes,
                           "transformerlens_npy": tl_bytes, "nnsight_npy": nn_bytes},
         "peak_rss_mib": {f"{args.prompts} prompts": mem1, f"{2 * args.prompts} prompts": mem2},
         "agreement_with_spinal_store": exact,

@@ -329,7 +329,6 @@ def main() -> None:
 
 def write_rates(res: dict) -> dict:
     """Per codec and dtype: one writer thread's GiB/s, the scaling at all cores, and stored/raw."""
-    cores = str(res["machine"]["cores"])
     codecs = {}
     for name in res["codecs"]["float32"]:
         codecs[name] = {}
