@@ -35,7 +35,7 @@ def check_comparable(traces: list[Trace]) -> None:
             raise InputError(f"{t.label} has trace format {t.meta.get('trace_format')}, {ref.label} "
                              f"{ref.meta.get('trace_format')}: their bootstrap replicates are not paired the same way; "
                              "re-analyze both with this SPINAL")
-        for k in ("seed", "blocks", "n_boot", "window", "lens_tokens"):
+        for k in ("seed", "blocks", "n_boot", "calibration_sims", "window", "lens_tokens"):
             if t.meta["options"].get(k) != ref.meta["options"].get(k):
                 raise InputError(
                     f"{t.label} was analyzed with {k}={t.meta['options'].get(k)}, {ref.label} with "

@@ -1,5 +1,6 @@
 """One layer's contraction: a streaming float64 Gram pass over the store, both fits, the bootstrap replicates and the
-split-half null, all from one eigendecomposition (analyze/influence.py)."""
+split-half null, all from one eigendecomposition (analyze/influence.py); the replicates' spread calibrated by
+simulation where the layer holds ≤ 8·d tokens (analyze/calibration.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from spinal.analyze import calibration
 from spinal.analyze.gram import GramAccumulator
 from spinal.analyze.influence import bootstrap_weights, eigen, half_weights
 from spinal.analyze.moments import GramResult
@@ -22,11 +24,12 @@ class LayerSpectrum:
     n_tokens: int
     centered: SpectrumFit
     raw: SpectrumFit
-    boot: np.ndarray  # (n_boot,) a_wls of block-bootstrap resamples, centered
+    boot: np.ndarray  # (n_boot,) a_wls of block-bootstrap resamples, centered, scaled about a by se_scale
     null_diffs: np.ndarray  # (null_splits,) a(half 1) − a(half 2)
     sv: np.ndarray  # centered singular values, descending (for plots)
     curv_boot: np.ndarray  # (n_boot,) curvature of the same resamples
     blocks: int  # filled sequence blocks the resamples draw from (the intervals' degrees of freedom + 1)
+    se_scale: float = 1.0  # c of analyze/calibration.py: the factor already applied to boot's spread (1: none)
 
 
 def accumulate(store: Store, layer: int, blocks: int) -> GramResult:
@@ -61,16 +64,17 @@ def split_half_null(res: GramResult, shares: np.ndarray, fit: SpectrumFit, rng: 
 
 
 def layer_spectrum(store_path: str, layer: int, *, blocks: int, n_boot: int, null_splits: int, seed: int,
-                   window: tuple[int, int] | None) -> LayerSpectrum:
+                   window: tuple[int, int] | None, calibration_sims: int = calibration.SIMS) -> LayerSpectrum:
     store = Store.open(store_path)
     return spectrum_of(accumulate(store, layer, blocks), layer, storage_dtype=store.dtype, n_boot=n_boot,
-                       null_splits=null_splits, seed=seed, window=window)
+                       null_splits=null_splits, seed=seed, window=window, calibration_sims=calibration_sims)
 
 
 def spectrum_of(res: GramResult, layer: int, *, storage_dtype: Any, n_boot: int, null_splits: int, seed: int,
-                window: tuple[int, int] | None) -> LayerSpectrum:
+                window: tuple[int, int] | None, calibration_sims: int = calibration.SIMS) -> LayerSpectrum:
     """Both fits, ``n_boot`` bootstrap replicates and ``null_splits`` split-halves of accumulated moments: one
-    ``eigh`` (centered, with vectors) and one ``eigvalsh`` (raw), whatever the replicate counts."""
+    ``eigh`` (centered, with vectors) and one ``eigvalsh`` (raw), whatever the replicate counts; where N ≤ 8·d,
+    ``calibration_sims`` simulated layers more, each as costly as this one (0: replicates uncalibrated)."""
     kw = dict(storage_dtype=storage_dtype, window=window)
     eig = eigen(res)
     centered = fit_gram(res, centered=True, eigenvalues=eig.eigenvalues, **kw)
@@ -79,5 +83,8 @@ def spectrum_of(res: GramResult, layer: int, *, storage_dtype: Any, n_boot: int,
     shares = eig.shares(res, centered.k_hi if resampled else 0)  # (block, k_hi): each block's share of λ_1..λ_k_hi
     boot = bootstrap_a(res, shares, centered, rng(seed, Purpose.BOOTSTRAP), n_boot)
     null = split_half_null(res, shares, centered, rng(seed, Purpose.NULL_SPLITS), null_splits)
-    return LayerSpectrum(layer, res.n, centered, raw, boot[:, 0].copy(), null, singular_values(eig.eigenvalues),
-                         boot[:, 1].copy(), _filled(res))
+    c = 1.0
+    if n_boot and calibration_sims:
+        c = calibration.se_scale(res, eig.eigenvalues, centered, rng(seed, Purpose.CALIBRATION), calibration_sims)
+    return LayerSpectrum(layer, res.n, centered, raw, calibration.calibrate(boot[:, 0], centered.a_wls, c), null,
+                         singular_values(eig.eigenvalues), boot[:, 1].copy(), _filled(res), c)

@@ -17,6 +17,7 @@ class Purpose(IntEnum):
     LENS_EXTENSION = 9  # the order in which the lens subsample grows beyond its pilot (the tokens not in it)
     COMPARE = 7  # the ΔL sequence bootstrap and its split-halves
     POSITIONS = 8  # the sequence bootstrap of the per-position profile (analyze/positions.py)
+    CALIBRATION = 10  # the simulated layers that calibrate a's bootstrap SE where N ≤ 8·d (analyze/calibration.py)
 
 
 def rng(seed: int, purpose: Purpose) -> np.random.Generator:

@@ -30,7 +30,8 @@ from spinal.errors import InputError, StoreError
 from spinal.outputs import atomic_folder, check_output, check_whole, jsonable
 from spinal.store import Store
 
-TRACE_FORMAT = 2  # 2: first-order bootstrap replicates (analyze/influence.py), L_se, L_precision
+TRACE_FORMAT = 3  # 2: first-order bootstrap replicates (analyze/influence.py), L_se, L_precision; 3: their spread
+# calibrated where N ≤ 8·d (analyze/calibration.py), se_scale
 log = logging.getLogger(__name__)
 LENS_ROUNDS = 3  # growth rounds of the lens subsample beyond its pilot (analyze/lens_size.py)
 # Below this much work (flop-like units, _auto_workers) `workers = 0` runs the tasks in this process, on its own
@@ -223,7 +224,8 @@ def _warn_precision(cfg: AnalyzeConfig, meta: dict, growth: dict) -> None:
 def _tasks(cfg: AnalyzeConfig, store: Store, layers: list[int], window, blocks_used: int, workers: int, sub, comp
            ) -> list:
     """One spectrum task per layer, then one lens task per token range (as many ranges as workers)."""
-    spec_kw = dict(blocks=blocks_used, n_boot=cfg.n_boot, null_splits=cfg.null_splits, seed=cfg.seed, window=window)
+    spec_kw = dict(blocks=blocks_used, n_boot=cfg.n_boot, null_splits=cfg.null_splits, seed=cfg.seed, window=window,
+                   calibration_sims=cfg.calibration_sims)
     tasks = [(layer_spectrum, dict(store_path=cfg.store, layer=l, **spec_kw)) for l in layers]
     tasks += [(lens_pass, dict(store_path=cfg.store, token_range=r, layers=layers, chunk_mib=cfg.chunk_mib,
                                subsample=sub, companions=comp))
@@ -265,7 +267,10 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
         "fit": "weighted least squares of log σ_k on log(k − spikes), weights 1/k; MLE cross-check (Clauset, censored)",
         "interval": "a_lo/a_hi: 95 % for a at this token count (E[â(N)], not the population exponent): a ± "
                     "t(g−1)·√(g/(g−1))·SD of block-bootstrap replicates over g = blocks_used sequence blocks, each "
-                    "replicate's spectrum to first order from one eigh (analyze/influence.py), fitted in a's window",
+                    "replicate's spectrum to first order from one eigh (analyze/influence.py), fitted in a's window; "
+                    "where N ≤ 8·d the SD is times se_scale = sd(â)/median(SE) over calibration_sims simulated "
+                    "Gaussian layers of the fitted spectrum, same N, d, blocks and window (analyze/calibration.py); "
+                    "bootstrap.parquet holds the scaled replicates",
         "alpha_name": "rank-decay exponent a (σ_k ∝ k^-a); α-ReQ = 2a; WeightWatcher α = 1 + 1/(2a)",
         "path_length": float(np.nansum(table["L_mean"].to_numpy())),
         "chord_mean": float(lens.chord.mean()) if lens.chord.size else math.nan,
@@ -306,7 +311,7 @@ def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tup
         row = {
             "layer": s.layer, "a": c.a_wls, "a_lo": lo, "a_hi": hi, "a_mle": c.a_mle, "r2": c.r2, "ks": c.ks,
             "k_lo": c.k_lo, "k_hi": c.k_hi, "rank": c.rank, "spikes": c.spikes, "floor_rank": c.floor_rank,
-            "top1_share": c.top1_share, "status": with_curvature(c.status, c_lo, c_hi),
+            "top1_share": c.top1_share, "se_scale": s.se_scale, "status": with_curvature(c.status, c_lo, c_hi),
             "curvature": c.curvature, "curvature_lo": c_lo, "curvature_hi": c_hi,
             "a_raw": r.a_wls, "status_raw": r.status, "spikes_raw": r.spikes, "top1_share_raw": r.top1_share,
             "null_sd_a": float(np.sqrt(np.mean(s.null_diffs**2))) if s.null_diffs.size else math.nan,
