@@ -65,9 +65,9 @@ def eigen(res: GramResult) -> Eigen:
 def bootstrap_weights(res: GramResult, rng: np.random.Generator, n_boot: int) -> np.ndarray:
     """(n_boot, block) draw counts of the block bootstrap: the draws of ``draw_blocks``, in its order, so two
     checkpoints analyzed with one seed resample the same sequences (the paired bootstrap of METHOD.md §4)."""
-    w = np.zeros((n_boot, res.n_blocks))
+    w, filled = np.zeros((n_boot, res.n_blocks)), np.flatnonzero(res.block_sizes > 0)
     for i in range(n_boot):
-        w[i] = np.bincount(draw_blocks(res, rng), minlength=res.n_blocks)
+        w[i] = np.bincount(draw_blocks(res, rng, filled), minlength=res.n_blocks)
     return w
 
 

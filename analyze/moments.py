@@ -152,13 +152,15 @@ class GramResult:
         return _top_eigenvalues(x @ x.T, rank)  # (token, token): same non-zero spectrum as xᵀx
 
 
-def draw_blocks(result: GramResult, rng: np.random.Generator) -> np.ndarray:
+def draw_blocks(result: GramResult, rng: np.random.Generator, filled: np.ndarray | None = None) -> np.ndarray:
     """Block ids for one bootstrap resample: as many draws, with replacement, as there are non-empty blocks.
 
     Empty blocks (fewer sequences than blocks) are never drawn. Drawing ids once and passing
-    them to ``resample`` for two checkpoints gives the paired bootstrap of METHOD.md §4.
+    them to ``resample`` for two checkpoints gives the paired bootstrap of METHOD.md §4. ``filled`` (the
+    non-empty block ids) spares a loop of draws recounting them.
     """
-    filled = np.flatnonzero(result.block_sizes > 0)
+    if filled is None:
+        filled = np.flatnonzero(result.block_sizes > 0)
     if filled.size < 2:
         raise ValueError(f"the block bootstrap needs ≥ 2 non-empty blocks, got {filled.size}")
     return filled[rng.integers(0, filled.size, size=filled.size)]

@@ -41,6 +41,26 @@ def rotation(dim: int, seed: int = 123) -> np.ndarray:
     return q
 
 
+def sequences(spec: Layer) -> np.ndarray:
+    """(tokens,) sequence ids: at least 2 sequences of about ``tokens_per_sequence`` tokens, in order."""
+    n_seq = max(2, spec.tokens // spec.tokens_per_sequence)
+    return np.repeat(np.arange(n_seq), -(-spec.tokens // n_seq))[: spec.tokens]
+
+
+def noise(spec: Layer, rng: np.random.Generator) -> np.ndarray:
+    """(tokens, dim) standard-normal draws with the sequence structure: ``√(1−s)·Z + √s·U[seq]``."""
+    seq, s = sequences(spec), spec.sequence_share
+    z = rng.standard_normal((spec.tokens, spec.dim)) * np.sqrt(1 - s)
+    return z + rng.standard_normal((int(seq[-1]) + 1, spec.dim))[seq] * np.sqrt(s)
+
+
+def paired_noise(spec: Layer, rng: np.random.Generator, redraw: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Two checkpoints' draws on one token stream: a common ``noise`` with a ``redraw`` share of its variance drawn
+    afresh for each, alike in law (exchangeable), so with one exponent E[Δa] = 0 exactly, at any N."""
+    z = noise(spec, rng) * np.sqrt(1 - redraw)
+    return z + noise(spec, rng) * np.sqrt(redraw), z + noise(spec, rng) * np.sqrt(redraw)
+
+
 def draw(spec: Layer, rng: np.random.Generator, q: np.ndarray, z: np.ndarray | None = None,
          a: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One layer's stored rows (token, dim) float32, their sequence ids, and the standard-normal draws behind them.
@@ -48,15 +68,12 @@ def draw(spec: Layer, rng: np.random.Generator, q: np.ndarray, z: np.ndarray | N
     Passing ``z`` (the draws of another layer) with a different ``a`` gives a paired checkpoint: the same tokens
     seen through another spectrum, whose exponent differs by exactly ``a − spec.a`` in the population.
     """
-    n, d = spec.tokens, spec.dim
-    n_seq = max(2, n // spec.tokens_per_sequence)
-    seq = np.repeat(np.arange(n_seq), -(-n // n_seq))[:n]
+    seq = sequences(spec)
     if z is None:
-        s = spec.sequence_share
-        z = rng.standard_normal((n, d)) * np.sqrt(1 - s) + rng.standard_normal((n_seq, d))[seq] * np.sqrt(s)
-    h = (z * np.arange(1, d + 1.0) ** -(spec.a if a is None else a)) @ q.T
+        z = noise(spec, rng)
+    h = (z * np.arange(1, spec.dim + 1.0) ** -(spec.a if a is None else a)) @ q.T
     if spec.massive:
-        h[:, 3] += 50.0 * (1 + 0.05 * rng.standard_normal(n))
+        h[:, 3] += 50.0 * (1 + 0.05 * rng.standard_normal(spec.tokens))
     h = h.astype(np.float32)
     if spec.bf16:
         h = torch.from_numpy(h).to(torch.bfloat16).to(torch.float32).numpy()

@@ -10,7 +10,10 @@
 - Coverage: over ``--datasets`` seeded synthetic layers per row (analyze/synthetic.py: ≥ 32 sequences of ≤ 16 tokens with a
   shared component, σ_k ∝ k^-a; with and without a massive coordinate and bf16 rounding; N from d/2 to 32·d), how
   often the 95 % interval covers E[a] at that N (the Monte Carlo mean of the point estimates), and how often it
-  covers the population a; the previous method's percentile interval beside it on the first ``--exact-datasets``.
+  covers the population a, calibrated (analyze/calibration.py, N ≤ 8·d) and first-order; the previous method's
+  percentile interval beside it on the first ``--exact-datasets``.
+- Paired coverage: two exchangeable checkpoints on one token stream (d = ``--paired-dim``, N from d/2 to 32·d), the
+  second as steep or 0.1 steeper; how often the paired Δa interval covers E[Δa] (exactly 0 with no shift).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, publish  # noqa: E402
 
-from spinal.analyze import synthetic  # noqa: E402
+from spinal.analyze import calibration, synthetic  # noqa: E402
 from spinal.analyze.layer_spectrum import spectrum_of  # noqa: E402
 from spinal.analyze.moments import draw_blocks, resample  # noqa: E402
 from spinal.analyze.spectrum import fit_gram, t_interval  # noqa: E402
@@ -68,18 +71,21 @@ def cost(dim: int, tokens: int, exact_calls: int) -> dict:
 
 def coverage(spec: synthetic.Layer, datasets: int, exact_datasets: int, n_boot_exact: int) -> dict:
     q, rng = synthetic.rotation(spec.dim), np.random.default_rng(0)
-    points, ivals, prev = [], [], []
+    points, ivals, first, scales, prev = [], [], [], [], []
     for i in range(datasets):
         h, seq, _ = synthetic.draw(spec, rng, q)
         res = synthetic.moments(h, seq)
         s = spectrum_of(res, 0, storage_dtype=spec.storage_dtype, n_boot=1000, null_splits=8, seed=i, window=None)
         points.append(s.centered.a_wls)
         ivals.append(t_interval(s.centered.a_wls, s.boot, s.blocks))
+        first.append(t_interval(s.centered.a_wls, uncalibrated(s), s.blocks))
+        scales.append(s.se_scale)
         if i < exact_datasets:
             r = np.array([previous_replicate(res, spec.storage_dtype, rng) for _ in range(n_boot_exact)])
             prev.append(np.percentile(r, [2.5, 97.5]) if np.isfinite(r).all() else [np.nan, np.nan])
-    points, ivals, prev = np.array(points), np.array(ivals), np.array(prev).reshape(-1, 2)
+    points, ivals, first, prev = np.array(points), np.array(ivals), np.array(first), np.array(prev).reshape(-1, 2)
     ok = np.isfinite(points) & np.isfinite(ivals).all(axis=1)
+    scales = np.array(scales)[ok]
     truth = float(points[ok].mean())
     inside = lambda iv, x: (iv[:, 0] <= x) & (x <= iv[:, 1])  # noqa: E731
     p_ok = np.isfinite(prev).all(axis=1)
@@ -88,13 +94,46 @@ def coverage(spec: synthetic.Layer, datasets: int, exact_datasets: int, n_boot_e
             "median_width": float(np.median(np.diff(ivals[ok], axis=1))),
             "coverage_mean_a": float(inside(ivals[ok], truth).mean()),
             "coverage_population_a": float(inside(ivals[ok], spec.a).mean()),
+            "first_order_coverage_mean_a": float(inside(first[ok], truth).mean()),
+            "median_se_scale": float(np.median(scales)) if scales.size else float("nan"),
             "point_inside": float(inside(ivals[ok], points[ok]).mean()),
             "previous_coverage_mean_a": float(inside(prev[p_ok], truth).mean()) if p_ok.any() else float("nan"),
             "previous_point_inside": float(inside(prev[p_ok], points[: len(prev)][p_ok]).mean()) if p_ok.any()
             else float("nan"), "previous_datasets": int(p_ok.sum())}
 
 
-def table(c: dict, rows: list[dict], m: dict, n_sets: int) -> str:
+def uncalibrated(s) -> np.ndarray:
+    """The first-order replicates before calibration: ``boot`` scaled back about a by 1/se_scale."""
+    return s.centered.a_wls + (s.boot - s.centered.a_wls) / s.se_scale
+
+
+def paired(spec: synthetic.Layer, datasets: int, shift: float) -> dict:
+    """Two checkpoints on one token stream (``synthetic.paired_noise``: exchangeable, so E[Δa] = 0 exactly when
+    ``shift`` is 0), the second seen through a spectrum ``shift`` steeper; both analyzed with one seed. How often the
+    paired 95 % interval of Δa covers E[Δa] (0, or the Monte Carlo mean), calibrated and first-order."""
+    q, rng = synthetic.rotation(spec.dim), np.random.default_rng(1)
+    seq = synthetic.sequences(spec)
+    deltas, ivals, first, scales = [], [], [], []
+    for i in range(datasets):
+        z1, z2 = synthetic.paired_noise(spec, rng, redraw=0.05)
+        s1, s2 = (spectrum_of(synthetic.moments(synthetic.draw(spec, rng, q, z=z, a=spec.a + da)[0], seq), 0,
+                              storage_dtype=spec.storage_dtype, n_boot=1000, null_splits=8, seed=i, window=None)
+                  for z, da in ((z1, 0.0), (z2, shift)))
+        deltas.append(s2.centered.a_wls - s1.centered.a_wls)
+        ivals.append(t_interval(deltas[-1], s2.boot - s1.boot, s1.blocks))
+        first.append(t_interval(deltas[-1], uncalibrated(s2) - uncalibrated(s1), s1.blocks))
+        scales.append(0.5 * (s1.se_scale + s2.se_scale))
+    deltas, ivals, first = np.array(deltas), np.array(ivals), np.array(first)
+    ok = np.isfinite(deltas) & np.isfinite(ivals).all(axis=1)
+    truth = 0.0 if shift == 0 else float(deltas[ok].mean())
+    inside = lambda iv: float(((iv[ok, 0] <= truth) & (truth <= iv[ok, 1])).mean())  # noqa: E731
+    return {"dim": spec.dim, "tokens": spec.tokens, "a": spec.a, "shift": shift, "fitted": int(ok.sum()),
+            "mean_delta": float(deltas[ok].mean()), "sd_delta": float(deltas[ok].std(ddof=1)),
+            "median_width": float(np.median(np.diff(ivals[ok], axis=1))), "coverage": inside(ivals),
+            "first_order_coverage": inside(first), "median_se_scale": float(np.median(np.array(scales)[ok]))}
+
+
+def table(c: dict, rows: list[dict], pairs: list[dict], m: dict, n_sets: int) -> str:
     lines = [f"One layer, d = {c['dim']}, N = {c['tokens']:,} tokens, 16 blocks, one BLAS thread ({m['cpu']}):", "",
              "| step | seconds | × Gram pass |", "|---|---:|---:|",
              f"| float64 Gram pass (reads the data) | {c['gram_s']:.1f} | 1 |",
@@ -104,28 +143,42 @@ def table(c: dict, rows: list[dict], m: dict, n_sets: int) -> str:
              f"timed over {c['exact_calls_timed']}) | {c['previous_s']:.0f} | {c['previous_over_gram']:.0f} |", "",
              f"Analysis after the Gram pass: **{c['speedup_analysis']:.0f}× faster**; with the Gram pass: "
              f"{c['speedup_with_gram']:.0f}×. The v0.1 replicates' mean lay {c['previous_replicates_mean_minus_a']:+.4f} "
-             "from a (the duplicated-sequence bias).", "",
-             "Coverage of the 95 % interval over seeded synthetic layers (σ_k ∝ k^-a, sequences of 16 tokens (N/32 below 512) "
-             "with a 30 % shared component, 16 blocks):", "",
-             "| d | N | a | massive + bf16 | E[â] at N | sd(â) | width | covers E[â] | covers a | â inside | v0.1 covers E[â] | v0.1 â inside |",
-             "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"from a (the duplicated-sequence bias). N = {c['tokens'] // c['dim']}·d is above the calibration's "
+             f"{calibration.CALIBRATE_BELOW}·d, so nothing is simulated here.", "",
+             "Coverage of the 95 % interval over seeded synthetic layers (σ_k ∝ k^-a, sequences of 16 tokens (N/32 below "
+             "512) with a 30 % shared component, 16 blocks); c is the calibration's SE scale (median), \"first-order\" "
+             "the same replicates uncalibrated:", "",
+             "| d | N | a | massive + bf16 | E[â] at N | sd(â) | width | c | covers E[â] | first-order covers E[â] | "
+             "covers a | â inside | v0.1 covers E[â] | v0.1 â inside |",
+             "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     pct = lambda x, f=".0%": "–" if not np.isfinite(x) else format(x, f)  # noqa: E731
     for r in rows:
         if not r["fitted"]:
             lines.append(f"| {r['dim']} | {r['tokens']} | {r['a']} | {'yes' if r['massive_bf16'] else 'no'} | "
-                         "no dataset fitted: the bf16 noise floor ends the window below 10 ranks | | | | | | | |")
+                         "no dataset fitted: the bf16 noise floor ends the window below 10 ranks | | | | | | | | | |")
             continue
         fitted = "" if r["fitted"] == n_sets else f" ({r['fitted']} of {n_sets} fitted)"
         lines.append(f"| {r['dim']} | {r['tokens']} | {r['a']} | {'yes' if r['massive_bf16'] else 'no'}{fitted} | "
-                     f"{r['mean_a']:.3f} | {r['sd_a']:.4f} | {r['median_width']:.3f} | {pct(r['coverage_mean_a'], '.1%')} | "
+                     f"{r['mean_a']:.3f} | {r['sd_a']:.4f} | {r['median_width']:.3f} | {r['median_se_scale']:.2f} | "
+                     f"**{pct(r['coverage_mean_a'], '.1%')}** | {pct(r['first_order_coverage_mean_a'], '.1%')} | "
                      f"{pct(r['coverage_population_a'])} | {pct(r['point_inside'])} | "
                      f"{pct(r['previous_coverage_mean_a'])} | {pct(r['previous_point_inside'])} |")
     lines += ["", f"{n_sets} datasets per row ({rows[0]['previous_datasets'] if rows else 0} for v0.1). â at N tokens is "
               "biased against the population a where N is small against d (the sample spectrum's tail spreads), so "
               "the interval is for E[â] at the stored token count: what two checkpoints on one token stream compare. "
               "With a massive coordinate and bf16 rounding â stays off the population a even at 32·d: storage, not "
-              "sampling. First-order replicates over-cover (up to 99.5 %) where N ≤ 2·d: their spread misses how "
-              "sample eigenvalues repel, so the interval is conservative there, never narrow."]
+              "sampling. First-order replicates alone over-cover where N ≤ 2·d (their spread misses how sample "
+              f"eigenvalues repel); the calibration (N ≤ {calibration.CALIBRATE_BELOW}·d) scales them by c.", "",
+              "Paired Δa over the same token stream (two exchangeable checkpoints, 5 % of each one's variance drawn "
+              "afresh; the second's spectrum as steep or 0.1 steeper), both analyzed with one seed:", "",
+              "| d | N | a → a′ | E[Δa] | sd(Δa) | width | c | covers E[Δa] | first-order covers E[Δa] |",
+              "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in pairs:
+        target = "0 (exact)" if r["shift"] == 0 else f"{r['mean_delta']:+.4f}"
+        fitted = "" if r["fitted"] == n_sets else f" ({r['fitted']} of {n_sets} fitted)"
+        lines.append(f"| {r['dim']} | {r['tokens']}{fitted} | {r['a']} → {r['a'] + r['shift']:.1f} | {target} | "
+                     f"{r['sd_delta']:.4f} | {r['median_width']:.3f} | {r['median_se_scale']:.2f} | "
+                     f"**{pct(r['coverage'], '.1%')}** | {pct(r['first_order_coverage'], '.1%')} |")
     return "\n".join(lines)
 
 
@@ -135,6 +188,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--exact-calls", type=int, default=6)
     ap.add_argument("--coverage-dim", type=int, default=128)
+    ap.add_argument("--paired-dim", type=int, default=64)
     ap.add_argument("--datasets", type=int, default=200)
     ap.add_argument("--exact-datasets", type=int, default=30)
     ap.add_argument("--exact-boot", type=int, default=100)
@@ -144,7 +198,8 @@ def main() -> None:
     if args.table_only:
         res = json.loads((Path(__file__).parent / "results" / "ci-cpu.json").read_text())
         datasets = res.get("datasets", args.datasets)
-        publish(res, "ci-cpu", table(res["cost"], res["coverage"], res["machine"], datasets), "ci", args.update_readme)
+        publish(res, "ci-cpu", table(res["cost"], res["coverage"], res.get("paired", []), res["machine"], datasets), "ci",
+                args.update_readme)
         return
     with threadpool_limits(1):  # per-core rates (what the planner scales); also spares a shared machine's cores
         c = cost(args.dim, args.tokens, args.exact_calls)
@@ -157,8 +212,16 @@ def main() -> None:
         for spec in specs:
             rows.append(coverage(spec, args.datasets, args.exact_datasets, args.exact_boot))
             print(rows[-1], flush=True)
-    res = {"machine": machine(), "cost": c, "coverage": rows, "datasets": args.datasets}
-    publish(res, "ci-cpu", table(c, rows, machine(), args.datasets), "ci", args.update_readme)
+    pd_ = args.paired_dim
+    pairs = []
+    with threadpool_limits(1):
+        for n in (pd_ // 2, 2 * pd_, 8 * pd_, 32 * pd_):
+            spec = synthetic.Layer(pd_, n, 0.8, tokens_per_sequence=max(1, min(16, n // 32)), sequence_share=0.5)
+            for shift in (0.0, 0.1):
+                pairs.append(paired(spec, args.datasets, shift))
+                print(pairs[-1], flush=True)
+    res = {"machine": machine(), "cost": c, "coverage": rows, "paired": pairs, "datasets": args.datasets}
+    publish(res, "ci-cpu", table(c, rows, pairs, machine(), args.datasets), "ci", args.update_readme)
 
 
 if __name__ == "__main__":

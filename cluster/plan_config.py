@@ -103,13 +103,16 @@ class PlanConfig:
                             True)
     blocks: int = _opt("bootstrap blocks (one d×d float64 scatter each in memory)", _default(AnalyzeConfig, "blocks"),
                        True)
+    calibration_sims: int = _opt("simulated layers per layer that calibrate the CI where tokens ≤ 8·d, each about one "
+                                 "layer's Gram + eigen + shares; 0 = off", _default(AnalyzeConfig, "calibration_sims"),
+                                 True)
 
     def __post_init__(self) -> None:
         for name in ("gpus_per_node", "nodes", "tokens", "batch_size", "seq_len", "unit_tokens", "cpu_cores",
                      "blocks"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 1")
-        for name in ("lens_tokens", "headroom_gib", "offload_cpu_gib"):
+        for name in ("lens_tokens", "calibration_sims", "headroom_gib", "offload_cpu_gib"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
         for name in ("gpu_memory_gib", "gpu_tflops", "store_write_gib_s", "weight_read_gib_s", "host_link_gib_s",
@@ -134,7 +137,7 @@ class PlanConfig:
 
 def from_run(path: str, notes: list[str] | None = None) -> dict[str, Any]:
     """The plan fields a run TOML fixes: its first checkpoint, [capture] dtype, layers, batch_size, max_length and
-    unit_tokens, [analyze] lens_tokens and blocks, and [cluster] gpus_per_replica when set. A checkpoint path that
+    unit_tokens, [analyze] lens_tokens, blocks and calibration_sims, and [cluster] gpus_per_replica when set. A checkpoint path that
     is not here but names a preset (the cluster config's /shared/models/Meta-Llama-3-70B) plans that preset, with a
     line in ``notes``."""
     from spinal.config import load_run_config
@@ -142,7 +145,8 @@ def from_run(path: str, notes: list[str] | None = None) -> dict[str, Any]:
     run = load_run_config(path)
     c, a = run.capture, run.analyze
     values = {"model": run.checkpoints[0].path, "dtype": c.dtype, "layers": c.layers, "batch_size": c.batch_size,
-              "seq_len": c.max_length, "unit_tokens": c.unit_tokens, "lens_tokens": a.lens_tokens, "blocks": a.blocks}
+              "seq_len": c.max_length, "unit_tokens": c.unit_tokens, "lens_tokens": a.lens_tokens, "blocks": a.blocks,
+              "calibration_sims": a.calibration_sims}
     if run.cluster.gpus_per_replica > 0:
         values["gpus_per_replica"] = run.cluster.gpus_per_replica
     adapters = [ck.label for ck in run.checkpoints if ck.adapter]

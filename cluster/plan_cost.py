@@ -13,6 +13,7 @@ from torch import nn
 
 from spinal.cluster.plan_config import GIB, PlanConfig, write_rate
 from spinal.cluster.plan_placement import Placement
+from spinal.analyze.calibration import CALIBRATE_BELOW
 from spinal.capture.discover import text_config
 from spinal.cluster.presets import MetaModel, ModelFacts
 from spinal.config import parse_layers
@@ -92,6 +93,7 @@ class AnalysisCost:
     packed_s: float  # the core time spread perfectly over the cores (the bound ``total_s`` falls short of)
     layer_waves: int  # rounds of single-threaded layer tasks the cores run: ceil(layers / cores)
     total_all_s: float  # wall time with the lens over every token
+    calibration_sims: int  # simulated layers per layer (analyze/calibration.py): 0 where tokens > 8·d or turned off
 
 
 def store_size(cfg: PlanConfig, facts: ModelFacts) -> StoreSize:
@@ -170,6 +172,8 @@ def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisC
     - eigen: one eigh with vectors (centered) and one eigvalsh (raw) at r = min(N, d), ``cpu_eigen_s_1024·(r/1024)³``
       core-seconds, whatever the bootstrap and null sizes (first-order replicates, analyze/influence.py);
     - shares: blocks × 2·d²·(r/2) float64, each block's share of the window's values (the window ends at ≤ r/2);
+    - calibration: where N ≤ 8·d, ``calibration_sims`` simulated layers of the same N and d, each its own Gram,
+      eigen and shares (analyze/calibration.py), so those three cost (1 + sims)×; none above 8·d;
     - lens: 2·T·d·V float32 for the T transport tokens (log-softmax and distances are O(T·V)).
     """
     n, d, layers = cfg.tokens, facts.hidden, s.layers
@@ -179,9 +183,11 @@ def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisC
     shares = layers * cfg.blocks * 2.0 * d * d * (r // 2) if n >= d else layers * 2.0 * n * n * (r // 2)
     t = n if cfg.lens_tokens == 0 else min(cfg.lens_tokens, n)
     lens = layers * 2.0 * t * d * facts.vocab
+    sims = cfg.calibration_sims if n <= CALIBRATE_BELOW * d else 0
+    gram, shares = gram * (1 + sims), shares * (1 + sims)
     cores = cfg.cpu_cores
     gram_s = gram / (cores * cfg.cpu_gflops_f64 * 1e9)
-    eigen_s = layers * eigen_core_s / cores
+    eigen_s = layers * eigen_core_s * (1 + sims) / cores
     shares_s = shares / (cores * cfg.cpu_gflops_shares * 1e9)
     lens_s = lens / (cores * cfg.cpu_gflops_f32 * 1e9)
     lens_all_s = lens_s * n / t
@@ -193,7 +199,7 @@ def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisC
     # blocks per-block scatters + the merged total + its eigenvectors, d×d float64 each (analyze/gram.py)
     task_mem = (cfg.blocks + 2) * r * r * 8 / GIB
     return AnalysisCost(gram, eigen_core_s, shares, t, lens, gram_s, eigen_s, shares_s, lens_s, total, lens_all_s,
-                        round(task_mem, 3), gram_s + eigen_s + shares_s + lens_s, -(-layers // cores), total_all)
+                        round(task_mem, 3), gram_s + eigen_s + shares_s + lens_s, -(-layers // cores), total_all, sims)
 
 
 def makespan(durations: list[float], workers: int) -> float:

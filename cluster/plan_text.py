@@ -64,7 +64,11 @@ def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureT
         f"capturing = {_dur(t.total_s)}, {t.gpu_hours:,.2f} GPU-hours per checkpoint",
         f"analysis   per checkpoint on {c.cpu_cores} cores: Gram {_si(a.gram_flops)}FLOP ({_dur(a.gram_s)}), "
         f"eigh + eigvalsh {_dur(a.eigen_core_s)} per layer-core ({_dur(a.eigen_s)}), block shares "
-        f"{_si(a.shares_flops)}FLOP ({_dur(a.shares_s)}),",
+        f"{_si(a.shares_flops)}FLOP ({_dur(a.shares_s)}),"
+        + (f" all three × {1 + a.calibration_sims} for the CI's calibration ({a.calibration_sims} simulated layers "
+           f"per layer, as tokens ≤ 8·d; more tokens or analyze --calibration-sims 0, here --set calibration_sims=0, "
+           "drop it),"
+           if a.calibration_sims else ""),
         f"           lens over {a.lens_tokens:,} tokens {_si(a.lens_flops)}FLOP ({_dur(a.lens_s)}) → "
         f"{_dur(a.total_s)} wall ({s.layers} single-threaded layer tasks in {a.layer_waves} wave"
         f"{'s' * (a.layer_waves != 1)} on {c.cpu_cores} cores, lens tasks filling idle cores; {_dur(a.packed_s)} if "

@@ -174,6 +174,20 @@ def test_analysis_cost_counts_gram_eigen_shares_and_lens(plan70):
     assert a.layer_waves == 2 and a.packed_s < a.total_s < 2 * per_layer + a.lens_s
 
 
+def test_few_tokens_for_the_width_price_the_calibration_simulations(plan70, llama70):
+    """At N ≤ 8·d every layer is calibrated by 24 simulated layers, each its own Gram, eigen and shares (issue 13:
+    analyze/calibration.py); above 8·d, and with calibration_sims = 0, nothing is added."""
+    assert plan70.analysis.calibration_sims == 0  # N = 32·d
+    few = dict(model="llama-3-70b", nodes=2, gpus_per_node=8, gpu_memory_gib=80, tokens=8 * 8192)
+    on = plan(PlanConfig(**few), llama70).analysis
+    off = plan(PlanConfig(**few, calibration_sims=0), llama70).analysis
+    assert on.calibration_sims == 24 and off.calibration_sims == 0
+    for part in ("gram_flops", "eigen_s", "shares_flops", "gram_s", "shares_s"):
+        assert getattr(on, part) == pytest.approx(25 * getattr(off, part)), part
+    assert on.lens_s == off.lens_s
+    assert "× 25 for the CI's calibration" in plan(PlanConfig(**few), llama70).render()
+
+
 def test_makespan_is_greedy_list_scheduling_in_task_order():
     from spinal.cluster.plan_cost import makespan
 
