@@ -100,7 +100,7 @@ def _paired_table(a: Trace, b: Trace, term, seed, n_boot, null_splits
     """The pair's per-layer table, and its bootstrap replicates of Δa (layer, n_boot) and ΔL (step, n_boot)."""
     layers = a.table["layer"].to_numpy()
     d_a = b.table["a"].to_numpy() - a.table["a"].to_numpy()
-    rep_a = b.boot - a.boot  # (layer, n_boot): replicate b drew the same blocks in both (same seed)
+    rep_a = a.paired_boot(b)  # (layer, n_boot); where N ≤ 8·d with the paired exact jackknife's SE
     lo_a, hi_a, p_a = _ci_p(rep_a, d_a, int(a.meta.get("blocks_used") or 0))
     rng = seeds.rng(seed, seeds.Purpose.COMPARE)
     diff_seq = b.seq_L - a.seq_L  # (sequence, step) paired by sequence

@@ -1,10 +1,11 @@
 """One layer's contraction: a streaming float64 Gram pass over the store, both fits, the bootstrap replicates and the
-split-half null, all from one eigendecomposition (analyze/influence.py); the replicates' spread calibrated by
-simulation where the layer holds ≤ 8·d tokens (analyze/calibration.py)."""
+split-half null, all from one eigendecomposition (analyze/influence.py); where the layer holds ≤ 8·d tokens the
+replicates' spread set to a simulation-calibrated exact jackknife's (analyze/calibration.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from spinal.analyze.gram import GramAccumulator
 from spinal.analyze.influence import bootstrap_weights, eigen, half_weights
 from spinal.analyze.moments import GramResult
 from spinal.analyze.seeds import Purpose, rng
-from spinal.analyze.spectrum import SpectrumFit, fit_gram, fit_replicates, singular_values
+from spinal.analyze.spectrum import SpectrumFit, fit_gram, fit_replicates, replicate_se, singular_values
 from spinal.store import Store
 
 
@@ -25,11 +26,22 @@ class LayerSpectrum:
     centered: SpectrumFit
     raw: SpectrumFit
     boot: np.ndarray  # (n_boot,) a_wls of block-bootstrap resamples, centered, scaled about a by se_scale
-    null_diffs: np.ndarray  # (null_splits,) a(half 1) − a(half 2)
+    null_diffs: np.ndarray  # (null_splits,) a(half 1) − a(half 2), to first order, times se_scale like boot
     sv: np.ndarray  # centered singular values, descending (for plots)
     curv_boot: np.ndarray  # (n_boot,) curvature of the same resamples
     blocks: int  # filled sequence blocks the resamples draw from (the intervals' degrees of freedom + 1)
     se_scale: float = 1.0  # c of analyze/calibration.py: the factor already applied to boot's spread (1: none)
+    se_first: float = math.nan  # the first-order replicates' SE, before c
+    se_jackknife: float = math.nan  # exact delete-one-block jackknife SE of a (computed only where N ≤ 8·d)
+    kappa: float = 1.0  # the jackknife's calibration κ in c (this layer's own, or the trace's pooled once ``pool``ed)
+    simulated: calibration.Simulated | None = None  # this layer's own simulations (None: none run)
+    leave_one_out: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (blocks,) â without each block (NaN:
+    # empty block; empty array where N > 8·d): paired comparisons take their exact paired jackknife from these
+
+    @property
+    def kappa_layer(self) -> float:
+        """This layer's own κ (1.0 where it was not simulated)."""
+        return self.simulated.kappa if self.simulated is not None else 1.0
 
 
 def accumulate(store: Store, layer: int, blocks: int) -> GramResult:
@@ -73,8 +85,9 @@ def layer_spectrum(store_path: str, layer: int, *, blocks: int, n_boot: int, nul
 def spectrum_of(res: GramResult, layer: int, *, storage_dtype: Any, n_boot: int, null_splits: int, seed: int,
                 window: tuple[int, int] | None, calibration_sims: int = calibration.SIMS) -> LayerSpectrum:
     """Both fits, ``n_boot`` bootstrap replicates and ``null_splits`` split-halves of accumulated moments: one
-    ``eigh`` (centered, with vectors) and one ``eigvalsh`` (raw), whatever the replicate counts; where N ≤ 8·d,
-    ``calibration_sims`` simulated layers more, each as costly as this one (0: replicates uncalibrated)."""
+    ``eigh`` (centered, with vectors) and one ``eigvalsh`` (raw), whatever the replicate counts; where N ≤ 8·d, one
+    ``eigvalsh`` per filled block more (the exact jackknife) and ``calibration_sims`` simulated layers, each its own
+    Gram and 1 + blocks ``eigvalsh`` (0: κ = 1, the jackknife alone)."""
     kw = dict(storage_dtype=storage_dtype, window=window)
     eig = eigen(res)
     centered = fit_gram(res, centered=True, eigenvalues=eig.eigenvalues, **kw)
@@ -83,8 +96,31 @@ def spectrum_of(res: GramResult, layer: int, *, storage_dtype: Any, n_boot: int,
     shares = eig.shares(res, centered.k_hi if resampled else 0)  # (block, k_hi): each block's share of λ_1..λ_k_hi
     boot = bootstrap_a(res, shares, centered, rng(seed, Purpose.BOOTSTRAP), n_boot)
     null = split_half_null(res, shares, centered, rng(seed, Purpose.NULL_SPLITS), null_splits)
-    c = 1.0
-    if n_boot and calibration_sims:
-        c = calibration.se_scale(res, eig.eigenvalues, centered, rng(seed, Purpose.CALIBRATION), calibration_sims)
-    return LayerSpectrum(layer, res.n, centered, raw, calibration.calibrate(boot[:, 0], centered.a_wls, c), null,
-                         singular_values(eig.eigenvalues), boot[:, 1].copy(), _filled(res), c)
+    se_first = replicate_se(boot[:, 0], _filled(res)) if boot.shape[0] > 1 else math.nan
+    left, sim = np.full(res.n_blocks, np.nan), None
+    if boot.shape[0] > 1 and calibration.needed(res.n, res.dim):
+        left = calibration.leave_one_out(res, centered)
+        if calibration_sims:
+            sim = calibration.simulate(res, eig.eigenvalues, centered, rng(seed, Purpose.CALIBRATION, layer),
+                                       calibration_sims)
+    kappa, se_jk = calibration.pooled([sim]), calibration.spread(left)
+    c = calibration.scale(kappa, se_jk, se_first)
+    return LayerSpectrum(layer, res.n, centered, raw, calibration.calibrate(boot[:, 0], centered.a_wls, c),
+                         c * null, singular_values(eig.eigenvalues), boot[:, 1].copy(), _filled(res), c, se_first,
+                         se_jk, kappa, sim, left)
+
+
+def pool(spectra: list[LayerSpectrum]) -> list[LayerSpectrum]:
+    """The layers of one trace with one κ, pooled over all their simulations (analyze/calibration.py ``pooled``):
+    each layer's c recomputed with it, its replicates rescaled about its a (and its null spread) from the old c to
+    the new."""
+    kappa = calibration.pooled(s.simulated for s in spectra)
+    out = []
+    for s in spectra:
+        if not math.isfinite(s.se_jackknife):  # not calibrated (N > 8·d, no fit, no replicates)
+            out.append(s)
+            continue
+        c = calibration.scale(kappa, s.se_jackknife, s.se_first)
+        out.append(replace(s, boot=calibration.calibrate(s.boot, s.centered.a_wls, c / s.se_scale),
+                           null_diffs=s.null_diffs * (c / s.se_scale), se_scale=c, kappa=kappa))
+    return out

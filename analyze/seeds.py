@@ -17,9 +17,11 @@ class Purpose(IntEnum):
     LENS_EXTENSION = 9  # the order in which the lens subsample grows beyond its pilot (the tokens not in it)
     COMPARE = 7  # the ΔL sequence bootstrap and its split-halves
     POSITIONS = 8  # the sequence bootstrap of the per-position profile (analyze/positions.py)
-    CALIBRATION = 10  # the simulated layers that calibrate a's bootstrap SE where N ≤ 8·d (analyze/calibration.py)
+    CALIBRATION = 10  # the simulated layers that calibrate a's bootstrap SE where N ≤ 8·d, one stream per layer
+    # (keyed by the layer: its c is pooled over the trace's layers, analyze/calibration.py)
 
 
-def rng(seed: int, purpose: Purpose) -> np.random.Generator:
-    """The generator of one purpose: independent of the others, identical across layers and checkpoints."""
-    return np.random.default_rng([seed, int(purpose)])
+def rng(seed: int, purpose: Purpose, *keys: int) -> np.random.Generator:
+    """The generator of one purpose: independent of the others, identical across checkpoints, and across layers
+    unless ``keys`` (a layer) make it one stream per layer (the calibration's, whose layers are pooled)."""
+    return np.random.default_rng([seed, int(purpose), *map(int, keys)])

@@ -53,7 +53,7 @@ def _rms(x: np.ndarray) -> float:
 def step(prev: Trace, cur: Trace) -> Step:
     """The step from ``prev`` to ``cur`` (consecutive checkpoints of one run, same tokens and bootstrap design)."""
     d_a = cur.table["a"].to_numpy(float) - prev.table["a"].to_numpy(float)
-    rep = cur.boot - prev.boot  # (layer, n_boot), paired: replicate b drew the same blocks in both
+    rep = prev.paired_boot(cur)  # (layer, n_boot), paired: replicate b drew the same blocks in both
     g = int(cur.meta.get("blocks_used") or 0)
     if rep.shape[1] > 1 and g > 1:
         se_a = math.sqrt(g / (g - 1)) * np.nanstd(rep, axis=1, ddof=1)

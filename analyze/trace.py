@@ -10,14 +10,15 @@ import os
 import platform
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum
+from spinal.analyze import calibration
+from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum, pool
 from spinal.analyze.lens_pass import (LensPartial, extension_order, lens_pass, selected_tokens, token_ranges,
                                       token_subsample)
 from spinal.analyze.lens_size import GROWTH, cluster_se, grow
@@ -30,8 +31,9 @@ from spinal.errors import InputError, StoreError
 from spinal.outputs import atomic_folder, check_output, check_whole, jsonable
 from spinal.store import Store
 
-TRACE_FORMAT = 3  # 2: first-order bootstrap replicates (analyze/influence.py), L_se, L_precision; 3: their spread
-# calibrated where N ≤ 8·d (analyze/calibration.py), se_scale
+TRACE_FORMAT = 4  # 2: first-order bootstrap replicates (analyze/influence.py), L_se, L_precision; 3: their spread
+# calibrated where N ≤ 8·d (analyze/calibration.py), se_scale; 4: there set to a calibrated exact jackknife's,
+# se_jackknife, kappa (pooled over the layers), kappa_layer
 log = logging.getLogger(__name__)
 LENS_ROUNDS = 3  # growth rounds of the lens subsample beyond its pilot (analyze/lens_size.py)
 # Below this much work (flop-like units, _auto_workers) `workers = 0` runs the tasks in this process, on its own
@@ -49,6 +51,8 @@ class Trace:
     boot: np.ndarray  # (layer, n_boot) bootstrap replicates of a (paired across checkpoints by seed)
     seq_L: np.ndarray  # (sequence, step) mean L per sequence for step ℓ→ℓ+1 (NaN: no tokens)
     spectra: dict[int, np.ndarray]  # layer -> centered singular values (for plots)
+    # (layer, block) â without each sequence block, where N ≤ 8·d (empty otherwise): the paired exact jackknife
+    jackknife: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def label(self) -> str:
@@ -62,6 +66,20 @@ class Trace:
                 "store_identity": self.meta.get("store_identity"), "created": self.meta.get("created"),
                 "trace_id": self.meta.get("trace_id")}
 
+    def paired_boot(self, other: "Trace") -> np.ndarray:
+        """(layer, n_boot) replicates of Δa = other.a − self.a, paired by block draws (one seed: replicate b drew
+        the same blocks in both). Where both hold leave-one-out values (N ≤ 8·d) each layer's are rescaled about
+        Δa to κ times the paired exact jackknife's SE (analyze/calibration.py ``paired``, κ the two traces' pooled
+        values in quadrature mean)."""
+        rep = other.boot - self.boot
+        if not (rep.size and self.jackknife.size and self.jackknife.shape == other.jackknife.shape):
+            return rep
+        d_a = other.table["a"].to_numpy() - self.table["a"].to_numpy()
+        kappa = np.sqrt((self.table["kappa"].to_numpy() ** 2 + other.table["kappa"].to_numpy() ** 2) / 2)
+        groups = int(self.meta.get("blocks_used") or 0)
+        return np.stack([calibration.paired(rep[i], d_a[i], self.jackknife[i], other.jackknife[i], kappa[i], groups)
+                         for i in range(rep.shape[0])])
+
     def save(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the trace folder whole or not at all (temporary sibling, swapped in)."""
         out = Path(out)
@@ -74,6 +92,8 @@ class Trace:
             steps = [f"{a}->{b}" for a, b in zip(layers[:-1], layers[1:])]
             pd.DataFrame(self.seq_L, columns=steps).to_parquet(tmp / "sequences.parquet")
             np.savez_compressed(tmp / "spectra.npz", **{str(k): v for k, v in self.spectra.items()})
+            if self.jackknife.size:
+                pd.DataFrame(self.jackknife.T, columns=[str(l) for l in layers]).to_parquet(tmp / "jackknife.parquet")
             (tmp / "trace.json").write_text(json.dumps(self.meta, indent=2, default=jsonable))
         return out
 
@@ -103,6 +123,8 @@ class Trace:
             name = "spectra.npz"
             with np.load(p / name) as z:
                 spectra = {int(k): z[k] for k in z.files}
+            name = "jackknife.parquet"  # only where N ≤ 8·d (and from trace format 4)
+            jackknife = pd.read_parquet(p / name).to_numpy().T if (p / name).exists() else np.zeros((0, 0))
         except Exception as e:  # missing or torn file of a folder without digests (SPINAL 0.1)
             why = "is missing" if not (p / name).exists() else f"cannot be read ({type(e).__name__})"
             raise InputError(f"{p}: {name} {why}; rerun `spinal analyze … --overwrite`") from None
@@ -110,7 +132,10 @@ class Trace:
         if missing or len(table) != len(meta.get("layers", table)) or boot.shape[0] != len(table):
             raise InputError(f"{p}: its files do not belong together (columns missing: {sorted(missing)}, "
                              f"{len(table)} table rows, {boot.shape[0]} bootstrap rows); rerun `spinal analyze`")
-        return cls(table, meta, boot, seq_L, spectra)
+        if jackknife.size and jackknife.shape[0] != len(table):
+            raise InputError(f"{p}: jackknife.parquet has {jackknife.shape[0]} layers, the table {len(table)}; "
+                             "rerun `spinal analyze … --overwrite`")
+        return cls(table, meta, boot, seq_L, spectra, jackknife)
 
 
 def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | None = None,
@@ -145,7 +170,7 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     run = submit or run_tasks
     tasks = _tasks(cfg, store, layers, window, blocks_used, workers, sub, comp)
     results = run(tasks, workers, progress)
-    spectra: list[LayerSpectrum] = results[: len(layers)]
+    spectra: list[LayerSpectrum] = pool(results[: len(layers)])  # one calibration c for the trace's layers
     lens = _merged(results[len(layers):])
     growth = {"pilot": lens.n, "rounds": 0, "floor": lens_floor}
     if sub is not None and (cfg.lens_precision > 0 or lens_floor > lens.n):
@@ -154,8 +179,10 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     table, seq_L = _table(spectra, lens, store)
     meta = _meta(cfg, store, label, layers, window, blocks_used, spectra, lens, table, t0, growth)
     _warn_precision(cfg, meta, growth)
+    left = [s.leave_one_out for s in spectra]
+    jackknife = np.stack(left) if all(x.size and np.isfinite(x).any() for x in left) else np.zeros((0, 0))
     return Trace(table, meta, np.stack([s.boot for s in spectra]) if cfg.n_boot else np.zeros((len(layers), 0)),
-                 seq_L, {s.layer: s.sv for s in spectra})
+                 seq_L, {s.layer: s.sv for s in spectra}, jackknife)
 
 
 def _auto_workers(store: Store, layers: list[int], sub: np.ndarray | None) -> int:
@@ -225,7 +252,7 @@ def _tasks(cfg: AnalyzeConfig, store: Store, layers: list[int], window, blocks_u
            ) -> list:
     """One spectrum task per layer, then one lens task per token range (as many ranges as workers)."""
     spec_kw = dict(blocks=blocks_used, n_boot=cfg.n_boot, null_splits=cfg.null_splits, seed=cfg.seed, window=window,
-                   calibration_sims=cfg.calibration_sims)
+                   calibration_sims=calibration.per_layer(cfg.calibration_sims, len(layers)))
     tasks = [(layer_spectrum, dict(store_path=cfg.store, layer=l, **spec_kw)) for l in layers]
     tasks += [(lens_pass, dict(store_path=cfg.store, token_range=r, layers=layers, chunk_mib=cfg.chunk_mib,
                                subsample=sub, companions=comp))
@@ -258,6 +285,8 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
                      f"≤ {GROWTH}× per round, by a prefix of the other tokens in a seeded order (at least lens_floor)"
         if cfg.lens_precision or growth["floor"] > growth["pilot"] else "exactly lens_tokens (seeded subsample)",
         "blocks_used": blocks_used,
+        "calibration_sims_per_layer": calibration.per_layer(cfg.calibration_sims, len(layers))
+        if calibration.needed(int(spectra[0].n_tokens), int(store.meta["dim"])) else 0,
         "companion_tokens": int(lens.n_companion),
         "layers": layers,
         "options": asdict(cfg),
@@ -268,8 +297,11 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
         "interval": "a_lo/a_hi: 95 % for a at this token count (E[â(N)], not the population exponent): a ± "
                     "t(g−1)·√(g/(g−1))·SD of block-bootstrap replicates over g = blocks_used sequence blocks, each "
                     "replicate's spectrum to first order from one eigh (analyze/influence.py), fitted in a's window; "
-                    "where N ≤ 8·d the SD is times se_scale = sd(â)/median(SE) over calibration_sims simulated "
-                    "Gaussian layers of the fitted spectrum, same N, d, blocks and window (analyze/calibration.py); "
+                    "where N ≤ 8·d the SD is set, by the factor se_scale, to κ·se_jackknife: the exact "
+                    "delete-one-block jackknife SE (one eigensolve per left-out block) times κ = sd(â)/median(SE "
+                    "jackknife) over calibration_sims_per_layer simulated Gaussian layers of each layer's fitted spectrum, same "
+                    "N, d, blocks and window, one seeded stream per layer, pooled over the layers as "
+                    "√(Σ(S−1)·κ_ℓ²/Σ(S−1)) (kappa; each layer's own in kappa_layer; analyze/calibration.py); "
                     "bootstrap.parquet holds the scaled replicates",
         "alpha_name": "rank-decay exponent a (σ_k ∝ k^-a); α-ReQ = 2a; WeightWatcher α = 1 + 1/(2a)",
         "path_length": float(np.nansum(table["L_mean"].to_numpy())),
@@ -311,7 +343,9 @@ def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tup
         row = {
             "layer": s.layer, "a": c.a_wls, "a_lo": lo, "a_hi": hi, "a_mle": c.a_mle, "r2": c.r2, "ks": c.ks,
             "k_lo": c.k_lo, "k_hi": c.k_hi, "rank": c.rank, "spikes": c.spikes, "floor_rank": c.floor_rank,
-            "top1_share": c.top1_share, "se_scale": s.se_scale, "status": with_curvature(c.status, c_lo, c_hi),
+            "top1_share": c.top1_share, "se_scale": s.se_scale, "se_jackknife": s.se_jackknife,
+            "kappa": s.kappa, "kappa_layer": s.kappa_layer,
+            "status": with_curvature(c.status, c_lo, c_hi),
             "curvature": c.curvature, "curvature_lo": c_lo, "curvature_hi": c_hi,
             "a_raw": r.a_wls, "status_raw": r.status, "spikes_raw": r.spikes, "top1_share_raw": r.top1_share,
             "null_sd_a": float(np.sqrt(np.mean(s.null_diffs**2))) if s.null_diffs.size else math.nan,

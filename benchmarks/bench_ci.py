@@ -10,7 +10,7 @@
 - Coverage: over ``--datasets`` seeded synthetic layers per row (analyze/synthetic.py: ≥ 32 sequences of ≤ 16 tokens with a
   shared component, σ_k ∝ k^-a; with and without a massive coordinate and bf16 rounding; N from d/2 to 32·d), how
   often the 95 % interval covers E[a] at that N (the Monte Carlo mean of the point estimates), and how often it
-  covers the population a, calibrated (analyze/calibration.py, N ≤ 8·d) and first-order; the previous method's
+  covers the population a, calibrated (analyze/calibration.py, N ≤ 8·d: κ·exact jackknife) and first-order; the previous method's
   percentile interval beside it on the first ``--exact-datasets``.
 - Paired coverage: two exchangeable checkpoints on one token stream (d = ``--paired-dim``, N from d/2 to 32·d), the
   second as steep or 0.1 steeper; how often the paired Δa interval covers E[Δa] (exactly 0 with no shift).
@@ -69,13 +69,14 @@ def cost(dim: int, tokens: int, exact_calls: int) -> dict:
             "previous_replicates_mean_minus_a": float(np.mean(exact) - s.centered.a_wls)}
 
 
-def coverage(spec: synthetic.Layer, datasets: int, exact_datasets: int, n_boot_exact: int) -> dict:
+def coverage(spec: synthetic.Layer, datasets: int, exact_datasets: int, n_boot_exact: int, sims: int) -> dict:
     q, rng = synthetic.rotation(spec.dim), np.random.default_rng(0)
     points, ivals, first, scales, prev = [], [], [], [], []
     for i in range(datasets):
         h, seq, _ = synthetic.draw(spec, rng, q)
         res = synthetic.moments(h, seq)
-        s = spectrum_of(res, 0, storage_dtype=spec.storage_dtype, n_boot=1000, null_splits=8, seed=i, window=None)
+        s = spectrum_of(res, 0, storage_dtype=spec.storage_dtype, n_boot=1000, null_splits=8, seed=i, window=None,
+                        calibration_sims=sims)
         points.append(s.centered.a_wls)
         ivals.append(t_interval(s.centered.a_wls, s.boot, s.blocks))
         first.append(t_interval(s.centered.a_wls, uncalibrated(s), s.blocks))
@@ -107,7 +108,7 @@ def uncalibrated(s) -> np.ndarray:
     return s.centered.a_wls + (s.boot - s.centered.a_wls) / s.se_scale
 
 
-def paired(spec: synthetic.Layer, datasets: int, shift: float) -> dict:
+def paired(spec: synthetic.Layer, datasets: int, shift: float, sims: int) -> dict:
     """Two checkpoints on one token stream (``synthetic.paired_noise``: exchangeable, so E[Δa] = 0 exactly when
     ``shift`` is 0), the second seen through a spectrum ``shift`` steeper; both analyzed with one seed. How often the
     paired 95 % interval of Δa covers E[Δa] (0, or the Monte Carlo mean), calibrated and first-order."""
@@ -117,12 +118,16 @@ def paired(spec: synthetic.Layer, datasets: int, shift: float) -> dict:
     for i in range(datasets):
         z1, z2 = synthetic.paired_noise(spec, rng, redraw=0.05)
         s1, s2 = (spectrum_of(synthetic.moments(synthetic.draw(spec, rng, q, z=z, a=spec.a + da)[0], seq), 0,
-                              storage_dtype=spec.storage_dtype, n_boot=1000, null_splits=8, seed=i, window=None)
+                              storage_dtype=spec.storage_dtype, n_boot=1000, null_splits=8, seed=i, window=None,
+                              calibration_sims=sims)
                   for z, da in ((z1, 0.0), (z2, shift)))
         deltas.append(s2.centered.a_wls - s1.centered.a_wls)
-        ivals.append(t_interval(deltas[-1], s2.boot - s1.boot, s1.blocks))
-        first.append(t_interval(deltas[-1], uncalibrated(s2) - uncalibrated(s1), s1.blocks))
-        scales.append(0.5 * (s1.se_scale + s2.se_scale))
+        kappa = np.sqrt((s1.kappa ** 2 + s2.kappa ** 2) / 2)  # as Trace.paired_boot forms a comparison's replicates
+        rep = calibration.paired(s2.boot - s1.boot, deltas[-1], s1.leave_one_out, s2.leave_one_out, kappa, s1.blocks)
+        ivals.append(t_interval(deltas[-1], rep, s1.blocks))
+        first_rep = uncalibrated(s2) - uncalibrated(s1)
+        first.append(t_interval(deltas[-1], first_rep, s1.blocks))
+        scales.append(np.std(rep) / np.std(first_rep) if np.std(first_rep) > 0 else 1.0)
     deltas, ivals, first = np.array(deltas), np.array(ivals), np.array(first)
     ok = np.isfinite(deltas) & np.isfinite(ivals).all(axis=1)
     truth = 0.0 if shift == 0 else float(deltas[ok].mean())
@@ -133,7 +138,7 @@ def paired(spec: synthetic.Layer, datasets: int, shift: float) -> dict:
             "first_order_coverage": inside(first), "median_se_scale": float(np.median(np.array(scales)[ok]))}
 
 
-def table(c: dict, rows: list[dict], pairs: list[dict], m: dict, n_sets: int) -> str:
+def table(c: dict, rows: list[dict], pairs: list[dict], m: dict, n_sets: int, sims: int) -> str:
     lines = [f"One layer, d = {c['dim']}, N = {c['tokens']:,} tokens, 16 blocks, one BLAS thread ({m['cpu']}):", "",
              "| step | seconds | × Gram pass |", "|---|---:|---:|",
              f"| float64 Gram pass (reads the data) | {c['gram_s']:.1f} | 1 |",
@@ -146,8 +151,9 @@ def table(c: dict, rows: list[dict], pairs: list[dict], m: dict, n_sets: int) ->
              f"from a (the duplicated-sequence bias). N = {c['tokens'] // c['dim']}·d is above the calibration's "
              f"{calibration.CALIBRATE_BELOW}·d, so nothing is simulated here.", "",
              "Coverage of the 95 % interval over seeded synthetic layers (σ_k ∝ k^-a, sequences of 16 tokens (N/32 below "
-             "512) with a 30 % shared component, 16 blocks); c is the calibration's SE scale (median), \"first-order\" "
-             "the same replicates uncalibrated:", "",
+             "512) with a 30 % shared component, 16 blocks); where N ≤ 8·d the SE is κ·SE_jackknife (analyze/"
+             f"calibration.py, κ from {sims} simulated layers per dataset, unpooled), c its ratio to the first-order SE "
+             "(median), \"first-order\" the same replicates unscaled:", "",
              "| d | N | a | massive + bf16 | E[â] at N | sd(â) | width | c | covers E[â] | first-order covers E[â] | "
              "covers a | â inside | v0.1 covers E[â] | v0.1 â inside |",
              "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -167,10 +173,14 @@ def table(c: dict, rows: list[dict], pairs: list[dict], m: dict, n_sets: int) ->
               "biased against the population a where N is small against d (the sample spectrum's tail spreads), so "
               "the interval is for E[â] at the stored token count: what two checkpoints on one token stream compare. "
               "With a massive coordinate and bf16 rounding â stays off the population a even at 32·d: storage, not "
-              "sampling. First-order replicates alone over-cover where N ≤ 2·d (their spread misses how sample "
-              f"eigenvalues repel); the calibration (N ≤ {calibration.CALIBRATE_BELOW}·d) scales them by c.", "",
+              "sampling. First-order replicates alone over-cover these Gaussian layers where N ≤ 2·d (their spread "
+              "misses how sample eigenvalues repel), while on real layers they under-cover (benchmarks/"
+              f"check_real_coverage.py); where N ≤ {calibration.CALIBRATE_BELOW}·d the calibrated jackknife sets "
+              "their spread (c).", "",
               "Paired Δa over the same token stream (two exchangeable checkpoints, 5 % of each one's variance drawn "
-              "afresh; the second's spectrum as steep or 0.1 steeper), both analyzed with one seed:", "",
+              "afresh; the second's spectrum as steep or 0.1 steeper), both analyzed with one seed; "
+              "where N ≤ 8·d the Δ replicates' SE is κ times the paired exact jackknife's (the same block left out of "
+              "both; Trace.paired_boot), c the resulting factor on the first-order Δ SE (median):", "",
               "| d | N | a → a′ | E[Δa] | sd(Δa) | width | c | covers E[Δa] | first-order covers E[Δa] |",
               "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in pairs:
@@ -192,36 +202,45 @@ def main() -> None:
     ap.add_argument("--datasets", type=int, default=200)
     ap.add_argument("--exact-datasets", type=int, default=30)
     ap.add_argument("--exact-boot", type=int, default=100)
+    ap.add_argument("--sims", type=int, default=24, help="simulated layers per dataset: its κ alone, unpooled (a "
+                    "trace spreads calibration_sims = 96 over its layers and pools them, 7 %% noise; 24 alone is 15 %%)")
     ap.add_argument("--update-readme", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="re-render the table from results/ci-cpu.json")
+    ap.add_argument("--paired-only", action="store_true", help="recompute only the paired rows, keeping the rest of "
+                    "results/ci-cpu.json")
     args = ap.parse_args()
     if args.table_only:
         res = json.loads((Path(__file__).parent / "results" / "ci-cpu.json").read_text())
         datasets = res.get("datasets", args.datasets)
-        publish(res, "ci-cpu", table(res["cost"], res["coverage"], res.get("paired", []), res["machine"], datasets), "ci",
-                args.update_readme)
+        publish(res, "ci-cpu", table(res["cost"], res["coverage"], res.get("paired", []), res["machine"], datasets,
+                                     res.get("sims", 24)), "ci", args.update_readme)
         return
-    with threadpool_limits(1):  # per-core rates (what the planner scales); also spares a shared machine's cores
-        c = cost(args.dim, args.tokens, args.exact_calls)
-    print(c, flush=True)
-    d = args.coverage_dim
-    specs = [synthetic.Layer(d, n, a, tokens_per_sequence=max(1, min(16, n // 32)), massive=m, bf16=m)
-             for a in (0.5, 1.0) for m in (False, True) for n in (d // 2, 2 * d, 8 * d, 32 * d)]  # ≥ 32 sequences
-    rows = []
-    with threadpool_limits(1):
-        for spec in specs:
-            rows.append(coverage(spec, args.datasets, args.exact_datasets, args.exact_boot))
-            print(rows[-1], flush=True)
+    if args.paired_only:
+        kept = json.loads((Path(__file__).parent / "results" / "ci-cpu.json").read_text())
+        c, rows = kept["cost"], kept["coverage"]
+    else:
+        with threadpool_limits(1):  # per-core rates (what the planner scales); also spares a shared machine's cores
+            c = cost(args.dim, args.tokens, args.exact_calls)
+        print(c, flush=True)
+        d = args.coverage_dim
+        specs = [synthetic.Layer(d, n, a, tokens_per_sequence=max(1, min(16, n // 32)), massive=m, bf16=m)
+                 for a in (0.5, 1.0) for m in (False, True) for n in (d // 2, 2 * d, 8 * d, 32 * d)]  # ≥ 32 seqs
+        rows = []
+        with threadpool_limits(1):
+            for spec in specs:
+                rows.append(coverage(spec, args.datasets, args.exact_datasets, args.exact_boot, args.sims))
+                print(rows[-1], flush=True)
     pd_ = args.paired_dim
     pairs = []
     with threadpool_limits(1):
         for n in (pd_ // 2, 2 * pd_, 8 * pd_, 32 * pd_):
             spec = synthetic.Layer(pd_, n, 0.8, tokens_per_sequence=max(1, min(16, n // 32)), sequence_share=0.5)
             for shift in (0.0, 0.1):
-                pairs.append(paired(spec, args.datasets, shift))
+                pairs.append(paired(spec, args.datasets, shift, args.sims))
                 print(pairs[-1], flush=True)
-    res = {"machine": machine(), "cost": c, "coverage": rows, "paired": pairs, "datasets": args.datasets}
-    publish(res, "ci-cpu", table(c, rows, pairs, machine(), args.datasets), "ci", args.update_readme)
+    res = {"machine": machine(), "cost": c, "coverage": rows, "paired": pairs, "datasets": args.datasets,
+           "sims": args.sims}
+    publish(res, "ci-cpu", table(c, rows, pairs, machine(), args.datasets, args.sims), "ci", args.update_readme)
 
 
 if __name__ == "__main__":

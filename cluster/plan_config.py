@@ -103,9 +103,9 @@ class PlanConfig:
                             True)
     blocks: int = _opt("bootstrap blocks (one d×d float64 scatter each in memory)", _default(AnalyzeConfig, "blocks"),
                        True)
-    calibration_sims: int = _opt("simulated layers per layer that calibrate the CI where tokens ≤ 8·d, each about one "
-                                 "layer's Gram + eigen + shares; 0 = off", _default(AnalyzeConfig, "calibration_sims"),
-                                 True)
+    calibration_sims: int = _opt("simulated layers per checkpoint (≥ 2 per layer) that calibrate the CI's jackknife "
+                                 "where tokens ≤ 8·d, each a Gram + 1 + blocks eigvalsh; 0 = the jackknife alone",
+                                 _default(AnalyzeConfig, "calibration_sims"), True)
 
     def __post_init__(self) -> None:
         for name in ("gpus_per_node", "nodes", "tokens", "batch_size", "seq_len", "unit_tokens", "cpu_cores",

@@ -11,15 +11,18 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from spinal.analyze import calibration
+from spinal.capture.discover import text_config
 from spinal.cluster.plan_config import GIB, PlanConfig, write_rate
 from spinal.cluster.plan_placement import Placement
-from spinal.analyze.calibration import CALIBRATE_BELOW
-from spinal.capture.discover import text_config
 from spinal.cluster.presets import MetaModel, ModelFacts
 from spinal.config import parse_layers
 from spinal.layout import chunk_sizes
 from spinal.store import storage_dtype
 
+# An eigvalsh's share of a layer's eigh + eigvalsh (the rate PlanConfig holds): 0.30–0.31 at d = 576 and 1024 on
+# one core here (numpy/OpenBLAS, 2026-12-06); the calibration's solves are eigvalsh only (analyze/calibration.py).
+EIGVALSH_SHARE = 0.3
 TABLE_BYTES_PER_TOKEN = 3 * 4  # tokens/ids, tokens/sequence, tokens/position: int32 each (spinal/store.py)
 
 
@@ -94,6 +97,7 @@ class AnalysisCost:
     layer_waves: int  # rounds of single-threaded layer tasks the cores run: ceil(layers / cores)
     total_all_s: float  # wall time with the lens over every token
     calibration_sims: int  # simulated layers per layer (analyze/calibration.py): 0 where tokens > 8·d or turned off
+    calibrated: bool = False  # tokens ≤ 8·d: the exact jackknife runs (and the simulations, if any)
 
 
 def store_size(cfg: PlanConfig, facts: ModelFacts) -> StoreSize:
@@ -172,8 +176,10 @@ def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisC
     - eigen: one eigh with vectors (centered) and one eigvalsh (raw) at r = min(N, d), ``cpu_eigen_s_1024·(r/1024)³``
       core-seconds, whatever the bootstrap and null sizes (first-order replicates, analyze/influence.py);
     - shares: blocks × 2·d²·(r/2) float64, each block's share of the window's values (the window ends at ≤ r/2);
-    - calibration: where N ≤ 8·d, ``calibration_sims`` simulated layers of the same N and d, each its own Gram,
-      eigen and shares (analyze/calibration.py), so those three cost (1 + sims)×; none above 8·d;
+    - calibration: where N ≤ 8·d, the exact jackknife (one eigvalsh per block) and the layer's share
+      (``calibration.per_layer``) of ``calibration_sims`` simulated layers of the same N and d, each its own Gram
+      and 1 + blocks eigvalsh (analyze/calibration.py), an eigvalsh costing EIGVALSH_SHARE of the eigen rate;
+      none above 8·d;
     - lens: 2·T·d·V float32 for the T transport tokens (log-softmax and distances are O(T·V)).
     """
     n, d, layers = cfg.tokens, facts.hidden, s.layers
@@ -183,11 +189,13 @@ def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisC
     shares = layers * cfg.blocks * 2.0 * d * d * (r // 2) if n >= d else layers * 2.0 * n * n * (r // 2)
     t = n if cfg.lens_tokens == 0 else min(cfg.lens_tokens, n)
     lens = layers * 2.0 * t * d * facts.vocab
-    sims = cfg.calibration_sims if n <= CALIBRATE_BELOW * d else 0
-    gram, shares = gram * (1 + sims), shares * (1 + sims)
+    calibrated = calibration.needed(n, d)
+    sims = calibration.per_layer(cfg.calibration_sims, layers) if calibrated else 0
+    solves = (cfg.blocks + sims * (1 + cfg.blocks)) * EIGVALSH_SHARE if calibrated else 0.0  # in eigen units
+    gram = gram * (1 + sims)
     cores = cfg.cpu_cores
     gram_s = gram / (cores * cfg.cpu_gflops_f64 * 1e9)
-    eigen_s = layers * eigen_core_s * (1 + sims) / cores
+    eigen_s = layers * eigen_core_s * (1 + solves) / cores
     shares_s = shares / (cores * cfg.cpu_gflops_shares * 1e9)
     lens_s = lens / (cores * cfg.cpu_gflops_f32 * 1e9)
     lens_all_s = lens_s * n / t
@@ -199,7 +207,8 @@ def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisC
     # blocks per-block scatters + the merged total + its eigenvectors, d×d float64 each (analyze/gram.py)
     task_mem = (cfg.blocks + 2) * r * r * 8 / GIB
     return AnalysisCost(gram, eigen_core_s, shares, t, lens, gram_s, eigen_s, shares_s, lens_s, total, lens_all_s,
-                        round(task_mem, 3), gram_s + eigen_s + shares_s + lens_s, -(-layers // cores), total_all, sims)
+                        round(task_mem, 3), gram_s + eigen_s + shares_s + lens_s, -(-layers // cores), total_all, sims,
+                        calibrated)
 
 
 def makespan(durations: list[float], workers: int) -> float:

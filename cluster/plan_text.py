@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from spinal.analyze.calibration import CALIBRATE_BELOW
 from spinal.cluster.plan_config import GIB, RATES, WRITE_RATES, PlanConfig
 from spinal.cluster.plan_cost import AnalysisCost, CaptureTime, StoreSize
 from spinal.cluster.plan_placement import Placement, max_memory_flag
@@ -65,10 +66,10 @@ def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureT
         f"analysis   per checkpoint on {c.cpu_cores} cores: Gram {_si(a.gram_flops)}FLOP ({_dur(a.gram_s)}), "
         f"eigh + eigvalsh {_dur(a.eigen_core_s)} per layer-core ({_dur(a.eigen_s)}), block shares "
         f"{_si(a.shares_flops)}FLOP ({_dur(a.shares_s)}),"
-        + (f" all three × {1 + a.calibration_sims} for the CI's calibration ({a.calibration_sims} simulated layers "
-           f"per layer, as tokens ≤ 8·d; more tokens or analyze --calibration-sims 0, here --set calibration_sims=0, "
-           "drop it),"
-           if a.calibration_sims else ""),
+        + (f" with the CI's exact jackknife ({c.blocks} eigvalsh per layer, as tokens ≤ {CALIBRATE_BELOW}·d) and "
+           f"{a.calibration_sims} simulated layers per layer (Gram × {1 + a.calibration_sims}, {1 + c.blocks} "
+           "eigvalsh each; analyze --calibration-sims 0, here --set calibration_sims=0, keeps the jackknife alone),"
+           if a.calibrated else ""),
         f"           lens over {a.lens_tokens:,} tokens {_si(a.lens_flops)}FLOP ({_dur(a.lens_s)}) → "
         f"{_dur(a.total_s)} wall ({s.layers} single-threaded layer tasks in {a.layer_waves} wave"
         f"{'s' * (a.layer_waves != 1)} on {c.cpu_cores} cores, lens tasks filling idle cores; {_dur(a.packed_s)} if "

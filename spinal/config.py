@@ -96,8 +96,9 @@ class AnalyzeConfig:
     n_boot: int = option("bootstrap resamples per layer (0: no CI); first-order spectra, so nearly free", 1000)
     null_splits: int = option("random split-halves per layer for the null spread of Δα", 8)
     calibration_sims: int = option(
-        "simulated layers that calibrate the bootstrap SE of a where a layer holds ≤ 8·d tokens (there the "
-        "first-order replicates over-cover, 99.5 % for 95 %); each costs about one layer's analysis; 0 = off", 24)
+        "simulated layers per trace, spread over its layers (≥ 2 each), that calibrate the exact jackknife SE of a "
+        "where a layer holds ≤ 8·d tokens (there first-order replicates understate sd(a) by up to 1.4× on real layers); "
+        "each costs a Gram pass and 1 + blocks eigvalsh; 0 = the jackknife alone (conservative)", 96)
     seed: int = option("seed of the bootstrap draws and the lens token subsample", 0)
     lens_tokens: int = option("tokens for the transport pass (seeded subsample; 0 = all). 12288 keep each step's "
                               "mean L within 1 % of the L curve's spread on the reference family (8192 left 1.1 %); "

@@ -174,18 +174,25 @@ def test_analysis_cost_counts_gram_eigen_shares_and_lens(plan70):
     assert a.layer_waves == 2 and a.packed_s < a.total_s < 2 * per_layer + a.lens_s
 
 
-def test_few_tokens_for_the_width_price_the_calibration_simulations(plan70, llama70):
-    """At N ≤ 8·d every layer is calibrated by 24 simulated layers, each its own Gram, eigen and shares (issue 13:
-    analyze/calibration.py); above 8·d, and with calibration_sims = 0, nothing is added."""
-    assert plan70.analysis.calibration_sims == 0  # N = 32·d
+def test_few_tokens_for_the_width_price_the_jackknife_and_the_calibration_simulations(plan70, llama70):
+    """At N ≤ 8·d every layer adds its exact jackknife (one eigvalsh per block) and its share of the 96 simulated
+    layers (⌈96/81⌉ = 2), each its own Gram and 1 + 16 eigvalsh (issue 13: analyze/calibration.py), an eigvalsh priced at EIGVALSH_SHARE of a layer's
+    eigh + eigvalsh; calibration_sims = 0 keeps the jackknife alone; above 8·d nothing is added."""
+    from spinal.cluster.plan_cost import EIGVALSH_SHARE
+    assert not plan70.analysis.calibrated and plan70.analysis.calibration_sims == 0  # N = 32·d
+    layers = plan70.store.layers
+    solves = lambda a: a.eigen_s * 64 / (layers * a.eigen_core_s)  # noqa: E731  eigen units per layer
+    assert solves(plan70.analysis) == pytest.approx(1.0)
     few = dict(model="llama-3-70b", nodes=2, gpus_per_node=8, gpu_memory_gib=80, tokens=8 * 8192)
     on = plan(PlanConfig(**few), llama70).analysis
     off = plan(PlanConfig(**few, calibration_sims=0), llama70).analysis
-    assert on.calibration_sims == 24 and off.calibration_sims == 0
-    for part in ("gram_flops", "eigen_s", "shares_flops", "gram_s", "shares_s"):
-        assert getattr(on, part) == pytest.approx(25 * getattr(off, part)), part
+    assert on.calibrated and off.calibrated and on.calibration_sims == 2 and off.calibration_sims == 0
+    assert solves(off) == pytest.approx(1 + 16 * EIGVALSH_SHARE)
+    assert solves(on) == pytest.approx(1 + (16 + 2 * 17) * EIGVALSH_SHARE)
+    assert on.gram_flops == pytest.approx(3 * off.gram_flops) and on.shares_flops == off.shares_flops
     assert on.lens_s == off.lens_s
-    assert "× 25 for the CI's calibration" in plan(PlanConfig(**few), llama70).render()
+    text = plan(PlanConfig(**few), llama70).render()
+    assert "exact jackknife (16 eigvalsh per layer, as tokens ≤ 8·d) and 2 simulated layers" in text
 
 
 def test_makespan_is_greedy_list_scheduling_in_task_order():
