@@ -1,8 +1,8 @@
 """Intervals of a: their cost against the previous method, and their coverage on layers with a known spectrum, in one run.
 
-    .venv/bin/python benchmarks/bench_ci.py [--dim 2048 --tokens 32768] [--datasets 200] [--update-readme]
+    .venv/bin/python benchmarks/bench_ci.py [--dims 1024 2048] [--datasets 200] [--update-readme]
 
-- Cost, one layer at d × N: the float64 Gram pass that reads the data; SPINAL's spectrum + 95 % interval + null
+- Cost, one layer at each of ``--dims`` with N = 16·d: the float64 Gram pass that reads the data; SPINAL's spectrum + 95 % interval + null
   spread (``spectrum_of``: one ``eigh`` with vectors, one ``eigvalsh`` for the raw fit, first-order replicates);
   and the previous method (v0.1: an ``eigvalsh`` of an exactly resampled scatter per bootstrap replicate and per
   half of every null split, 2 + 200 + 2·8 = 218 solves), timed over ``--exact-calls`` of its replicates and scaled
@@ -139,24 +139,28 @@ def paired(spec: synthetic.Layer, datasets: int, shift: float, sims: int) -> dic
 
 
 def table(c: dict, rows: list[dict], pairs: list[dict], m: dict, n_sets: int, sims: int) -> str:
-    lines = [f"One layer, d = {c['dim']}, N = {c['tokens']:,} tokens, 16 blocks, one BLAS thread ({m['cpu']}):", "",
-             "| step | seconds | × Gram pass |", "|---|---:|---:|",
-             f"| float64 Gram pass (reads the data) | {c['gram_s']:.1f} | 1 |",
-             f"| SPINAL: spectrum + 95 % CI (1000 replicates) + null spread (8 splits) | {c['spinal_s']:.1f} | "
-             f"{c['spinal_s'] / c['gram_s']:.2f} |",
-             f"| v0.1: the same with 218 eigensolves (2 fits + {PREVIOUS_CALLS} × {c['previous_per_replicate_s']:.2f} s, "
-             f"timed over {c['exact_calls_timed']}) | {c['previous_s']:.0f} | {c['previous_over_gram']:.0f} |", "",
-             f"Analysis after the Gram pass: **{c['speedup_analysis']:.0f}× faster**; with the Gram pass: "
-             f"{c['speedup_with_gram']:.0f}×. The v0.1 replicates' mean lay {c['previous_replicates_mean_minus_a']:+.4f} "
-             f"from a (the duplicated-sequence bias). N = {c['tokens'] // c['dim']}·d is above the calibration's "
-             f"{calibration.CALIBRATE_BELOW}·d, so nothing is simulated here.", "",
-             "Coverage of the 95 % interval over seeded synthetic layers (σ_k ∝ k^-a, sequences of 16 tokens (N/32 below "
-             "512) with a 30 % shared component, 16 blocks); where N ≤ 8·d the SE is κ·SE_jackknife (analyze/"
-             f"calibration.py, κ from {sims} simulated layers per dataset, unpooled), c its ratio to the first-order SE "
-             "(median), \"first-order\" the same replicates unscaled:", "",
-             "| d | N | a | massive + bf16 | E[â] at N | sd(â) | width | c | covers E[â] | first-order covers E[â] | "
-             "covers a | â inside | v0.1 covers E[â] | v0.1 â inside |",
-             "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    costs = c if isinstance(c, list) else [c]
+    top = costs[-1]
+    lines = [f"One layer, 16 blocks, one BLAS thread ({m['cpu']}), each width timed in the same run:", "",
+             "| d | N | float64 Gram pass (reads the data), s | SPINAL: spectrum + 95 % CI (1000 replicates) + null spread "
+             "(8 splits), s | × Gram | v0.1: the same with 218 eigensolves, s | × Gram | analysis after the Gram pass | "
+             "with the Gram pass |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in costs:
+        lines.append(f"| {x['dim']} | {x['tokens']:,} | {x['gram_s']:.1f} | {x['spinal_s']:.1f} | "
+                     f"{x['spinal_s'] / x['gram_s']:.2f} | {x['previous_s']:.0f} (2 fits + {PREVIOUS_CALLS} × "
+                     f"{x['previous_per_replicate_s']:.2f}, timed over {x['exact_calls_timed']}) | "
+                     f"{x['previous_over_gram']:.0f} | **{x['speedup_analysis']:.0f}× faster** | "
+                     f"{x['speedup_with_gram']:.0f}× |")
+    lines += ["", f"At d = {top['dim']} the v0.1 replicates' mean lay {top['previous_replicates_mean_minus_a']:+.4f} "
+              f"from a (the duplicated-sequence bias). N = {top['tokens'] // top['dim']}·d is above the calibration's "
+              f"{calibration.CALIBRATE_BELOW}·d, so nothing is simulated here.", ""]
+    lines += ["Coverage of the 95 % interval over seeded synthetic layers (σ_k ∝ k^-a, sequences of 16 tokens (N/32 "
+              "below 512) with a 30 % shared component, 16 blocks); where N ≤ 8·d the SE is κ·SE_jackknife (analyze/"
+              f"calibration.py, κ from {sims} simulated layers per dataset, unpooled), c its ratio to the first-order "
+              "SE (median), \"first-order\" the same replicates unscaled:", "",
+              "| d | N | a | massive + bf16 | E[â] at N | sd(â) | width | c | covers E[â] | first-order covers E[â] | "
+              "covers a | â inside | v0.1 covers E[â] | v0.1 â inside |",
+              "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     pct = lambda x, f=".0%": "–" if not np.isfinite(x) else format(x, f)  # noqa: E731
     for r in rows:
         if not r["fitted"]:
@@ -194,8 +198,8 @@ def table(c: dict, rows: list[dict], pairs: list[dict], m: dict, n_sets: int, si
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dim", type=int, default=2048)
-    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--dims", type=int, nargs="+", default=[1024, 2048], help="widths of the cost rows")
+    ap.add_argument("--tokens-per-dim", type=int, default=16, help="N = this × d in the cost rows")
     ap.add_argument("--exact-calls", type=int, default=6)
     ap.add_argument("--coverage-dim", type=int, default=128)
     ap.add_argument("--paired-dim", type=int, default=64)
@@ -208,6 +212,8 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true", help="re-render the table from results/ci-cpu.json")
     ap.add_argument("--paired-only", action="store_true", help="recompute only the paired rows, keeping the rest of "
                     "results/ci-cpu.json")
+    ap.add_argument("--cost-only", action="store_true", help="recompute only the cost rows, keeping the rest of "
+                    "results/ci-cpu.json")
     args = ap.parse_args()
     if args.table_only:
         res = json.loads((Path(__file__).parent / "results" / "ci-cpu.json").read_text())
@@ -215,13 +221,19 @@ def main() -> None:
         publish(res, "ci-cpu", table(res["cost"], res["coverage"], res.get("paired", []), res["machine"], datasets,
                                      res.get("sims", 24)), "ci", args.update_readme)
         return
+    kept = json.loads((Path(__file__).parent / "results" / "ci-cpu.json").read_text()) \
+        if args.paired_only or args.cost_only else {}
     if args.paired_only:
-        kept = json.loads((Path(__file__).parent / "results" / "ci-cpu.json").read_text())
         c, rows = kept["cost"], kept["coverage"]
     else:
         with threadpool_limits(1):  # per-core rates (what the planner scales); also spares a shared machine's cores
-            c = cost(args.dim, args.tokens, args.exact_calls)
+            c = [cost(d, args.tokens_per_dim * d, args.exact_calls) for d in args.dims]
         print(c, flush=True)
+    if args.cost_only:
+        res = {**kept, "machine": machine(), "cost": c}
+        publish(res, "ci-cpu", table(c, res["coverage"], res["paired"], res["machine"], res["datasets"],
+                                     res.get("sims", 24)), "ci", args.update_readme)
+        return
         d = args.coverage_dim
         specs = [synthetic.Layer(d, n, a, tokens_per_sequence=max(1, min(16, n // 32)), massive=m, bf16=m)
                  for a in (0.5, 1.0) for m in (False, True) for n in (d // 2, 2 * d, 8 * d, 32 * d)]  # ≥ 32 seqs
