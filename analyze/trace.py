@@ -299,9 +299,10 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
                     "replicate's spectrum to first order from one eigh (analyze/influence.py), fitted in a's window; "
                     "where N ≤ 8·d the SD is set, by the factor se_scale, to κ·se_jackknife: the exact "
                     "delete-one-block jackknife SE (one eigensolve per left-out block) times κ = sd(â)/median(SE "
-                    "jackknife) over calibration_sims_per_layer simulated Gaussian layers of each layer's fitted spectrum, same "
-                    "N, d, blocks and window, one seeded stream per layer, pooled over the layers as "
+                    "jackknife) over calibration_sims_per_layer simulated Gaussian layers of each layer's fitted "
+                    "spectrum, same N, d, blocks and window, one seeded stream per layer, pooled over the layers as "
                     "√(Σ(S−1)·κ_ℓ²/Σ(S−1)) (kappa; each layer's own in kappa_layer; analyze/calibration.py); "
+                    "comparisons: κ times the paired exact jackknife (jackknife.parquet); "
                     "bootstrap.parquet holds the scaled replicates",
         "alpha_name": "rank-decay exponent a (σ_k ∝ k^-a); α-ReQ = 2a; WeightWatcher α = 1 + 1/(2a)",
         "path_length": float(np.nansum(table["L_mean"].to_numpy())),

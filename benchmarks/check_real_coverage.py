@@ -3,9 +3,9 @@ subsample's own interval uses, and how often those intervals cover the subsample
 
 The store is one corpus; the first ~220-character piece of each distinct paragraph is one independent unit, and
 the units are dealt into G disjoint groups of equal token counts (each group one "audit" of N tokens, its units
-dealt into 16 blocks of equal token counts, as a store's sequences are); each group is analyzed as a trace would be: first-order
-bootstrap replicates (analyze/influence.py), and where N ≤ 8·d the exact jackknife, κ simulated per layer and
-pooled over the layers (analyze/calibration.py). A right SE has sd(â)/SE ≈ 1 and covers ≈ 95 %; G groups measure
+dealt into 16 blocks of equal token counts, as a store's sequences are); each group is analyzed as a trace would be:
+first-order bootstrap replicates (analyze/influence.py), and where N ≤ 8·d the exact jackknife, κ simulated per
+layer and pooled over the layers (analyze/calibration.py). A right SE has sd(â)/SE ≈ 1 and covers ≈ 95 %; G groups measure
 sd(â) to ±1/√(2(G−1)). Consecutive listed layers, on one token stream, stand in for two checkpoints: their Δa
 interval is formed as a comparison forms it (Trace.paired_boot).
 

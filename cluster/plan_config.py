@@ -137,9 +137,9 @@ class PlanConfig:
 
 def from_run(path: str, notes: list[str] | None = None) -> dict[str, Any]:
     """The plan fields a run TOML fixes: its first checkpoint, [capture] dtype, layers, batch_size, max_length and
-    unit_tokens, [analyze] lens_tokens, blocks and calibration_sims, and [cluster] gpus_per_replica when set. A checkpoint path that
-    is not here but names a preset (the cluster config's /shared/models/Meta-Llama-3-70B) plans that preset, with a
-    line in ``notes``."""
+    unit_tokens, [analyze] lens_tokens, blocks and calibration_sims, and [cluster] gpus_per_replica when set. A
+    checkpoint path that is not here but names a preset (the cluster config's /shared/models/Meta-Llama-3-70B) plans
+    that preset, with a line in ``notes``."""
     from spinal.config import load_run_config
 
     run = load_run_config(path)
