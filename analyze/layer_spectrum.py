@@ -97,7 +97,7 @@ def spectrum_of(res: GramResult, layer: int, *, storage_dtype: Any, n_boot: int,
     boot = bootstrap_a(res, shares, centered, rng(seed, Purpose.BOOTSTRAP), n_boot)
     null = split_half_null(res, shares, centered, rng(seed, Purpose.NULL_SPLITS), null_splits)
     se_first = replicate_se(boot[:, 0], _filled(res)) if boot.shape[0] > 1 else math.nan
-    left, sim = np.full(res.n_blocks, np.nan), None
+    left, sim = np.zeros(0), None  # leave-one-out values only where N ≤ 8·d (NaN throughout without a fit)
     if boot.shape[0] > 1 and calibration.needed(res.n, res.dim):
         left = calibration.leave_one_out(res, centered)
         if calibration_sims:

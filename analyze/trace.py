@@ -180,7 +180,7 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     meta = _meta(cfg, store, label, layers, window, blocks_used, spectra, lens, table, t0, growth)
     _warn_precision(cfg, meta, growth)
     left = [s.leave_one_out for s in spectra]
-    jackknife = np.stack(left) if all(x.size and np.isfinite(x).any() for x in left) else np.zeros((0, 0))
+    jackknife = np.stack(left) if all(x.size for x in left) else np.zeros((0, 0))  # a layer without a fit: NaN row
     return Trace(table, meta, np.stack([s.boot for s in spectra]) if cfg.n_boot else np.zeros((len(layers), 0)),
                  seq_L, {s.layer: s.sv for s in spectra}, jackknife)
 

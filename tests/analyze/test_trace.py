@@ -100,6 +100,8 @@ def test_save_load_round_trip_and_recorded_options(trace, tmp_path):
     assert meta["options"]["n_boot"] == 40 and meta["options"]["seed"] == 0
     assert meta["window_rule"].startswith("auto") and "rank-decay" in meta["alpha_name"]
     assert pd.read_csv(tmp_path / "t" / "trace.csv").shape[0] == len(trace.table)
+    # N > 8·d: no jackknife was run, so none is kept (analyze/calibration.py)
+    assert meta["n_tokens"] > 8 * 64 and trace.jackknife.size == 0 and not (tmp_path / "t" / "jackknife.parquet").exists()
     with pytest.raises(InputError, match="exists; pass --overwrite"):
         trace.save(tmp_path / "t")
 
