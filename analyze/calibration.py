@@ -103,11 +103,12 @@ def jackknife_se(res: GramResult, fit: SpectrumFit) -> float:
     return spread(leave_one_out(res, fit))
 
 
-def paired(replicates: np.ndarray, point: float, left_a: np.ndarray, left_b: np.ndarray, kappa: float,
-           groups: int) -> np.ndarray:
+def paired(replicates: np.ndarray, point: float, left_a: np.ndarray, left_b: np.ndarray, kappa_a: float,
+           kappa_b: float, groups: int) -> np.ndarray:
     """Δ replicates (b − a, paired by block draws) rescaled about ``point`` so their SE is κ times the paired exact
     jackknife's, ``spread(left_b − left_a)``: the same blocks left out of both checkpoints, so what they share
-    cancels exactly. Unchanged where either has no leave-one-out values or the replicates do not vary."""
+    cancels exactly; κ = √((κ_a² + κ_b²)/2), the two sides' in quadrature mean. Unchanged where either has no
+    leave-one-out values or the replicates do not vary."""
     se_jk = spread(np.asarray(left_b, dtype=np.float64) - np.asarray(left_a, dtype=np.float64))
     replicates = np.asarray(replicates, dtype=np.float64)
     if replicates.size < 2 or not math.isfinite(se_jk):
@@ -115,7 +116,7 @@ def paired(replicates: np.ndarray, point: float, left_a: np.ndarray, left_b: np.
     se = replicate_se(replicates, groups)
     if not se > 0:
         return replicates
-    return calibrate(replicates, point, kappa * se_jk / se)
+    return calibrate(replicates, point, math.sqrt((kappa_a**2 + kappa_b**2) / 2) * se_jk / se)
 
 
 @dataclass(frozen=True)

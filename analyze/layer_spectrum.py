@@ -32,11 +32,20 @@ class LayerSpectrum:
     blocks: int  # filled sequence blocks the resamples draw from (the intervals' degrees of freedom + 1)
     se_scale: float = 1.0  # c of analyze/calibration.py: the factor already applied to boot's spread (1: none)
     se_first: float = math.nan  # the first-order replicates' SE, before c
-    se_jackknife: float = math.nan  # exact delete-one-block jackknife SE of a (computed only where N ≤ 8·d)
     kappa: float = 1.0  # the jackknife's calibration κ in c (this layer's own, or the trace's pooled once ``pool``ed)
     simulated: calibration.Simulated | None = None  # this layer's own simulations (None: none run)
     leave_one_out: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (blocks,) â without each block (NaN:
     # empty block; empty array where N > 8·d): paired comparisons take their exact paired jackknife from these
+
+    @property
+    def se_jackknife(self) -> float:
+        """The exact delete-one-block jackknife SE of a (NaN where it was not run: N > 8·d, or no fit)."""
+        return calibration.spread(self.leave_one_out)
+
+    @property
+    def first_order(self) -> np.ndarray:
+        """The first-order replicates before c: ``boot`` scaled back about a."""
+        return self.centered.a_wls + (self.boot - self.centered.a_wls) / self.se_scale
 
     @property
     def kappa_layer(self) -> float:
@@ -103,11 +112,11 @@ def spectrum_of(res: GramResult, layer: int, *, storage_dtype: Any, n_boot: int,
         if calibration_sims:
             sim = calibration.simulate(res, eig.eigenvalues, centered, rng(seed, Purpose.CALIBRATION, layer),
                                        calibration_sims)
-    kappa, se_jk = calibration.pooled([sim]), calibration.spread(left)
-    c = calibration.scale(kappa, se_jk, se_first)
+    kappa = calibration.pooled([sim])
+    c = calibration.scale(kappa, calibration.spread(left), se_first)
     return LayerSpectrum(layer, res.n, centered, raw, calibration.calibrate(boot[:, 0], centered.a_wls, c),
                          c * null, singular_values(eig.eigenvalues), boot[:, 1].copy(), _filled(res), c, se_first,
-                         se_jk, kappa, sim, left)
+                         kappa, sim, left)
 
 
 def pool(spectra: list[LayerSpectrum]) -> list[LayerSpectrum]:
@@ -124,3 +133,10 @@ def pool(spectra: list[LayerSpectrum]) -> list[LayerSpectrum]:
         out.append(replace(s, boot=calibration.calibrate(s.boot, s.centered.a_wls, c / s.se_scale),
                            null_diffs=s.null_diffs * (c / s.se_scale), se_scale=c, kappa=kappa))
     return out
+
+
+def paired_replicates(x: LayerSpectrum, y: LayerSpectrum) -> np.ndarray:
+    """Δa replicates of y − x (one token stream, one seed) as a comparison forms them (Trace.paired_boot): paired by
+    block draws, and where N ≤ 8·d with κ times the paired exact jackknife's SE (analyze/calibration.py ``paired``)."""
+    delta = y.centered.a_wls - x.centered.a_wls
+    return calibration.paired(y.boot - x.boot, delta, x.leave_one_out, y.leave_one_out, x.kappa, y.kappa, x.blocks)

@@ -69,16 +69,15 @@ class Trace:
     def paired_boot(self, other: "Trace") -> np.ndarray:
         """(layer, n_boot) replicates of Δa = other.a − self.a, paired by block draws (one seed: replicate b drew
         the same blocks in both). Where both hold leave-one-out values (N ≤ 8·d) each layer's are rescaled about
-        Δa to κ times the paired exact jackknife's SE (analyze/calibration.py ``paired``, κ the two traces' pooled
-        values in quadrature mean)."""
+        Δa to κ times the paired exact jackknife's SE (analyze/calibration.py ``paired``)."""
         rep = other.boot - self.boot
         if not (rep.size and self.jackknife.size and self.jackknife.shape == other.jackknife.shape):
             return rep
         d_a = other.table["a"].to_numpy() - self.table["a"].to_numpy()
-        kappa = np.sqrt((self.table["kappa"].to_numpy() ** 2 + other.table["kappa"].to_numpy() ** 2) / 2)
+        k_a, k_b = self.table["kappa"].to_numpy(), other.table["kappa"].to_numpy()
         groups = int(self.meta.get("blocks_used") or 0)
-        return np.stack([calibration.paired(rep[i], d_a[i], self.jackknife[i], other.jackknife[i], kappa[i], groups)
-                         for i in range(rep.shape[0])])
+        return np.stack([calibration.paired(rep[i], d_a[i], self.jackknife[i], other.jackknife[i], k_a[i], k_b[i],
+                                            groups) for i in range(rep.shape[0])])
 
     def save(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the trace folder whole or not at all (temporary sibling, swapped in)."""

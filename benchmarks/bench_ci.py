@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, publish  # noqa: E402
 
 from spinal.analyze import calibration, synthetic  # noqa: E402
-from spinal.analyze.layer_spectrum import spectrum_of  # noqa: E402
+from spinal.analyze.layer_spectrum import paired_replicates, spectrum_of  # noqa: E402
 from spinal.analyze.moments import draw_blocks, resample  # noqa: E402
 from spinal.analyze.spectrum import fit_gram, t_interval  # noqa: E402
 
@@ -79,7 +79,7 @@ def coverage(spec: synthetic.Layer, datasets: int, exact_datasets: int, n_boot_e
                         calibration_sims=sims)
         points.append(s.centered.a_wls)
         ivals.append(t_interval(s.centered.a_wls, s.boot, s.blocks))
-        first.append(t_interval(s.centered.a_wls, uncalibrated(s), s.blocks))
+        first.append(t_interval(s.centered.a_wls, s.first_order, s.blocks))
         scales.append(s.se_scale)
         if i < exact_datasets:
             r = np.array([previous_replicate(res, spec.storage_dtype, rng) for _ in range(n_boot_exact)])
@@ -103,11 +103,6 @@ def coverage(spec: synthetic.Layer, datasets: int, exact_datasets: int, n_boot_e
             else float("nan"), "previous_datasets": int(p_ok.sum())}
 
 
-def uncalibrated(s) -> np.ndarray:
-    """The first-order replicates before calibration: ``boot`` scaled back about a by 1/se_scale."""
-    return s.centered.a_wls + (s.boot - s.centered.a_wls) / s.se_scale
-
-
 def paired(spec: synthetic.Layer, datasets: int, shift: float, sims: int) -> dict:
     """Two checkpoints on one token stream (``synthetic.paired_noise``: exchangeable, so E[Δa] = 0 exactly when
     ``shift`` is 0), the second seen through a spectrum ``shift`` steeper; both analyzed with one seed. How often the
@@ -122,10 +117,9 @@ def paired(spec: synthetic.Layer, datasets: int, shift: float, sims: int) -> dic
                               calibration_sims=sims)
                   for z, da in ((z1, 0.0), (z2, shift)))
         deltas.append(s2.centered.a_wls - s1.centered.a_wls)
-        kappa = np.sqrt((s1.kappa ** 2 + s2.kappa ** 2) / 2)  # as Trace.paired_boot forms a comparison's replicates
-        rep = calibration.paired(s2.boot - s1.boot, deltas[-1], s1.leave_one_out, s2.leave_one_out, kappa, s1.blocks)
+        rep = paired_replicates(s1, s2)  # as Trace.paired_boot forms a comparison's replicates
         ivals.append(t_interval(deltas[-1], rep, s1.blocks))
-        first_rep = uncalibrated(s2) - uncalibrated(s1)
+        first_rep = s2.first_order - s1.first_order
         first.append(t_interval(deltas[-1], first_rep, s1.blocks))
         scales.append(np.std(rep) / np.std(first_rep) if np.std(first_rep) > 0 else 1.0)
     deltas, ivals, first = np.array(deltas), np.array(ivals), np.array(first)

@@ -28,9 +28,8 @@ import numpy as np
 from scipy.stats import t as student
 from threadpoolctl import threadpool_limits
 
-from spinal.analyze import calibration
 from spinal.analyze.gram import GramAccumulator
-from spinal.analyze.layer_spectrum import pool, spectrum_of
+from spinal.analyze.layer_spectrum import paired_replicates, pool, spectrum_of
 from spinal.analyze.spectrum import replicate_se
 from spinal.store import Store
 
@@ -145,12 +144,10 @@ def main() -> None:
         for p in pooled:
             x, y = p[j], p[j + 1]
             delta = y.centered.a_wls - x.centered.a_wls
-            kappa = np.sqrt((x.kappa ** 2 + y.kappa ** 2) / 2)  # as Trace.paired_boot
-            rep = calibration.paired(y.boot - x.boot, delta, x.leave_one_out, y.leave_one_out, kappa, x.blocks)
+            rep = paired_replicates(x, y)  # as Trace.paired_boot
             d_a.append(delta)
             se.append(replicate_se(rep, x.blocks))
-            unscaled = lambda s: s.centered.a_wls + (s.boot - s.centered.a_wls) / s.se_scale  # noqa: E731
-            first.append(replicate_se(unscaled(y) - unscaled(x), x.blocks))
+            first.append(replicate_se(y.first_order - x.first_order, x.blocks))
         d_a, se, first = map(np.array, (d_a, se, first))
         sd, mean = d_a.std(ddof=1), d_a.mean()
         pairs.append(dict(layers=f"{layers[j]}→{layers[j + 1]}", mean_delta=mean, sd_delta=sd,

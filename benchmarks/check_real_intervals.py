@@ -8,7 +8,6 @@ Whether the SE is right is measured over disjoint real subsamples in benchmarks/
 """
 import sys
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from spinal.analyze import calibration

@@ -29,7 +29,7 @@ def test_calibration_brings_small_n_coverage_back_to_nominal():
         points.append(a)
         scales.append(s.se_scale)
         calibrated.append(t_interval(a, s.boot, s.blocks))
-        first_order.append(t_interval(a, a + (s.boot - a) / s.se_scale, s.blocks))  # boot unscaled
+        first_order.append(t_interval(a, s.first_order, s.blocks))
     points, calibrated, first_order = map(np.array, (points, calibrated, first_order))
     truth = points.mean()
     cover = lambda iv: np.mean((iv[:, 0] <= truth) & (truth <= iv[:, 1]))  # noqa: E731

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spinal.analyze import calibration, synthetic
+from spinal.analyze import synthetic
 from spinal.analyze.influence import eigen
-from spinal.analyze.layer_spectrum import spectrum_of
+from spinal.analyze.layer_spectrum import paired_replicates, spectrum_of
 from spinal.analyze.moments import GramResult, GramStats
 from spinal.analyze.spectrum import t_interval
 
@@ -85,13 +85,6 @@ def test_the_95_interval_covers_the_exponent_at_this_token_count(spec):
     assert 0.90 <= coverage <= 0.98, coverage
 
 
-def _paired(s1, s2, delta):
-    """Δa replicates as a comparison forms them (Trace.paired_boot): paired by block draws, and where N ≤ 8·d with
-    the paired exact jackknife's SE (analyze/calibration.py ``paired``)."""
-    kappa = np.sqrt((s1.kappa**2 + s2.kappa**2) / 2)
-    return calibration.paired(s2.boot - s1.boot, delta, s1.leave_one_out, s2.leave_one_out, kappa, s1.blocks)
-
-
 @pytest.mark.parametrize(("spec", "sims"), [(synthetic.Layer(64, 2048, 0.8, sequence_share=0.5), 24),
                                            (synthetic.Layer(32, 128, 0.8, tokens_per_sequence=4, sequence_share=0.5), 4)],
                          ids=["N=32d", "N=4d-calibrated"])
@@ -110,7 +103,7 @@ def test_paired_intervals_cover_zero_and_a_known_shift(spec, sims):
         for shift in deltas:
             s2 = _spec(synthetic.moments(synthetic.draw(spec, rng, q, z=z2, a=spec.a + shift)[0], seq), spec, i, sims)
             deltas[shift].append(s2.centered.a_wls - s1.centered.a_wls)
-            ivals[shift].append(t_interval(deltas[shift][-1], _paired(s1, s2, deltas[shift][-1]), s1.blocks))
+            ivals[shift].append(t_interval(deltas[shift][-1], paired_replicates(s1, s2), s1.blocks))
         if i < 10:
             s3 = _spec(synthetic.moments(synthetic.draw(spec, rng, q, z=z2, a=spec.a)[0], seq), spec, i + 1000, sims)
             unpaired.append(np.diff(t_interval(0.0, s3.boot - s1.boot, s1.blocks))[0])  # other draws: unpaired
