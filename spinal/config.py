@@ -45,8 +45,8 @@ class CaptureConfig:
     codec: str = option("lossless codec of the stored activations, always checksummed (crc32c): zstd-1, zstd-3, "
                         "blosc-zstd-1-shuffle, blosc-lz4-shuffle, blosc-lz4-bitshuffle, or crc32c (no compression); "
                         "README 'Store writes' measures them. A resumed store keeps its own", DEFAULT_CODEC)
-    write_threads: int = option("threads that compress, checksum and write a unit's shards while the next unit "
-                                "runs (0: one per core this process may use)", 0)
+    write_threads: int = option("threads that compress and checksum a unit's shards while the next unit runs (0: "
+                                "one per core this process may use); as many more, mostly asleep, write them", 0)
     direct_io: bool = option("write shard files with O_DIRECT, past the page cache, where the file system takes it "
                              "(same bytes; --no-direct-io writes through the page cache; README 'Store writes')", True)
     resume: bool = option("finish an interrupted store: redo exactly the units not marked done", False)

@@ -8,8 +8,14 @@ GiB/s per core where the codec alone runs at 0.5–3 GiB/s (README, "Store write
 calls release the GIL, so threads scale with cores, and a local shard goes to its file through a temporary name and
 a rename, as zarr writes.
 
+Encoding and writing are two stages (``ShardWriter.write_block``): the caller's threads encode, threads of the
+writer's own hand the encoded shards to the disk. An ``O_DIRECT`` write sleeps until the disk has the bytes (on the
+test machine ~0.6 of its ~0.8 s/GiB); when the encoding thread wrote its own shards, its core idled that long, and
+one writer thread ran at about half the codec's speed. With the stages apart it runs at 0.7–0.8 of the codec's GiB
+per CPU-second (README, "Store writes").
+
 A local shard is written with ``O_DIRECT`` where the file system takes it (``direct``, the capture's default): the
-pieces are copied into one page-aligned buffer per thread (a memcpy, ~1 ms for an 8 MiB shard) and go to the disk
+pieces are copied into a reused page-aligned buffer (a memcpy, ~1 ms for an 8 MiB shard) and go to the disk
 without passing through the page cache. A store grows by gigabytes the page cache would have to find fresh pages
 for; on the test machine that has cost more than the compression (in one run a store growing by three units took
 0.47 GiB/s of float32 through the page cache and 0.70 with ``O_DIRECT``, zstd-1 on two threads; in a later run the
@@ -31,9 +37,11 @@ import os
 import sys
 import threading
 import uuid
-from concurrent.futures import Executor
+from contextlib import contextmanager
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import crc32c
 import numpy as np
@@ -118,7 +126,11 @@ class ShardWriter:
         return self.array.metadata.encode_chunk_key((layer_index, shard_index, 0))
 
     def write_shard(self, layer_index: int, shard_index: int, shard: np.ndarray, direct: bool = True) -> None:
-        pieces = self.encode_shard(shard)
+        """Encode and write one shard in this thread (``write_block`` overlaps the two for many shards)."""
+        self.put(layer_index, shard_index, self.encode_shard(shard), direct)
+
+    def put(self, layer_index: int, shard_index: int, pieces: list, direct: bool = True) -> None:
+        """Write one encoded shard (``encode_shard``'s pieces) to its file, or through zarr's store API."""
         key = self.key(layer_index, shard_index)
         if self.folder is not None:
             _write_file(self.folder / key, pieces, direct)
@@ -132,40 +144,97 @@ class ShardWriter:
 
     def write_block(self, token_start: int, block: np.ndarray, pool: Executor | None, direct: bool = True) -> None:
         """Write ``block`` (layer, tokens, dim), whose tokens start at a shard boundary and fill whole shards
-        (``direct``: local shards with ``O_DIRECT`` where the file system takes it)."""
+        (``direct``: local shards with ``O_DIRECT`` where the file system takes it).
+
+        Two stages: ``pool``'s threads (None: this thread) encode shards, and as many threads of their own (at
+        least ``MIN_IO_THREADS``) write them. A thread that writes with ``O_DIRECT`` sleeps until the disk has the
+        bytes, so writes in the encoding threads left their cores idle for that time (README, "Store writes");
+        here the encoders go on with the next shards meanwhile. At most ``encoders + 2 × writers`` encoded shards
+        wait in memory. After the first error no further shard is started; the call returns (or raises that
+        error) only once every shard started is written or has failed, so a unit is never marked done over a
+        missing shard.
+        """
         n_layer, n_tok, _ = block.shape
         if token_start % self.t_shard or n_tok % self.t_shard:
             raise ValueError(f"tokens {token_start}+{n_tok} are not whole shards of {self.t_shard}")
         first = token_start // self.t_shard
-        jobs = [(li, first + s, block[li, s * self.t_shard : (s + 1) * self.t_shard], direct)
+        jobs = [(li, first + s, block[li, s * self.t_shard : (s + 1) * self.t_shard])
                 for li in range(n_layer) for s in range(n_tok // self.t_shard)]
-        if pool is None:
-            for job in jobs:
-                self.write_shard(*job)
-            return
-        futures = [pool.submit(self.write_shard, *job) for job in jobs]
-        error = None
-        for f in futures:  # every write finishes (or fails) before the unit can be marked done
+        encoders = 1 if pool is None else getattr(pool, "_max_workers", os.cpu_count() or 1)
+        writers = max(MIN_IO_THREADS, encoders)  # they sleep on the disk: as many as encoders keep it busy
+        slots = threading.Semaphore(encoders + 2 * writers)  # encoded shards in memory, not yet written
+        failed = threading.Event()
+
+        def write(li: int, s: int, pieces: list) -> None:
             try:
-                f.result()
-            except BaseException as e:  # noqa: BLE001 - the first error is raised once all have stopped
-                error = error or e
+                if not failed.is_set():
+                    self.put(li, s, pieces, direct)
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                slots.release()
+
+        def encode(li: int, s: int, shard: np.ndarray) -> Future | None:
+            slots.acquire()
+            try:
+                if failed.is_set():
+                    slots.release()
+                    return None
+                return io.submit(write, li, s, self.encode_shard(shard))
+            except BaseException:
+                failed.set()
+                slots.release()
+                raise
+
+        error, writes = None, []
+        with ThreadPoolExecutor(writers, thread_name_prefix="spinal-io") as io:
+            if pool is None:
+                for job in jobs:
+                    write_future = None
+                    try:
+                        write_future = encode(*job)
+                    except BaseException as e:  # noqa: BLE001 - raised below, once every write has stopped
+                        error = e
+                    if write_future is None or error is not None:
+                        break
+                    writes.append(write_future)
+            else:
+                for f in [pool.submit(encode, *job) for job in jobs]:
+                    try:
+                        if (write_future := f.result()) is not None:
+                            writes.append(write_future)
+                    except BaseException as e:  # noqa: BLE001 - the first error is raised once all have stopped
+                        error = error or e
+            for f in writes:  # every shard finishes (or fails) before the unit can be marked done
+                try:
+                    f.result()
+                except BaseException as e:  # noqa: BLE001
+                    error = error or e
         if error is not None:
             raise error
 
 
+MIN_IO_THREADS = 2  # one O_DIRECT write at a time kept two encoders waiting on this VM's disk (README, "Store writes")
 ALIGN = 4096  # O_DIRECT's alignment of buffer address, file offset and length (the largest logical block size)
 _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)  # what a file system says when it does not take O_DIRECT
-_local = threading.local()
+_free: list[mmap.mmap] = []  # page-aligned scratch buffers, reused from shard to shard and call to call
+_free_lock = threading.Lock()
 
 
-def _aligned_buffer(size: int) -> memoryview:
-    """This thread's page-aligned scratch buffer of at least ``size`` bytes, reused from shard to shard (a fresh one
-    per shard would cost the page faults O_DIRECT avoids)."""
-    buf = getattr(_local, "buffer", None)
+@contextmanager
+def _aligned_buffer(size: int) -> Iterator[memoryview]:
+    """A page-aligned scratch buffer of at least ``size`` bytes, taken from the free list and put back after (a
+    fresh one per shard would cost the page faults O_DIRECT avoids; writer threads come and go with each unit)."""
+    with _free_lock:
+        buf = _free.pop() if _free else None
     if buf is None or len(buf) < size:
-        buf = _local.buffer = mmap.mmap(-1, max(size, 8 << 20))  # anonymous mappings are page-aligned
-    return memoryview(buf)
+        buf = mmap.mmap(-1, max(size, 8 << 20))  # anonymous mappings are page-aligned
+    try:
+        yield memoryview(buf)
+    finally:
+        with _free_lock:
+            _free.append(buf)
 
 
 def _write_file(path: Path, pieces: list, direct: bool = True) -> str:
@@ -199,20 +268,21 @@ def _write_direct(tmp: Path, views: list) -> bool:
         raise
     total = sum(v.nbytes for v in views)
     size = -(-total // ALIGN) * ALIGN
-    buf, offset, done, refused = _aligned_buffer(size), 0, 0, False
-    flat = np.frombuffer(buf, np.uint8)
-    for v in views:
-        if v.nbytes >= 1 << 16:  # numpy's copy releases the GIL, a memoryview assignment does not
-            np.copyto(flat[offset : offset + v.nbytes], np.frombuffer(v, np.uint8))
-        else:
-            buf[offset : offset + v.nbytes] = v
-        offset += v.nbytes
+    done, refused = 0, False
     try:
-        while done < size:
-            n = os.write(fd, buf[done:size])  # a short write stays aligned: it ends on a block (ENOSPC comes next)
-            if n <= 0 or n % ALIGN:
-                raise OSError(errno.EIO, f"O_DIRECT write of {tmp} returned {n} bytes")
-            done += n
+        with _aligned_buffer(size) as buf:
+            flat, offset = np.frombuffer(buf, np.uint8), 0
+            for v in views:
+                if v.nbytes >= 1 << 16:  # numpy's copy releases the GIL, a memoryview assignment does not
+                    np.copyto(flat[offset : offset + v.nbytes], np.frombuffer(v, np.uint8))
+                else:
+                    buf[offset : offset + v.nbytes] = v
+                offset += v.nbytes
+            while done < size:
+                n = os.write(fd, buf[done:size])  # a short write stays aligned: it ends on a block (ENOSPC next)
+                if n <= 0 or n % ALIGN:
+                    raise OSError(errno.EIO, f"O_DIRECT write of {tmp} returned {n} bytes")
+                done += n
         os.ftruncate(fd, total)  # the padding past the last piece goes
     except OSError as e:
         if e.errno not in _REFUSED or done:

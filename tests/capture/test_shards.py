@@ -1,6 +1,7 @@
 """SPINAL's shard writer writes the very bytes zarr's own writer writes, for every codec and dtype, with O_DIRECT
 and through the page cache; in parallel threads as in one; a file system that refuses O_DIRECT gets buffered
-writes; a failed write leaves no torn or temporary file; stores it cannot lay out go through zarr."""
+writes; a failed write or encode leaves no torn or temporary file and the unit undone; encoding runs ahead of slow
+writes within a fixed number of shards in memory; stores it cannot lay out go through zarr."""
 
 from __future__ import annotations
 
@@ -118,24 +119,33 @@ def test_a_view_of_a_larger_buffer_is_written_as_its_values(tmp_path):
 @pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "buffered"])
 def test_a_full_disk_leaves_no_torn_or_temporary_shard(tmp_path, monkeypatch, direct):
     block = _block("float32")
+    want = _store(str(tmp_path / "want.zarr"), "float32", "zstd-1")
+    want.write_unit(want.units[0], block, None, direct)
+    whole = _files(tmp_path / "want.zarr" / "hidden")
     s = _store(str(tmp_path / "s.zarr"), "float32", "zstd-1")
     name = "write" if direct and _takes_o_direct(tmp_path) else "writev"  # the call each path writes with
     real, calls = getattr(os, name), {"n": 0}
 
-    def failing(fd, data):  # the 6th shard hits a full disk halfway through (a block boundary for O_DIRECT)
+    def failing(fd, data):  # the 6th write call hits a full disk halfway through (a block boundary for O_DIRECT)
         calls["n"] += 1
         if calls["n"] == 6:
             real(fd, data[: shards.ALIGN] if name == "write" else [bytes(data[0][: len(data[0]) // 2])])
             raise OSError(errno.ENOSPC, "No space left on device")
+        if calls["n"] > 6:
+            raise OSError(errno.ENOSPC, "No space left on device")  # a full disk stays full
         return real(fd, data)
 
     monkeypatch.setattr(os, name, failing)
     with pytest.raises(OSError) as e:
         s.write_unit(s.units[0], block, None, direct)
     assert e.value.errno == errno.ENOSPC
-    names = [p.name for p in (tmp_path / "s.zarr" / "hidden").rglob("*") if p.is_file()]
-    assert not [n for n in names if n.endswith(".partial")]
-    assert len(names) == 1 + 5  # zarr.json and the 5 whole shards written before the disk filled
+    got = _files(tmp_path / "s.zarr" / "hidden")
+    assert not [n for n in got if n.endswith(".partial")]
+    shards_left = {k: v for k, v in got.items() if k != "zarr.json"}
+    assert len(shards_left) == 5  # the 5 whole shards written before the disk filled, whatever thread wrote them
+    assert all(v == whole[k] for k, v in shards_left.items())  # each one whole
+    # after the first failure no further shard was started: at most the writers already in flight tried
+    assert calls["n"] <= 6 + shards.MIN_IO_THREADS
     assert not Store.open(str(tmp_path / "s.zarr")).done().any()  # the unit is not marked done: resume redoes it
     monkeypatch.setattr(os, name, real)
     s.write_unit(s.units[0], block, None, direct)
@@ -216,3 +226,66 @@ def test_a_layout_it_does_not_know_is_left_to_zarr(tmp_path):
     assert ShardWriter.for_array(a) is None
     b = zarr.create_array(str(tmp_path / "y.zarr"), shape=(2, 64, 8), chunks=(1, 16, 8), dtype="float32")
     assert ShardWriter.for_array(b) is None  # not sharded
+
+
+@pytest.mark.parametrize("encoders", [1, 3])
+def test_encoding_runs_ahead_of_slow_writes_within_its_memory_bound(tmp_path, monkeypatch, encoders):
+    """Encoders go on while shards are being written (the point of the writer threads), but no more than
+    encoders + 2 × writers encoded shards ever wait in memory, however slow the disk."""
+    import threading
+    import time
+
+    block = _block("float32", seed=8)
+    s = _store(str(tmp_path / "s.zarr"), "float32", "zstd-1")
+    lock, state = threading.Lock(), {"waiting": 0, "most": 0, "encoded": 0}
+    real_encode, real_write = ShardWriter.encode_shard, shards._write_file
+
+    def encode(self, shard):
+        pieces = real_encode(self, shard)
+        with lock:
+            state["waiting"] += 1
+            state["encoded"] += 1
+            state["most"] = max(state["most"], state["waiting"])
+        return pieces
+
+    def slow_write(path, pieces, direct=True):
+        time.sleep(0.02)  # a slow disk
+        how = real_write(path, pieces, direct)
+        with lock:
+            state["waiting"] -= 1
+        return how
+
+    monkeypatch.setattr(ShardWriter, "encode_shard", encode)
+    monkeypatch.setattr(shards, "_write_file", slow_write)
+    pool = ThreadPoolExecutor(encoders) if encoders > 1 else None
+    try:
+        s.write_unit(s.units[0], block, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    writers = max(shards.MIN_IO_THREADS, encoders)
+    assert state["encoded"] == N_LAYER * N_TOK // T_SHARD and state["waiting"] == 0
+    assert 2 <= state["most"] <= encoders + 2 * writers, state
+    assert np.array_equal(Store.open(str(tmp_path / "s.zarr")).hidden[...], block)
+
+
+def test_an_encoder_error_stops_the_unit_and_leaves_it_undone(tmp_path, monkeypatch):
+    block = _block("float32", seed=9)
+    s = _store(str(tmp_path / "s.zarr"), "float32", "zstd-1")
+    real_encode, calls = ShardWriter.encode_shard, {"n": 0}
+
+    def failing(self, shard):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("out of memory in the codec")
+        return real_encode(self, shard)
+
+    monkeypatch.setattr(ShardWriter, "encode_shard", failing)
+    with ThreadPoolExecutor(2) as pool, pytest.raises(MemoryError, match="out of memory in the codec"):
+        s.write_unit(s.units[0], block, pool)
+    assert calls["n"] < N_LAYER * N_TOK // T_SHARD  # the shards after the error were not encoded
+    assert not Store.open(str(tmp_path / "s.zarr")).done().any()
+    assert not list((tmp_path / "s.zarr").rglob("*.partial"))
+    monkeypatch.setattr(ShardWriter, "encode_shard", real_encode)
+    s.write_unit(s.units[0], block)  # a retry (resume) writes the whole unit
+    assert np.array_equal(Store.open(str(tmp_path / "s.zarr")).hidden[...], block)
