@@ -392,9 +392,16 @@ def stages(store_path: str, tokens: int, dtype: str = "float32", codec: str = "z
             os.write(fd, buf)
             os.close(fd)
 
-    runs = {"encode only (ShardWriter.encode_shard)": lambda s: [s.shard_writer.encode_shard(x) for *_, x in
-                                                                 shards_of(s)],
-            "encode, then write, in one thread": lambda s: [s.shard_writer.write_shard(*job) for job in shards_of(s)],
+    def encode_only(s):
+        for *_, x in shards_of(s):
+            s.shard_writer.encode_shard(x)  # dropped at once: a list of them would cost fresh pages each time
+
+    def serial(s):
+        for job in shards_of(s):
+            s.shard_writer.write_shard(*job)
+
+    runs = {"encode only (ShardWriter.encode_shard)": encode_only,
+            "encode, then write, in one thread": serial,
             "split: one encoding thread + writer threads": lambda s: s.shard_writer.write_block(0, block, None),
             "plain O_DIRECT writes of raw shard-sized files": plain_direct}
     print(f"{dtype} {codec}, {gib:.2f} GiB, one thread (best of 3):")
