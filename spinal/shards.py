@@ -177,10 +177,10 @@ class ShardWriter:
 
         def encode(li: int, s: int, shard: np.ndarray) -> Future | None:
             slots.acquire()
+            if failed.is_set():
+                slots.release()
+                return None
             try:
-                if failed.is_set():
-                    slots.release()
-                    return None
                 return io.submit(write, li, s, self.encode_shard(shard))
             except BaseException:
                 failed.set()
@@ -191,12 +191,12 @@ class ShardWriter:
         with ThreadPoolExecutor(writers, thread_name_prefix="spinal-io") as io:
             if pool is None:
                 for job in jobs:
-                    write_future = None
                     try:
                         write_future = encode(*job)
                     except BaseException as e:  # noqa: BLE001 - raised below, once every write has stopped
                         error = e
-                    if write_future is None or error is not None:
+                        break
+                    if write_future is None:  # a write failed: no further shard
                         break
                     writes.append(write_future)
             else:
