@@ -16,9 +16,9 @@ class Purpose(IntEnum):
     COMPANION_TOKENS = 4  # the companions' subset of the lens tokens (JS, KL to final, entropy)
     LENS_EXTENSION = 9  # the order in which the lens subsample grows beyond its pilot (the tokens not in it)
     COMPARE = 7  # the ΔL sequence bootstrap and its split-halves
-    POSITIONS = 8  # the sequence bootstrap of the per-position profile (analyze/positions.py)
+    POSITIONS = 8  # the sequence bootstrap of the per-position profile (analyze/compare/positions.py)
     CALIBRATION = 10  # the simulated layers that calibrate a's bootstrap SE where N ≤ 8·d, one stream per layer
-    # (keyed by the layer: its c is pooled over the trace's layers, analyze/calibration.py)
+    # (keyed by the layer: its c is pooled over the trace's layers, analyze/contraction/calibration.py)
 
 
 def rng(seed: int, purpose: Purpose, *keys: int) -> np.random.Generator:

@@ -17,25 +17,25 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from spinal.analyze import calibration
-from spinal.analyze.layer_spectrum import LayerSpectrum, layer_spectrum, pool
-from spinal.analyze.lens_pass import (LensPartial, extension_order, lens_pass, selected_tokens, token_ranges,
+from spinal.analyze.contraction import calibration
+from spinal.analyze.contraction.layer_spectrum import LayerSpectrum, layer_spectrum, pool
+from spinal.analyze.transport.lens_pass import (LensPartial, extension_order, lens_pass, selected_tokens, token_ranges,
                                       token_subsample)
-from spinal.analyze.lens_size import GROWTH, cluster_se, grow
+from spinal.analyze.transport.lens_size import GROWTH, cluster_se, grow
 from spinal.analyze.pool import Progress, run_tasks
 from spinal.analyze.seeds import Purpose
-from spinal.analyze.spectrum import t_interval, with_curvature
-from spinal.analyze.transport import summarize
+from spinal.analyze.contraction.spectrum import t_interval, with_curvature
+from spinal.analyze.transport.distances import summarize
 from spinal.config import AnalyzeConfig, parse_layers, parse_window
 from spinal.errors import InputError, StoreError
 from spinal.outputs import atomic_folder, check_output, check_whole, jsonable
-from spinal.store import Store
+from spinal.store.contract import Store
 
-TRACE_FORMAT = 4  # 2: first-order bootstrap replicates (analyze/influence.py), L_se, L_precision; 3: their spread
-# calibrated where N ≤ 8·d (analyze/calibration.py), se_scale; 4: there set to a calibrated exact jackknife's,
+TRACE_FORMAT = 4  # 2: first-order bootstrap replicates (analyze/contraction/influence.py), L_se, L_precision; 3: their spread
+# calibrated where N ≤ 8·d (analyze/contraction/calibration.py), se_scale; 4: there set to a calibrated exact jackknife's,
 # se_jackknife, kappa (pooled over the layers), kappa_layer
 log = logging.getLogger(__name__)
-LENS_ROUNDS = 3  # growth rounds of the lens subsample beyond its pilot (analyze/lens_size.py)
+LENS_ROUNDS = 3  # growth rounds of the lens subsample beyond its pilot (analyze/transport/lens_size.py)
 # Below this much work (flop-like units, _auto_workers) `workers = 0` runs the tasks in this process, on its own
 # threads: starting a process per core costs ~3 s here, more than it saves. The demo's traces (13 layers, 12,288
 # lens tokens, vocab 3,072, d = 96) are below it: 6.7–10.8 s in this process against 10.0–15.1 s on 2 workers.
@@ -69,7 +69,7 @@ class Trace:
     def paired_boot(self, other: "Trace") -> np.ndarray:
         """(layer, n_boot) replicates of Δa = other.a − self.a, paired by block draws (one seed: replicate b drew
         the same blocks in both). Where both hold leave-one-out values (N ≤ 8·d) each layer's are rescaled about
-        Δa to κ times the paired exact jackknife's SE (analyze/calibration.py ``paired``)."""
+        Δa to κ times the paired exact jackknife's SE (analyze/contraction/calibration.py ``paired``)."""
         rep = other.boot - self.boot
         if not (rep.size and self.jackknife.size and self.jackknife.shape == other.jackknife.shape):
             return rep
@@ -209,7 +209,7 @@ def _after(progress: Progress | None, done: int) -> Progress | None:
 def _grow_lens(cfg: AnalyzeConfig, store: Store, layers: list[int], sub: np.ndarray, lens: LensPartial,
                workers: int, run: Callable, progress: Progress | None, floor: int) -> tuple[LensPartial, dict]:
     """The lens subsample grown beyond its pilot ``sub`` (already passed: ``lens``) by a prefix of the remaining
-    tokens in one seeded order, in rounds, until ``cfg.lens_precision`` holds (analyze/lens_size.py ``grow``).
+    tokens in one seeded order, in rounds, until ``cfg.lens_precision`` holds (analyze/transport/lens_size.py ``grow``).
     Each round runs lens tasks over only the tokens it adds; companions stay the pilot's, unless every lens token
     is asked to be one (companion_tokens = 0)."""
     rest = extension_order(store, sub, cfg.seed)
@@ -280,7 +280,7 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
         "lens_rounds": growth["rounds"],
         "lens_floor": growth["floor"],
         "lens_rule": "lens_tokens: a seeded pilot subsample; then, while L_precision > L_precision_target (≤ "
-                     f"{LENS_ROUNDS} rounds), grown to the size SE²(n) ≈ a + W·n0/n predicts (analyze/lens_size.py), "
+                     f"{LENS_ROUNDS} rounds), grown to the size SE²(n) ≈ a + W·n0/n predicts (analyze/transport/lens_size.py), "
                      f"≤ {GROWTH}× per round, by a prefix of the other tokens in a seeded order (at least lens_floor)"
         if cfg.lens_precision or growth["floor"] > growth["pilot"] else "exactly lens_tokens (seeded subsample)",
         "blocks_used": blocks_used,
@@ -295,12 +295,12 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
         "fit": "weighted least squares of log σ_k on log(k − spikes), weights 1/k; MLE cross-check (Clauset, censored)",
         "interval": "a_lo/a_hi: 95 % for a at this token count (E[â(N)], not the population exponent): a ± "
                     "t(g−1)·√(g/(g−1))·SD of block-bootstrap replicates over g = blocks_used sequence blocks, each "
-                    "replicate's spectrum to first order from one eigh (analyze/influence.py), fitted in a's window; "
+                    "replicate's spectrum to first order from one eigh (analyze/contraction/influence.py), fitted in a's window; "
                     "where N ≤ 8·d the SD is set, by the factor se_scale, to κ·se_jackknife: the exact "
                     "delete-one-block jackknife SE (one eigensolve per left-out block) times κ = sd(â)/median(SE "
                     "jackknife) over calibration_sims_per_layer simulated Gaussian layers of each layer's fitted "
                     "spectrum, same N, d, blocks and window, one seeded stream per layer, pooled over the layers as "
-                    "√(Σ(S−1)·κ_ℓ²/Σ(S−1)) (kappa; each layer's own in kappa_layer; analyze/calibration.py); "
+                    "√(Σ(S−1)·κ_ℓ²/Σ(S−1)) (kappa; each layer's own in kappa_layer; analyze/contraction/calibration.py); "
                     "comparisons: κ times the paired exact jackknife (jackknife.parquet); "
                     "bootstrap.parquet holds the scaled replicates",
         "alpha_name": "rank-decay exponent a (σ_k ∝ k^-a); α-ReQ = 2a; WeightWatcher α = 1 + 1/(2a)",
@@ -320,7 +320,7 @@ def _check_design(cfg: AnalyzeConfig, store: Store, window: tuple[int, int] | No
     rank = min(n_tok - 1, dim)
     if window is not None and window[1] > rank:
         raise InputError(f"--window {cfg.window}: the spectra of {store.path} have rank {rank} ({n_tok} tokens, "
-                         f"d = {dim}); end the window at ≤ {max(2, rank // 2)} (half the rank, METHOD.md §2) or use auto")
+                         f"d = {dim}); end the window at ≤ {max(2, rank // 2)} (half the rank, docs/method.md §2) or use auto")
     if (cfg.n_boot or cfg.null_splits) and min(n_seq, cfg.blocks) < 2:
         raise InputError(f"{store.path} holds {n_seq} sequence(s) in {min(n_seq, cfg.blocks)} block(s): a confidence "
                          "interval and a null spread need ≥ 2; capture more prompts, or pass --n-boot 0 "

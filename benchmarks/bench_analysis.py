@@ -38,8 +38,8 @@ def power_law_matrix(n: int, d: int, a: float = 1.0, seed: int = 0) -> np.ndarra
 
 
 def spinal_spectrum(h: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    from spinal.analyze.gram import GramAccumulator
-    from spinal.analyze.spectrum import singular_values
+    from spinal.analyze.contraction.gram import GramAccumulator
+    from spinal.analyze.contraction.spectrum import singular_values
 
     acc = GramAccumulator(h.shape[1], blocks=16)
     ids = np.arange(h.shape[0]) // 64 % 16  # sequences of 64 tokens, 16 bootstrap blocks
@@ -85,7 +85,7 @@ def lens_rates(n: int, d: int, vocab: int, n_layers: int = 5) -> dict:
     accuracy row also shows what float32 ``2·arccos(Σ√(pq))`` does to small adjacent-layer steps.
     Both do one readout per layer; the loop keeps the previous layer's softmax.
     """
-    from spinal.analyze.lens_pass import transport_chunk
+    from spinal.analyze.transport.lens_pass import transport_chunk
     from spinal.config import AnalyzeConfig
     from spinal.lens import Lens, LensSpec
 
@@ -135,7 +135,7 @@ def peak_gram_rss(n: int, d: int) -> float:
         "import resource, numpy as np, sys; sys.path.insert(0, %r);"
         
         "rng = np.random.default_rng(0);"
-        "from spinal.analyze.gram import GramAccumulator;"
+        "from spinal.analyze.contraction.gram import GramAccumulator;"
         "acc = GramAccumulator(%d, blocks=16)\n"
         "for a in range(0, %d, 4096):\n"
         "    x = rng.standard_normal((4096, %d)).astype(np.float32); acc.update(x, np.arange(4096) %% 16)\n"
@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
     # already in memory as float64, and one eigvalsh. SPINAL streams chunks, keeps 16 block Grams for
     # the bootstrap and centers per chunk on top of this.
     t_floor = best_of(lambda: np.linalg.eigvalsh(dsyrk(1.0, hc.T, trans=0, lower=1), UPLO="U"), 2)
-    from spinal.analyze.spectrum import fit_spectrum
+    from spinal.analyze.contraction.spectrum import fit_spectrum
 
     ours_fit = fit_spectrum(sv_ours**2, n_tokens=n, dim=d, rms=np.sqrt((h.astype(np.float64) ** 2).mean(0)),
                             storage_dtype="float32")
@@ -178,7 +178,7 @@ def main(argv=None) -> dict:
     keep = sv_np >= 1e-5 * sv_np[0]
     rel = float(np.max(np.abs(sv_ours[: keep.sum()] - sv_np[keep]) / sv_np[keep]))
     # Gram pass alone (no eigvalsh) vs float64 GEMM on the same (dim × chunk) @ (chunk × dim) shapes
-    from spinal.analyze.gram import GramAccumulator
+    from spinal.analyze.contraction.gram import GramAccumulator
 
     def gram_only():
         acc = GramAccumulator(d, blocks=16)

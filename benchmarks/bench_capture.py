@@ -117,7 +117,7 @@ def time_nnsight(model, tok, batches, out: Path) -> tuple[float, int]:
 
 def max_abs_diff(npy_dir: Path, store_path: Path) -> list[float]:
     """Per layer, max |peer − SPINAL| over batch 0's stored tokens (0.0 = bit-exact)."""
-    from spinal.store import Store
+    from spinal.store.contract import Store
 
     saved = np.load(npy_dir / "batch00000.npy")  # (layer, batch, seq, dim)
     store = Store.open(str(store_path))

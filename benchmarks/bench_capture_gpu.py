@@ -52,7 +52,7 @@ def build(path: Path, shape: dict, device: str) -> Path:
 def against_hf(model, store_path: str, tokd, batch) -> dict:
     """The store's rows of the first batch's sequences against HF's own ``output_hidden_states`` of that batch
     (same sequences, same padding: the capture's first batch), every layer but the last (HF's is final-normed)."""
-    from spinal.store import Store, decode
+    from spinal.store.contract import Store, decode
 
     store = Store.open(store_path)
     offsets = store.sequences()["offset"]

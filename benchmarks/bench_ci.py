@@ -7,10 +7,10 @@
   and the previous method (v0.1: an ``eigvalsh`` of an exactly resampled scatter per bootstrap replicate and per
   half of every null split, 2 + 200 + 2·8 = 218 solves), timed over ``--exact-calls`` of its replicates and scaled
   to 216 (said in the table).
-- Coverage: over ``--datasets`` seeded synthetic layers per row (analyze/synthetic.py: ≥ 32 sequences of ≤ 16 tokens with a
+- Coverage: over ``--datasets`` seeded synthetic layers per row (tests/analyze/synthetic.py: ≥ 32 sequences of ≤ 16 tokens with a
   shared component, σ_k ∝ k^-a; with and without a massive coordinate and bf16 rounding; N from d/2 to 32·d), how
   often the 95 % interval covers E[a] at that N (the Monte Carlo mean of the point estimates), and how often it
-  covers the population a, calibrated (analyze/calibration.py, N ≤ 8·d: κ·exact jackknife) and first-order; the previous method's
+  covers the population a, calibrated (analyze/contraction/calibration.py, N ≤ 8·d: κ·exact jackknife) and first-order; the previous method's
   percentile interval beside it on the first ``--exact-datasets``.
 - Paired coverage: two exchangeable checkpoints on one token stream (d = ``--paired-dim``, N from d/2 to 32·d), the
   second as steep or 0.1 steeper; how often the paired Δa interval covers E[Δa] (exactly 0 with no shift).
@@ -28,12 +28,14 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "analyze"))  # synthetic layers, shared with the tests
+import synthetic  # noqa: E402
 from common import machine, publish  # noqa: E402
 
-from spinal.analyze import calibration, synthetic  # noqa: E402
-from spinal.analyze.layer_spectrum import paired_replicates, spectrum_of  # noqa: E402
-from spinal.analyze.moments import draw_blocks, resample  # noqa: E402
-from spinal.analyze.spectrum import fit_gram, t_interval  # noqa: E402
+from spinal.analyze.contraction import calibration  # noqa: E402
+from spinal.analyze.contraction.layer_spectrum import paired_replicates, spectrum_of  # noqa: E402
+from spinal.analyze.contraction.moments import draw_blocks, resample  # noqa: E402
+from spinal.analyze.contraction.spectrum import fit_gram, t_interval  # noqa: E402
 
 PREVIOUS_CALLS = 200 + 2 * 8  # v0.1's replicate solves besides the two fits: 200 bootstrap + 2 × 8 split halves
 

@@ -2,14 +2,14 @@
 
     .venv/bin/python benchmarks/bench_rates.py [--dims 1024 2048 4096] [--write]
 
-- Gram: analyze/gram.py's accumulator (16 blocks, float32 rows upcast, per-block SYRKs and merges) at d = 2048,
+- Gram: analyze/contraction/gram.py's accumulator (16 blocks, float32 rows upcast, per-block SYRKs and merges) at d = 2048,
   in GFLOP/s of N·d² per pass.
-- Eigen: one float64 ``eigh`` with vectors plus one ``eigvalsh`` (what a layer costs, analyze/layer_spectrum.py)
+- Eigen: one float64 ``eigh`` with vectors plus one ``eigvalsh`` (what a layer costs, analyze/contraction/layer_spectrum.py)
   at each d, and the constant c of ``seconds = c·d³`` fitted to them (the planner extrapolates with it).
 - Shares: the float64 (d, d) × (d, d/2) product per block that gives each block's share of the spectrum, GFLOP/s.
-- Lens: float32 (T × d) × (d × V) plus log-softmax (the logit lens, analyze/lens_pass.py), GFLOP/s of 2·T·d·V.
+- Lens: float32 (T × d) × (d × V) plus log-softmax (the logit lens, analyze/transport/lens_pass.py), GFLOP/s of 2·T·d·V.
 
-``--write`` stores them in cluster/analysis_rates.json, which PlanConfig takes its defaults from.
+``--write`` stores them in cluster/planner/analysis_rates.json, which PlanConfig takes its defaults from.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, machine  # noqa: E402
 
-from spinal.analyze.gram import GramAccumulator  # noqa: E402
+from spinal.analyze.contraction.gram import GramAccumulator  # noqa: E402
 
-RATES = Path(__file__).resolve().parent.parent / "cluster" / "analysis_rates.json"
+RATES = Path(__file__).resolve().parent.parent / "cluster" / "planner" / "analysis_rates.json"
 
 
 def measure(dims: list[int]) -> dict:

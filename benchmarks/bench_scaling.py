@@ -26,7 +26,7 @@ _CAPTURE = (
     "print(time.perf_counter() - t, file=sys.stderr)\n" + PRINT_PEAK_RSS
 )
 _GRAM = (
-    "import resource, time, sys, numpy as np; from spinal.analyze.gram import GramAccumulator\n"
+    "import resource, time, sys, numpy as np; from spinal.analyze.contraction.gram import GramAccumulator\n"
     "n, d = %d, %d; rng = np.random.default_rng(0); acc = GramAccumulator(d, blocks=16); ids = np.arange(n) // 64 %% 16\n"
     "x = rng.standard_normal((4096, d)).astype(np.float32)  # one chunk, fed again: data making is not timed\n"
     "t = time.perf_counter()\n"

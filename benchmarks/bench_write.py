@@ -10,9 +10,9 @@ made by `spinal run configs/smollm2-dpo.toml`, or any store given with --store),
 bfloat16 (what a GPU capture of a bf16 checkpoint stores). Random numbers would not do: their mantissas and
 exponents compress differently.
 
-- Codec table: every codec of spinal/codecs.py on the store's own chunks, one thread, through numcodecs (what
+- Codec table: every codec of spinal/store/codecs.py on the store's own chunks, one thread, through numcodecs (what
   zarr calls): compressed/raw, encode and decode MB/s of raw bytes, the crc32c included.
-- Writer table: `Store.write_unit` (the production path: spinal/shards.py encodes each shard with the array's
+- Writer table: `Store.write_unit` (the production path: spinal/store/shards.py encodes each shard with the array's
   own codecs in a pool of n threads, as `capture --write-threads n` does, and writes it with O_DIRECT from
   threads of its own) writing the unit 3 times into a fresh store (a capture's store grows: new files), beside
   zarr's own write pipeline on the same units (`array[...] = block`, zarr's `threading.max_workers` = n) and
@@ -23,7 +23,7 @@ exponents compress differently.
   that over the codec's own GiB per CPU-second; scaling = wall GiB/s at all cores / (cores × per core); the
   table gives their medians. Zarr's and the page-cache runs take a fresh process per thread count (zarr's
   thread pool is fixed per process).
-- ``--write-rates``: store the default codec's per-core write rate in cluster/write_rates.json, which the planner
+- ``--write-rates``: store the default codec's per-core write rate in cluster/planner/write_rates.json, which the planner
   prices capture with.
 """
 
@@ -43,14 +43,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, machine, publish, run_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RATES = ROOT / "cluster" / "write_rates.json"
+RATES = ROOT / "cluster" / "planner" / "write_rates.json"
 DTYPES = ("float32", "bfloat16")
 
 
 def real_block(store_path: str, tokens: int) -> np.ndarray:
     """(layer, tokens, dim) float32: a real store's valid tokens, every layer, repeated in order to fill ``tokens``
     (one default work unit; no padding rows, which compress to nothing)."""
-    from spinal.store import Store
+    from spinal.store.contract import Store
 
     s = Store.open(store_path)
     valid = np.flatnonzero(s.group["tokens/sequence"][:] >= 0)
@@ -64,16 +64,16 @@ def as_stored(block: np.ndarray, dtype: str) -> np.ndarray:
         return block
     import torch
 
-    from spinal.store import encode
+    from spinal.store.contract import encode
 
     return encode(torch.from_numpy(block).to(torch.bfloat16), "bfloat16")
 
 
 def _numcodecs(name: str, itemsize: int) -> list:
-    """numcodecs objects equal to spinal.codecs' zarr ones (zarr's codecs call these)."""
+    """numcodecs objects equal to spinal.store.codecs' zarr ones (zarr's codecs call these)."""
     import numcodecs
 
-    from spinal.codecs import CODECS
+    from spinal.store.codecs import CODECS
 
     shuffles = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE,
                 "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
@@ -90,7 +90,7 @@ def codec_table(stored: np.ndarray, t_chunk: int) -> dict:
     """Per codec, one thread: ratio, encode and decode MB/s (raw bytes) over the block's (1, t_chunk, dim) chunks."""
     import numcodecs
 
-    from spinal.codecs import CODECS
+    from spinal.store.codecs import CODECS
 
     numcodecs.blosc.set_nthreads(1)
     numcodecs.blosc.use_threads = False
@@ -131,10 +131,10 @@ sys.path.insert(0, {root!r})
 sys.path.insert(0, {root!r} + "/benchmarks")
 import numcodecs
 from bench_write import _numcodecs
-from spinal.create import create_store
-from spinal.layout import plan_layout
+from spinal.store.create import create_store
+from spinal.store.layout import plan_layout
 from spinal.lens import LensSpec
-from spinal.store import Store
+from spinal.store.contract import Store
 numcodecs.blosc.set_nthreads(1)  # one thread per codec call, as the writer's threads call it
 numcodecs.blosc.use_threads = False
 block = np.load({npy!r}, mmap_mode="r")
@@ -252,7 +252,7 @@ PAIRED_REPS = 6  # even: each order of the thread counts runs equally often (two
 def floor_gib_s(stored: np.ndarray, tmp: str) -> dict:
     """memcpy, and plain writes of the same bytes as ``UNITS`` new files in the same folder, kept until the last is
     written as a store's shards are: through the page cache (write(2), no fsync; zarr does not fsync either) and
-    with O_DIRECT (from one page-aligned copy, as spinal/shards.py writes)."""
+    with O_DIRECT (from one page-aligned copy, as spinal/store/shards.py writes)."""
     import mmap
     import shutil
 
@@ -284,11 +284,11 @@ def floor_gib_s(stored: np.ndarray, tmp: str) -> dict:
 
 
 def measure(store_path: str, tokens: int) -> dict:
-    from spinal.codecs import CODECS
-    from spinal.layout import chunk_sizes
+    from spinal.store.codecs import CODECS
+    from spinal.store.layout import chunk_sizes
 
     block = real_block(store_path, tokens)
-    from spinal.store import Store
+    from spinal.store.contract import Store
 
     valid_tokens = int((Store.open(store_path).group["tokens/sequence"][:] >= 0).sum())
     cores = os.cpu_count() or 1
@@ -361,8 +361,8 @@ def stages(store_path: str, tokens: int, dtype: str = "float32", codec: str = "z
     of new shard-sized files; wall s/GiB and CPU s/GiB (user + system, every thread), best of 3 each."""
     import shutil
 
-    from spinal.create import create_store
-    from spinal.layout import chunk_sizes, plan_layout
+    from spinal.store.create import create_store
+    from spinal.store.layout import chunk_sizes, plan_layout
     from spinal.lens import LensSpec
 
     block = as_stored(real_block(store_path, tokens), dtype)

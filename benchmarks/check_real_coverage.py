@@ -4,8 +4,8 @@ subsample's own interval uses, and how often those intervals cover the subsample
 The store is one corpus; the first ~220-character piece of each distinct paragraph is one independent unit, and
 the units are dealt into G disjoint groups of equal token counts (each group one "audit" of N tokens, its units
 dealt into 16 blocks of equal token counts, as a store's sequences are); each group is analyzed as a trace would be:
-first-order bootstrap replicates (analyze/influence.py), and where N ≤ 8·d the exact jackknife, κ simulated per
-layer and pooled over the layers (analyze/calibration.py). A right SE has sd(â)/SE ≈ 1 and covers ≈ 95 %; G groups measure
+first-order bootstrap replicates (analyze/contraction/influence.py), and where N ≤ 8·d the exact jackknife, κ simulated per
+layer and pooled over the layers (analyze/contraction/calibration.py). A right SE has sd(â)/SE ≈ 1 and covers ≈ 95 %; G groups measure
 sd(â) to ±1/√(2(G−1)). Consecutive listed layers, on one token stream, stand in for two checkpoints: their Δa
 interval is formed as a comparison forms it (Trace.paired_boot).
 
@@ -28,10 +28,10 @@ import numpy as np
 from scipy.stats import t as student
 from threadpoolctl import threadpool_limits
 
-from spinal.analyze.gram import GramAccumulator
-from spinal.analyze.layer_spectrum import paired_replicates, pool, spectrum_of
-from spinal.analyze.spectrum import replicate_se
-from spinal.store import Store
+from spinal.analyze.contraction.gram import GramAccumulator
+from spinal.analyze.contraction.layer_spectrum import paired_replicates, pool, spectrum_of
+from spinal.analyze.contraction.spectrum import replicate_se
+from spinal.store.contract import Store
 
 CORPUS = Path(__file__).resolve().parent.parent / "reference" / "corpus" / "python_docs.txt"
 PIECE = 220  # characters per prompt: ~50 tokens, like a short chat reply

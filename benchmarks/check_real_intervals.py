@@ -1,7 +1,7 @@
 """On a real model's layers: the SE of a that SPINAL's intervals use against its parts, and whether a lies inside
-its own 95 % interval. Where N ≤ 8·d the interval's SE is κ·SE_jackknife (analyze/calibration.py): the exact
+its own 95 % interval. Where N ≤ 8·d the interval's SE is κ·SE_jackknife (analyze/contraction/calibration.py): the exact
 delete-one-block jackknife (one float64 eigensolve per left-out block, no duplicated tokens) times κ, simulated per
-layer and pooled over the layers shown; the first-order bootstrap SE (analyze/influence.py) is printed beside it.
+layer and pooled over the layers shown; the first-order bootstrap SE (analyze/contraction/influence.py) is printed beside it.
 Whether the SE is right is measured over disjoint real subsamples in benchmarks/check_real_coverage.py.
 
     .venv/bin/python benchmarks/check_real_intervals.py [STORE]   # default: the SmolLM2 audit's base store
@@ -10,10 +10,10 @@ import sys
 
 from threadpoolctl import threadpool_limits
 
-from spinal.analyze import calibration
-from spinal.analyze.layer_spectrum import accumulate, pool, spectrum_of
-from spinal.analyze.spectrum import replicate_se, t_interval
-from spinal.store import Store
+from spinal.analyze.contraction import calibration
+from spinal.analyze.contraction.layer_spectrum import accumulate, pool, spectrum_of
+from spinal.analyze.contraction.spectrum import replicate_se, t_interval
+from spinal.store.contract import Store
 
 threadpool_limits(2)
 s = Store.open(sys.argv[1] if len(sys.argv) > 1 else "out/smollm2-dpo/stores/base.zarr")

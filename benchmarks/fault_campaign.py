@@ -67,7 +67,7 @@ def write_prompts(path: Path, n: int) -> Path:
 # -- children -----------------------------------------------------------------------------------
 
 def capture_cmd(model: Path, prompts: Path, out: Path, flag: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "spinal.cli", "capture", str(model), "--prompts", str(prompts), "--out", str(out),
+    cmd = [sys.executable, "-m", "spinal.cli.app", "capture", str(model), "--prompts", str(prompts), "--out", str(out),
            "--unit-tokens", str(UNIT_TOKENS), "--batch-size", str(BATCH_SIZE), "--no-progress"]
     return cmd + ([flag] if flag else [])
 

@@ -18,7 +18,7 @@ from spinal.blocks import pick
 from spinal.dtypes import CAPTURED, canonical
 from spinal.errors import ModelError
 from spinal.lens import Lens, LensSpec
-from spinal.store import encode
+from spinal.store.contract import encode
 
 # Attribute names of final norms across families (Llama/Mistral/Qwen2/Gemma/Phi-3: norm,
 # GPT-2: ln_f, GPT-NeoX: final_layer_norm, Phi-1/2: final_layernorm, OPT: decoder.final_layer_norm).

@@ -1,7 +1,7 @@
 """Forward hooks that gather the selected tokens of each stored layer's residual stream during one forward pass.
 
 Layer 0 is the input of block 1 (the embedding output, after any embedding scaling);
-layer ℓ ≥ 1 is block ℓ's output, before the final norm (METHOD.md §1).
+layer ℓ ≥ 1 is block ℓ's output, before the final norm (docs/method.md §1).
 """
 
 from __future__ import annotations

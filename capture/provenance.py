@@ -13,8 +13,8 @@ from spinal.capture.prompts import PromptSet
 from spinal.capture.tokens import Tokenized
 from spinal.config import CaptureConfig
 from spinal.errors import StoreError
-from spinal.layout import TokenLayout
-from spinal.store import Store
+from spinal.store.layout import TokenLayout
+from spinal.store.contract import Store
 
 # Options whose change makes a resumed store a different store.
 IDENTITY_KEYS = ("weights_fingerprint", "model", "prompts_sha256", "layers", "positions", "max_length",

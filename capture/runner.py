@@ -22,15 +22,15 @@ from spinal.capture.selfcheck import run_self_check
 from spinal.capture.tokens import Tokenized, tokenize
 from spinal.capture.units import UnitCapture, batch_inputs, input_device
 from spinal.config import CaptureConfig, parse_layers
-from spinal.codecs import DEFAULT_CODEC
-from spinal.create import create_store
+from spinal.store.codecs import DEFAULT_CODEC
+from spinal.store.create import create_store
 from spinal.errors import InputError, StoreError
-from spinal.layout import TokenLayout, Unit, chunk_sizes, plan_layout
+from spinal.store.layout import TokenLayout, Unit, chunk_sizes, plan_layout
 from spinal.lens import Lens
-from spinal.location import location_state, remove_stray
-from spinal.lock import StoreLock, check_token, refuse_if_held
+from spinal.store.location import location_state, remove_stray
+from spinal.store.lock import StoreLock, check_token, refuse_if_held
 from spinal.outputs import check_writable_dir
-from spinal.store import Store, decode, sha256_text, storage_dtype
+from spinal.store.contract import Store, decode, sha256_text, storage_dtype
 
 log = logging.getLogger(__name__)
 

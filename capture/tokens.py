@@ -1,4 +1,4 @@
-"""Tokenize a prompt set once, up front, and choose the stored positions of each sequence (METHOD.md §1)."""
+"""Tokenize a prompt set once, up front, and choose the stored positions of each sequence (docs/method.md §1)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def _positions(kind: str, k: int, n: int, n_head: int, text: list[bool]) -> list
     if kind == "all":
         return list(range(n))
     if kind == "all-but-first":
-        return list(range(1, n))  # position 0 is the BOS / attention sink (METHOD.md §1)
+        return list(range(1, n))  # position 0 is the BOS / attention sink (docs/method.md §1)
     if kind == "last":
         return list(range(max(0, n - k), n))
     if kind == "response":

@@ -11,8 +11,8 @@ import torch
 from spinal.capture.hooks import Recorder
 from spinal.capture.tokens import Tokenized
 from spinal.errors import IntegrityError
-from spinal.layout import TokenLayout, Unit
-from spinal.store import storage_dtype
+from spinal.store.layout import TokenLayout, Unit
+from spinal.store.contract import storage_dtype
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class UnitCapture:
             batch = seqs[b : b + self.batch_size]
             ids, mask, flat = batch_inputs(self.tokd, batch, self.tokenizer, device)
             # a batch's sequences are consecutive in the unit, each one's stored tokens contiguous from its offset
-            # (spinal.layout.plan_layout): its rows are one slice of the block, which the hooks gather into
+            # (spinal.store.layout.plan_layout): its rows are one slice of the block, which the hooks gather into
             start = int(self.layout.offsets[batch[0]]) - unit.token_start
             stop = start + flat.numel()
             assert stop == int(self.layout.offsets[batch[-1]] + self.layout.lengths[batch[-1]]) - unit.token_start

@@ -14,9 +14,9 @@ from spinal.cluster.actors import CaptureActor, user_error
 from spinal.cluster.ray_cluster import replica_gpus
 from spinal.config import CaptureConfig, ClusterConfig
 from spinal.errors import InputError, StoreError, first_line
-from spinal.lock import StoreLock, refuse_if_held
-from spinal.location import remove_stray
-from spinal.store import Store
+from spinal.store.lock import StoreLock, refuse_if_held
+from spinal.store.location import remove_stray
+from spinal.store.contract import Store
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from spinal.cluster.backends import Backend, backend_for
 from spinal.config import AnalyzeConfig, CaptureConfig, ClusterConfig, CompareConfig, RunConfig
 from spinal.errors import InputError
 from spinal.fields import default_of
-from spinal.lock import StoreLock
-from spinal.lockfile import LOCK_NAME
+from spinal.store.lock import StoreLock
+from spinal.store.lockfile import LOCK_NAME
 from spinal.outputs import MARKER, check_output, move_aside, write_marker, write_text_atomic
-from spinal.location import store_exists
-from spinal.store import Store
+from spinal.store.location import store_exists
+from spinal.store.contract import Store
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
             traces.append(_analyze_stage(cfg, ck, store, backend, progress, summary, floor))
         comparison = _compare_stage(cfg, traces, summary) if len(traces) >= 2 else None
         with summary.timed("report", "all"):
-            from spinal.analyze.report import write_report
+            from spinal.analyze.report.html import write_report
 
             summary.report = str(write_report(traces, comparison, out / "report", overwrite=True))
         write_text_atomic(out / "summary.json", json.dumps(asdict(summary), indent=2))
@@ -188,7 +188,7 @@ def _analyze_stage(cfg: RunConfig, ck, store: str, backend: Backend, progress: P
 
 def _compare_stage(cfg: RunConfig, traces: list, summary: RunSummary):
     """Every checkpoint against the first, written to compare/."""
-    from spinal.analyze.pipeline import comparison
+    from spinal.analyze.compare.pipeline import comparison
 
     with summary.timed("compare", ",".join(t.label for t in traces)) as detail:
         c = cfg.compare

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spinal.analyze.stability import FACTOR, flag_text
-from spinal.analyze.verdict import onset_text
+from spinal.analyze.compare.stability import FACTOR, flag_text
+from spinal.analyze.report.verdict import onset_text
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- demo:results -->", "<!-- /demo:results -->"
@@ -84,7 +84,7 @@ def summarize(out: Path) -> str:
     lines.append(
         f"- **Destabilization flag**: SPINAL's rule (a step several times the run's typical healthy step) flags "
         f"{', '.join(f'`{o}`' for o in healthy_flagged) or 'none'} of the healthy DPO checkpoints"
-        + (f"; METHOD.md §4's wording would flag {', '.join(f'`{o}`' for o in method_flagged)}, because their "
+        + (f"; docs/method.md §4's wording would flag {', '.join(f'`{o}`' for o in method_flagged)}, because their "
            "terminal L keeps rising through DPO (the wording expects L to fall and treats a renewed rise as "
            "instability)" if method_flagged else "") + ". See Destabilization below for the validation.")
     for o, _, _ in over:
@@ -97,7 +97,7 @@ def summarize(out: Path) -> str:
             f"{'flags' if s.get('destabilized') else 'does not flag'} it"
             + (f" (its a-profile step is {s['step_a_ratio']:.0f}× the run's typical healthy step)"
                if s.get("destabilized") and np.isfinite(s.get("step_a_ratio", np.nan)) else "")
-            + f"; METHOD.md §4's wording {'flags' if s.get('method_rule') else 'does not flag'} it "
+            + f"; docs/method.md §4's wording {'flags' if s.get('method_rule') else 'does not flag'} it "
             "(it looks for a *reversal* of the terminal gain or a renewed rise of L, the opposite signature).")
     lines += positions_block(out, doc)
     return "\n".join(lines)

@@ -28,7 +28,7 @@ def _rows(store, layer: int) -> np.ndarray:
 
 
 def spectrum_rows(out: Path, label: str, layers: list[int]) -> list[dict]:
-    from spinal.store import Store
+    from spinal.store.contract import Store
 
     meta = json.loads((out / "traces" / label / "trace.json").read_text())
     table = pd.read_parquet(out / "traces" / label / "trace.parquet").set_index("layer")
@@ -53,9 +53,9 @@ def spectrum_rows(out: Path, label: str, layers: list[int]) -> list[dict]:
 
 @torch.no_grad()
 def transport_rows(out: Path, label: str, layers: list[int], tokens: int) -> list[dict]:
-    from spinal.analyze.lens_pass import lens_pass, token_subsample
+    from spinal.analyze.transport.lens_pass import lens_pass, token_subsample
     from spinal.capture.load import load
-    from spinal.store import Store
+    from spinal.store.contract import Store
 
     meta = json.loads((out / "traces" / label / "trace.json").read_text())
     store = Store.open(meta["store"])

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from reference.demo_summary import positions_block
-from spinal.analyze.stability import FACTOR, flag_text
+from spinal.analyze.compare.stability import FACTOR, flag_text
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "reference" / "smollm2" / "eval.json"

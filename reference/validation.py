@@ -6,7 +6,7 @@
     .venv/bin/python -m reference.validation --readme           # reference/validation/*.json and README's table
 
 Reads each run's traces and comparison; writes, per run, reference/validation/<run>.json: the steps the
-destabilization rule judges (analyze/stability.py), recomputed from the traces and checked against the flags
+destabilization rule judges (analyze/compare/stability.py), recomputed from the traces and checked against the flags
 the run's own comparison wrote, with the ground truth per checkpoint from the run's evaluation. The tests judge
 these files (tests/analyze/test_stability.py); --readme also rewrites the block between the markers in README.md.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from spinal.analyze.stability import COMPONENTS, FACTOR, flag_text, judge, largest_ratio, step
+from spinal.analyze.compare.stability import COMPONENTS, FACTOR, flag_text, judge, largest_ratio, step
 from spinal.analyze.trace import Trace
 
 ROOT = Path(__file__).resolve().parent.parent

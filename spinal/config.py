@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from spinal.codecs import DEFAULT_CODEC, check_codec
+from spinal.store.codecs import DEFAULT_CODEC, check_codec
 from spinal.dtypes import CAPTURED
 from spinal.errors import InputError
 from spinal.fields import from_dict, option
@@ -84,14 +84,14 @@ class CaptureConfig:
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
-    """How a store becomes a depth trace (METHOD.md §2–3); every value is recorded in the trace."""
+    """How a store becomes a depth trace (docs/method.md §2–3); every value is recorded in the trace."""
 
     RUN_SETS: ClassVar[frozenset] = frozenset({"store", "out", "overwrite"})
 
     store: str = option("store path or URL")
     out: str = option("trace folder to write (trace.parquet, trace.json, bootstrap/sequence tables)", short="-o")
     layers: str = option("layers to analyze: 'all' or a list/ranges of stored layers", "all")
-    window: str = option("spectral fit window: 'auto' (METHOD.md §2 rule) or 'K_LO:K_HI' (1-based ranks)", "auto")
+    window: str = option("spectral fit window: 'auto' (docs/method.md §2 rule) or 'K_LO:K_HI' (1-based ranks)", "auto")
     blocks: int = option("sequence blocks for the bootstrap (sequence s goes to block s mod blocks)", 16)
     n_boot: int = option("bootstrap resamples per layer (0: no CI); first-order spectra, so nearly free", 1000)
     null_splits: int = option("random split-halves per layer for the null spread of Δα", 8)
@@ -130,7 +130,7 @@ class AnalyzeConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """How traces become a comparison (METHOD.md §4): paired CIs, the null spread, optional companions."""
+    """How traces become a comparison (docs/method.md §4): paired CIs, the null spread, optional companions."""
 
     n_boot: int = option("bootstrap resamples for ΔL (Δa pairs the traces' own replicates)", 1000)
     seed: int = option("seed of the ΔL bootstrap and the split-halves", 0)
@@ -140,7 +140,7 @@ class CompareConfig:
     position_tokens: int = option("tokens (seeded subsample) for where in the reply the checkpoints differ: "
                                   "final-layer KL and shifted tokens by position (0: none)", 20000)
     jump_factor: float = option("training series: flag a checkpoint whose step from the one before is more than "
-                                "this many times the run's typical healthy step (analyze/stability.py)", 4.0)
+                                "this many times the run's typical healthy step (analyze/compare/stability.py)", 4.0)
     weights: bool = option("per-block parameter change ‖θ − θ_ref‖², streamed from the safetensors", True, cli=False)
 
     def __post_init__(self) -> None:

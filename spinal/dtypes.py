@@ -12,12 +12,12 @@ import numpy as np
 class Dtype:
     name: str  # canonical name, as stores and traces record it
     storage: str  # the numpy/zarr dtype its bits are stored in
-    significand_bits: int  # p: round-to-nearest errs by at most 2^-p·|h| (METHOD.md §2, "Storage noise floor")
+    significand_bits: int  # p: round-to-nearest errs by at most 2^-p·|h| (docs/method.md §2, "Storage noise floor")
     captured: bool  # a dtype models compute in and stores hold (float64 only appears in analysis inputs)
 
 
 # zarr-python 3.1 has no bfloat16: its 16 raw bits go in uint16 and the real dtype is named in the
-# array's attributes (DESIGN.md "Lossless").
+# array's attributes (docs/store-format.md, "Lossless").
 TABLE = {d.name: d for d in (
     Dtype("float32", "float32", 24, True),
     Dtype("bfloat16", "uint16", 8, True),

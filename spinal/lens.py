@@ -2,7 +2,7 @@
 
 A store keeps the checkpoint's final norm, unembedding and this spec (no code, no pickles),
 so the CPU analysis reads out any layer exactly as the model reads out its last one
-(METHOD.md §3): ``logits = cap(scale · (W_U · finalnorm(h) + b))``.
+(docs/method.md §3): ``logits = cap(scale · (W_U · finalnorm(h) + b))``.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class Lens:
         return z
 
     def log_probs(self, h: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """float32 log-softmax of the lens logits (METHOD.md §3: √p = exp(½ log p) downstream); h (token, dim) as a
+        """float32 log-softmax of the lens logits (docs/method.md §3: √p = exp(½ log p) downstream); h (token, dim) as a
         tensor or as the numpy rows ``Store.iter_layer`` yields."""
         return torch.log_softmax(self.logits(torch.as_tensor(h)), dim=-1)
 
@@ -130,7 +130,7 @@ class Lens:
         """√p (token, vocab) float32 in one buffer, and log p of the tokens ``rows`` (or None).
 
         ``√p = r / ‖r‖₂`` with ``r = exp(½ (z − max z))``: the same values as ``exp(½ log_softmax z)``
-        (METHOD.md §3) in three in-place passes after the product, with no (token, vocab) temporary.
+        (docs/method.md §3) in three in-place passes after the product, with no (token, vocab) temporary.
         """
         z = self.logits(h, out=out)
         top = z.amax(dim=-1, keepdim=True)  # (token, 1)

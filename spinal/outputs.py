@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from spinal.errors import InputError
-from spinal.lock import pid_alive
+from spinal.store.lock import pid_alive
 
 MARKER = "spinal-output.json"
 # The key file a v0.1 folder of each kind has (made before the marker existed), and every name SPINAL

@@ -53,7 +53,7 @@ def _sh(line: str, cwd: Path, monkeypatch) -> subprocess.CompletedProcess:
     importing torch): the CLI's own entry point, arguments split as the shell splits them."""
     from typer.testing import CliRunner
 
-    from spinal.cli import app
+    from spinal.cli.app import app
 
     args = shlex.split(line)
     assert args[0] == "spinal", line

@@ -1,12 +1,14 @@
-"""The calibrated bootstrap SE of a (analyze/calibration.py): where N ≤ 8·d it brings the first-order interval's
+"""The calibrated bootstrap SE of a (analyze/contraction/calibration.py): where N ≤ 8·d it brings the first-order interval's
 coverage back to nominal, above that it changes nothing, and a checkpoint against itself still differs by 0."""
 
 import numpy as np
 import pytest
 
-from spinal.analyze import calibration, synthetic
-from spinal.analyze.layer_spectrum import pool, spectrum_of
-from spinal.analyze.spectrum import fit_gram, fit_replicates, replicate_se, t_interval
+from spinal.analyze.contraction import calibration
+
+import synthetic
+from spinal.analyze.contraction.layer_spectrum import pool, spectrum_of
+from spinal.analyze.contraction.spectrum import fit_gram, fit_replicates, replicate_se, t_interval
 from spinal.config import AnalyzeConfig
 from spinal.errors import InputError
 
@@ -59,8 +61,8 @@ def test_a_checkpoint_against_itself_still_differs_by_exactly_zero():
     assert s1.se_scale != 1.0 and s1.se_scale == s2.se_scale
     assert np.all(s2.boot - s1.boot == 0.0)
     c = s1.se_scale  # the scaled replicates' SD is c times the first-order one, about the same centre
-    from spinal.analyze.influence import eigen
-    from spinal.analyze.layer_spectrum import bootstrap_a
+    from spinal.analyze.contraction.influence import eigen
+    from spinal.analyze.contraction.layer_spectrum import bootstrap_a
     from spinal.analyze.seeds import Purpose, rng
     fit = s1.centered
     raw = bootstrap_a(res, eigen(res).shares(res, fit.k_hi), fit, rng(7, Purpose.BOOTSTRAP), 200)[:, 0]
@@ -121,7 +123,7 @@ def test_below_eight_d_tokens_traces_carry_one_pooled_kappa_and_compare_pairs_th
     of those values, the same blocks left out of both, and a trace against itself still differs by exactly 0."""
     from conftest import write_jsonl
     from scipy.stats import t as student
-    from spinal.analyze.compare import compare
+    from spinal.analyze.compare.paired import compare
     from spinal.analyze.trace import Trace, analyze
     from spinal.capture import capture
     from spinal.config import CaptureConfig, CompareConfig

@@ -8,16 +8,16 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import save_checkpoint, write_jsonl
-from spinal.analyze.aggregates import terminal_layers
-from spinal.analyze.compare import compare, holm
-from spinal.analyze.comparison import Comparison
+from spinal.analyze.compare.aggregates import terminal_layers
+from spinal.analyze.compare.paired import compare, holm
+from spinal.analyze.compare.comparison import Comparison
 from spinal.analyze.trace import Trace, analyze
-from spinal.analyze.weights import block_sq_change
+from spinal.analyze.compare.weights import block_sq_change
 from spinal.capture import capture
-from spinal.cli import app
+from spinal.cli.app import app
 from spinal.config import AnalyzeConfig, CaptureConfig, CompareConfig
 from spinal.errors import InputError
-from spinal.store import Store
+from spinal.store.contract import Store
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def _captured_pair(tmp_path, checkpoint, tensor: str, edit) -> tuple[str, str]:
 
 def test_cross_readout_separates_readout_from_representation(tmp_path, checkpoint):
     """Same blocks, different final norm: representation unchanged (0), readout moved (= total)."""
-    from spinal.analyze.cross_readout import cross_readout
+    from spinal.analyze.compare.cross_readout import cross_readout
 
     sa, sb = _captured_pair(tmp_path, checkpoint, "model.norm.weight",
                             lambda t: t * 1.5 + 0.2)  # only the readout changes
@@ -172,9 +172,9 @@ def test_cross_readout_separates_readout_from_representation(tmp_path, checkpoin
 
 
 def test_series_keeps_the_method_wording_beside_the_jump_rule(traces):
-    """METHOD.md §4's wording (a reversal of the terminal gain) is computed beside the destabilization flag: a
+    """docs/method.md §4's wording (a reversal of the terminal gain) is computed beside the destabilization flag: a
     terminal gain that falls back is a reversal to the wording, but a step no larger than the run's first is not
-    a jump (analyze/stability.py)."""
+    a jump (analyze/compare/stability.py)."""
     base = traces["base"]
     layers = base.table["layer"].to_numpy()
 
@@ -204,7 +204,7 @@ def test_cross_readout_with_one_lens_skips_the_third_readout_and_equals_the_full
     """Blocks differ, head and norm do not (a q/v LoRA adapter): the readout change is exactly 0, the
     representation change is the total, and both equal the three-readout computation; the pair runs as one task
     per layer on a process pool with the same result."""
-    from spinal.analyze.cross_readout import _same_lens, cross_readout, cross_readout_layer, cross_readout_tasks
+    from spinal.analyze.compare.cross_readout import _same_lens, cross_readout, cross_readout_layer, cross_readout_tasks
 
     sa, sb = _captured_pair(tmp_path, checkpoint, "model.layers.1.self_attn.v_proj.weight",
                             lambda t: t * 1.5)  # block 2 moves; the readout does not

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from references import centered_singular_values, one_shot_moments
-from spinal.analyze.gram import GramAccumulator
-from spinal.analyze.moments import GramResult, GramStats, draw_blocks, merge_all, resample
+from spinal.analyze.contraction.gram import GramAccumulator
+from spinal.analyze.contraction.moments import GramResult, GramStats, draw_blocks, merge_all, resample
 
 
 def _hard_matrix(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

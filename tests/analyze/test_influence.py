@@ -1,4 +1,4 @@
-"""First-order resampled spectra (analyze/influence.py): each block's share of every eigenvalue, checked against
+"""First-order resampled spectra (analyze/contraction/influence.py): each block's share of every eigenvalue, checked against
 brute-force float64 Rayleigh quotients and exact eigenvalues; intervals whose coverage is measured, unpaired and paired."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spinal.analyze import synthetic
-from spinal.analyze.influence import eigen
-from spinal.analyze.layer_spectrum import paired_replicates, spectrum_of
-from spinal.analyze.moments import GramResult, GramStats
-from spinal.analyze.spectrum import t_interval
+import synthetic
+from spinal.analyze.contraction.influence import eigen
+from spinal.analyze.contraction.layer_spectrum import paired_replicates, spectrum_of
+from spinal.analyze.contraction.moments import GramResult, GramStats
+from spinal.analyze.contraction.spectrum import t_interval
 
 
 def _data(n=600, d=24, blocks=6, seed=0):
@@ -69,7 +69,7 @@ def _spec(res, spec, seed, sims=24):
 @pytest.mark.parametrize("spec", [synthetic.Layer(32, 512, 0.8), synthetic.Layer(32, 1024, 0.6, massive=True, bf16=True)],
                          ids=["float32", "massive-bf16"])
 def test_the_95_interval_covers_the_exponent_at_this_token_count(spec):
-    """Over 200 seeded datasets the interval covers E[a] at N tokens (the estimand: analyze/influence.py) 90–98 %
+    """Over 200 seeded datasets the interval covers E[a] at N tokens (the estimand: analyze/contraction/influence.py) 90–98 %
     of the time; the replicates are centred on the estimate, so the estimate is always inside its interval."""
     q, rng = synthetic.rotation(spec.dim), np.random.default_rng(0)
     points, ivals = [], []
@@ -92,7 +92,7 @@ def test_paired_intervals_cover_zero_and_a_known_shift(spec, sims):
     """Two checkpoints on one token stream (common draws, 5 % of their variance redrawn for each: exchangeable, so
     with one exponent E[Δa] = 0 exactly), seen through the same spectrum or one 0.1 steeper, analyzed with one seed:
     the paired Δa interval covers E[Δa] at the nominal rate in both cases, also where N ≤ 8·d and its SE is the
-    calibrated paired exact jackknife's (analyze/calibration.py); unpaired replicates (another seed) would make it 2–3×
+    calibrated paired exact jackknife's (analyze/contraction/calibration.py); unpaired replicates (another seed) would make it 2–3×
     wider (checked)."""
     q, rng = synthetic.rotation(spec.dim), np.random.default_rng(1)
     deltas, ivals, unpaired = {0.0: [], 0.1: []}, {0.0: [], 0.1: []}, []

@@ -12,7 +12,7 @@ from references import (
     jensen_shannon_reference,
     kl_reference,
 )
-from spinal.analyze.lens_pass import transport_chunk
+from spinal.analyze.transport.lens_pass import transport_chunk
 from spinal.lens import Lens, LensSpec
 
 LAYERS, TOKENS, DIM, VOCAB = 4, 30, 16, 300

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from spinal.analyze.lens_size import tokens_for_precision
+from spinal.analyze.transport.lens_size import tokens_for_precision
 
 
 def _stream(rng, n_seq, per_seq, between, within, steps=6):
@@ -20,7 +20,7 @@ def _analytic_se(n, n_seq, between, within):
 def test_rounds_of_growth_reach_the_target_without_a_large_overshoot():
     """A pilot cannot see a small between-sequence part under within-sequence noise, so one prediction
     undershoots; re-measuring after each growth reaches the target (known variance, several seeds)."""
-    from spinal.analyze.lens_size import grow
+    from spinal.analyze.transport.lens_size import grow
 
     steps, target, n_seq, per_seq = 6, 0.01, 2000, 200
     spread = np.std(np.arange(steps), ddof=1)

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import assert_refused, tree, write_jsonl
-from spinal.cli import app
+from spinal.cli.app import app
 
 runner = CliRunner()
 
@@ -124,7 +124,7 @@ KILL_DURING_SAVE = textwrap.dedent("""
             os.killpg(os.getpgrp(), signal.SIGKILL)  # mid-save, the whole process group
         return real(self, *a, **kw)
     pd.DataFrame.to_parquet = to_parquet
-    from spinal.cli import app
+    from spinal.cli.app import app
     sys.argv = ["spinal"] + sys.argv[2:]
     app()
 """)

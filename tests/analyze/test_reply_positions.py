@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import write_jsonl
-from spinal.analyze.positions import bin_labels, early_share, final_shift, position_bins, profile, relative_positions
+from spinal.analyze.compare.positions import bin_labels, early_share, final_shift, position_bins, profile, relative_positions
 from spinal.capture import capture
 from spinal.config import CaptureConfig
-from spinal.store import Store
+from spinal.store.contract import Store
 
 
 def test_positions_count_from_each_sequences_first_stored_token():
@@ -104,8 +104,8 @@ def test_final_shift_equals_float64_kl_and_top3_from_the_models_own_logits(pair)
 def test_compare_with_stores_adds_the_profile_and_the_depth_position_map(pair, tmp_path):
     """Through the pipeline `spinal compare --stores` runs: the summary carries the shifted share with its interval,
     the folder keeps both tables and loads them back; a checkpoint against itself shifts nothing."""
-    from spinal.analyze.comparison import Comparison
-    from spinal.analyze.pipeline import comparison
+    from spinal.analyze.compare.comparison import Comparison
+    from spinal.analyze.compare.pipeline import comparison
     from spinal.analyze.trace import analyze
     from spinal.config import AnalyzeConfig, CompareConfig
 

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinal.analyze import plots
-from spinal.analyze.compare import compare
-from spinal.analyze.comparison import DEFINITIONS, Comparison, PairComparison
-from spinal.analyze.report import write_report
-from spinal.analyze.report_tables import OPERATIONAL
+from spinal.analyze.report import plots
+from spinal.analyze.compare.paired import compare
+from spinal.analyze.compare.comparison import DEFINITIONS, Comparison, PairComparison
+from spinal.analyze.report.html import write_report
+from spinal.analyze.report.tables import OPERATIONAL
 from spinal.analyze.trace import Trace
 from spinal.config import CompareConfig
 
@@ -214,7 +214,7 @@ def test_fit_line_recovers_an_exact_power_law():
 _DRAW_EVERY_PLOT = """
 import pickle, sys
 from pathlib import Path
-from spinal.analyze import plots
+from spinal.analyze.report import plots
 traces, comparison = pickle.loads(Path(sys.argv[1]).read_bytes())
 out = Path(sys.argv[2])
 plots.plot_depth(traces, out / "depth.png")

@@ -1,4 +1,4 @@
-"""The rank-decay exponent: exact answers, METHOD.md §5 invariants and the window rules that make them hold."""
+"""The rank-decay exponent: exact answers, docs/method.md §5 invariants and the window rules that make them hold."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from references import centered_singular_values
-from spinal.analyze.gram import GramAccumulator
-from spinal.analyze.layer_spectrum import spectrum_of
-from spinal.analyze.spectrum import with_curvature
-from spinal.analyze.moments import GramResult
-from spinal.analyze.spectrum import (
+from spinal.analyze.contraction.gram import GramAccumulator
+from spinal.analyze.contraction.layer_spectrum import spectrum_of
+from spinal.analyze.contraction.spectrum import with_curvature
+from spinal.analyze.contraction.moments import GramResult
+from spinal.analyze.contraction.spectrum import (
     count_spikes,
     default_window,
     fit_gram,

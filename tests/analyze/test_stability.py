@@ -1,4 +1,4 @@
-"""The destabilization signal (analyze/stability.py): a step of the run far beyond its own healthy steps is flagged,
+"""The destabilization signal (analyze/compare/stability.py): a step of the run far beyond its own healthy steps is flagged,
 nothing before it is, noise is not a jump; and on the known answers (the shipped steps of the dense series and of
 the reference family) the first flag falls where the ground truth breaks."""
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinal.analyze.stability import FACTOR, Step, flag_text, judge, step
+from spinal.analyze.compare.stability import FACTOR, Step, flag_text, judge, step
 from spinal.analyze.trace import Trace
 
 ROOT = Path(__file__).resolve().parents[2]

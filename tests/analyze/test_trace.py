@@ -12,12 +12,12 @@ from transformers import AutoModelForCausalLM
 
 from conftest import write_jsonl
 from references import fisher_rao_reference
-from spinal.analyze.spectrum import fit_spectrum
+from spinal.analyze.contraction.spectrum import fit_spectrum
 from spinal.analyze.trace import Trace, analyze
 from spinal.capture import capture
 from spinal.config import AnalyzeConfig, CaptureConfig
 from spinal.errors import InputError, StoreError
-from spinal.store import Store
+from spinal.store.contract import Store
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_save_load_round_trip_and_recorded_options(trace, tmp_path):
     assert meta["options"]["n_boot"] == 40 and meta["options"]["seed"] == 0
     assert meta["window_rule"].startswith("auto") and "rank-decay" in meta["alpha_name"]
     assert pd.read_csv(tmp_path / "t" / "trace.csv").shape[0] == len(trace.table)
-    # N > 8·d: no jackknife was run, so none is kept (analyze/calibration.py)
+    # N > 8·d: no jackknife was run, so none is kept (analyze/contraction/calibration.py)
     assert meta["n_tokens"] > 8 * 64 and trace.jackknife.size == 0 and not (tmp_path / "t" / "jackknife.parquet").exists()
     with pytest.raises(InputError, match="exists; pass --overwrite"):
         trace.save(tmp_path / "t")
@@ -141,7 +141,7 @@ def test_incomplete_store_is_refused(store, tmp_path):
 
 
 def test_companions_on_a_seeded_subset_match_brute_force(store, tmp_path):
-    from spinal.analyze.lens_pass import token_subsample
+    from spinal.analyze.transport.lens_pass import token_subsample
 
     tr = analyze(AnalyzeConfig(store=store[0], out=str(tmp_path / "c"), n_boot=0, null_splits=0, workers=1,
                                companion_tokens=500))
@@ -183,7 +183,7 @@ def test_cluster_se_is_the_spread_of_the_token_mean_over_repeated_samples():
 @pytest.mark.parametrize("n_sub", [0, 300])
 def test_lens_split_by_token_ranges_equals_one_pass(store, n_sub):
     """Lens tasks split by tokens, across unit boundaries and in several chunks each, merge to the one-pass result."""
-    from spinal.analyze.lens_pass import lens_pass, selected_tokens, token_ranges, token_subsample
+    from spinal.analyze.transport.lens_pass import lens_pass, selected_tokens, token_ranges, token_subsample
 
     s = Store.open(store[0])
     sub = token_subsample(s, n_sub, seed=3)
@@ -210,7 +210,7 @@ def test_lens_split_by_token_ranges_equals_one_pass(store, n_sub):
 
 def _mean_L(store_path, rows, layers):
     """Mean L per step over exactly ``rows`` (flat token indices), by the lens pass on that explicit subsample."""
-    from spinal.analyze.lens_pass import lens_pass
+    from spinal.analyze.transport.lens_pass import lens_pass
 
     part = lens_pass(store_path, (0, int(rows.max()) + 1), layers, chunk_mib=64, subsample=np.sort(rows))
     return np.array([float(np.mean(x, dtype=np.float64)) for x in part.steps_L])
@@ -219,7 +219,7 @@ def _mean_L(store_path, rows, layers):
 def test_the_lens_subsample_grows_from_its_pilot_until_the_precision_target_holds(store, tmp_path, caplog):
     """The pilot (lens_tokens) misses a target that a larger subsample meets: the trace grows it, by a prefix of
     the other tokens in the seeded extension order, reads L on exactly pilot ∪ prefix, and records what it did."""
-    from spinal.analyze.lens_pass import extension_order, token_subsample
+    from spinal.analyze.transport.lens_pass import extension_order, token_subsample
     from spinal.analyze.seeds import Purpose
 
     cfg = dict(store=store[0], out=str(tmp_path / "g"), n_boot=0, workers=1, lens_tokens=300, null_splits=0)

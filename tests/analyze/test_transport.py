@@ -1,4 +1,4 @@
-"""Fisher–Rao transport and its companions: METHOD.md §5 invariants and float64 references."""
+"""Fisher–Rao transport and its companions: docs/method.md §5 invariants and float64 references."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as scipy_entropy
 
 from references import fisher_rao_reference, jensen_shannon_reference
-from spinal.analyze.transport import QUANTILE_LEVELS, entropy, fisher_rao, jensen_shannon, kl, summarize
+from spinal.analyze.transport.distances import QUANTILE_LEVELS, entropy, fisher_rao, jensen_shannon, kl, summarize
 
 PI32 = torch.tensor(math.pi, dtype=torch.float32).item()  # float32 π, the top of the clamp
 

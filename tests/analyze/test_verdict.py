@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinal.analyze.compare import compare
-from spinal.analyze.comparison import Comparison, PairComparison
+from spinal.analyze.compare.paired import compare
+from spinal.analyze.compare.comparison import Comparison, PairComparison
 from spinal.analyze.trace import Trace
-from spinal.analyze.verdict import onset_text, pair_verdict, verdicts
+from spinal.analyze.report.verdict import onset_text, pair_verdict, verdicts
 from spinal.config import CompareConfig
 
 N = 13  # layers 0…12; terminal window 9–12

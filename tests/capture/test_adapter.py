@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from conftest import assert_refused, build_model
 from spinal.checkpoint import fingerprint
-from spinal.cli import app
-from spinal.store import Store
+from spinal.cli.app import app
+from spinal.store.contract import Store
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import ARCHS, PROMPTS
 from spinal.capture import capture
 from spinal.config import CaptureConfig
-from spinal.store import Store
+from spinal.store.contract import Store
 
 
 def _reference(ckpt, text_rows, positions_all=True):

@@ -13,8 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import PROMPTS, assert_refused, save_checkpoint, write_jsonl
-from spinal.cli import app
-from spinal.store import Store
+from spinal.cli.app import app
+from spinal.store.contract import Store
 
 runner = CliRunner()
 
@@ -301,7 +301,7 @@ def test_usage_errors_are_one_line_from_the_console_entry(argv, needle):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "spinal.cli", *argv], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "spinal.cli.app", *argv], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines

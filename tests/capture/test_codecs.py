@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from conftest import assert_refused, store_arrays
 from spinal.capture import capture
-from spinal.cli import app
-from spinal.codecs import CODECS, DEFAULT_CODEC
+from spinal.cli.app import app
+from spinal.store.codecs import CODECS, DEFAULT_CODEC
 from spinal.config import CaptureConfig
 from spinal.errors import IntegrityError
-from spinal.store import Store
+from spinal.store.contract import Store
 
 DTYPES = ("float32", "bfloat16")
 

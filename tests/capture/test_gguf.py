@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from conftest import assert_refused, real_model, write_jsonl
 from spinal.checkpoint import fingerprint
-from spinal.cli import app
+from spinal.cli.app import app
 
 runner = CliRunner()
 
@@ -38,7 +38,7 @@ def test_a_gguf_checkpoint_is_captured_dequantized_and_self_checked(tmp_path, mo
                             "--chat-template", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert parses == [str(gguf)] and gguf_pkg.GGUFReader is counting  # one parse; the module restored
-    from spinal.store import Store
+    from spinal.store.contract import Store
 
     s = Store.open(str(out))
     assert (s.layers, s.meta["dim"]) == (list(range(31)), 576)  # SmolLM2: embedding + 30 blocks, d = 576
@@ -58,7 +58,7 @@ def test_a_gguf_checkpoint_is_captured_dequantized_and_self_checked(tmp_path, mo
 
 
 def test_the_planner_reads_a_gguf_config():
-    from spinal.cluster.presets import resolve_config
+    from spinal.cluster.planner.presets import resolve_config
 
     name, source, cfg = resolve_config(str(real_model()))
     assert source.startswith("GGUF ") and cfg["model_type"] == "llama"

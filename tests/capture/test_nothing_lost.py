@@ -19,10 +19,10 @@ import zarr
 from typer.testing import CliRunner
 
 from conftest import assert_refused, store_arrays, tree, write_jsonl
-from spinal.cli import app
-from spinal.location import location_state
-from spinal.lockfile import LOCK_NAME
-from spinal.store import Store
+from spinal.cli.app import app
+from spinal.store.location import location_state
+from spinal.store.lockfile import LOCK_NAME
+from spinal.store.contract import Store
 
 runner = CliRunner()
 
@@ -32,7 +32,7 @@ def cli(*argv):
 
 
 def capture_argv(ckpt, prompts, out, *extra):
-    return [sys.executable, "-m", "spinal.cli", "capture", str(ckpt), "--prompts", str(prompts), "--out", str(out),
+    return [sys.executable, "-m", "spinal.cli.app", "capture", str(ckpt), "--prompts", str(prompts), "--out", str(out),
             "--unit-tokens", "16", "--no-progress", *extra]
 
 
@@ -91,7 +91,7 @@ KILL_DURING_CREATION = textwrap.dedent("""
             os.killpg(os.getpgrp(), signal.SIGKILL)  # the whole process group, mid-creation
         return real(self, *a, **kw)
     zg.Group.create_array = create_array
-    from spinal.cli import app
+    from spinal.cli.app import app
     sys.argv = ["spinal"] + sys.argv[2:]
     app()
 """)
@@ -161,13 +161,13 @@ def test_disk_full_during_creation_is_one_line_and_resume_finishes(llama, prompt
 
 SLOW_DISK = textwrap.dedent("""
     import sys, time
-    from spinal.store import Store
+    from spinal.store.contract import Store
     real = Store.write_unit
     def write_unit(self, unit, block, *pool):  # a slow disk: each unit takes half a second to land
         time.sleep(0.5)
         return real(self, unit, block, *pool)
     Store.write_unit = write_unit
-    from spinal.cli import app
+    from spinal.cli.app import app
     sys.argv = ["spinal"] + sys.argv[1:]
     app()
 """)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import make_tokenizer, write_jsonl
 from spinal.capture.prompts import Prompt, PromptSet
 from spinal.capture.tokens import shared_row_share, tokenize
-from spinal.cli import app
+from spinal.cli.app import app
 from spinal.config import CaptureConfig
 
 TEMPLATE = ("{{ bos_token }}<system>Be kind and brief.</system>{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}"
@@ -91,7 +91,7 @@ def test_capture_with_a_chat_template_stores_the_text_by_default(checkpoint, tmp
     r = CliRunner().invoke(app, ["capture", str(ck), "-p", str(prompts), "-o", str(out), "--chat-template",
                                  "--no-progress"])
     assert r.exit_code == 0, r.output
-    from spinal.store import Store
+    from spinal.store.contract import Store
 
     s = Store.open(str(out))
     assert s.meta["positions"] == "text"

@@ -14,7 +14,7 @@ import zarr
 
 from conftest import store_arrays, write_jsonl
 from spinal.errors import StoreError
-from spinal.store import Store
+from spinal.store.contract import Store
 
 
 def _prompts(tmp_path, n=240):
@@ -24,7 +24,7 @@ def _prompts(tmp_path, n=240):
 
 
 def _argv(ckpt, prompts, out, *extra):
-    return [sys.executable, "-m", "spinal.cli", "capture", str(ckpt), "--prompts", str(prompts), "--out", str(out),
+    return [sys.executable, "-m", "spinal.cli.app", "capture", str(ckpt), "--prompts", str(prompts), "--out", str(out),
             "--unit-tokens", "64", "--batch-size", "2", "--no-progress", *extra]
 
 

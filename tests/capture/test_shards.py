@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import zarr
 
-from spinal.codecs import CODECS
-from spinal.create import create_store
-from spinal.layout import plan_layout
+from spinal.store.codecs import CODECS
+from spinal.store.create import create_store
+from spinal.store.layout import plan_layout
 from spinal.lens import LensSpec
-from spinal import shards
-from spinal.shards import ShardWriter
-from spinal.store import Store
+from spinal.store import shards
+from spinal.store.shards import ShardWriter
+from spinal.store.contract import Store
 
 N_LAYER, N_TOK, DIM, T_CHUNK, T_SHARD = 3, 512, 48, 32, 128  # 4 chunks per shard, 4 shards per layer
 

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import PROMPTS
 from spinal.capture import capture
 from spinal.config import CaptureConfig
-from spinal.layout import plan_layout
-from spinal.store import Store, decode, encode
+from spinal.store.layout import plan_layout
+from spinal.store.contract import Store, decode, encode
 
 
 def test_bfloat16_round_trip_is_bit_exact():

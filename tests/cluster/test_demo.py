@@ -41,11 +41,11 @@ def test_demo_on_96_prompts_finds_what_dpo_did_and_reports_it(tmp_path):
     html = (out / "report" / "report.html").read_text()
     for label in ("sft", "dpo-step0075", "dpo-step0200", "dpo-overtrained"):
         assert label in html
-    from spinal.analyze.report_tables import num
+    from spinal.analyze.report.tables import num
 
     assert f"{num(pair['delta_align'])} ± {num(pair['delta_align_se'])}" in html  # the summary row's own numbers
     assert "operational definition" in html and html.count("data:image/png;base64,") >= 4
-    # the destabilization rule (analyze/stability.py): healthy DPO settles, the over-trained run jumps
+    # the destabilization rule (analyze/compare/stability.py): healthy DPO settles, the over-trained run jumps
     series = pd.DataFrame(doc["series"]).set_index("label")
     assert series["destabilized"].tolist() == [False, False, False, True]
     assert series.loc["dpo-overtrained", "step_a_ratio"] > 20 and series.loc["dpo-step0200", "step_a_ratio"] < 2

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from spinal.cluster.plan import PlanConfig, plan
-from spinal.cluster.plan_config import write_rate
-from spinal.cluster.plan_cost import TABLE_BYTES_PER_TOKEN
+from spinal.cluster.planner.plan import PlanConfig, plan
+from spinal.cluster.planner.config import write_rate
+from spinal.cluster.planner.cost import TABLE_BYTES_PER_TOKEN
 from spinal.capture.discover import block_list
-from spinal.cluster.presets import ALIASES, PRESETS, build_meta_model
+from spinal.cluster.planner.presets import ALIASES, PRESETS, build_meta_model
 from spinal.errors import InputError
 
 GIB = 1 << 30
@@ -176,9 +176,9 @@ def test_analysis_cost_counts_gram_eigen_shares_and_lens(plan70):
 
 def test_few_tokens_for_the_width_price_the_jackknife_and_the_calibration_simulations(plan70, llama70):
     """At N ≤ 8·d every layer adds its exact jackknife (one eigvalsh per block) and its share of the 96 simulated
-    layers (⌈96/81⌉ = 2), each its own Gram and 1 + 16 eigvalsh (issue 13: analyze/calibration.py), an eigvalsh priced at EIGVALSH_SHARE of a layer's
+    layers (⌈96/81⌉ = 2), each its own Gram and 1 + 16 eigvalsh (issue 13: analyze/contraction/calibration.py), an eigvalsh priced at EIGVALSH_SHARE of a layer's
     eigh + eigvalsh; calibration_sims = 0 keeps the jackknife alone; above 8·d nothing is added."""
-    from spinal.cluster.plan_cost import EIGVALSH_SHARE
+    from spinal.cluster.planner.cost import EIGVALSH_SHARE
     assert not plan70.analysis.calibrated and plan70.analysis.calibration_sims == 0  # N = 32·d
     layers = plan70.store.layers
     solves = lambda a: a.eigen_s * 64 / (layers * a.eigen_core_s)  # noqa: E731  eigen units per layer
@@ -196,7 +196,7 @@ def test_few_tokens_for_the_width_price_the_jackknife_and_the_calibration_simula
 
 
 def test_makespan_is_greedy_list_scheduling_in_task_order():
-    from spinal.cluster.plan_cost import makespan
+    from spinal.cluster.planner.cost import makespan
 
     assert makespan([3.0, 3.0, 3.0], 2) == 6.0  # the third task waits for a free worker
     assert makespan([3.0, 3.0, 1.0, 1.0, 1.0], 2) == 5.0  # short tasks fill in behind the long ones
@@ -204,8 +204,8 @@ def test_makespan_is_greedy_list_scheduling_in_task_order():
 
 
 def test_the_70b_analysis_fits_in_an_hour_at_the_measured_rates(plan70):
-    """Issue 13's goal, priced with this repository's measured per-core rates (cluster/analysis_rates.json)."""
-    from spinal.cluster.plan_config import RATES
+    """Issue 13's goal, priced with this repository's measured per-core rates (cluster/planner/analysis_rates.json)."""
+    from spinal.cluster.planner.config import RATES
 
     cfg = plan70.config
     assert cfg.cpu_gflops_f64 == RATES["gram_gflops_per_core"] and cfg.cpu_cores == 64
@@ -313,7 +313,7 @@ def test_readme_shows_the_planners_current_output():
 
     from typer.testing import CliRunner
 
-    from spinal.cli import app
+    from spinal.cli.app import app
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     block = readme.split("<!-- plan:llama-3-70b -->")[1].split("<!-- /plan:llama-3-70b -->")[0]
@@ -331,7 +331,7 @@ def test_a_run_config_is_planned_with_its_own_settings(tmp_path, checkpoint):
 
     from typer.testing import CliRunner
 
-    from spinal.cli import app
+    from spinal.cli.app import app
 
     ck = checkpoint("llama")
     f = tmp_path / "run.toml"

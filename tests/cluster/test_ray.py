@@ -18,7 +18,7 @@ from spinal.capture import capture
 from spinal.cluster.actors import CaptureActor
 from spinal.config import CaptureConfig, ClusterConfig
 from spinal.errors import InputError, StoreError
-from spinal.store import Store
+from spinal.store.contract import Store
 
 
 class DiesOnUnit(CaptureActor):

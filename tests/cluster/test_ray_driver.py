@@ -10,7 +10,7 @@ import os
 import pytest
 
 from conftest import write_jsonl
-from spinal.store import Store
+from spinal.store.contract import Store
 
 
 @pytest.mark.slow
@@ -33,7 +33,7 @@ def test_killed_driver_resumes_without_redoing_finished_units(checkpoint, tmp_pa
         "[capture]\nunit_tokens = 128\nbatch_size = 2\n[analyze]\nn_boot = 20\nnull_splits = 2\n"
         "[compare]\nn_boot = 50\n[cluster]\nreplicas = 2\n"
     )
-    argv = [sys.executable, "-m", "spinal.cli", "run", str(tmp_path / "run.toml"), "--no-progress"]
+    argv = [sys.executable, "-m", "spinal.cli.app", "run", str(tmp_path / "run.toml"), "--no-progress"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     log = (tmp_path / "driver.log").open("w")
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_jsonl
-from spinal.cli import app
+from spinal.cli.app import app
 from spinal.config import load_run_config
 from spinal.errors import InputError
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from typer.main import get_command
 
-from spinal.cli import app
+from spinal.cli.app import app
 from spinal.config import AnalyzeConfig, CaptureConfig, Checkpoint, CompareConfig, RunConfig, load_run_config
 from spinal.errors import InputError
 from spinal.fields import accepts, default_of, from_dict, parse_text, settings
@@ -128,7 +128,7 @@ def test_help_shows_toml_names_as_written():
     """Bracketed TOML names in help are text, not markup (rich used to eat '[run]' and '[[checkpoints]]')."""
     from typer.testing import CliRunner
 
-    from spinal.cli import app
+    from spinal.cli.app import app
 
     r = CliRunner().invoke(app, ["run", "--help"], terminal_width=200)
     assert r.exit_code == 0
@@ -140,7 +140,7 @@ def test_usage_lines_name_arguments_as_unix_usage_does():
     """`Usage: spinal analyze [OPTIONS] STORE`, not typer's '{store}' (which reads as an unfilled template)."""
     from typer.testing import CliRunner
 
-    from spinal.cli import app
+    from spinal.cli.app import app
 
     for verb, usage in [("analyze", "[OPTIONS] STORE"), ("report", "[OPTIONS] TRACES..."), ("run", "[OPTIONS] CONFIG"),
                         ("compare", "[OPTIONS] TRACES..."), ("verify", "[OPTIONS] STORE")]:
@@ -155,7 +155,7 @@ def test_usage_lines_name_arguments_as_unix_usage_does():
 def test_ctrl_c_says_what_this_verb_leaves(verb, says, capsys):
     import typer
 
-    from spinal.terminal import cli_errors
+    from spinal.cli.terminal import cli_errors
 
     def body():
         raise KeyboardInterrupt

@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from spinal.capture import capture
-from spinal.cli import app
+from spinal.cli.app import app
 from spinal.config import CaptureConfig
 from spinal.errors import IntegrityError
-from spinal.store import Store
+from spinal.store.contract import Store
 
 runner = CliRunner()
 

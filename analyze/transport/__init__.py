@@ -1,0 +1,1 @@
+"""The transport score L: Fisher–Rao and companion distances between adjacent layers' logit-lens readouts."""

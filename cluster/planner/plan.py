@@ -1,0 +1,56 @@
+"""`spinal plan`: replicas, device maps, store size and time for a capture, worked out from a model config alone.
+
+The model is built on the meta device (cluster/planner/presets.py), so planning a 70B capture needs
+no weights and no GPU. Placement (plan_placement.py) runs accelerate's device-map inference as
+capture does; sizes and times (plan_cost.py) follow the store contract and the throughput
+assumptions in ``PlanConfig`` (plan_config.py), which ``Plan.render`` (plan_text.py) prints so a
+user can change them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from spinal.cluster.planner.config import PlanConfig
+from spinal.cluster.planner.cost import AnalysisCost, CaptureTime, StoreSize, analysis_cost, capture_time, store_size
+from spinal.cluster.planner.placement import Placement, place
+from spinal.cluster.planner.text import render
+from spinal.cluster.planner.presets import MetaModel, ModelFacts, build_meta_model, model_facts, resolve_config
+from spinal.errors import InputError
+
+__all__ = ["Plan", "PlanConfig", "plan"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One capture's plan: the config, the model's facts, placement, store size, capture time and analysis cost."""
+
+    config: PlanConfig
+    model: ModelFacts
+    placement: Placement
+    store: StoreSize
+    capture: CaptureTime
+    analysis: AnalysisCost
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def render(self) -> str:
+        """Human-readable plan, every assumption with its value."""
+        return render(self.config, self.model, self.placement, self.store, self.capture, self.analysis)
+
+
+def plan(cfg: PlanConfig, meta: MetaModel | None = None) -> Plan:
+    """Plan a capture and its analysis. ``meta``: a model already built from ``cfg.model`` (tests reuse one)."""
+    if meta is None:
+        meta = build_meta_model(cfg.model, cfg.dtype)
+    elif resolve_config(cfg.model)[1] != meta.source or cfg.dtype not in ("auto", meta.dtype):
+        raise InputError(f"model={cfg.model!r}, dtype={cfg.dtype!r} but the meta model given is {meta.source} "
+                         f"in {meta.dtype}")
+    facts = model_facts(meta)
+    placement = place(cfg, meta, facts)
+    store = store_size(cfg, facts)
+    return Plan(cfg, facts, placement, store, capture_time(cfg, meta, facts, placement, store),
+                analysis_cost(cfg, facts, store))
