@@ -226,13 +226,12 @@ def compare(
                                  "options) on stdout"),
 ) -> None:
     """Compare checkpoints on the identical token stream: Δa and ΔL per layer with paired CIs (Holm), onset, localization."""
-    from spinal.analyze.compare.pipeline import comparison
-    from spinal.analyze.trace import Trace
+    from spinal.api import compare as compare_traces
     from spinal.outputs import check_output
 
     check_output(out, "comparison", overwrite)
     cfg = CompareConfig(**options)
-    result = comparison([Trace.load(t) for t in traces], cfg, weights=weights, stores=stores)
+    result = compare_traces(traces, cfg, weights=weights, stores=stores)
     result.save(out, overwrite=overwrite)
     for p in result.pairs:
         s = p.summary
@@ -300,16 +299,11 @@ def report(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing report folder (only a SPINAL one)"),
 ) -> None:
     """Write PNG plots and one self-contained HTML report (opens offline) from traces and a comparison."""
-    from spinal.analyze.compare.comparison import Comparison
-    from spinal.analyze.report.html import write_report
-    from spinal.analyze.trace import Trace
-
+    from spinal.api import report as write_report
     from spinal.outputs import check_output
 
     check_output(out, "report", overwrite)
-    loaded = [Trace.load(t) for t in traces]
-    cmp = Comparison.load(comparison) if comparison else None
-    path = write_report(loaded, cmp, out, overwrite=overwrite)
+    path = write_report(traces, comparison, out, overwrite=overwrite)
     err.print(f"report written to {path}", highlight=False)
 
 
