@@ -92,8 +92,8 @@ def child_env() -> dict:
 
 
 def run_cli(argv: list[str], cwd: Path, timeout: float) -> dict:
-    """Run ``python -m spinal.cli.app ARGV`` in its own process group; kill the group on timeout."""
-    cmd = [sys.executable, "-m", "spinal.cli.app", *argv]
+    """Run ``python -m spinal.cli ARGV`` in its own process group; kill the group on timeout."""
+    cmd = [sys.executable, "-m", "spinal.cli", *argv]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
         p = subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,

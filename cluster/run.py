@@ -138,7 +138,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
             store = _capture_stage(cfg, ck, backend, progress, summary)
             floor = int(traces[0].meta.get("lens_tokens") or 0) if traces else 0
             traces.append(_analyze_stage(cfg, ck, store, backend, progress, summary, floor))
-        comparison = _compare_stage(cfg, traces, summary) if len(traces) >= 2 else None
+        comparison = _compare_stage(cfg, traces, backend, progress, summary) if len(traces) >= 2 else None
         with summary.timed("report", "all"):
             from spinal.analyze.report.html import write_report
 
@@ -186,8 +186,9 @@ def _analyze_stage(cfg: RunConfig, ck, store: str, backend: Backend, progress: P
     return tr
 
 
-def _compare_stage(cfg: RunConfig, traces: list, summary: RunSummary):
-    """Every checkpoint against the first, written to compare/."""
+def _compare_stage(cfg: RunConfig, traces: list, backend: Backend, progress: Progress | None, summary: RunSummary):
+    """Every checkpoint against the first, written to compare/; its lens tasks (cross-readout, positions) run on
+    the backend that ran the analysis (Ray on a cluster, else the local pool)."""
     from spinal.analyze.compare.pipeline import comparison
 
     with summary.timed("compare", ",".join(t.label for t in traces)) as detail:
@@ -195,7 +196,8 @@ def _compare_stage(cfg: RunConfig, traces: list, summary: RunSummary):
         result = comparison(traces, c, weights=[ck.path for ck in cfg.checkpoints] if c.weights else None,
                             stores=[cfg.store_path(ck) for ck in cfg.checkpoints]
                             if c.cross_readout_tokens or c.position_tokens else None,
-                            weights_optional=True, workers=cfg.analyze.workers)
+                            weights_optional=True, workers=cfg.analyze.workers, submit=backend.submit,
+                            progress=_bar(progress, "compare", "lens tasks"))
         result.save(Path(cfg.out) / "compare", overwrite=True)
         summary.comparison = str(Path(cfg.out) / "compare")
         if result.series is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -19,14 +20,15 @@ log = logging.getLogger(__name__)
 
 def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | None = None,
                stores: list[str] | None = None, weights_optional: bool = False, workers: int = 0,
-               progress=None) -> Comparison:
+               progress=None, submit: Callable | None = None) -> Comparison:
     """Compare ``traces`` (the reference first) with paired statistics; with ``weights`` (one checkpoint folder
     per trace) add the per-block parameter change, with ``stores`` (one per trace) the cross-readout lens.
 
     Every input is checked against the traces before any work. ``weights_optional``: a checkpoint whose
     weights cannot be compared (e.g. no safetensors) skips the parameter change with a warning instead of
-    refusing the whole comparison. The cross-readout runs as one task per (pair, layer) on ``workers`` processes
-    (0: one per core), reporting ``progress(done, total)``."""
+    refusing the whole comparison. The lens work runs as tasks, as analyze's do: one per (pair, layer) for the
+    cross-readout, one per pair for the positions, through ``submit(tasks, workers, progress)`` (a backend's, e.g.
+    Ray's) or else on ``workers`` local processes (0: one per core), reporting ``progress(done, total)``."""
     if weights and not weights_optional:
         check_weights(traces, weights)
     if stores:
@@ -44,14 +46,14 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
         tasks = [t for pair in per_pair for t in pair]
         vocab_dim = math.prod(Store.open(stores[0]).group["lens/unembed"].shape)
         flops = sum(2 * 3 * kw["rows"].size * vocab_dim for _, kw in tasks)  # three readouts per token and layer
-        done = run_tasks(tasks, _pool_size(flops, workers), progress)
+        done = (submit or run_tasks)(tasks, _pool_size(flops, workers), progress)
         frames, k = {}, 0
         for t, pair in zip(traces[1:], per_pair):
             frames[t.label] = pd.DataFrame(done[k : k + len(pair)])
             k += len(pair)
         result = with_cross_readout(result, frames)
     if stores and cfg.position_tokens:
-        result = _positions(result, traces, stores, cfg, workers)
+        result = _positions(result, traces, stores, cfg, workers, submit, progress)
     return result
 
 
@@ -64,7 +66,7 @@ def _pool_size(flops: float, workers: int) -> int:
 
 
 def _positions(result: Comparison, traces: list[Trace], stores: list[str], cfg: CompareConfig,
-               workers: int) -> Comparison:
+               workers: int, submit: Callable | None = None, progress=None) -> Comparison:
     """Where in the reply each checkpoint differs from the reference: final-layer KL and shifted tokens per token
     (one task per pair), then the per-position profile with a bootstrap over sequences."""
     from spinal.analyze.transport.lens_pass import token_subsample
@@ -78,7 +80,7 @@ def _positions(result: Comparison, traces: list[Trace], stores: list[str], cfg: 
     rows = np.flatnonzero(tok["sequence"] >= 0) if sub is None else sub
     tasks = [(final_shift, dict(store_a=stores[0], store_b=s, rows=rows)) for s in stores[1:]]
     flops = 2 * 2 * rows.size * math.prod(ref.group["lens/unembed"].shape) * len(tasks)
-    done = run_tasks(tasks, _pool_size(flops, workers))
+    done = (submit or run_tasks)(tasks, _pool_size(flops, workers), progress)
     bins = position_bins(relative_positions(tok["sequence"], tok["position"]))[rows]
     seq = tok["sequence"][rows]
     profiles = {t.label: profile(d["kl"], d["shifted"], bins, seq, n_boot=cfg.n_boot, seed=cfg.seed)

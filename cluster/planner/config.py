@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from spinal.store.codecs import DEFAULT_CODEC, check_codec
-from spinal.config import DTYPES, AnalyzeConfig, CaptureConfig, parse_layers
+from spinal.config import DTYPES, AnalyzeConfig, CaptureConfig, CompareConfig, parse_layers
 from spinal.errors import InputError
 from spinal.fields import option
 
@@ -106,13 +106,20 @@ class PlanConfig:
     calibration_sims: int = _opt("simulated layers per checkpoint (≥ 2 per layer) that calibrate the CI's jackknife "
                                  "where tokens ≤ 8·d, each a Gram + 1 + blocks eigvalsh; 0 = the jackknife alone",
                                  _default(AnalyzeConfig, "calibration_sims"), True)
+    checkpoints: int = _opt("checkpoints of the run (the comparison reads checkpoints − 1 pairs against the first)",
+                            2, True)
+    cross_readout_tokens: int = _opt("tokens of the comparison's cross-readout lens (3 readouts per token, layer and "
+                                     "pair); 0 = none", _default(CompareConfig, "cross_readout_tokens"), True)
+    position_tokens: int = _opt("tokens of the comparison's position profile (2 final-layer readouts per token and "
+                                "pair); 0 = none", _default(CompareConfig, "position_tokens"), True)
 
     def __post_init__(self) -> None:
         for name in ("gpus_per_node", "nodes", "tokens", "batch_size", "seq_len", "unit_tokens", "cpu_cores",
-                     "blocks"):
+                     "blocks", "checkpoints"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 1")
-        for name in ("lens_tokens", "calibration_sims", "headroom_gib", "offload_cpu_gib"):
+        for name in ("lens_tokens", "calibration_sims", "headroom_gib", "offload_cpu_gib", "cross_readout_tokens",
+                     "position_tokens"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
         for name in ("gpu_memory_gib", "gpu_tflops", "store_write_gib_s", "weight_read_gib_s", "host_link_gib_s",
@@ -137,7 +144,8 @@ class PlanConfig:
 
 def from_run(path: str, notes: list[str] | None = None) -> dict[str, Any]:
     """The plan fields a run TOML fixes: its first checkpoint, [capture] dtype, layers, batch_size, max_length and
-    unit_tokens, [analyze] lens_tokens, blocks and calibration_sims, and [cluster] gpus_per_replica when set. A
+    unit_tokens, [analyze] lens_tokens, blocks and calibration_sims, [compare] cross_readout_tokens and
+    position_tokens, the number of checkpoints, and [cluster] gpus_per_replica when set. A
     checkpoint path that is not here but names a preset (the cluster config's /shared/models/Meta-Llama-3-70B) plans
     that preset, with a line in ``notes``."""
     from spinal.config import load_run_config
@@ -146,7 +154,8 @@ def from_run(path: str, notes: list[str] | None = None) -> dict[str, Any]:
     c, a = run.capture, run.analyze
     values = {"model": run.checkpoints[0].path, "dtype": c.dtype, "layers": c.layers, "batch_size": c.batch_size,
               "seq_len": c.max_length, "unit_tokens": c.unit_tokens, "lens_tokens": a.lens_tokens, "blocks": a.blocks,
-              "calibration_sims": a.calibration_sims}
+              "calibration_sims": a.calibration_sims, "checkpoints": len(run.checkpoints),
+              "cross_readout_tokens": run.compare.cross_readout_tokens, "position_tokens": run.compare.position_tokens}
     if run.cluster.gpus_per_replica > 0:
         values["gpus_per_replica"] = run.cluster.gpus_per_replica
     adapters = [ck.label for ck in run.checkpoints if ck.adapter]

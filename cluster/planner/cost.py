@@ -211,6 +211,33 @@ def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisC
                         calibrated)
 
 
+@dataclass(frozen=True)
+class CompareCost:
+    """CPU cost of the comparison's lens work, every checkpoint against the first (analyze/compare/pipeline.py)."""
+
+    pairs: int
+    cross_tokens: int  # tokens of the cross-readout subsample
+    cross_flops: float  # 3 readouts per (token, layer, pair): lens_A(h_A), lens_A(h_B), lens_B(h_B)
+    position_tokens: int
+    position_flops: float  # 2 final-layer readouts per (token, pair)
+    total_s: float  # wall time: one task per (pair, layer) and one per pair, scheduled on the analysis cores
+    packed_s: float
+
+
+def compare_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> CompareCost:
+    """The comparison's lens FLOPs and wall time (docs/method.md §4): each readout is 2·d·V float32 per token, as
+    the analysis' lens pass (priced at the same per-core rate, ``cpu_gflops_f32``); the paired statistics
+    themselves read the traces only (seconds)."""
+    pairs = cfg.checkpoints - 1
+    readout = 2.0 * facts.hidden * facts.vocab  # FLOPs of one token's logit-lens readout
+    tx, tp = min(cfg.cross_readout_tokens, cfg.tokens), min(cfg.position_tokens, cfg.tokens)
+    per_cross, per_pos = 3 * readout * tx, 2 * readout * tp  # one task each: a (pair, layer), a pair
+    rate = cfg.cpu_gflops_f32 * 1e9
+    tasks = [per_cross / rate] * (pairs * s.layers if tx else 0) + [per_pos / rate] * (pairs if tp else 0)
+    cross, pos = pairs * s.layers * per_cross, pairs * per_pos
+    return CompareCost(pairs, tx, cross, tp, pos, makespan(tasks, cfg.cpu_cores), (cross + pos) / (rate * cfg.cpu_cores))
+
+
 def makespan(durations: list[float], workers: int) -> float:
     """Wall time of tasks taken in order by the first free of ``workers`` (how the analysis pool and Ray's
     task queue run them): greedy list scheduling, exact for that order."""

@@ -1,9 +1,9 @@
 """`spinal plan`: replicas, device maps, store size and time for a capture, worked out from a model config alone.
 
 The model is built on the meta device (cluster/planner/presets.py), so planning a 70B capture needs
-no weights and no GPU. Placement (plan_placement.py) runs accelerate's device-map inference as
-capture does; sizes and times (plan_cost.py) follow the store contract and the throughput
-assumptions in ``PlanConfig`` (plan_config.py), which ``Plan.render`` (plan_text.py) prints so a
+no weights and no GPU. Placement (placement.py) runs accelerate's device-map inference as
+capture does; sizes and times (cost.py) follow the store contract and the throughput
+assumptions in ``PlanConfig`` (config.py), which ``Plan.render`` (text.py) prints so a
 user can change them.
 """
 
@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass
 
 from spinal.cluster.planner.config import PlanConfig
-from spinal.cluster.planner.cost import AnalysisCost, CaptureTime, StoreSize, analysis_cost, capture_time, store_size
+from spinal.cluster.planner.cost import (AnalysisCost, CaptureTime, CompareCost, StoreSize, analysis_cost, capture_time,
+                                         compare_cost, store_size)
 from spinal.cluster.planner.placement import Placement, place
 from spinal.cluster.planner.text import render
 from spinal.cluster.planner.presets import MetaModel, ModelFacts, build_meta_model, model_facts, resolve_config
@@ -25,7 +26,8 @@ __all__ = ["Plan", "PlanConfig", "plan"]
 
 @dataclass(frozen=True)
 class Plan:
-    """One capture's plan: the config, the model's facts, placement, store size, capture time and analysis cost."""
+    """One capture's plan: the config, the model's facts, placement, store size, capture time, analysis cost per
+    checkpoint and the comparison's cost."""
 
     config: PlanConfig
     model: ModelFacts
@@ -33,13 +35,15 @@ class Plan:
     store: StoreSize
     capture: CaptureTime
     analysis: AnalysisCost
+    comparison: CompareCost
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def render(self) -> str:
         """Human-readable plan, every assumption with its value."""
-        return render(self.config, self.model, self.placement, self.store, self.capture, self.analysis)
+        return render(self.config, self.model, self.placement, self.store, self.capture, self.analysis,
+                      self.comparison)
 
 
 def plan(cfg: PlanConfig, meta: MetaModel | None = None) -> Plan:
@@ -53,4 +57,4 @@ def plan(cfg: PlanConfig, meta: MetaModel | None = None) -> Plan:
     placement = place(cfg, meta, facts)
     store = store_size(cfg, facts)
     return Plan(cfg, facts, placement, store, capture_time(cfg, meta, facts, placement, store),
-                analysis_cost(cfg, facts, store))
+                analysis_cost(cfg, facts, store), compare_cost(cfg, facts, store))

@@ -6,7 +6,7 @@ import dataclasses
 
 from spinal.analyze.contraction.calibration import CALIBRATE_BELOW
 from spinal.cluster.planner.config import GIB, RATES, WRITE_RATES, PlanConfig
-from spinal.cluster.planner.cost import AnalysisCost, CaptureTime, StoreSize
+from spinal.cluster.planner.cost import AnalysisCost, CaptureTime, CompareCost, StoreSize
 from spinal.cluster.planner.placement import Placement, max_memory_flag
 from spinal.cluster.planner.presets import ModelFacts
 
@@ -28,13 +28,20 @@ def _si(x: float) -> str:
     return f"{x:.3g} "
 
 
-def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureTime, a: AnalysisCost) -> str:
-    """Human-readable plan of a config ``c`` and model ``m``: placement, store, capture and analysis lines."""
-    itemsize = (s.hidden_bytes_per_token // (s.layers * m.hidden))
+def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureTime, a: AnalysisCost,
+           k: CompareCost) -> str:
+    """Human-readable plan of a config ``c`` and model ``m``: placement, store, capture, analysis and comparison
+    lines, then every assumption with its value."""
+    lines = [f"spinal plan: {m.name} ({m.source}) in {m.dtype}", ""]
+    for part in (_placement(c, m, p), _store(c, m, s), _capture(t), _analysis(c, s, a), _comparison(c, k)):
+        lines += part
+    return "\n".join(lines + ["", *_assumptions(c, m)])
+
+
+def _placement(c: PlanConfig, m: ModelFacts, p: Placement) -> list[str]:
+    """The model, the GPUs, the replicas and each replica's device map."""
     idle = f"{p.idle_gpus_per_node} GPU(s) idle per node" if p.idle_gpus_per_node else "no GPU idle"
     lines = [
-        f"spinal plan: {m.name} ({m.source}) in {m.dtype}",
-        "",
         f"model      {m.architecture}: {m.blocks} blocks, hidden {m.hidden:,}, vocab {m.vocab:,}",
         f"           {m.params / 1e9:.2f} B parameters ({m.compute_params / 1e9:.2f} B in the base model's matmuls), "
         f"{m.weight_bytes / GIB:.1f} GiB of weights",
@@ -49,13 +56,25 @@ def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureT
     if p.offloaded:
         lines.append(f"           OFFLOAD: {len(p.offloaded)} module(s) on cpu/disk, streamed to the GPUs every "
                      "forward pass (capture needs --allow-offload too)")
-    lines += [
+    return lines
+
+
+def _store(c: PlanConfig, m: ModelFacts, s: StoreSize) -> list[str]:
+    """Bytes per token and per checkpoint, chunks, shards and work units."""
+    itemsize = (s.hidden_bytes_per_token // (s.layers * m.hidden))
+    return [
         f"store      {s.layers} layers × {m.hidden:,} × {itemsize} B + {s.table_bytes_per_token} B token tables "
         f"= {s.bytes_per_token:,} B per token ({s.bytes_per_token / 2**20:.2f} MiB)",
         f"           {s.tokens:,} tokens → {s.total_bytes / GIB:,.1f} GiB per checkpoint raw (zstd shrinks it "
         f"somewhat) + lens {s.lens_bytes / GIB:.2f} GiB",
         f"           chunks of {s.t_chunk} tokens, shards of {s.t_shard}; ≈ {s.units:,} work unit(s) of "
         f"{c.unit_tokens:,} tokens",
+    ]
+
+
+def _capture(t: CaptureTime) -> list[str]:
+    """Throughput per replica, its bound, and the time of one checkpoint's capture."""
+    return [
         f"capture    {t.flops_per_token / 1e9:,.1f} GFLOP per token; per replica {t.compute_tokens_s:,.0f} tokens/s "
         f"from compute, {t.write_tokens_s:,.0f} from store writes"
         + (f", {t.offload_tokens_s:,.0f} from offload streaming" if t.offload_tokens_s is not None else "")
@@ -63,6 +82,12 @@ def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureT
         "           " + _write_line(t),
         f"           {t.active_replicas} replica(s) busy: {_dur(t.load_s)} loading weights + {_dur(t.run_s)} "
         f"capturing = {_dur(t.total_s)}, {t.gpu_hours:,.2f} GPU-hours per checkpoint",
+    ]
+
+
+def _analysis(c: PlanConfig, s: StoreSize, a: AnalysisCost) -> list[str]:
+    """One checkpoint's trace on the analysis cores: Gram, eigensolves, block shares, calibration, lens."""
+    return [
         f"analysis   per checkpoint on {c.cpu_cores} cores: Gram {_si(a.gram_flops)}FLOP ({_dur(a.gram_s)}), "
         f"eigh + eigvalsh {_dur(a.eigen_core_s)} per layer-core ({_dur(a.eigen_s)}), block shares "
         f"{_si(a.shares_flops)}FLOP ({_dur(a.shares_s)}),"
@@ -79,9 +104,24 @@ def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureT
         f"one layer task holds {a.task_memory_gib:.1f} GiB of float64 scatters",
         f"           rates per core measured by {RATES['command']} on {RATES['machine']['cpu']} "
         f"({RATES['measured']}), one BLAS thread: set cpu_* below to price other CPUs",
-        "",
-        "assumptions (PlanConfig fields; change any of them):",
     ]
+
+
+def _comparison(c: PlanConfig, k: CompareCost) -> list[str]:
+    """The comparison's lens work, all pairs together, on the same cores and at the same lens rate."""
+    if k.pairs == 0:
+        return ["compare    one checkpoint: nothing to compare (--set checkpoints=N prices N − 1 pairs)"]
+    return [
+        f"compare    {k.pairs} pair(s) against the first checkpoint (--set checkpoints=N) on {c.cpu_cores} cores: "
+        f"cross-readout 3 readouts × {k.cross_tokens:,} tokens × every layer {_si(k.cross_flops)}FLOP, positions "
+        f"2 final-layer readouts × {k.position_tokens:,} tokens {_si(k.position_flops)}FLOP → {_dur(k.total_s)} "
+        f"wall ({_dur(k.packed_s)} if perfectly packed); once per run, after every trace",
+    ]
+
+
+def _assumptions(c: PlanConfig, m: ModelFacts) -> list[str]:
+    """Every assumption field with its value and help (set each with --set KEY=VALUE)."""
+    lines = ["assumptions (PlanConfig fields; change any of them):"]
     for f in dataclasses.fields(c):
         if f.metadata.get("assumption"):
             v = getattr(c, f.name)
@@ -89,7 +129,7 @@ def render(c: PlanConfig, m: ModelFacts, p: Placement, s: StoreSize, t: CaptureT
             lines.append(f"  {f.name:<20} = {shown:<8}  {f.metadata['help']}")
     if m.dtype == "float32" and c.gpu_tflops == 989.0:
         lines.append("  note: gpu_tflops 989 is a bf16 peak; float32 matmuls run at ~67 TFLOP/s on an H100")
-    return "\n".join(lines)
+    return lines
 
 
 def _write_line(t) -> str:

@@ -124,7 +124,7 @@ def run_app(app: typer.Typer) -> None:
     try:
         rv = app(standalone_mode=False)
     except click_exc.UsageError as e:
-        cmd = e.ctx.command_path.replace("python -m spinal.cli.app", "spinal") if e.ctx else "spinal"
+        cmd = e.ctx.command_path.replace("python -m spinal.cli", "spinal") if e.ctx else "spinal"
         err.print(f"[bold red]error:[/] {escape(e.format_message())} (see `{cmd} --help`)", highlight=False,
                   soft_wrap=True)
         sys.exit(2)

@@ -124,3 +124,30 @@ def test_compare_with_stores_adds_the_profile_and_the_depth_position_map(pair, t
     back = Comparison.load(c.save(tmp_path / "cmp"))
     assert back.positions.equals(c.positions) and back.depth_position.equals(c.depth_position)
     assert {p.other: p.summary["shifted_share"] for p in back.pairs} == {"b": by["b"]["shifted_share"], "c": 0.0}
+
+
+def test_the_comparisons_lens_tasks_run_on_the_backend_given_and_equal_the_local_pools(pair, tmp_path):
+    """`spinal run` hands the comparison its backend's task map (Ray on a cluster), as it does the analysis: every
+    cross-readout (pair, layer) task and every positions (pair) task goes through it, and the comparison equals
+    the one the local pool makes."""
+    from spinal.analyze.compare.pipeline import comparison
+    from spinal.analyze.pool import call
+    from spinal.analyze.trace import analyze
+    from spinal.config import AnalyzeConfig, CompareConfig
+
+    sa, sb, _, _ = pair
+    ta = analyze(AnalyzeConfig(store=sa, out=str(tmp_path / "ta"), n_boot=20, null_splits=2, workers=1), label="a")
+    tb = analyze(AnalyzeConfig(store=sb, out=str(tmp_path / "tb"), n_boot=20, null_splits=2, workers=1), label="b")
+    seen: list[str] = []
+
+    def submit(tasks, workers, progress):
+        seen.extend(fn.__name__ for fn, _ in tasks)
+        return [call(t) for t in tasks]
+
+    cfg = CompareConfig(n_boot=50, null_splits=2)
+    remote = comparison([ta, tb], cfg, stores=[sa, sb], workers=1, submit=submit)
+    local = comparison([ta, tb], cfg, stores=[sa, sb], workers=1)
+    layers = len(Store.open(sa).layers)
+    assert seen.count("cross_readout_layer") == layers and seen.count("final_shift") == 1 and len(seen) == layers + 1
+    assert remote.pairs[0].table.equals(local.pairs[0].table) and remote.positions.equals(local.positions)
+    assert repr(remote.pairs[0].summary) == repr(local.pairs[0].summary)  # repr: nan == nan

@@ -195,6 +195,27 @@ def test_few_tokens_for_the_width_price_the_jackknife_and_the_calibration_simula
     assert "exact jackknife (16 eigvalsh per layer, as tokens ≤ 8·d) and 2 simulated layers" in text
 
 
+def test_the_comparison_is_priced_per_pair_from_its_readouts(plan70, llama70):
+    """The comparison's lens work (issue 38): 3 readouts of 2·d·V per token, layer and pair for the cross-readout,
+    2 final-layer readouts per token and pair for the positions, at the lens rate, scheduled as its tasks run
+    (one per pair and layer, one per pair); one checkpoint has nothing to compare."""
+    from spinal.cluster.planner.cost import makespan
+
+    k, cfg, d, v = plan70.comparison, plan70.config, 8192, 128256
+    assert (k.pairs, k.cross_tokens, k.position_tokens) == (1, 20000, 20000)
+    assert k.cross_flops == 81 * 3 * 2 * 20000 * d * v and k.position_flops == 2 * 2 * 20000 * d * v
+    rate = cfg.cpu_gflops_f32 * 1e9
+    assert k.total_s == pytest.approx(makespan([3 * 2 * 20000 * d * v / rate] * 81 + [4 * 20000 * d * v / rate], 64))
+    five = plan(dataclasses.replace(cfg, checkpoints=5), llama70).comparison
+    assert five.pairs == 4 and five.cross_flops == 4 * k.cross_flops and five.total_s > 3 * k.total_s
+    assert "compare    4 pair(s) against the first checkpoint" in plan(dataclasses.replace(cfg, checkpoints=5),
+                                                                        llama70).render()
+    none = plan(dataclasses.replace(cfg, checkpoints=1, position_tokens=0), llama70)
+    assert none.comparison.pairs == 0 and none.comparison.total_s == 0 and "nothing to compare" in none.render()
+    off = plan(dataclasses.replace(cfg, cross_readout_tokens=0), llama70).comparison
+    assert off.cross_flops == 0 and off.total_s == pytest.approx(4 * 20000 * d * v / rate)
+
+
 def test_makespan_is_greedy_list_scheduling_in_task_order():
     from spinal.cluster.planner.cost import makespan
 
@@ -343,6 +364,7 @@ def test_a_run_config_is_planned_with_its_own_settings(tmp_path, checkpoint):
     cfg = _json.loads(r.stdout)["config"]
     assert (cfg["model"], cfg["batch_size"], cfg["seq_len"], cfg["dtype"], cfg["lens_tokens"], cfg["unit_tokens"]) == (
         str(ck), 3, 96, "float32", 999, 1024)
+    assert (cfg["checkpoints"], cfg["cross_readout_tokens"], cfg["position_tokens"]) == (1, 20000, 20000)
     cluster_toml = Path(__file__).parents[2] / "configs" / "llama70b-cluster.toml"
     r = CliRunner().invoke(app, ["plan", str(cluster_toml)])  # /shared/models/Meta-Llama-3-70B: its preset
     assert r.exit_code == 0, r.output
