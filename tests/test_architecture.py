@@ -32,7 +32,8 @@ def dotted(rel: Path) -> str:
 
 def test_the_architecture_map_lists_every_module_and_only_existing_ones():
     text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
-    listed = set(re.findall(r"`((?:spinal|capture|analyze|cluster)/[\w/]+\.py)`", text))
+    listed = {m for m in re.findall(r"`((?:spinal|capture|analyze|cluster)/[\w/]+\.py)`", text)
+              if not m.endswith(("__init__.py", "__main__.py"))}  # a package's __init__ is its room
     have = {str(p) for p in modules() if p.name not in ("__init__.py", "__main__.py")}
     assert not have - listed, f"modules missing from docs/ARCHITECTURE.md: {sorted(have - listed)}"
     assert not listed - have, f"docs/ARCHITECTURE.md lists modules that do not exist: {sorted(listed - have)}"
