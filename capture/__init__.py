@@ -11,7 +11,7 @@ __all__ = ["capture", "CaptureResult"]
 
 
 def capture(cfg, progress=None, loaded=None):
-    """Capture ``cfg.checkpoint`` × ``cfg.prompts`` into the store ``cfg.out`` in this process; see
+    """Capture ``cfg.model`` × ``cfg.prompts`` into the store ``cfg.out`` in this process; see
     :func:`spinal.capture.runner.capture`."""
     from spinal.capture.runner import capture as run
 

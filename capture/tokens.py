@@ -47,7 +47,10 @@ def tokenize(prompts: PromptSet, tokenizer, *, max_length: int, chat_template: b
         raise ValueError("resolve positions='auto' first (CaptureConfig.stored_positions)")
     all_ids, all_pos, lengths, truncated = [], [], [], []
     for pr in prompts.prompts:
-        sp = _split(pr.prompt, pr.response, tokenizer, chat_template, need_text=kind in ("text", "user", "reply"))
+        if pr.conversation and not chat_template:
+            raise InputError(f"prompt {pr.id!r} is a conversation: it needs the chat template (--chat-template)")
+        sp = _split(pr.prompt, pr.response, tokenizer, chat_template, need_text=kind in ("text", "user", "reply"),
+                    conversation=pr.conversation)
         ids = sp.head + sp.tail
         if not ids:
             raise InputError(f"prompt {pr.id!r} tokenizes to nothing; remove it or fix the text")
@@ -113,12 +116,16 @@ def shared_row_share(ids: list[tuple[int, ...]], positions: list[tuple[int, ...]
     return sum(int((np.asarray(p, dtype=np.int64) < shared_len[s]).sum()) for s, p in enumerate(positions)) / total
 
 
-def _split(prompt: str, response: str | None, tokenizer, chat_template: bool, need_text: bool) -> _Split:
-    """Token ids of the prompt part and of the response part, and which tokens are the texts' own."""
+def _split(prompt: str, response: str | None, tokenizer, chat_template: bool, need_text: bool,
+           conversation: tuple[tuple[str, str], ...] | None = None) -> _Split:
+    """Token ids of the prompt part and of the response part, and which tokens are the texts' own. A
+    ``conversation`` (the prompt as chat turns) is rendered whole; otherwise the prompt is one user turn."""
     if chat_template:
         if getattr(tokenizer, "chat_template", None) is None:
             raise InputError("--chat-template was asked for, but the tokenizer has no chat template")
-        user = [{"role": "user", "content": prompt}]
+        user = ([{"role": r, "content": c} for r, c in conversation] if conversation else
+                [{"role": "user", "content": prompt}])
+        contents = [c for _, c in conversation] if conversation else [prompt]
         head = _ids(tokenizer.apply_chat_template(user, tokenize=True, add_generation_prompt=True))
         msgs = user if response is None else user + [{"role": "assistant", "content": response}]
         if response is None:
@@ -130,7 +137,7 @@ def _split(prompt: str, response: str | None, tokenizer, chat_template: bool, ne
                 msgs = None  # the rendering no longer matches the ids: texts found part by part below
             else:
                 tail = full[len(head):]
-        text = _template_text(tokenizer, msgs, head + tail, prompt, response) if need_text and msgs else None
+        text = _template_text(tokenizer, msgs, head + tail, contents, response) if need_text and msgs else None
         if need_text and text is None:
             raise InputError("positions 'text'/'user'/'reply' need the chat template's text to re-tokenize to its "
                              "ids (this tokenizer's does not); use positions='response' or 'all-but-first'")
@@ -141,7 +148,7 @@ def _split(prompt: str, response: str | None, tokenizer, chat_template: bool, ne
     return _Split(head, tail, text)
 
 
-def _template_text(tokenizer, msgs: list[dict], ids: list[int], prompt: str, response: str | None
+def _template_text(tokenizer, msgs: list[dict], ids: list[int], contents: list[str], response: str | None
                    ) -> list[bool] | None:
     """Which tokens of the rendered chat fall inside the user's or the reply's characters: the template is
     rendered as text, re-tokenized with offsets, and the contents are found in it (no per-model token list).
@@ -151,7 +158,7 @@ def _template_text(tokenizer, msgs: list[dict], ids: list[int], prompt: str, res
     if enc is None or enc[0] != ids:
         return None
     spans, start = [], 0
-    for content in [prompt] + ([response] if response is not None else []):
+    for content in contents + ([response] if response is not None else []):
         c = content.strip()
         at = rendered.find(c, start)
         if at < 0:

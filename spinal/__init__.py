@@ -4,8 +4,8 @@ The public API, for notebooks and scripts (each name is imported on first use, s
 
     import spinal
 
-    spinal.capture(spinal.CaptureConfig(checkpoint="path/to/base", prompts="prompts.jsonl", out="base.zarr"))
-    trace = spinal.analyze(spinal.AnalyzeConfig(store="base.zarr"))           # -> Trace (save with trace.save)
+    spinal.capture(spinal.CaptureConfig(model="path/to/base", prompts="prompts.jsonl", out="base.zarr"))
+    base = spinal.analyze(spinal.AnalyzeConfig(store="base.zarr", out="base-trace"))  # -> Trace (trace.save)
     result = spinal.compare([base, dpo], stores=["base.zarr", "dpo.zarr"])    # -> Comparison, as `spinal compare`
     spinal.report([base, dpo], result, "report/")                              # -> path of report.html
 

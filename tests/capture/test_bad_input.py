@@ -179,8 +179,9 @@ def test_parquet_and_text_prompt_files(llama, tmp_path):
     r = run("capture", llama, "-p", tmp_path / "p.parquet", "-o", tmp_path / "s", "--positions", "response",
             "--no-progress")
     assert r.exit_code == 0, r.output
-    pq.write_table(pa.table({"text": ["x"]}), tmp_path / "bad.parquet")
-    assert_refused(run("capture", llama, "-p", tmp_path / "bad.parquet", "-o", tmp_path / "t"), "'prompt' column")
+    pq.write_table(pa.table({"question": ["x"]}), tmp_path / "bad.parquet")  # no known layout: columns and flags named
+    assert_refused(run("capture", llama, "-p", tmp_path / "bad.parquet", "-o", tmp_path / "t"), "no known layout",
+                   "'question'", "--prompt-column")
 
 
 def test_wrong_lens_is_refused_by_the_self_check(llama, prompts_file, tmp_path, monkeypatch):

@@ -98,3 +98,23 @@ def test_capture_with_a_chat_template_stores_the_text_by_default(checkpoint, tmp
     t = s.tokens()
     stored = [list(t["ids"][t["sequence"] == i]) for i in range(2)]
     assert stored == [_chars(chat_tokenizer, p.prompt) for p in PROMPTS.prompts]
+
+
+def test_a_conversation_is_rendered_whole_and_its_reply_positions_are_the_replys_own(chat_tokenizer):
+    """A chat row (system and earlier turns) renders with the template as one conversation; positions 'reply'
+    store exactly the reply's characters, 'user' every turn's own text and never a tag; without the template such
+    a row is refused, not flattened."""
+    conv = (("system", "Rules."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Joke?"))
+    ps = PromptSet("mem", (Prompt("c", "Joke?", "No.", conv),))
+    tok = chat_tokenizer
+    allpos = tokenize(ps, tok, max_length=400, chat_template=True, positions="all")
+    rendered = tok.apply_chat_template([{"role": r, "content": c} for r, c in conv] +
+                                       [{"role": "assistant", "content": "No."}], tokenize=False)
+    assert "".join(tok.convert_ids_to_tokens(list(allpos.input_ids[0]))[1:]) == rendered.removeprefix(tok.bos_token)
+    reply = tokenize(ps, tok, max_length=400, chat_template=True, positions="reply")
+    assert reply.stored_ids == [_chars(tok, "No.")]
+    user = tokenize(ps, tok, max_length=400, chat_template=True, positions="user")
+    assert user.stored_ids == [_chars(tok, "Rules.HiHelloJoke?")]
+    from spinal.errors import InputError
+    with pytest.raises(InputError, match="is a conversation: it needs the chat template"):
+        tokenize(ps, tok, max_length=400, chat_template=False, positions="all")
