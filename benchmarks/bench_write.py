@@ -433,7 +433,7 @@ def main() -> None:
         print(table(json.loads(results.read_text())))
         return
     if not Path(args.store).exists():
-        raise SystemExit(f"no store at {args.store}: run `spinal run configs/smollm2-dpo.toml` first (README, "
+        raise SystemExit(f"no store at {args.store}: run `spinal run configs/smollm2-dpo.toml` first (docs/results/smollm2.md, "
                          "'A real model'), or pass --store PATH of any real-model store")
     if args.stages:
         stages(args.store, args.tokens)
