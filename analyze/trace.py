@@ -46,7 +46,7 @@ SMALL_WORK = 3e10
 class Trace:
     """A checkpoint's depth trace: ``table`` has one row per layer; ``boot`` and ``seq_L`` feed comparisons."""
 
-    table: pd.DataFrame  # layer, a, a_lo, a_hi, … (see README "Trace format")
+    table: pd.DataFrame  # layer, a, a_lo, a_hi, … (see docs/usage.md, "Trace format")
     meta: dict
     boot: np.ndarray  # (layer, n_boot) bootstrap replicates of a (paired across checkpoints by seed)
     seq_L: np.ndarray  # (sequence, step) mean L per sequence for step ℓ→ℓ+1 (NaN: no tokens)

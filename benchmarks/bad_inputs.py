@@ -592,7 +592,7 @@ def cases(w: Work) -> list[Case]:
     analyze_case("window-x", "--window", "x")
     analyze_case("window-0:4", "--window", "0:4")
     analyze_case("blocks-0", "--blocks", "0")
-    analyze_case("blocks-1000", "--blocks", "1000", accepted="README 'Guarantees': more --blocks than sequences is "
+    analyze_case("blocks-1000", "--blocks", "1000", accepted="docs/reliability.md 'Guarantees': more --blocks than sequences is "
                  "not an error (each sequence is its own block); said on stderr, recorded as blocks_used")
     analyze_case("n-boot-negative", "--n-boot", "-1")
     analyze_case("null-splits-negative", "--null-splits", "-1")

@@ -1,6 +1,6 @@
 """Analysis speed against the alternatives and the machine's own GEMM rates, in one run.
 
-    .venv/bin/python benchmarks/bench_analysis.py [--tokens 32768 --dim 1024] [--update-readme]
+    .venv/bin/python benchmarks/bench_analysis.py [--tokens 32768 --dim 1024] [--update-docs]
 
 - Spectrum of one layer: SPINAL's chunked float64 Gram + eigvalsh against a full
   `numpy.linalg.svd` and `scipy.linalg.svd` of the same (token × dim) matrix, with the largest
@@ -25,7 +25,7 @@ from scipy.linalg.blas import dsyrk
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import PRINT_PEAK_RSS, best_of, child_peak_rss_mib, machine, publish, update_readme  # noqa: E402
+from common import PRINT_PEAK_RSS, best_of, child_peak_rss_mib, machine, publish, update_docs  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -150,12 +150,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--lens-tokens", type=int, default=4096)
-    ap.add_argument("--update-readme", action="store_true")
-    ap.add_argument("--render-only", action="store_true", help="re-render the README table from results/ JSON")
+    ap.add_argument("--update-docs", action="store_true", help="also rewrite this benchmark's table in docs/")
+    ap.add_argument("--render-only", action="store_true", help="re-render the docs/benchmarks.md table from results/ JSON")
     args = ap.parse_args(argv)
     if args.render_only:
         res = json.loads((HERE / "results" / "analysis-cpu.json").read_text())
-        update_readme("analysis", render(res))
+        update_docs("analysis", render(res))
         return res
     n, d = args.tokens, args.dim
     h = power_law_matrix(n, d)
@@ -204,7 +204,7 @@ def main(argv=None) -> dict:
         "lens_speedup_vs_naive": lens["naive_seconds"] / lens["seconds"],
         "peak_rss_mib": mem,
     }
-    publish(res, "analysis-cpu", render(res), "analysis", args.update_readme)
+    publish(res, "analysis-cpu", render(res), "analysis", args.update_docs)
     return res
 
 

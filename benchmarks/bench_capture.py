@@ -1,7 +1,7 @@
 """Capture throughput against the bare forward pass and a plain `output_hidden_states` + save script, in one run.
 
     .venv/bin/python benchmarks/bench_capture.py            # ~50M-parameter Llama-style model, all layers
-    .venv/bin/python benchmarks/bench_capture.py --update-readme
+    .venv/bin/python benchmarks/bench_capture.py --update-docs
 
 All methods see the same batches (same prompts, same padding). Reported as ratios to the bare
 forward pass of the causal LM (what a user times first), plus peak memory at N and 2N prompts
@@ -178,7 +178,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=3,
                     help="paired rounds of the base-model forward pass and each SPINAL variant (median reported)")
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--update-docs", action="store_true", help="also rewrite this benchmark's table in docs/")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="spinal-bench-"))
     ckpt = llama_50m(work / "llama50m") if args.model == "llama-50m" else gpt2_small(work / "gpt2-small")
@@ -244,7 +244,7 @@ def main(argv=None) -> dict:
         "agreement_with_spinal_store": exact,
     }
     suffix = "" if args.model == "llama-50m" else f"-{args.model}"
-    publish(res, f"capture-cpu{suffix}", render(res), f"capture{suffix}", args.update_readme)
+    publish(res, f"capture-cpu{suffix}", render(res), f"capture{suffix}", args.update_docs)
     shutil.rmtree(work, ignore_errors=True) if args.workdir is None else None
     return res
 

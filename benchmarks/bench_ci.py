@@ -1,6 +1,6 @@
 """Intervals of a: their cost against the previous method, and their coverage on layers with a known spectrum, in one run.
 
-    .venv/bin/python benchmarks/bench_ci.py [--dims 1024 2048] [--datasets 200] [--update-readme]
+    .venv/bin/python benchmarks/bench_ci.py [--dims 1024 2048] [--datasets 200] [--update-docs]
 
 - Cost, one layer at each of ``--dims`` with N = 16·d: the float64 Gram pass that reads the data; SPINAL's spectrum + 95 % interval + null
   spread (``spectrum_of``: one ``eigh`` with vectors, one ``eigvalsh`` for the raw fit, first-order replicates);
@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--exact-boot", type=int, default=100)
     ap.add_argument("--sims", type=int, default=24, help="simulated layers per dataset: its κ alone, unpooled (a "
                     "trace spreads calibration_sims = 96 over its layers and pools them, 7 %% noise; 24 alone is 15 %%)")
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--update-docs", action="store_true", help="also rewrite this benchmark's table in docs/")
     ap.add_argument("--table-only", action="store_true", help="re-render the table from results/ci-cpu.json")
     ap.add_argument("--paired-only", action="store_true", help="recompute only the paired rows, keeping the rest of "
                     "results/ci-cpu.json")
@@ -215,7 +215,7 @@ def main() -> None:
         res = json.loads((Path(__file__).parent / "results" / "ci-cpu.json").read_text())
         datasets = res.get("datasets", args.datasets)
         publish(res, "ci-cpu", table(res["cost"], res["coverage"], res.get("paired", []), res["machine"], datasets,
-                                     res.get("sims", 24)), "ci", args.update_readme)
+                                     res.get("sims", 24)), "ci", args.update_docs)
         return
     kept = json.loads((Path(__file__).parent / "results" / "ci-cpu.json").read_text()) \
         if args.paired_only or args.cost_only else {}
@@ -228,7 +228,7 @@ def main() -> None:
     if args.cost_only:
         res = {**kept, "machine": machine(), "cost": c}
         publish(res, "ci-cpu", table(c, res["coverage"], res["paired"], res["machine"], res["datasets"],
-                                     res.get("sims", 24)), "ci", args.update_readme)
+                                     res.get("sims", 24)), "ci", args.update_docs)
         return
         d = args.coverage_dim
         specs = [synthetic.Layer(d, n, a, tokens_per_sequence=max(1, min(16, n // 32)), massive=m, bf16=m)
@@ -248,7 +248,7 @@ def main() -> None:
                 print(pairs[-1], flush=True)
     res = {"machine": machine(), "cost": c, "coverage": rows, "paired": pairs, "datasets": args.datasets,
            "sims": args.sims}
-    publish(res, "ci-cpu", table(c, rows, pairs, machine(), args.datasets, args.sims), "ci", args.update_readme)
+    publish(res, "ci-cpu", table(c, rows, pairs, machine(), args.datasets, args.sims), "ci", args.update_docs)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How capture and analysis time and memory grow with tokens (×1, ×2, ×4) and with hidden size; log-log slopes reported.
 
-    .venv/bin/python benchmarks/bench_scaling.py [--update-readme]
+    .venv/bin/python benchmarks/bench_scaling.py [--update-docs]
 
 Each point runs in its own process (so peak RSS is that point's own). A slope of 1 in time means
 linear in tokens; a slope near 0 in memory means memory does not grow with tokens.
@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=48, help="prompts at ×1 (128 tokens each)")
     ap.add_argument("--tokens", type=int, default=8192, help="analysis tokens at ×1")
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--update-docs", action="store_true", help="also rewrite this benchmark's table in docs/")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="spinal-scaling-"))
     ckpt = llama_50m(work / "llama50m")
@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
             "gram_time_vs_dim": slope([g[0] for g in gram_d], [g[1] for g in gram_d]),
         },
     }
-    publish(res, "scaling-cpu", render(res), "scaling", args.update_readme)
+    publish(res, "scaling-cpu", render(res), "scaling", args.update_docs)
     return res
 
 

@@ -2,7 +2,7 @@
 writer's scaling with threads, beside the physical floor (memcpy, a plain file write of the same bytes).
 
     .venv/bin/python benchmarks/bench_write.py [--store out/smollm2-dpo/stores/base.zarr] [--write-rates]
-        [--update-readme]
+        [--update-docs]
     .venv/bin/python benchmarks/bench_write.py --stages     # where one writer thread's time goes
 
 The activations are a real model's: one work unit of a SmolLM2-135M-Instruct store (float32, all 31 layers;
@@ -423,7 +423,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", default=str(ROOT / "out" / "smollm2-dpo" / "stores" / "base.zarr"))
     ap.add_argument("--tokens", type=int, default=8192, help="tokens per written unit (the capture default)")
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--update-docs", action="store_true", help="also rewrite this benchmark's table in docs/")
     ap.add_argument("--write-rates", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="print the table of the last results")
     ap.add_argument("--stages", action="store_true", help="only time one writer thread's stages (float32 zstd-1)")
@@ -433,7 +433,7 @@ def main() -> None:
         print(table(json.loads(results.read_text())))
         return
     if not Path(args.store).exists():
-        raise SystemExit(f"no store at {args.store}: run `spinal run configs/smollm2-dpo.toml` first (README, "
+        raise SystemExit(f"no store at {args.store}: run `spinal run configs/smollm2-dpo.toml` first (docs/results/smollm2.md, "
                          "'A real model'), or pass --store PATH of any real-model store")
     if args.stages:
         stages(args.store, args.tokens)
@@ -441,7 +441,7 @@ def main() -> None:
     t = time.perf_counter()
     res = measure(args.store, args.tokens)
     res["seconds"] = time.perf_counter() - t
-    publish(res, "write-cpu", table(res), "write", args.update_readme)
+    publish(res, "write-cpu", table(res), "write", args.update_docs)
     if args.write_rates:
         RATES.write_text(json.dumps(write_rates(res), indent=2) + "\n")
         print(f"wrote {RATES.relative_to(ROOT)}")

@@ -131,21 +131,24 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
 
 
-def publish(res: dict, result_name: str, table: str, readme_marker: str, update: bool) -> None:
-    """Write ``results/<result_name>.json``, print the table, and refresh the README block if asked."""
+def publish(res: dict, result_name: str, table: str, marker: str, update: bool) -> None:
+    """Write ``results/<result_name>.json``, print the table, and refresh its block in docs/ if asked."""
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"{result_name}.json").write_text(json.dumps(res, indent=2))
     print(table)
     if update:
-        update_readme(readme_marker, table)
+        update_docs(marker, table)
 
 
-def update_readme(name: str, table: str) -> None:
-    readme = Path(__file__).parent.parent / "README.md"
-    text = readme.read_text()
+def update_docs(name: str, table: str) -> None:
+    """Replace the block between ``<!-- bench:NAME -->`` and its end marker in the one docs/ page that holds it
+    (docs/benchmarks.md; bench:ci lives in docs/intervals.md)."""
+    docs = Path(__file__).parent.parent / "docs"
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    if start not in text:
-        raise SystemExit(f"README.md has no {start} marker")
+    pages = [p for p in sorted(docs.rglob("*.md")) if start in p.read_text()]
+    if len(pages) != 1:
+        raise SystemExit(f"{len(pages)} pages under docs/ hold the {start} marker; expected one")
+    text = pages[0].read_text()
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+    pages[0].write_text(f"{head}{start}\n{table}\n{end}{tail}")

@@ -1,9 +1,9 @@
-"""Write the README's demo results (table, verdicts, figures) from a finished `spinal run configs/demo.toml`.
+"""Write the demo's results (table, verdicts, figures) into docs/results/demo.md from a finished demo run.
 
     .venv/bin/spinal run configs/demo.toml --overwrite
-    .venv/bin/python -m reference.demo_summary          # updates README.md and reference/figures/
+    .venv/bin/python -m reference.demo_summary          # updates docs/results/demo.md and reference/figures/
 
-Every number and every yes/no in the README block comes from out/demo; nothing is typed by hand.
+Every number and every yes/no in the docs block comes from out/demo; nothing is typed by hand.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from spinal.analyze.report.verdict import onset_text
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- demo:results -->", "<!-- /demo:results -->"
+DOC = ROOT / "docs" / "results" / "demo.md"  # the block's page; its figures are linked from there
 
 
 def summarize(out: Path) -> str:
@@ -86,7 +87,8 @@ def summarize(out: Path) -> str:
         f"{', '.join(f'`{o}`' for o in healthy_flagged) or 'none'} of the healthy DPO checkpoints"
         + (f"; docs/method.md §4's wording would flag {', '.join(f'`{o}`' for o in method_flagged)}, because their "
            "terminal L keeps rising through DPO (the wording expects L to fall and treats a renewed rise as "
-           "instability)" if method_flagged else "") + ". See Destabilization below for the validation.")
+           "instability)" if method_flagged else "")
+        + ". See [Destabilization](destabilization.md) for the validation.")
     for o, _, _ in over:
         s = series.get(o, {})
         lines.append(
@@ -103,7 +105,7 @@ def summarize(out: Path) -> str:
     return "\n".join(lines)
 
 
-def positions_block(out: Path, doc: dict, figure: str = "reference/figures/demo-positions.png") -> list[str]:
+def positions_block(out: Path, doc: dict, figure: str = "../../reference/figures/demo-positions.png") -> list[str]:
     """Where in the reply each checkpoint departs from the reference, from compare/positions.parquet."""
     path = out / "compare" / "positions.parquet"
     if not path.exists():
@@ -174,11 +176,10 @@ def main(argv=None) -> None:
         if (args.out / "report" / "plots" / name).exists():
             shutil.copy(args.out / "report" / "plots" / name, figs / f"demo-{name}")
     screenshot(args.out / "report" / "report.html", figs / "demo-report.png")
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    text = DOC.read_text()
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+    DOC.write_text(f"{head}{START}\n{block}\n{END}{tail}")
     print(block)
 
 

@@ -100,7 +100,7 @@ def evaluate(pm_base, tok, splits, adapters: Path, names: list[str], cfg, record
 
     ``parallel``: the later adapters are measured in a second process (its own base, one thread) while this one
     measures the base and the first ones: the same figures (tests/reference/test_real_dpo.py), in 283 s instead of
-    575 s on two cores (README, footnote 1).
+    575 s on two cores (docs/results/smollm2.md, footnote 1).
     """
     import concurrent.futures as cf
     import multiprocessing as mp

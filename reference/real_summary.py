@@ -2,7 +2,7 @@
 
     .venv/bin/spinal run configs/smollm2-dpo.toml --overwrite
     .venv/bin/python -m reference.real_summary            # prints the table
-    .venv/bin/python -m reference.real_summary --readme   # and writes it into README.md
+    .venv/bin/python -m reference.real_summary --update-docs   # and writes it into docs/results/smollm2.md
 
 Ground truth comes from reference/smollm2/eval.json, the audit's figures from the run's output folder
 (out/smollm2-dpo); nothing is typed by hand.
@@ -24,6 +24,7 @@ from spinal.analyze.compare.stability import FACTOR, flag_text
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "reference" / "smollm2" / "eval.json"
 START, END = "<!-- smollm2:results -->", "<!-- /smollm2:results -->"
+DOC = ROOT / "docs" / "results" / "smollm2.md"  # the block's page; its figure is linked from there
 
 
 def truth(path: Path = EVAL) -> dict[str, dict]:
@@ -80,19 +81,19 @@ def summarize(out: Path, eval_json: Path = EVAL) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "smollm2-dpo")
-    ap.add_argument("--readme", action="store_true", help="also write the table into README.md between its markers")
+    ap.add_argument("--update-docs", action="store_true",
+                    help="also write the table into docs/results/smollm2.md between its markers")
     args = ap.parse_args(argv)
     block = summarize(args.out)
     doc = json.loads((args.out / "compare" / "compare.json").read_text())
-    block += "\n" + "\n".join(positions_block(args.out, doc, "reference/figures/smollm2-positions.png"))
+    block += "\n" + "\n".join(positions_block(args.out, doc, "../../reference/figures/smollm2-positions.png"))
     plot = args.out / "report" / "plots" / "positions.png"
-    if args.readme and plot.exists():
+    if args.update_docs and plot.exists():
         shutil.copy(plot, ROOT / "reference" / "figures" / "smollm2-positions.png")
-    if args.readme:
-        readme = ROOT / "README.md"
-        head, rest = readme.read_text().split(START, 1)
+    if args.update_docs:
+        head, rest = DOC.read_text().split(START, 1)
         _, tail = rest.split(END, 1)
-        readme.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+        DOC.write_text(f"{head}{START}\n{block}\n{END}{tail}")
     print(block)
 
 

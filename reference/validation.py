@@ -3,12 +3,13 @@
     .venv/bin/spinal run configs/demo.toml --overwrite          # the reference family     -> out/demo
     .venv/bin/spinal run configs/series.toml --overwrite        # the dense series         -> out/series/audit
     .venv/bin/spinal run configs/smollm2-dpo.toml --overwrite   # the real model (optional) -> out/smollm2-dpo
-    .venv/bin/python -m reference.validation --readme           # reference/validation/*.json and README's table
+    .venv/bin/python -m reference.validation --update-docs      # reference/validation/*.json and the docs table
 
 Reads each run's traces and comparison; writes, per run, reference/validation/<run>.json: the steps the
 destabilization rule judges (analyze/compare/stability.py), recomputed from the traces and checked against the flags
 the run's own comparison wrote, with the ground truth per checkpoint from the run's evaluation. The tests judge
-these files (tests/analyze/test_stability.py); --readme also rewrites the block between the markers in README.md.
+these files (tests/analyze/test_stability.py); --update-docs also rewrites the block between the markers in
+docs/results/destabilization.md.
 
 Ground truth "broken": the checkpoint's held-out NLL per token (plain text for the toy runs; the base model's own
 replies to benign requests for SmolLM2) is at least BROKEN_NLL_RATIO times the reference's. On these runs the
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "reference"
 BROKEN_NLL_RATIO = 1.3
 START, END = "<!-- validation:signals -->", "<!-- /validation:signals -->"
+DOC = ROOT / "docs" / "results" / "destabilization.md"  # the block's page; its figure is linked from there
 # run name -> (audit folder, evaluation file, what "held-out NLL" is there)
 RUNS = {
     "family": (ROOT / "out" / "demo", HERE / "eval.json", "text"),
@@ -148,7 +150,7 @@ def block(runs: list[dict]) -> str:
                      f"METHOD §4 wording flags {', '.join(f'`{x}`' for x in method) or 'nothing'}.")
     if any(r["run"] == "series" for r in runs):
         parts += ["", "![the dense series: each save's step against the run's typical healthy step, and the terminal "
-                  "gains](reference/figures/validation-series.png)"]
+                  "gains](../../reference/figures/validation-series.png)"]
     parts += ["", "Spearman ρ of each aggregate with alignment progress over the healthy checkpoints (progress: the "
               "reward margin for the toy runs, the refusal rate on harmful requests for SmolLM2; ±1 ranks them as "
               "the ground truth does, the sign says which way):", "", rank]
@@ -157,7 +159,8 @@ def block(runs: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--readme", action="store_true", help="also rewrite the README block between the markers")
+    ap.add_argument("--update-docs", action="store_true",
+                    help="also rewrite the block between the markers in docs/results/destabilization.md")
     args = ap.parse_args(argv)
     runs = []
     for name, (folder, eval_file, _) in RUNS.items():
@@ -174,17 +177,16 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         raise SystemExit("no audits found")
     fig = RUNS["series"][0] / "report" / "plots" / "series.png"
-    if args.readme and fig.exists():
+    if args.update_docs and fig.exists():
         shutil.copy(fig, HERE / "figures" / "validation-series.png")
     text = block(runs)
     print(text)
-    if args.readme:
-        readme = ROOT / "README.md"
-        s = readme.read_text()
+    if args.update_docs:
+        s = DOC.read_text()
         if START not in s:
-            raise SystemExit(f"README.md has no {START} … {END} block")
+            raise SystemExit(f"{DOC.relative_to(ROOT)} has no {START} … {END} block")
         i, j = s.index(START) + len(START), s.index(END)
-        readme.write_text(s[:i] + "\n" + text + "\n" + s[j:])
+        DOC.write_text(s[:i] + "\n" + text + "\n" + s[j:])
 
 
 if __name__ == "__main__":

@@ -44,11 +44,11 @@ class CaptureConfig:
     unit_tokens: int = option("stored tokens per work unit (a unit owns whole shards)", 8192)
     codec: str = option("lossless codec of the stored activations, always checksummed (crc32c): zstd-1, zstd-3, "
                         "blosc-zstd-1-shuffle, blosc-lz4-shuffle, blosc-lz4-bitshuffle, or crc32c (no compression); "
-                        "README 'Store writes' measures them. A resumed store keeps its own", DEFAULT_CODEC)
+                        "docs/benchmarks.md 'Store writes' measures them. A resumed store keeps its own", DEFAULT_CODEC)
     write_threads: int = option("threads that compress and checksum a unit's shards while the next unit runs (0: "
                                 "one per core this process may use); as many more, mostly asleep, write them", 0)
     direct_io: bool = option("write shard files with O_DIRECT, past the page cache, where the file system takes it "
-                             "(same bytes; --no-direct-io writes through the page cache; README 'Store writes')", True)
+                             "(same bytes; --no-direct-io writes through the page cache; docs/benchmarks.md 'Store writes')", True)
     resume: bool = option("finish an interrupted store: redo exactly the units not marked done", False)
     overwrite: bool = option("replace an existing store at --out", False)
     trust_remote_code: bool = option("allow the checkpoint's own Python code (off: refused)", False)

@@ -1,15 +1,18 @@
-"""The README's command blocks run as written (placeholder paths replaced by tiny checkpoints), in a fresh folder.
+"""The README's and docs' command blocks run as written (placeholder paths replaced by tiny checkpoints), in fresh
+folders, so a renamed flag or config field fails here before a reader meets it.
 
-Run here: the Python blocks (as scripts, so a missing ``__main__`` guard fails as it would for a user) and every
-`spinal` line of the "Capture" and "Analyze, compare, report" blocks (through the CLI's entry point in this
-process; `spinal --version` in a fresh one checks the installed script itself, tests/spinal). Not run here, each for its reason: the two
-set-up commands (CI runs them: .ci/run), the demo and `spinal run` lines (the demo takes minutes; the run is
-tested on a tiny config in tests/cluster), the cluster block (needs a Ray cluster; tests/cluster simulates
-one) and the SmolLM2 block (tests/reference).
+Run here: the README's five-minute path (its shell block line by line, its run config and both `spinal run` lines),
+its notebook block, and the blocks of docs/usage.md and docs/store-format.md. `spinal` lines go through the CLI's
+entry point in this process (`spinal --version` in a fresh one checks the installed script itself, tests/spinal);
+Python blocks run as scripts, so a missing ``__main__`` guard fails as it would for a user. Not run here, each for
+its reason: the two set-up commands (CI runs them: .ci/run), the demo (minutes; tests/cluster runs it on a small
+config), the cluster block (needs a Ray cluster; tests/cluster simulates one) and the SmolLM2 block
+(tests/reference).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -21,31 +24,47 @@ import pytest
 
 from conftest import write_jsonl
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+USAGE = ROOT / "docs" / "usage.md"
+STORE_FORMAT = ROOT / "docs" / "store-format.md"
+FIVE_MINUTES = "Your own model in five minutes"
+RUN_SECTION = "All of it from one file: `spinal run`"
 
 
-def blocks(section: str, lang: str) -> list[str]:
-    """The fenced ``lang`` blocks under the README heading ``section`` (up to the next heading of its level)."""
-    text = README.read_text()
-    head = re.search(rf"^(#+) {re.escape(section)}\s*$", text, re.M)
-    assert head, f"README has no section {section!r}"
-    level = len(head.group(1))
+def blocks(page: Path, section: str, lang: str) -> list[str]:
+    """The fenced ``lang`` blocks right under the heading ``section`` of ``page`` (up to the next heading; a `#`
+    line inside a fenced block is no heading)."""
+    text = page.read_text(encoding="utf-8")
+    head = re.search(rf"^#+ {re.escape(section)}\s*$", text, re.M)
+    assert head, f"{page.name} has no section {section!r}"
     rest = text[head.end():]
-    stop = re.search(rf"^#{{1,{level}}} ", rest, re.M)
+    unfenced = re.sub(r"^```.*?^```", lambda m: " " * len(m.group(0)), rest, flags=re.M | re.S)
+    stop = re.search(r"^#+ ", unfenced, re.M)
     body = rest[: stop.start()] if stop else rest
     return re.findall(rf"^```{lang}\n(.*?)^```", body, re.M | re.S)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, checkpoint):
-    """A user's folder: two checkpoints where the README says path/to/…, and a prompt file."""
-    d = tmp_path_factory.mktemp("readme")
+def user_folder(d: Path, checkpoint) -> Path:
+    """A user's folder: checkpoints where the docs say path/to/…, and a prompt file."""
     for name, seed in (("checkpoint", 0), ("base", 0), ("dpo-checkpoint", 1), ("dpo", 1)):
         shutil.copytree(checkpoint("llama", seed=seed), d / "path" / "to" / name)
     rows = [{"id": f"q{i}", "prompt": f"Request {i}: explain item {i * 7 % 13} kindly.", "response": f"Item {i}."}
             for i in range(16)]
     write_jsonl(d / "prompts.jsonl", rows)
     return d
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, checkpoint):
+    """The README reader's folder."""
+    return user_folder(tmp_path_factory.mktemp("readme"), checkpoint)
+
+
+@pytest.fixture(scope="module")
+def usage_dir(tmp_path_factory, checkpoint):
+    """The docs/usage.md reader's folder."""
+    return user_folder(tmp_path_factory.mktemp("usage"), checkpoint)
 
 
 def _sh(line: str, cwd: Path, monkeypatch) -> subprocess.CompletedProcess:
@@ -57,7 +76,7 @@ def _sh(line: str, cwd: Path, monkeypatch) -> subprocess.CompletedProcess:
 
     args = shlex.split(line)
     assert args[0] == "spinal", line
-    if args[1] in ("capture", "analyze"):
+    if args[1] in ("capture", "analyze", "run"):
         args.append("--no-progress")
     monkeypatch.chdir(cwd)
     r = CliRunner().invoke(app, args[1:], catch_exceptions=False)
@@ -70,62 +89,124 @@ def _lines(block: str) -> list[str]:
     return [re.sub(r"\s+#.*$", "", l).strip() for l in joined.splitlines() if l.strip() and not l.startswith("#")]
 
 
-def test_capture_block_runs_as_written(workdir, monkeypatch):
-    (block,) = blocks("Capture", "bash")
+def _script(block: str, folder: Path, workdir: Path, tail: str = "") -> subprocess.CompletedProcess:
+    """A Python block run as a script in a fresh folder that holds what the shell blocks' folder holds."""
+    folder.mkdir()
+    shutil.copy(workdir / "prompts.jsonl", folder)
+    (folder / "path").symlink_to(workdir / "path")
+    script = folder / "snippet.py"
+    script.write_text(block + tail)
+    return subprocess.run([sys.executable, str(script)], cwd=folder, capture_output=True, text=True, timeout=600)
+
+
+# --- README -----------------------------------------------------------------------------------------------------
+
+
+def test_five_minute_path_runs_as_written(workdir, monkeypatch):
+    (block,) = blocks(README, FIVE_MINUTES, "bash")
+    lines = _lines(block)
+    # bare `spinal` works only once the environment is active: the block says so before its first `spinal` line
+    assert lines[0] == "source .venv/bin/activate", lines[0]
+    assert "-m venv .venv" in (ROOT / "setup.sh").read_text()  # … and setup.sh makes that environment
+    lines = lines[1:]
+    assert [l.split()[1] for l in lines] == ["capture", "capture", "analyze", "analyze", "compare", "report"]
+    for line in lines:
+        r = _sh(line, workdir, monkeypatch)
+        assert r.returncode == 0, (line, r.stderr)
+    doc = json.loads((workdir / "cmp" / "compare.json").read_text())
+    assert [p["other"] for p in doc["pairs"]] == ["dpo"]
+    assert (workdir / "cmp" / "positions.csv").exists()  # --stores: where in the reply they differ
+    assert doc["pairs"][0]["grad_concentration"] is not None  # --weights: the per-block parameter change
+    assert "<html" in (workdir / "report" / "report.html").read_text()[:500].lower()
+
+
+def test_run_config_runs_as_written(workdir, monkeypatch):
+    """The run config as the README prints it, saved where the reader's checkpoints and prompts are, and both
+    `spinal run` lines (the second with its overrides, which run.json records)."""
+    (toml,) = blocks(README, RUN_SECTION, "toml")
+    (bash,) = blocks(README, RUN_SECTION, "bash")
+    name = re.search(r"^# (\S+\.toml)$", toml, re.M).group(1)  # the block names its file
+    (workdir / name).write_text(toml)
+    lines = _lines(bash)
+    assert [shlex.split(l)[:3] for l in lines] == [["spinal", "run", name]] * 2
+    for line in lines:
+        r = _sh(line, workdir, monkeypatch)
+        assert r.returncode == 0, (line, r.stderr)
+    out = workdir / re.search(r'^out = "([^"]+)"', toml, re.M).group(1)
+    record = json.loads((out / "run.json").read_text())
+    assert (out / "report" / "report.html").exists()
+    for item in re.findall(r"--set (\S+)", lines[1]):
+        (key, value) = item.split("=")
+        table, field = key.split(".")
+        assert str(record[table][field]) == value, (item, record[table])
+
+
+def test_notebook_block_runs_as_a_script(workdir):
+    (block,) = blocks(README, "From a notebook", "python")
+    r = _script(block, workdir / "notebook", workdir)
+    assert r.returncode == 0, r.stderr
+    assert "L_mean" in r.stdout and "d_a_lo" in r.stdout
+    report = Path(r.stdout.strip().splitlines()[-1])  # spinal.report's return value
+    assert report.name == "report.html" and (workdir / "notebook" / report).exists()
+    assert (workdir / "notebook" / "cmp" / "compare.json").exists()
+
+
+# --- docs/usage.md ----------------------------------------------------------------------------------------------
+
+
+def test_capture_block_runs_as_written(usage_dir, monkeypatch):
+    (block,) = blocks(USAGE, "Capture", "bash")
     lines = _lines(block)
     assert [l.split()[1] for l in lines] == ["capture", "capture", "capture", "inspect", "verify"]
-    r = _sh(lines[0], workdir, monkeypatch)
+    r = _sh(lines[0], usage_dir, monkeypatch)
     assert r.returncode == 0, r.stderr
-    gpu = _sh(lines[1], workdir, monkeypatch)  # --device-map auto --max-memory for two GPUs: on a CPU-only machine, refused
+    gpu = _sh(lines[1], usage_dir, monkeypatch)  # --device-map auto --max-memory for two GPUs: on a CPU-only machine, refused
     if gpu.returncode != 0:
         err = [l for l in gpu.stderr.splitlines() if l.strip()]
         assert gpu.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), gpu.stderr
         assert "Traceback" not in gpu.stderr
-        r = _sh(lines[1].split(" --device-map")[0], workdir, monkeypatch)  # the same capture without the GPU map
+        r = _sh(lines[1].split(" --device-map")[0], usage_dir, monkeypatch)  # the same capture without the GPU map
         assert r.returncode == 0, r.stderr
-    resume = lines[2].replace("…", f"path/to/checkpoint --prompts prompts.jsonl --out base.zarr")
-    r = _sh(resume, workdir, monkeypatch)
+    resume = lines[2].replace("…", "path/to/checkpoint --prompts prompts.jsonl --out base.zarr")
+    r = _sh(resume, usage_dir, monkeypatch)
     assert r.returncode == 0 and "already done" in r.stderr, r.stderr
     for line in lines[3:]:
-        r = _sh(line, workdir, monkeypatch)
+        r = _sh(line, usage_dir, monkeypatch)
         assert r.returncode == 0, (line, r.stderr)
     assert "no damage" in r.stdout  # verify's verdict
 
 
-def test_python_capture_block_runs_as_a_script(workdir):
-    (block,) = blocks("Capture", "python")
-    d = workdir / "py-capture"
-    d.mkdir()
-    shutil.copy(workdir / "prompts.jsonl", d)
-    (d / "path").symlink_to(workdir / "path")
-    script = d / "snippet.py"
-    script.write_text(block + "\nprint('logp', tuple(logp.shape), float(logp.exp().sum(-1).mean()))\n")
-    r = subprocess.run([sys.executable, str(script)], cwd=d, capture_output=True, text=True, timeout=600)
+def test_python_capture_block_runs_as_a_script(usage_dir):
+    (block,) = blocks(USAGE, "Capture", "python")
+    r = _script(block, usage_dir / "py-capture", usage_dir,
+                "\nprint('logp', tuple(logp.shape), float(logp.exp().sum(-1).mean()))\n")
     assert r.returncode == 0, r.stderr
     shape, total = r.stdout.split("(")[1].split(")")
     assert float(total) == pytest.approx(1.0, abs=1e-5)  # rows of a softmax
 
 
-def test_analyze_blocks_run_as_written(workdir, monkeypatch):
-    bash, python = blocks("Analyze, compare, report", "bash"), blocks("Analyze, compare, report", "python")
+def test_analyze_blocks_run_as_written(usage_dir, monkeypatch):
+    bash, python = blocks(USAGE, "Analyze, compare, report", "bash"), blocks(USAGE, "Analyze, compare, report", "python")
     lines = [l for l in _lines(bash[0]) if not l.startswith("spinal run")]
-    assert [l.split()[1] for l in lines] == ["analyze", "analyze", "compare"]
-    assert (workdir / "base.zarr").exists() and (workdir / "dpo.zarr").exists(), "run the capture block first"
+    assert [l.split()[1] for l in lines] == ["analyze", "analyze", "compare", "report"]
+    assert (usage_dir / "base.zarr").exists() and (usage_dir / "dpo.zarr").exists(), "run the capture block first"
     for line in lines:
-        r = _sh(line, workdir, monkeypatch)
+        r = _sh(line, usage_dir, monkeypatch)
         assert r.returncode == 0, (line, r.stderr)
-    assert (workdir / "cmp" / "compare.json").exists()
-    script = workdir / "snippet_analyze.py"
-    script.write_text(python[0].replace('out="traces/', 'out="py-traces/'))
-    r = subprocess.run([sys.executable, str(script)], cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert (usage_dir / "cmp" / "compare.json").exists()
+    assert (usage_dir / "report" / "report.html").exists()
+    script = usage_dir / "snippet_analyze.py"
+    script.write_text(python[0])
+    r = subprocess.run([sys.executable, str(script)], cwd=usage_dir, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "d_a_lo" in r.stdout and "L_mean" in r.stdout
 
 
-def test_store_format_block_runs_as_written(workdir):
-    (block,) = blocks("The store format (for other tools)", "python")
-    script = workdir / "snippet_store.py"
+def test_store_format_block_runs_as_written(usage_dir):
+    (block,) = blocks(STORE_FORMAT, "The store format (for other tools)", "python")
+    assert (usage_dir / "base.zarr").exists(), "run the capture block first"
+    script = usage_dir / "snippet_store.py"
     script.write_text(block + "\nprint(h.dtype, h.shape)\n")
-    r = subprocess.run([sys.executable, str(script)], cwd=workdir, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, str(script)], cwd=usage_dir, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "float32"

@@ -28,7 +28,7 @@ DEFINITIONS = {
     "delta_align": "terminal Δa − ΔL (METHOD's Δ_align; key delta_align): mean_T Δa − mean_T ΔL over the terminal "
     "window T (for L: the steps ℓ−1→ℓ that arrive in T, so the window is defined at any depth). Named for what it "
     "measures: on the known answers it falls as healthy DPO progresses (ΔL grows faster than Δa) and jumps "
-    "positive at a collapse, so larger is not 'more aligned' (README, Destabilization)",
+    "positive at a collapse, so larger is not 'more aligned' (docs/results/destabilization.md)",
     "coherence": "terminal smoothness (METHOD's trajectory coherence; key coherence): 1 / (1 + mean_T κ), "
     "κ_ℓ = ‖x_{ℓ+1} − 2x_ℓ + x_{ℓ−1}‖ of the curve x_ℓ = (ℓ/n, z(a_ℓ), z(L_ℓ)). It measures how straight the "
     "standardized depth curve runs through the terminal window; on the known answers it does not rank the "
@@ -37,7 +37,7 @@ DEFINITIONS = {
     "destabilized": "training series, in training order: a checkpoint's step from the one before (RMS change of "
     "the a profile, of the L profile, or |Δ path length|) is more than jump_factor times the median of the same "
     "step over the earlier checkpoints that were not flagged, and beyond 3 of its own standard errors "
-    "(analyze/compare/stability.py; step_*, step_*_se, step_*_ratio). Validated on the known answers (README)",
+    "(analyze/compare/stability.py; step_*, step_*_se, step_*_ratio). Validated on the known answers (docs/results/destabilization.md)",
     "method_rule": "docs/method.md §4's wording, kept beside the flag for comparison: against the best value of the "
     "earlier checkpoints after the reference, the terminal a gain falls, the terminal ΔL rises, or coherence "
     "drops by more than its null spread. On the known answers it flags healthy DPO steps and misses the reference family's collapse",

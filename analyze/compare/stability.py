@@ -3,7 +3,7 @@
 A series of checkpoints of one run, in training order, is read as a walk through trace space. Each save moves
 the depth profile of a and of L by some amount (its *step*). While DPO trains normally the steps shrink or hold
 (the loss saturates); when the run breaks, the step jumps. The rule (issue 16, validated on the known answers
-in README "Destabilization"): a checkpoint is flagged when one of its steps is more than ``factor`` times the
+in docs/results/destabilization.md): a checkpoint is flagged when one of its steps is more than ``factor`` times the
 median of the same step over the earlier checkpoints that were not flagged (the run's own healthy steps), and
 beyond ``z`` of its own standard errors (so a stalled run's noise does not count as a jump).
 

@@ -165,6 +165,6 @@ def series_table(s: pd.DataFrame, factor: float | None = None) -> str:
             f"layers, of the L profile over steps, and the change of path length Σ L); × typical: the step over the "
             f"median of the same step among the earlier unflagged checkpoints. Flagged when a ratio exceeds "
             f"{f'{factor:g}' if factor is not None else 'jump_factor'} and the step is beyond {NOISE_Z:g} standard "
-            "errors (README, Destabilization); highlighted: the ratios that flagged it. The METHOD §4 wording is "
+            "errors (docs/results/destabilization.md); highlighted: the ratios that flagged it. The METHOD §4 wording is "
             "shown for comparison; on the known answers it flags healthy steps and misses the family's collapse.</p>")
     return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>{note}'

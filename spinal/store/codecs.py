@@ -2,7 +2,7 @@
 
 Plain zarr reads every one of them: the codec chain is in the array's own metadata. The name is
 recorded in the store's attributes (``codec``) so a reader and the planner can say what a store
-cost to write. Measured on real activations by ``benchmarks/bench_write.py`` (README, "Store writes").
+cost to write. Measured on real activations by ``benchmarks/bench_write.py`` (docs/benchmarks.md, "Store writes").
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ DEFAULT_CODEC = "zstd-1"
 
 def check_codec(name: str) -> str:
     if name not in CODECS:
-        raise InputError(f"codec={name!r}; choose one of {', '.join(CODECS)} (README, 'Store writes', compares them)")
+        raise InputError(f"codec={name!r}; choose one of {', '.join(CODECS)} (docs/benchmarks.md, 'Store writes', compares them)")
     return name
 
 

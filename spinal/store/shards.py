@@ -4,7 +4,7 @@ A unit owns whole shards (``spinal.store.layout``), so writing one never reads a
 chunks, each through the array's own codec objects (zarr's, so the bytes are zarr's), then a crc32c, then the
 sharding codec's index (uint64 offset and length per chunk, its own crc32c) at the end. Zarr's write pipeline does
 the same work with several copies and a Python step per chunk: measured on real activations it wrote 0.22–0.50
-GiB/s per core where the codec alone runs at 0.5–3 GiB/s (README, "Store writes"). Here the codec and checksum
+GiB/s per core where the codec alone runs at 0.5–3 GiB/s (docs/benchmarks.md, "Store writes"). Here the codec and checksum
 calls release the GIL, so threads scale with cores, and a local shard goes to its file through a temporary name and
 a rename, as zarr writes.
 
@@ -12,14 +12,14 @@ Encoding and writing are two stages (``ShardWriter.write_block``): the caller's 
 writer's own hand the encoded shards to the disk. An ``O_DIRECT`` write sleeps until the disk has the bytes (on the
 test machine ~0.6 of its ~0.8 s/GiB); when the encoding thread wrote its own shards, its core idled that long, and
 one writer thread ran at about half the codec's speed. With the stages apart it runs at 0.7–0.8 of the codec's GiB
-per CPU-second (README, "Store writes").
+per CPU-second (docs/benchmarks.md, "Store writes").
 
 A local shard is written with ``O_DIRECT`` where the file system takes it (``direct``, the capture's default): the
 pieces are copied into a reused page-aligned buffer (a memcpy, ~1 ms for an 8 MiB shard) and go to the disk
 without passing through the page cache. A store grows by gigabytes the page cache would have to find fresh pages
 for; on the test machine that has cost more than the compression (in one run a store growing by three units took
 0.47 GiB/s of float32 through the page cache and 0.70 with ``O_DIRECT``, zstd-1 on two threads; in a later run the
-page cache was ahead, 0.82 against 0.64, and capture itself was as fast or faster with ``O_DIRECT``: README,
+page cache was ahead, 0.82 against 0.64, and capture itself was as fast or faster with ``O_DIRECT``: docs/benchmarks.md,
 "Store writes"). Where
 ``O_DIRECT`` is refused (tmpfs, some network file systems, macOS), the shard is written with one buffered
 ``writev`` of its pieces instead.
@@ -148,7 +148,7 @@ class ShardWriter:
 
         Two stages: ``pool``'s threads (None: this thread) encode shards, and as many threads of their own (at
         least ``MIN_IO_THREADS``) write them. A thread that writes with ``O_DIRECT`` sleeps until the disk has the
-        bytes, so writes in the encoding threads left their cores idle for that time (README, "Store writes");
+        bytes, so writes in the encoding threads left their cores idle for that time (docs/benchmarks.md, "Store writes");
         here the encoders go on with the next shards meanwhile. At most ``encoders + 2 × writers`` encoded shards
         wait in memory. After the first error no further shard is started; the call returns (or raises that
         error) only once every shard started is written or has failed, so a unit is never marked done over a
@@ -215,7 +215,7 @@ class ShardWriter:
             raise error
 
 
-MIN_IO_THREADS = 2  # one O_DIRECT write at a time kept two encoders waiting on this VM's disk (README, "Store writes")
+MIN_IO_THREADS = 2  # one O_DIRECT write at a time kept two encoders waiting on this VM's disk (docs/benchmarks.md, "Store writes")
 ALIGN = 4096  # O_DIRECT's alignment of buffer address, file offset and length (the largest logical block size)
 _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)  # what a file system says when it does not take O_DIRECT
 _free: list[mmap.mmap] = []  # page-aligned scratch buffers, reused from shard to shard and call to call

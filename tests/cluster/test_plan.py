@@ -328,15 +328,15 @@ def test_reserve_larger_than_the_gpu_is_refused(llama8):
         plan(PlanConfig(model="llama-3-8b", gpu_memory_gib=4, headroom_gib=4), llama8)
 
 
-def test_readme_shows_the_planners_current_output():
-    """The README's Llama-3-70B plan is what `spinal plan` prints today (no hand-copied numbers)."""
+def test_cluster_doc_shows_the_planners_current_output():
+    """The Llama-3-70B plan in docs/cluster.md is what `spinal plan` prints today (no hand-copied numbers)."""
     from pathlib import Path
 
     from typer.testing import CliRunner
 
     from spinal.cli.app import app
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "docs" / "cluster.md").read_text()
     block = readme.split("<!-- plan:llama-3-70b -->")[1].split("<!-- /plan:llama-3-70b -->")[0]
     shown = block.strip().removeprefix("```").removesuffix("```").strip()
     r = CliRunner().invoke(app, ["plan", "llama-3-70b", "--nodes", "2", "--gpus-per-node", "8",
