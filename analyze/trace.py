@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from spinal.analyze.contraction import calibration
-from spinal.analyze.contraction.layer_spectrum import LayerSpectrum, layer_spectrum, pool
+from spinal.analyze.contraction.layer_spectrum import LayerSpectrum, Replicates, layer_spectrum, paired_replicates, pool
 from spinal.analyze.transport.lens_pass import (LensPartial, extension_order, lens_pass, selected_tokens, token_ranges,
                                       token_subsample)
 from spinal.analyze.transport.lens_size import GROWTH, cluster_se, grow
@@ -73,11 +73,14 @@ class Trace:
         rep = other.boot - self.boot
         if not (rep.size and self.jackknife.size and self.jackknife.shape == other.jackknife.shape):
             return rep
-        d_a = other.table["a"].to_numpy() - self.table["a"].to_numpy()
-        k_a, k_b = self.table["kappa"].to_numpy(), other.table["kappa"].to_numpy()
         groups = int(self.meta.get("blocks_used") or 0)
-        return np.stack([calibration.paired(rep[i], d_a[i], self.jackknife[i], other.jackknife[i], k_a[i], k_b[i],
-                                            groups) for i in range(rep.shape[0])])
+        return np.stack([paired_replicates(self.replicates(i), other.replicates(i), groups)
+                         for i in range(rep.shape[0])])
+
+    def replicates(self, i: int) -> Replicates:
+        """Row ``i``'s â, bootstrap replicates, leave-one-out values and κ, as ``paired_boot`` pairs them."""
+        return Replicates(self.table["a"].to_numpy()[i], self.boot[i], self.jackknife[i],
+                          self.table["kappa"].to_numpy()[i])
 
     def save(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the trace folder whole or not at all (temporary sibling, swapped in)."""

@@ -397,8 +397,8 @@ def stages(store_path: str, tokens: int, dtype: str = "float32", codec: str = "z
             s.shard_writer.encode_shard(x)  # dropped at once: a list of them would cost fresh pages each time
 
     def serial(s):
-        for job in shards_of(s):
-            s.shard_writer.write_shard(*job)
+        for li, k, x in shards_of(s):  # the two stages of ShardWriter.write_block, one after the other
+            s.shard_writer.put(li, k, s.shard_writer.encode_shard(x))
 
     runs = {"encode only (ShardWriter.encode_shard)": encode_only,
             "encode, then write, in one thread": serial,

@@ -59,9 +59,6 @@ class CaptureActor:
         meta["pid"] = os.getpid()
         return meta
 
-    def ping(self) -> int:
-        return os.getpid()
-
 
 def user_error(e: BaseException) -> SpinalError | None:
     """The SpinalError inside a Ray task error, if that is what failed."""

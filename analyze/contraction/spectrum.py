@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from spinal.analyze.contraction.moments import GramResult
-from spinal.dtypes import TABLE, canonical, half_ulp
+from spinal.dtypes import half_ulp
 
 
 # A ratio σ_k/σ_{k+1} above SPIKE_GAP marks σ_1..σ_k as spikes. An unbroken power law gives
@@ -48,14 +48,6 @@ def singular_values(eigenvalues: np.ndarray) -> np.ndarray:
     """σ = √λ, descending, with rounding negatives clipped to 0."""
     ev = np.asarray(eigenvalues, dtype=np.float64)
     return np.sqrt(np.clip(np.sort(ev)[::-1], 0.0, None))
-
-
-def storage_name(storage_dtype: Any) -> str:
-    """Canonical name ("bfloat16", "float16", "float32", "float64") of a dtype, dtype name or alias."""
-    name = canonical(storage_dtype)
-    if name is None:
-        raise ValueError(f"storage_dtype {storage_dtype!r} unknown; expected one of {sorted(TABLE)}")
-    return name
 
 
 def count_spikes(sv: np.ndarray) -> int:

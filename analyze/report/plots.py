@@ -11,7 +11,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.text import Text
 
 from spinal.analyze.compare.comparison import LEVEL, Comparison, counts
 from spinal.analyze.trace import Trace
@@ -231,90 +230,6 @@ def draw_curve(traces: Sequence[Trace]) -> Figure:
 def plot_curve(traces: Sequence[Trace], path: str | Path) -> Path:
     """The (L, a) depth trajectory of each checkpoint (see draw_curve), saved as a PNG."""
     return _save(draw_curve(traces), path)
-
-
-def _drawn_texts(fig: Figure, renderer) -> list:
-    """Every text artist ``fig`` draws, once each: tick labels only at ticks inside the view (matplotlib keeps
-    stale ticks beyond it, undrawn), everything else when visible and non-empty."""
-    ticks, drawn = set(), []
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            lo, hi = sorted(axis.get_view_interval())
-            tol = 1e-9 * max(abs(lo), abs(hi), 1.0)
-            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
-                for lab in (tick.label1, tick.label2):
-                    ticks.add(id(lab))
-                    if tick.get_visible() and lab.get_visible() and lo - tol <= tick.get_loc() <= hi + tol:
-                        drawn.append(lab)
-    seen = set(ticks)
-    for art in fig.findobj(Text):  # Text artists only: a legend's TextArea wraps one of them
-        if id(art) in seen:
-            continue
-        seen.add(id(art))
-        drawn.append(art)
-    return [a for a in drawn if a.get_visible() and str(a.get_text()).strip()]
-
-
-def overlapping_texts(fig: Figure, pad: float = 0.5) -> list[tuple[str, str]]:
-    """Pairs of texts of ``fig`` (titles, labels, tick labels, legend entries, annotations) whose drawn boxes
-    overlap by more than ``pad`` pixels each way, after a draw: what a reader would see as text on text."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    renderer = canvas.get_renderer()
-    boxes = [(a.get_window_extent(renderer), str(a.get_text())) for a in _drawn_texts(fig, renderer)]
-    out = []
-    for i in range(len(boxes)):
-        for j in range(i + 1, len(boxes)):
-            a, b = boxes[i][0], boxes[j][0]
-            if min(a.x1, b.x1) - max(a.x0, b.x0) > pad and min(a.y1, b.y1) - max(a.y0, b.y0) > pad:
-                out.append((boxes[i][1], boxes[j][1]))
-    return out
-
-
-def draw_spectrum(trace: Trace, layer: int) -> Figure:
-    """Log-log σ_k against k for one layer with the fit window shaded, the fitted slope −a and the spikes marked."""
-    if layer not in trace.spectra:
-        raise InputError(f"trace {trace.label!r} holds no spectrum for layer {layer}; "
-                         f"it has layers {sorted(trace.spectra)}")
-    sv = np.asarray(trace.spectra[layer], dtype=np.float64)
-    rows = trace.table[trace.table["layer"] == layer]
-    if rows.empty:
-        raise InputError(f"trace {trace.label!r} has no table row for layer {layer}")
-    row = rows.iloc[0]
-    fig = Figure(figsize=(7.5, 5.2))
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.1, top=0.89)  # fixed margins: 8 of these per report
-    ax = fig.subplots()
-    pos = sv > 0
-    k = np.arange(1, sv.size + 1)
-    ax.loglog(k[pos], sv[pos], ".", color="#1f77b4", ms=3.5, label="σ_k (centered)")
-    spikes = int(row["spikes"]) if np.isfinite(row["spikes"]) else 0
-    if spikes:
-        ax.loglog(k[:spikes], sv[:spikes], "o", mfc="none", mec=BAD_COLOR, ms=10, mew=1.8,
-                  label=f"{spikes} spike(s), excluded (top-1 share {row['top1_share']:.2f})")
-    a, k_lo, k_hi = (float(row[c]) for c in ("a", "k_lo", "k_hi"))
-    if all(math.isfinite(v) for v in (a, k_lo, k_hi)) and 1 <= k_lo < k_hi <= sv.size:
-        ax.axvspan(k_lo, k_hi, color="#2ca02c", alpha=0.12, lw=0, label=f"fit window k = {k_lo:.0f}…{k_hi:.0f}")
-        kk, fitted = fit_line(sv, a, int(k_lo), int(k_hi), spikes)
-        ci = f" [{row['a_lo']:.3f}, {row['a_hi']:.3f}]" if math.isfinite(row["a_lo"]) else ""
-        ax.loglog(kk, fitted, "-", color=BAD_COLOR, lw=2.2,
-                  label=f"fit: slope −a, a = {a:.3f}{ci}, R² = {row['r2']:.3f}")
-    fr = float(row["floor_rank"])
-    if math.isfinite(fr) and 1 <= fr <= sv.size:
-        ax.axvline(fr, color="grey", ls=":", lw=1.2, label=f"storage noise-floor rank {fr:.0f}")
-    ax.legend(fontsize=8, loc="lower left")
-    ax.set_title(f"{text(trace.label)} · layer {layer} · status {row['status']}\n"
-                 f"singular values; {A_NAME}", fontsize=10)
-    ax.set_xlabel("rank k (1 = largest singular value)")
-    ax.set_ylabel("singular value σ_k of centered H_ℓ")
-    ax.grid(alpha=0.3, which="major")
-    return fig
-
-
-def plot_spectrum(trace: Trace, layer: int, path: str | Path) -> Path:
-    """Log-log σ_k against k for one layer with the fit window shaded, the fitted slope −a and the spikes marked (see draw_spectrum), saved as a PNG."""
-    return _save(draw_spectrum(trace, layer), path)
 
 
 def draw_spectra(traces: Sequence[Trace], layer: int) -> Figure:

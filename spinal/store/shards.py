@@ -125,10 +125,6 @@ class ShardWriter:
     def key(self, layer_index: int, shard_index: int) -> str:
         return self.array.metadata.encode_chunk_key((layer_index, shard_index, 0))
 
-    def write_shard(self, layer_index: int, shard_index: int, shard: np.ndarray, direct: bool = True) -> None:
-        """Encode and write one shard in this thread (``write_block`` overlaps the two for many shards)."""
-        self.put(layer_index, shard_index, self.encode_shard(shard), direct)
-
     def put(self, layer_index: int, shard_index: int, pieces: list, direct: bool = True) -> None:
         """Write one encoded shard (``encode_shard``'s pieces) to its file, or through zarr's store API."""
         key = self.key(layer_index, shard_index)

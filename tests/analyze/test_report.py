@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from overlaps import drawn_texts, overlapping_texts
 from spinal.analyze.report import plots
 from spinal.analyze.compare.paired import compare
 from spinal.analyze.compare.comparison import DEFINITIONS, Comparison, PairComparison
@@ -219,7 +220,6 @@ traces, comparison = pickle.loads(Path(sys.argv[1]).read_bytes())
 out = Path(sys.argv[2])
 plots.plot_depth(traces, out / "depth.png")
 plots.plot_curve(traces, out / "curve.png")
-plots.plot_spectrum(traces[0], 5, out / "spectrum.png")
 plots.plot_spectra(traces, 5, out / "spectra.png")
 plots.plot_deltas(comparison, out / "deltas.png")
 plots.plot_series(comparison, out / "series.png")
@@ -237,7 +237,7 @@ def test_plots_leave_no_pyplot_state(tmp_path, traces, comparison):
     r = subprocess.run([sys.executable, "-c", _DRAW_EVERY_PLOT, str(tmp_path / "inputs.pkl"), str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert len(list(tmp_path.glob("*.png"))) == 6
+    assert len(list(tmp_path.glob("*.png"))) == 5
     assert r.stdout.strip() == "pyplot imported: False"
 
 
@@ -300,12 +300,12 @@ def _many_checkpoints() -> tuple[list[Trace], Comparison]:
 def test_no_text_overlaps_its_neighbour_in_any_figure(case, traces, comparison):
     trs, comp = (traces, comparison) if case == "fixture" else _many_checkpoints()
     figures = {"depth": plots.draw_depth(trs), "deltas": plots.draw_deltas(comp), "curve": plots.draw_curve(trs),
-               "spectra": plots.draw_spectra(trs, 12), "spectrum": plots.draw_spectrum(trs[0], 5)}
+               "spectra": plots.draw_spectra(trs, 12)}
     if comp.series is not None:
         figures["series"] = plots.draw_series(comp)
     for name, fig in figures.items():
-        assert plots.overlapping_texts(fig) == [], name
-        assert len(plots._drawn_texts(fig, None)) >= 8, name  # tick labels and titles were seen at all
+        assert overlapping_texts(fig) == [], name
+        assert len(drawn_texts(fig)) >= 8, name  # tick labels and titles were seen at all
 
 
 def test_the_overlap_check_sees_text_on_text():
@@ -315,7 +315,7 @@ def test_the_overlap_check_sees_text_on_text():
     ax = fig.subplots()
     ax.text(0.5, 0.5, "ℓ=11 dpo-step0075")
     ax.text(0.52, 0.5, "ℓ=11 dpo-step0200")
-    assert ("ℓ=11 dpo-step0075", "ℓ=11 dpo-step0200") in plots.overlapping_texts(fig)
+    assert ("ℓ=11 dpo-step0075", "ℓ=11 dpo-step0200") in overlapping_texts(fig)
 
 
 def test_small_multiples_keep_each_pair_on_its_own_scale(comparison):
