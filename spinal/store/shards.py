@@ -150,58 +150,12 @@ class ShardWriter:
         error) only once every shard started is written or has failed, so a unit is never marked done over a
         missing shard.
         """
-        n_layer, n_tok, _ = block.shape
-        if token_start % self.t_shard or n_tok % self.t_shard:
-            raise ValueError(f"tokens {token_start}+{n_tok} are not whole shards of {self.t_shard}")
-        first = token_start // self.t_shard
-        jobs = [(li, first + s, block[li, s * self.t_shard : (s + 1) * self.t_shard])
-                for li in range(n_layer) for s in range(n_tok // self.t_shard)]
+        jobs = self._jobs(token_start, block)
         encoders = 1 if pool is None else getattr(pool, "_max_workers", os.cpu_count() or 1)
         writers = max(MIN_IO_THREADS, encoders)  # they sleep on the disk: as many as encoders keep it busy
-        slots = threading.Semaphore(encoders + 2 * writers)  # encoded shards in memory, not yet written
-        failed = threading.Event()
-
-        def write(li: int, s: int, pieces: list) -> None:
-            try:
-                if not failed.is_set():
-                    self.put(li, s, pieces, direct)
-            except BaseException:
-                failed.set()
-                raise
-            finally:
-                slots.release()
-
-        def encode(li: int, s: int, shard: np.ndarray) -> Future | None:
-            slots.acquire()
-            if failed.is_set():
-                slots.release()
-                return None
-            try:
-                return io.submit(write, li, s, self.encode_shard(shard))
-            except BaseException:
-                failed.set()
-                slots.release()
-                raise
-
-        error, writes = None, []
         with ThreadPoolExecutor(writers, thread_name_prefix="spinal-io") as io:
-            if pool is None:
-                for job in jobs:
-                    try:
-                        write_future = encode(*job)
-                    except BaseException as e:  # noqa: BLE001 - raised below, once every write has stopped
-                        error = e
-                        break
-                    if write_future is None:  # a write failed: no further shard
-                        break
-                    writes.append(write_future)
-            else:
-                for f in [pool.submit(encode, *job) for job in jobs]:
-                    try:
-                        if (write_future := f.result()) is not None:
-                            writes.append(write_future)
-                    except BaseException as e:  # noqa: BLE001 - the first error is raised once all have stopped
-                        error = error or e
+            stages = _Stages(self, io, encoders + 2 * writers, direct)
+            writes, error = stages.encode_here(jobs) if pool is None else stages.encode_in(pool, jobs)
             for f in writes:  # every shard finishes (or fails) before the unit can be marked done
                 try:
                     f.result()
@@ -209,6 +163,72 @@ class ShardWriter:
                     error = error or e
         if error is not None:
             raise error
+
+    def _jobs(self, token_start: int, block: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        """(layer index, shard index, shard) of every shard of ``block``, refused unless it is whole shards."""
+        n_layer, n_tok, _ = block.shape
+        if token_start % self.t_shard or n_tok % self.t_shard:
+            raise ValueError(f"tokens {token_start}+{n_tok} are not whole shards of {self.t_shard}")
+        first = token_start // self.t_shard
+        return [(li, first + s, block[li, s * self.t_shard : (s + 1) * self.t_shard])
+                for li in range(n_layer) for s in range(n_tok // self.t_shard)]
+
+
+class _Stages:
+    """One ``write_block`` call's two stages: each shard encoded in the caller's threads goes to a writer thread
+    of ``io``; at most ``slots`` encoded shards wait in memory, and after the first error no further shard starts."""
+
+    def __init__(self, writer: ShardWriter, io: Executor, slots: int, direct: bool):
+        self.writer, self.io, self.direct = writer, io, direct
+        self.slots = threading.Semaphore(slots)  # encoded shards in memory, not yet written
+        self.failed = threading.Event()
+
+    def write(self, li: int, s: int, pieces: list) -> None:
+        try:
+            if not self.failed.is_set():
+                self.writer.put(li, s, pieces, self.direct)
+        except BaseException:
+            self.failed.set()
+            raise
+        finally:
+            self.slots.release()
+
+    def encode(self, li: int, s: int, shard: np.ndarray) -> Future | None:
+        """Encode one shard and hand it to a writer; None (nothing started) once a shard has failed."""
+        self.slots.acquire()
+        if self.failed.is_set():
+            self.slots.release()
+            return None
+        try:
+            return self.io.submit(self.write, li, s, self.writer.encode_shard(shard))
+        except BaseException:
+            self.failed.set()
+            self.slots.release()
+            raise
+
+    def encode_here(self, jobs: list) -> tuple[list[Future], BaseException | None]:
+        """Encode the shards in this thread, in order, up to the first error; the writes started, and that error."""
+        writes = []
+        for job in jobs:
+            try:
+                write_future = self.encode(*job)
+            except BaseException as e:  # noqa: BLE001 - raised by write_block, once every write has stopped
+                return writes, e
+            if write_future is None:  # a write failed: no further shard
+                break
+            writes.append(write_future)
+        return writes, None
+
+    def encode_in(self, pool: Executor, jobs: list) -> tuple[list[Future], BaseException | None]:
+        """Encode the shards in ``pool``'s threads; the writes started, and the first error."""
+        error, writes = None, []
+        for f in [pool.submit(self.encode, *job) for job in jobs]:
+            try:
+                if (write_future := f.result()) is not None:
+                    writes.append(write_future)
+            except BaseException as e:  # noqa: BLE001 - raised by write_block, once every write has stopped
+                error = error or e
+        return writes, error
 
 
 MIN_IO_THREADS = 2  # one O_DIRECT write at a time kept two encoders waiting on this VM's disk (README, "Store writes")
