@@ -35,7 +35,8 @@ from common import machine, publish  # noqa: E402
 from spinal.analyze.contraction import calibration  # noqa: E402
 from spinal.analyze.contraction.layer_spectrum import Replicates, paired_replicates, spectrum_of  # noqa: E402
 from spinal.analyze.contraction.moments import draw_blocks, resample  # noqa: E402
-from spinal.analyze.contraction.spectrum import fit_gram, t_interval  # noqa: E402
+from spinal.analyze.contraction.intervals import t_interval  # noqa: E402
+from spinal.analyze.contraction.spectrum import fit_gram  # noqa: E402
 
 PREVIOUS_CALLS = 200 + 2 * 8  # v0.1's replicate solves besides the two fits: 200 bootstrap + 2 × 8 split halves
 

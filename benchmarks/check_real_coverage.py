@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from spinal.analyze.contraction.gram import GramAccumulator
 from spinal.analyze.contraction.layer_spectrum import Replicates, paired_replicates, pool, spectrum_of
-from spinal.analyze.contraction.spectrum import replicate_se
+from spinal.analyze.contraction.intervals import replicate_se
 from spinal.store.contract import Store
 
 CORPUS = Path(__file__).resolve().parent.parent / "reference" / "corpus" / "python_docs.txt"

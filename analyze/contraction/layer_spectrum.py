@@ -15,7 +15,9 @@ from spinal.analyze.contraction.gram import GramAccumulator
 from spinal.analyze.contraction.influence import bootstrap_weights, eigen, half_weights
 from spinal.analyze.contraction.moments import GramResult
 from spinal.analyze.seeds import Purpose, rng
-from spinal.analyze.contraction.spectrum import SpectrumFit, fit_gram, fit_replicates, replicate_se, singular_values
+from spinal.analyze.contraction.intervals import replicate_se
+from spinal.analyze.contraction.slopes import fit_replicates
+from spinal.analyze.contraction.spectrum import SpectrumFit, fit_gram, singular_values
 from spinal.store.contract import Store
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from spinal.analyze.compare.aggregates import nanmean, steps_into
 from spinal.analyze.compare.comparison import Comparison, PairComparison, counts
 from spinal.analyze.compare.stability import largest_ratio
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace_format import Trace
 from spinal.text import ranges
 
 SPREAD = 0.75  # a change beyond the noise at this share of layers or more is "throughout depth"

@@ -10,7 +10,7 @@ import synthetic
 from spinal.analyze.contraction.influence import eigen
 from spinal.analyze.contraction.layer_spectrum import LayerSpectrum, Replicates, paired_replicates, spectrum_of
 from spinal.analyze.contraction.moments import GramResult, GramStats
-from spinal.analyze.contraction.spectrum import t_interval
+from spinal.analyze.contraction.intervals import t_interval
 
 
 def _data(n=600, d=24, blocks=6, seed=0):
