@@ -97,12 +97,12 @@ class AnalyzeConfig:
     null_splits: int = option("random split-halves per layer for the null spread of Δα", 8)
     calibration_sims: int = option(
         "simulated layers per trace, spread over its layers (≥ 2 each), that calibrate the exact jackknife SE of a "
-        "where a layer holds ≤ 8·d tokens (there first-order replicates understate sd(a) by up to 1.4× on real layers); "
+        "where a layer holds ≤ 8·d tokens (there first-order replicates understate sd(a): docs/intervals.md); "
         "each costs a Gram pass and 1 + blocks eigvalsh; 0 = the jackknife alone (conservative)", 96)
     seed: int = option("seed of the bootstrap draws and the lens token subsample", 0)
-    lens_tokens: int = option("tokens for the transport pass (seeded subsample; 0 = all). 12288 keep each step's "
-                              "mean L within 1 % of the L curve's spread on the reference family (8192 left 1.1 %); "
-                              "trace.json L_precision says what a run got", 12288)
+    lens_tokens: int = option("tokens for the transport pass (seeded subsample; 0 = all); the default keeps each "
+                              "step's mean L within 1 % of the L curve's spread on the reference family "
+                              "(docs/benchmarks.md); trace.json L_precision says what a run got", 12288)
     lens_precision: float = option(
         "grow the lens subsample beyond --lens-tokens (the pilot) until every step's mean L is uncertain by at most "
         "this share of the L curve's spread (standard error over the SD of the step means; ≤ 3 rounds, each ≤ 4× "

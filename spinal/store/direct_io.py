@@ -1,15 +1,10 @@
 """A file written whole or not at all, through a temporary name and a rename, with ``O_DIRECT`` past the page cache
 where the file system takes it.
 
-A shard file is written with ``O_DIRECT`` where the file system takes it (``direct``, the capture's default): the
-pieces are copied into a reused page-aligned buffer (a memcpy, ~1 ms for an 8 MiB shard) and go to the disk
-without passing through the page cache. A store grows by gigabytes the page cache would have to find fresh pages
-for; on the test machine that has cost more than the compression (in one run a store growing by three units took
-0.47 GiB/s of float32 through the page cache and 0.70 with ``O_DIRECT``, zstd-1 on two threads; in a later run the
-page cache was ahead, 0.82 against 0.64, and capture itself was as fast or faster with ``O_DIRECT``: README,
-"Store writes"). Where
-``O_DIRECT`` is refused (tmpfs, some network file systems, macOS), the shard is written with one buffered
-``writev`` of its pieces instead.
+With ``direct`` (the capture's default) the pieces are copied into a reused page-aligned buffer and go to the disk
+without the page cache, which a store growing by gigabytes would otherwise keep finding fresh pages in (measured in
+docs/benchmarks.md, "Store writes"). Where ``O_DIRECT`` is refused (tmpfs, some network file systems, macOS), the
+file is written with one buffered ``writev`` of its pieces instead.
 """
 
 from __future__ import annotations

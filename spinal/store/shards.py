@@ -2,17 +2,13 @@
 
 A unit owns whole shards (``spinal.store.layout``), so writing one never reads anything back: each shard is its inner
 chunks, each through the array's own codec objects (zarr's, so the bytes are zarr's), then a crc32c, then the
-sharding codec's index (uint64 offset and length per chunk, its own crc32c) at the end. Zarr's write pipeline does
-the same work with several copies and a Python step per chunk: measured on real activations it wrote 0.22–0.50
-GiB/s per core where the codec alone runs at 0.5–3 GiB/s (README, "Store writes"). Here the codec and checksum
-calls release the GIL, so threads scale with cores, and a local shard goes to its file through a temporary name and
-a rename, as zarr writes.
+sharding codec's index (uint64 offset and length per chunk, its own crc32c) at the end. Encoding and writing are
+two stages (``ShardWriter.write_block``): the caller's threads encode, threads of the writer's own hand the encoded
+shards to the disk (``spinal.store.direct_io``).
 
-Encoding and writing are two stages (``ShardWriter.write_block``): the caller's threads encode, threads of the
-writer's own hand the encoded shards to the disk. An ``O_DIRECT`` write sleeps until the disk has the bytes (on the
-test machine ~0.6 of its ~0.8 s/GiB); when the encoding thread wrote its own shards, its core idled that long, and
-one writer thread ran at about half the codec's speed. With the stages apart it runs at 0.7–0.8 of the codec's GiB
-per CPU-second (README, "Store writes").
+Why not zarr's own write pipeline: its copies and per-chunk Python step keep it well below the codec's speed, while
+the codec and checksum calls here release the GIL and scale with threads, and a writer thread asleep on the disk no
+longer idles an encoding core (measured in docs/benchmarks.md, "Store writes").
 
 Plain zarr reads what this writes; ``tests/capture/test_shards.py`` checks the files are byte-identical to zarr's
 for every codec and dtype. Any layout this does not know (another index location, a chunk codec other than
