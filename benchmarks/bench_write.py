@@ -252,7 +252,7 @@ PAIRED_REPS = 6  # even: each order of the thread counts runs equally often (two
 def floor_gib_s(stored: np.ndarray, tmp: str) -> dict:
     """memcpy, and plain writes of the same bytes as ``UNITS`` new files in the same folder, kept until the last is
     written as a store's shards are: through the page cache (write(2), no fsync; zarr does not fsync either) and
-    with O_DIRECT (from one page-aligned copy, as spinal/store/shards.py writes)."""
+    with O_DIRECT (from one page-aligned copy, as spinal/store/direct_io.py writes)."""
     import mmap
     import shutil
 

@@ -109,7 +109,7 @@ class SpectrumFit:
     spikes: int  # leading values excluded as spikes (count_spikes)
     floor_rank: int  # last rank above FLOOR_MULTIPLE × noise floor
     top1_share: float  # σ₁² / Σσ², the top-1 variance share
-    status: str  # "ok", "poor-fit" or "too-few-ranks" (trace.py adds "curved", from the bootstrap of curvature)
+    status: str  # "ok", "poor-fit" or "too-few-ranks" (trace_table.py adds "curved", from the bootstrap of curvature)
     curvature: float = math.nan  # a of the window's upper half − a of its lower half (see ``curvature``)
 
 
