@@ -3,138 +3,37 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
 import platform
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
 from spinal.analyze.contraction import calibration
 from spinal.analyze.contraction.layer_spectrum import LayerSpectrum, layer_spectrum, pool
-from spinal.analyze.transport.lens_pass import (LensPartial, extension_order, lens_pass, selected_tokens, token_ranges,
-                                      token_subsample)
-from spinal.analyze.transport.lens_size import GROWTH, cluster_se, grow
 from spinal.analyze.pool import Progress, run_tasks
 from spinal.analyze.seeds import Purpose
-from spinal.analyze.contraction.spectrum import t_interval, with_curvature
-from spinal.analyze.transport.distances import summarize
-from spinal.config import AnalyzeConfig, parse_layers, parse_window
+from spinal.analyze.trace_format import TRACE_FORMAT, Trace
+from spinal.analyze.trace_table import l_precision, layer_table
+from spinal.analyze.transport.lens_pass import (LensPartial, extension_order, lens_pass, selected_tokens, token_ranges,
+                                                token_subsample)
+from spinal.analyze.transport.lens_size import GROWTH, grow
+from spinal.config import AnalyzeConfig
+from spinal.specs import parse_layers, parse_window
 from spinal.errors import InputError, StoreError
-from spinal.outputs import atomic_folder, check_output, check_whole, jsonable
 from spinal.store.contract import Store
 
-TRACE_FORMAT = 4  # 2: first-order bootstrap replicates (analyze/contraction/influence.py), L_se, L_precision; 3: their spread
-# calibrated where N ≤ 8·d (analyze/contraction/calibration.py), se_scale; 4: there set to a calibrated exact jackknife's,
-# se_jackknife, kappa (pooled over the layers), kappa_layer
 log = logging.getLogger(__name__)
 LENS_ROUNDS = 3  # growth rounds of the lens subsample beyond its pilot (analyze/transport/lens_size.py)
 # Below this much work (flop-like units, _auto_workers) `workers = 0` runs the tasks in this process, on its own
 # threads: starting a process per core costs ~3 s here, more than it saves. The demo's traces (13 layers, 12,288
 # lens tokens, vocab 3,072, d = 96) are below it: 6.7–10.8 s in this process against 10.0–15.1 s on 2 workers.
 SMALL_WORK = 3e10
-
-
-@dataclass(frozen=True)
-class Trace:
-    """A checkpoint's depth trace: ``table`` has one row per layer; ``boot`` and ``seq_L`` feed comparisons."""
-
-    table: pd.DataFrame  # layer, a, a_lo, a_hi, … (see docs/usage.md, "Trace format")
-    meta: dict
-    boot: np.ndarray  # (layer, n_boot) bootstrap replicates of a (paired across checkpoints by seed)
-    seq_L: np.ndarray  # (sequence, step) mean L per sequence for step ℓ→ℓ+1 (NaN: no tokens)
-    spectra: dict[int, np.ndarray]  # layer -> centered singular values (for plots)
-    # (layer, block) â without each sequence block, where N ≤ 8·d (empty otherwise): the paired exact jackknife
-    jackknife: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-
-    @property
-    def label(self) -> str:
-        return self.meta.get("label") or Path(self.meta["store"]).stem
-
-    @property
-    def identity(self) -> dict:
-        """What this trace was made from: comparisons and reports check their inputs against it."""
-        return {"label": self.label, "tokens_sha256": self.meta.get("tokens_sha256"),
-                "weights_fingerprint": self.meta.get("weights_fingerprint"),
-                "store_identity": self.meta.get("store_identity"), "created": self.meta.get("created"),
-                "trace_id": self.meta.get("trace_id")}
-
-    def paired_boot(self, other: "Trace") -> np.ndarray:
-        """(layer, n_boot) replicates of Δa = other.a − self.a, paired by block draws (one seed: replicate b drew
-        the same blocks in both). Where both hold leave-one-out values (N ≤ 8·d) each layer's are rescaled about
-        Δa to κ times the paired exact jackknife's SE (analyze/contraction/calibration.py ``paired``)."""
-        rep = other.boot - self.boot
-        if not (rep.size and self.jackknife.size and self.jackknife.shape == other.jackknife.shape):
-            return rep
-        d_a = other.table["a"].to_numpy() - self.table["a"].to_numpy()
-        k_a, k_b = self.table["kappa"].to_numpy(), other.table["kappa"].to_numpy()
-        groups = int(self.meta.get("blocks_used") or 0)
-        return np.stack([calibration.paired(rep[i], d_a[i], self.jackknife[i], other.jackknife[i], k_a[i], k_b[i],
-                                            groups) for i in range(rep.shape[0])])
-
-    def save(self, out: str | Path, overwrite: bool = False) -> Path:
-        """Write the trace folder whole or not at all (temporary sibling, swapped in)."""
-        out = Path(out)
-        check_output(out, "trace", overwrite)
-        with atomic_folder(out, "trace", self.identity) as tmp:
-            self.table.to_parquet(tmp / "trace.parquet", index=False)
-            self.table.to_csv(tmp / "trace.csv", index=False)
-            layers = self.table["layer"].to_numpy()
-            pd.DataFrame(self.boot.T, columns=[str(l) for l in layers]).to_parquet(tmp / "bootstrap.parquet")
-            steps = [f"{a}->{b}" for a, b in zip(layers[:-1], layers[1:])]
-            pd.DataFrame(self.seq_L, columns=steps).to_parquet(tmp / "sequences.parquet")
-            np.savez_compressed(tmp / "spectra.npz", **{str(k): v for k, v in self.spectra.items()})
-            if self.jackknife.size:
-                pd.DataFrame(self.jackknife.T, columns=[str(l) for l in layers]).to_parquet(tmp / "jackknife.parquet")
-            (tmp / "trace.json").write_text(json.dumps(self.meta, indent=2, default=jsonable))
-        return out
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Trace":
-        p = Path(path)
-        if not p.is_dir():
-            raise InputError(f"{p} is not a trace folder ({'a file' if p.exists() else 'nothing is there'}); "
-                             "make one with `spinal analyze`")
-        if not (p / "trace.json").exists():
-            raise InputError(f"{p} is not a trace folder (no trace.json); make one with `spinal analyze`")
-        try:
-            meta = json.loads((p / "trace.json").read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InputError(f"{p}/trace.json cannot be read ({e}); rerun `spinal analyze … --overwrite`") from None
-        v = meta.get("trace_format") if isinstance(meta, dict) else None
-        if not isinstance(v, int) or v > TRACE_FORMAT:
-            raise InputError(f"{p} has trace format {v}; this SPINAL reads ≤ {TRACE_FORMAT}: upgrade spinal")
-        check_whole(p, "trace")
-        name = "trace.parquet"
-        try:
-            table = pd.read_parquet(p / name)
-            name = "bootstrap.parquet"
-            boot = pd.read_parquet(p / name).to_numpy().T
-            name = "sequences.parquet"
-            seq_L = pd.read_parquet(p / name).to_numpy()
-            name = "spectra.npz"
-            with np.load(p / name) as z:
-                spectra = {int(k): z[k] for k in z.files}
-            name = "jackknife.parquet"  # only where N ≤ 8·d (and from trace format 4)
-            jackknife = pd.read_parquet(p / name).to_numpy().T if (p / name).exists() else np.zeros((0, 0))
-        except Exception as e:  # missing or torn file of a folder without digests (SPINAL 0.1)
-            why = "is missing" if not (p / name).exists() else f"cannot be read ({type(e).__name__})"
-            raise InputError(f"{p}: {name} {why}; rerun `spinal analyze … --overwrite`") from None
-        missing = {"layer", "a", "a_lo", "a_hi", "L_mean", "status"} - set(table.columns)
-        if missing or len(table) != len(meta.get("layers", table)) or boot.shape[0] != len(table):
-            raise InputError(f"{p}: its files do not belong together (columns missing: {sorted(missing)}, "
-                             f"{len(table)} table rows, {boot.shape[0]} bootstrap rows); rerun `spinal analyze`")
-        if jackknife.size and jackknife.shape[0] != len(table):
-            raise InputError(f"{p}: jackknife.parquet has {jackknife.shape[0]} layers, the table {len(table)}; "
-                             "rerun `spinal analyze … --overwrite`")
-        return cls(table, meta, boot, seq_L, spectra, jackknife)
 
 
 def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | None = None,
@@ -175,7 +74,7 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     if sub is not None and (cfg.lens_precision > 0 or lens_floor > lens.n):
         lens, growth = _grow_lens(cfg, store, layers, sub, lens, workers, run, _after(progress, len(tasks)),
                                   lens_floor)
-    table, seq_L = _table(spectra, lens, store)
+    table, seq_L = layer_table(spectra, lens, store)
     meta = _meta(cfg, store, label, layers, window, blocks_used, spectra, lens, table, t0, growth)
     _warn_precision(cfg, meta, growth)
     left = [s.leave_one_out for s in spectra]
@@ -328,55 +227,6 @@ def _check_design(cfg: AnalyzeConfig, store: Store, window: tuple[int, int] | No
     if cfg.blocks > n_seq:
         log.warning("--blocks %d is more than the %d sequences of %s: the bootstrap resamples %d blocks of one "
                     "sequence each (recorded as blocks_used)", cfg.blocks, n_seq, store.path, n_seq)
-
-
-def _table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -> tuple[pd.DataFrame, np.ndarray]:
-    rows = []
-    n = max(lens.n, 1)
-    nc = max(lens.n_companion, 1)
-    n_seq = int(store.meta["n_sequences"])
-    seq_L = np.full((n_seq, len(spectra) - 1), np.nan)
-    for j, s in enumerate(spectra):
-        c, r = s.centered, s.raw
-        lo, hi = t_interval(c.a_wls, s.boot, s.blocks)
-        c_lo, c_hi = t_interval(c.curvature, s.curv_boot, s.blocks)
-        row = {
-            "layer": s.layer, "a": c.a_wls, "a_lo": lo, "a_hi": hi, "a_mle": c.a_mle, "r2": c.r2, "ks": c.ks,
-            "k_lo": c.k_lo, "k_hi": c.k_hi, "rank": c.rank, "spikes": c.spikes, "floor_rank": c.floor_rank,
-            "top1_share": c.top1_share, "se_scale": s.se_scale, "se_jackknife": s.se_jackknife,
-            "kappa": s.kappa, "kappa_layer": s.kappa_layer,
-            "status": with_curvature(c.status, c_lo, c_hi),
-            "curvature": c.curvature, "curvature_lo": c_lo, "curvature_hi": c_hi,
-            "a_raw": r.a_wls, "status_raw": r.status, "spikes_raw": r.spikes, "top1_share_raw": r.top1_share,
-            "null_sd_a": float(np.sqrt(np.mean(s.null_diffs**2))) if s.null_diffs.size else math.nan,
-            "entropy": lens.sums["entropy"][j] / nc, "kl_final": lens.sums["kl_final"][j] / nc,
-        }
-        if j < len(spectra) - 1:
-            stats = summarize(lens.steps_L[j])
-            row.update({"L_mean": stats.mean, "L_q05": stats.q05, "L_q25": stats.q25, "L_q50": stats.q50,
-                        "L_q75": stats.q75, "L_q95": stats.q95,
-                        "hellinger": lens.sums["hellinger"][j] / n, "js": lens.sums["js"][j] / nc})
-            row["L_se"] = math.nan
-            if lens.seq.size:
-                sums = np.bincount(lens.seq, weights=lens.steps_L[j], minlength=n_seq)
-                counts = np.bincount(lens.seq, minlength=n_seq)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    seq_L[:, j] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-                row["L_se"] = cluster_se(sums, counts)
-        else:
-            row.update({k: math.nan for k in ("L_mean", "L_se", "L_q05", "L_q25", "L_q50", "L_q75", "L_q95",
-                                              "hellinger", "js")})
-        rows.append(row)
-    return pd.DataFrame(rows), seq_L
-
-
-def l_precision(table: pd.DataFrame) -> float:
-    """The largest standard error of a step's mean L as a share of the steps' spread (SD of the L means): what
-    the lens token subsample leaves uncertain in the shape of the L curve."""
-    se, mean = table["L_se"].to_numpy(), table["L_mean"].to_numpy()
-    ok = np.isfinite(se) & np.isfinite(mean)
-    spread = float(np.std(mean[ok], ddof=1)) if ok.sum() >= 2 else math.nan
-    return float(np.max(se[ok]) / spread) if ok.any() and spread > 0 else math.nan
 
 
 def tokens_sha256(store: Store) -> str:

@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -462,22 +463,27 @@ def cases(w: Work) -> list[Case]:
             out = d / "out.zarr"
             return Spec(w.cap(w.model, prompts or w.prompts, out, *extra), new_outputs=[out])
 
-    option_case("layers-0,99", "--layers", "0,99")
-    option_case("layers-abc", "--layers", "abc")
-    option_case("layers-5-2", "--layers", "5-2")
-    option_case("layers-empty", "--layers", "")
-    option_case("positions-bogus", "--positions", "bogus")
-    option_case("positions-last:0", "--positions", "last:0")
-    option_case("batch-size-0", "--batch-size", "0")
-    option_case("batch-size-negative", "--batch-size", "-3")
-    option_case("max-length-1", "--max-length", "1")
-    option_case("max-length-beyond-context-long-prompt", "--max-length", "1000", prompts=w.long)
-    option_case("unit-tokens-0", "--unit-tokens", "0")
-    option_case("dtype-int8", "--dtype", "int8")
-    option_case("resume-and-overwrite", "--resume", "--overwrite")
-    option_case("device-map-nonsense", "--device-map", "nonsense")
-    option_case("max-memory-garbage", "--max-memory", "lots")
-    option_case("service-unreachable", "--service", "base", "--address", "127.0.0.1:1")
+    long_prompts = {"max-length-beyond-context-long-prompt": w.long}
+    for row in """
+        layers-0,99                            --layers 0,99
+        layers-abc                             --layers abc
+        layers-5-2                             --layers 5-2
+        layers-empty                           --layers ''
+        positions-bogus                        --positions bogus
+        positions-last:0                       --positions last:0
+        batch-size-0                           --batch-size 0
+        batch-size-negative                    --batch-size -3
+        max-length-1                           --max-length 1
+        max-length-beyond-context-long-prompt  --max-length 1000
+        unit-tokens-0                          --unit-tokens 0
+        dtype-int8                             --dtype int8
+        resume-and-overwrite                   --resume --overwrite
+        device-map-nonsense                    --device-map nonsense
+        max-memory-garbage                     --max-memory lots
+        service-unreachable                    --service base --address 127.0.0.1:1
+    """.strip().splitlines():  # name, then the options as typed
+        name, *extra = shlex.split(row)
+        option_case(name, *extra, prompts=long_prompts.get(name))
 
     # ---- output locations -------------------------------------------------------------------
     def out_case(name: str, make_argv: Callable[[Path, Path], list[str]], make_target: Callable[[Path], Path]):
@@ -587,21 +593,26 @@ def cases(w: Work) -> list[Case]:
             s = copy(store or w.S, d / "S.zarr")
             return Spec(w.ana(s, d / "trace", *extra), protect=[s], new_outputs=[d / "trace"])
 
-    analyze_case("window-5:5000", "--window", "5:5000")
-    analyze_case("window-9:3", "--window", "9:3")
-    analyze_case("window-x", "--window", "x")
-    analyze_case("window-0:4", "--window", "0:4")
-    analyze_case("blocks-0", "--blocks", "0")
-    analyze_case("blocks-1000", "--blocks", "1000", accepted="docs/reliability.md 'Guarantees': more --blocks than sequences is "
-                 "not an error (each sequence is its own block); said on stderr, recorded as blocks_used")
-    analyze_case("n-boot-negative", "--n-boot", "-1")
-    analyze_case("null-splits-negative", "--null-splits", "-1")
-    analyze_case("layers-77", "--layers", "77")
-    analyze_case("layers-one-layer", "--layers", "2")
-    analyze_case("layers-abc", "--layers", "abc")
-    analyze_case("lens-tokens-negative", "--lens-tokens", "-5")
-    analyze_case("chunk-mib-0", "--chunk-mib", "0")
-    analyze_case("workers-negative", "--workers", "-1")
+    accepted = {"blocks-1000": "docs/reliability.md 'Guarantees': more --blocks than sequences is not an error (each sequence is "
+                               "its own block); said on stderr, recorded as blocks_used"}
+    for row in """
+        window-5:5000         --window 5:5000
+        window-9:3            --window 9:3
+        window-x              --window x
+        window-0:4            --window 0:4
+        blocks-0              --blocks 0
+        blocks-1000           --blocks 1000
+        n-boot-negative       --n-boot -1
+        null-splits-negative  --null-splits -1
+        layers-77             --layers 77
+        layers-one-layer      --layers 2
+        layers-abc            --layers abc
+        lens-tokens-negative  --lens-tokens -5
+        chunk-mib-0           --chunk-mib 0
+        workers-negative      --workers -1
+    """.strip().splitlines():  # name, then the options as typed
+        name, *extra = shlex.split(row)
+        analyze_case(name, *extra, accepted=accepted.get(name))
     analyze_case("one-prompt-store-default-blocks", store=w.S_one)
 
     # ---- traces, compare, report ------------------------------------------------------------

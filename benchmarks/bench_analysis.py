@@ -146,10 +146,8 @@ def peak_gram_rss(n: int, d: int) -> float:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", type=int, default=32768)
-    ap.add_argument("--dim", type=int, default=1024)
-    ap.add_argument("--vocab", type=int, default=32000)
-    ap.add_argument("--lens-tokens", type=int, default=4096)
+    for flag, default in (("--tokens", 32768), ("--dim", 1024), ("--vocab", 32000), ("--lens-tokens", 4096)):
+        ap.add_argument(flag, type=int, default=default)  # the problem's sizes
     ap.add_argument("--update-docs", action="store_true", help="also rewrite this benchmark's table in docs/")
     ap.add_argument("--render-only", action="store_true", help="re-render the docs/benchmarks.md table from results/ JSON")
     args = ap.parse_args(argv)

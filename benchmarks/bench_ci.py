@@ -33,11 +33,17 @@ import synthetic  # noqa: E402
 from common import machine, publish  # noqa: E402
 
 from spinal.analyze.contraction import calibration  # noqa: E402
-from spinal.analyze.contraction.layer_spectrum import paired_replicates, spectrum_of  # noqa: E402
+from spinal.analyze.contraction.layer_spectrum import Replicates, paired_replicates, spectrum_of  # noqa: E402
 from spinal.analyze.contraction.moments import draw_blocks, resample  # noqa: E402
-from spinal.analyze.contraction.spectrum import fit_gram, t_interval  # noqa: E402
+from spinal.analyze.contraction.intervals import t_interval  # noqa: E402
+from spinal.analyze.contraction.spectrum import fit_gram  # noqa: E402
 
 PREVIOUS_CALLS = 200 + 2 * 8  # v0.1's replicate solves besides the two fits: 200 bootstrap + 2 × 8 split halves
+
+
+def side(s) -> Replicates:
+    """A LayerSpectrum as a comparison pairs it: â, replicates, leave-one-out values, κ (as a Trace row holds them)."""
+    return Replicates(s.centered.a_wls, s.boot, s.leave_one_out, s.kappa)
 
 
 def previous_replicate(res, dtype, rng) -> float:
@@ -119,7 +125,7 @@ def paired(spec: synthetic.Layer, datasets: int, shift: float, sims: int) -> dic
                               calibration_sims=sims)
                   for z, da in ((z1, 0.0), (z2, shift)))
         deltas.append(s2.centered.a_wls - s1.centered.a_wls)
-        rep = paired_replicates(s1, s2)  # as Trace.paired_boot forms a comparison's replicates
+        rep = paired_replicates(*map(side, (s1, s2)), s1.blocks)  # as Trace.paired_boot forms them, per layer
         ivals.append(t_interval(deltas[-1], rep, s1.blocks))
         first_rep = s2.first_order - s1.first_order
         first.append(t_interval(deltas[-1], first_rep, s1.blocks))

@@ -252,7 +252,7 @@ PAIRED_REPS = 6  # even: each order of the thread counts runs equally often (two
 def floor_gib_s(stored: np.ndarray, tmp: str) -> dict:
     """memcpy, and plain writes of the same bytes as ``UNITS`` new files in the same folder, kept until the last is
     written as a store's shards are: through the page cache (write(2), no fsync; zarr does not fsync either) and
-    with O_DIRECT (from one page-aligned copy, as spinal/store/shards.py writes)."""
+    with O_DIRECT (from one page-aligned copy, as spinal/store/direct_io.py writes)."""
     import mmap
     import shutil
 
@@ -397,8 +397,8 @@ def stages(store_path: str, tokens: int, dtype: str = "float32", codec: str = "z
             s.shard_writer.encode_shard(x)  # dropped at once: a list of them would cost fresh pages each time
 
     def serial(s):
-        for job in shards_of(s):
-            s.shard_writer.write_shard(*job)
+        for li, k, x in shards_of(s):  # the two stages of ShardWriter.write_block, one after the other
+            s.shard_writer.put(li, k, s.shard_writer.encode_shard(x))
 
     runs = {"encode only (ShardWriter.encode_shard)": encode_only,
             "encode, then write, in one thread": serial,

@@ -29,12 +29,17 @@ from scipy.stats import t as student
 from threadpoolctl import threadpool_limits
 
 from spinal.analyze.contraction.gram import GramAccumulator
-from spinal.analyze.contraction.layer_spectrum import paired_replicates, pool, spectrum_of
-from spinal.analyze.contraction.spectrum import replicate_se
+from spinal.analyze.contraction.layer_spectrum import Replicates, paired_replicates, pool, spectrum_of
+from spinal.analyze.contraction.intervals import replicate_se
 from spinal.store.contract import Store
 
 CORPUS = Path(__file__).resolve().parent.parent / "reference" / "corpus" / "python_docs.txt"
 PIECE = 220  # characters per prompt: ~50 tokens, like a short chat reply
+
+
+def side(s) -> Replicates:
+    """A LayerSpectrum as a comparison pairs it: â, replicates, leave-one-out values, κ (as a Trace row holds them)."""
+    return Replicates(s.centered.a_wls, s.boot, s.leave_one_out, s.kappa)
 
 
 def pieces() -> tuple[list[str], list[int]]:
@@ -144,7 +149,7 @@ def main() -> None:
         for p in pooled:
             x, y = p[j], p[j + 1]
             delta = y.centered.a_wls - x.centered.a_wls
-            rep = paired_replicates(x, y)  # as Trace.paired_boot
+            rep = paired_replicates(*map(side, (x, y)), x.blocks)  # as Trace.paired_boot, per layer
             d_a.append(delta)
             se.append(replicate_se(rep, x.blocks))
             first.append(replicate_se(y.first_order - x.first_order, x.blocks))

@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from spinal.analyze.contraction import calibration
 from spinal.analyze.contraction.layer_spectrum import accumulate, pool, spectrum_of
-from spinal.analyze.contraction.spectrum import replicate_se, t_interval
+from spinal.analyze.contraction.intervals import replicate_se, t_interval
 from spinal.store.contract import Store
 
 threadpool_limits(2)

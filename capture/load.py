@@ -111,9 +111,28 @@ def load(
     allow_pickle: bool = False,
     allow_offload: bool = False,
 ) -> Loaded:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """The checkpoint at ``path`` (a folder, a .gguf file or a hub id), checked before any weights are read,
+    with ``adapter`` merged in, in eval mode, and what identifies it (``Loaded.source``)."""
     folder = check_checkpoint(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    kwargs = _model_options(dtype, device_map, max_memory, trust_remote_code, allow_pickle)
+    where: dict = {}
+    if folder is not None and folder.is_file():  # GGUF: transformers dequantizes it; its tokenizer is inside
+        kwargs.pop("use_safetensors", None)
+        path, where = str(folder.parent), {"gguf_file": folder.name}
+    model, tokenizer = _from_pretrained(path, kwargs, where, trust_remote_code)
+    adapter_source = None
+    if adapter:
+        model, adapter_source = merge_adapter(model, adapter)
+    model.eval()
+    refuse_offload(model, allow_offload)
+    return Loaded(model, tokenizer, _source(model, tokenizer, folder, path, where, kwargs["device_map"],
+                                            adapter_source))
+
+
+def _model_options(dtype: str, device_map: str | None, max_memory: str | None, trust_remote_code: bool,
+                   allow_pickle: bool) -> dict:
+    """``from_pretrained``'s keyword arguments: dtype, device map (default: one GPU, else the CPU), memory caps
+    and the safety switches."""
     mm = parse_max_memory(max_memory)
     if device_map is None:
         device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -129,10 +148,13 @@ def load(
         kwargs["max_memory"] = mm
     if not allow_pickle:
         kwargs["use_safetensors"] = True
-    where: dict = {}
-    if folder is not None and folder.is_file():  # GGUF: transformers dequantizes it; its tokenizer is inside
-        kwargs.pop("use_safetensors", None)
-        path, where = str(folder.parent), {"gguf_file": folder.name}
+    return kwargs
+
+
+def _from_pretrained(path: str, kwargs: dict, where: dict, trust_remote_code: bool) -> tuple:
+    """(model, tokenizer) through transformers, a failure of either said in one line."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     with parse_once() if where else contextlib.nullcontext():  # a GGUF is parsed once, not four times
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **where)
@@ -142,10 +164,13 @@ def load(
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **where)
         except Exception as e:  # transformers and safetensors raise many kinds for a damaged checkpoint
             raise ModelError(f"{path}: cannot load the model ({first_line(e, typed=True)})") from None
-    if adapter:
-        model, adapter_source = merge_adapter(model, adapter)
-    model.eval()
-    refuse_offload(model, allow_offload)
+    return model, tokenizer
+
+
+def _source(model: torch.nn.Module, tokenizer, folder: Path | None, path: str, where: dict, device_map: str,
+            adapter_source: dict | None) -> dict:
+    """Provenance of a loaded model: where from, architecture, dtype, device map, config, tokenizer and the
+    weights' fingerprint (with an adapter, of the merged weights: base and adapter together)."""
     cfg = model.config
     source = {
         "model": str(folder) if where else path,
@@ -164,12 +189,12 @@ def load(
     }
     if where:
         source["weights_format"] = quantization(folder)
-    if adapter:  # the store's identity is the merged weights': base and adapter fingerprints together
+    if adapter_source:  # the store's identity is the merged weights': base and adapter fingerprints together
         source["adapter"] = adapter_source
         source["base_weights_fingerprint"] = source["weights_fingerprint"]
         both = f"{source['weights_fingerprint']}+{adapter_source['fingerprint']}"
         source["weights_fingerprint"] = "merged:" + hashlib.sha256(both.encode()).hexdigest()
-    return Loaded(model, tokenizer, source)
+    return source
 
 
 def check_adapter(path: str) -> Path:

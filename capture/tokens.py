@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spinal.capture.prompts import PromptSet
-from spinal.config import parse_positions
+from spinal.specs import parse_positions
 from spinal.errors import InputError
 
 log = logging.getLogger(__name__)

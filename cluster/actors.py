@@ -38,7 +38,7 @@ class CaptureActor:
     def prepare(self, create: bool, cfg: dict | None = None, lock_token: str | None = None) -> dict:
         """Bind to the store under the driver's writer lock (``lock_token``): the first replica creates or
         reopens it, the others reopen it."""
-        from spinal.capture.runner import prepare
+        from spinal.capture.session import prepare
 
         cfg = CaptureConfig(**cfg) if cfg else self.cfg
         if (cfg.model, cfg.adapter) != (self.cfg.model, self.cfg.adapter):
@@ -58,9 +58,6 @@ class CaptureActor:
         meta = self.session.run_unit(index)
         meta["pid"] = os.getpid()
         return meta
-
-    def ping(self) -> int:
-        return os.getpid()
 
 
 def user_error(e: BaseException) -> SpinalError | None:

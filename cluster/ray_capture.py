@@ -9,7 +9,8 @@ from collections import deque
 from typing import Callable
 
 from spinal.capture.load import check_checkpoint
-from spinal.capture.runner import CaptureResult, check_location, check_writable
+from spinal.capture.runner import CaptureResult
+from spinal.capture.session import check_location, check_writable
 from spinal.cluster.actors import CaptureActor, user_error
 from spinal.cluster.ray_cluster import replica_gpus
 from spinal.config import CaptureConfig, ClusterConfig

@@ -10,9 +10,9 @@ from typing import ClassVar
 from spinal.store.codecs import DEFAULT_CODEC, check_codec
 from spinal.dtypes import CAPTURED
 from spinal.errors import InputError
-from spinal.fields import from_dict, option
+from spinal.fields import apply_sets, from_dict, option
+from spinal.specs import parse_layers, parse_positions, parse_window
 
-POSITION_RULES = ("auto", "text", "user", "reply", "all-but-first", "all", "last:K", "response")
 DTYPES = ("auto", *CAPTURED)
 
 
@@ -97,12 +97,12 @@ class AnalyzeConfig:
     null_splits: int = option("random split-halves per layer for the null spread of Δα", 8)
     calibration_sims: int = option(
         "simulated layers per trace, spread over its layers (≥ 2 each), that calibrate the exact jackknife SE of a "
-        "where a layer holds ≤ 8·d tokens (there first-order replicates understate sd(a) by up to 1.4× on real layers); "
+        "where a layer holds ≤ 8·d tokens (there first-order replicates understate sd(a): docs/intervals.md); "
         "each costs a Gram pass and 1 + blocks eigvalsh; 0 = the jackknife alone (conservative)", 96)
     seed: int = option("seed of the bootstrap draws and the lens token subsample", 0)
-    lens_tokens: int = option("tokens for the transport pass (seeded subsample; 0 = all). 12288 keep each step's "
-                              "mean L within 1 % of the L curve's spread on the reference family (8192 left 1.1 %); "
-                              "trace.json L_precision says what a run got", 12288)
+    lens_tokens: int = option("tokens for the transport pass (seeded subsample; 0 = all); the default keeps each "
+                              "step's mean L within 1 % of the L curve's spread on the reference family "
+                              "(docs/benchmarks.md); trace.json L_precision says what a run got", 12288)
     lens_precision: float = option(
         "grow the lens subsample beyond --lens-tokens (the pilot) until every step's mean L is uncertain by at most "
         "this share of the L curve's spread (standard error over the SD of the step means; ≤ 3 rounds, each ≤ 4× "
@@ -177,49 +177,6 @@ class ClusterConfig:
         return self.address is not None or self.replicas > 1
 
 
-def parse_positions(rule: str) -> tuple[str, int]:
-    """'auto' | 'text' | 'user' | 'reply' | 'all-but-first' | 'all' | 'response' | 'last:K' -> (kind, K)."""
-    if rule in ("auto", "text", "user", "reply", "all-but-first", "all", "response"):
-        return rule, 0
-    m = re.fullmatch(r"last:(\d+)", rule)
-    if m and int(m.group(1)) >= 1:
-        return "last", int(m.group(1))
-    raise InputError(f"positions={rule!r}; choose one of {', '.join(POSITION_RULES)} (K ≥ 1)")
-
-
-def parse_layers(spec: str, n_layers: int | None) -> list[int] | None:
-    """'all' or '0,4,8-12' -> sorted layer indices (checked against n_layers = blocks + 1 when known)."""
-    if spec.strip() == "all":
-        return list(range(n_layers)) if n_layers is not None else None
-    out: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise InputError(f"layers={spec!r}: cannot read {part!r}; use 'all' or e.g. '0,4,8-12'")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise InputError(f"layers={spec!r}: range {part!r} runs backwards")
-        out.update(range(lo, hi + 1))
-    if n_layers is not None:
-        bad = sorted(i for i in out if i >= n_layers)
-        if bad:
-            raise InputError(
-                f"layers {bad} do not exist: this model has layers 0–{n_layers - 1} "
-                f"(0 = embedding output, {n_layers - 1} = last block)"
-            )
-    return sorted(out)
-
-
-def parse_window(spec: str) -> tuple[int, int] | None:
-    if spec == "auto":
-        return None
-    m = re.fullmatch(r"(\d+):(\d+)", spec)
-    if not m or not 1 <= int(m.group(1)) < int(m.group(2)):
-        raise InputError(f"window={spec!r}; use 'auto' or 'K_LO:K_HI' with 1 ≤ K_LO < K_HI")
-    return int(m.group(1)), int(m.group(2))
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     """One checkpoint of a run."""
@@ -284,22 +241,6 @@ class RunConfig:
 STAGE_TABLES = ("capture", "analyze", "compare", "cluster")
 
 
-def _apply_sets(doc: dict, sets: list[str] | tuple[str, ...]) -> None:
-    """``TABLE.KEY=VALUE`` overrides (``spinal run --set``) into the TOML's stage tables, typed by their config."""
-    from spinal.fields import settings
-
-    classes = dict(zip(STAGE_TABLES, (CaptureConfig, AnalyzeConfig, CompareConfig, ClusterConfig)))
-    for item in sets:
-        key, eq, value = item.partition("=")
-        table, dot, name = key.strip().partition(".")
-        if not (eq and dot and table in classes and name):
-            raise InputError(f"--set {item!r}: expected TABLE.KEY=VALUE with TABLE one of {', '.join(STAGE_TABLES)}, "
-                             "e.g. --set analyze.n_boot=2000")
-        if name in getattr(classes[table], "RUN_SETS", ()):
-            raise InputError(f"--set {item!r}: the run sets {table}.{name} itself")
-        doc.setdefault(table, {}).update(settings(classes[table], [f"{name}={value}"], f"--set [{table}]"))
-
-
 def load_run_config(path: str, *, out: str | None = None, sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a run TOML (tables: [run], [[checkpoints]], [capture], [analyze], [compare], [cluster]) into typed
     configs, checked once; relative paths are resolved against the TOML file's folder.
@@ -322,7 +263,8 @@ def load_run_config(path: str, *, out: str | None = None, sets: list[str] | tupl
     unknown = sorted(set(doc) - known)
     if unknown:
         raise InputError(f"{path}: unknown table(s) {unknown}; known: {sorted(known)}")
-    _apply_sets(doc, sets)
+    classes = dict(zip(STAGE_TABLES, (CaptureConfig, AnalyzeConfig, CompareConfig, ClusterConfig)))
+    apply_sets(doc, sets, classes)
     run = doc.get("run", {})
     extra = sorted(set(run) - {"out", "prompts"})
     if extra:
@@ -347,7 +289,7 @@ def load_run_config(path: str, *, out: str | None = None, sets: list[str] | tupl
     first = {"capture": {"model": cks[0].path, "prompts": prompts, "out": f"{out}/stores/{cks[0].label}.zarr"},
              "analyze": {"store": f"{out}/stores/{cks[0].label}.zarr", "out": f"{out}/traces/{cks[0].label}"}}
     stages = {}
-    for table, cls in zip(STAGE_TABLES, (CaptureConfig, AnalyzeConfig, CompareConfig, ClusterConfig)):
+    for table, cls in classes.items():
         vals = doc.get(table, {})
         names = {f.name for f in dataclasses.fields(cls)} - getattr(cls, "RUN_SETS", frozenset())
         unknown = sorted(set(vals) - names)

@@ -139,3 +139,17 @@ def settings(cls: type[T], items: list[str], where: str) -> dict[str, Any]:
             raise InputError(f"{where} {k}: unknown key; known: {sorted(types_)}")
         out[k] = parse_text(v, types_[k], f"{where} {k}")
     return out
+
+
+def apply_sets(doc: dict, sets: list[str] | tuple[str, ...], classes: dict[str, type]) -> None:
+    """``TABLE.KEY=VALUE`` overrides (``spinal run --set``) into ``doc``'s tables, typed by each table's config class
+    in ``classes``; a key the class's ``RUN_SETS`` names is refused (the run sets it itself)."""
+    for item in sets:
+        key, eq, value = item.partition("=")
+        table, dot, name = key.strip().partition(".")
+        if not (eq and dot and table in classes and name):
+            raise InputError(f"--set {item!r}: expected TABLE.KEY=VALUE with TABLE one of {', '.join(classes)}, "
+                             "e.g. --set analyze.n_boot=2000")
+        if name in getattr(classes[table], "RUN_SETS", ()):
+            raise InputError(f"--set {item!r}: the run sets {table}.{name} itself")
+        doc.setdefault(table, {}).update(settings(classes[table], [f"{name}={value}"], f"--set [{table}]"))

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace_format import Trace
 
 
 def terminal_layers(n_blocks: int) -> list[int]:

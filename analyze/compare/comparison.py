@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace_format import Trace
 from spinal.errors import InputError
 from spinal.outputs import atomic_folder, check_output, check_whole, jsonable
 

@@ -10,9 +10,9 @@ import pandas as pd
 from spinal.analyze import seeds
 from spinal.analyze.compare.aggregates import pair_aggregates, steps_into, terminal_layers
 from spinal.analyze.compare.comparison import Comparison, PairComparison
-from spinal.analyze.contraction.spectrum import replicate_se, t_interval
+from spinal.analyze.contraction.intervals import replicate_se, t_interval
 from spinal.analyze.compare.stability import training_series
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace_format import Trace
 from spinal.config import CompareConfig
 from spinal.errors import InputError
 
@@ -125,7 +125,7 @@ def _paired_table(a: Trace, b: Trace, term, seed, n_boot, null_splits
 
 def _ci_p(rep: np.ndarray, point: np.ndarray, groups: int):
     """Per row of replicates (layer, n_boot) that resample ``groups`` independent groups: the centred t interval
-    (``spectrum.t_interval``) and a two-sided p-value of Δ / SE against Student's t with groups − 1 degrees of
+    (``intervals.t_interval``) and a two-sided p-value of Δ / SE against Student's t with groups − 1 degrees of
     freedom, SE = √(g/(g−1))·sd(replicates).
 
     A p-value from the SE, not from the replicate-count fraction: Holm over ~30 layers needs p below 0.05/30,

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from spinal.analyze.compare.aggregates import coherence, coherence_null, nanmean, steps_into
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace_format import Trace
 
 FACTOR = 4.0  # default: a step more than 4x the run's typical healthy step
 NOISE_Z = 3.0  # and beyond 3 standard errors of its own

@@ -42,7 +42,9 @@ import numpy as np
 
 from spinal.analyze.contraction.gram import GramAccumulator
 from spinal.analyze.contraction.moments import GramResult, resample
-from spinal.analyze.contraction.spectrum import SpectrumFit, fit_replicates, replicate_se
+from spinal.analyze.contraction.intervals import replicate_se
+from spinal.analyze.contraction.slopes import fit_replicates
+from spinal.analyze.contraction.spectrum import SpectrumFit
 
 # Calibrate where N ≤ CALIBRATE_BELOW·d. Coverage of E[â] (d = 128, a = 0.5, 100 datasets) by first-order replicates
 # alone: N = 64 100 %, 256 98 %, 1024 99 %, 4096 93 %; on real layers at 2·d their SE was up to 1.43× too small.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -15,7 +15,9 @@ from spinal.analyze.contraction.gram import GramAccumulator
 from spinal.analyze.contraction.influence import bootstrap_weights, eigen, half_weights
 from spinal.analyze.contraction.moments import GramResult
 from spinal.analyze.seeds import Purpose, rng
-from spinal.analyze.contraction.spectrum import SpectrumFit, fit_gram, fit_replicates, replicate_se, singular_values
+from spinal.analyze.contraction.intervals import replicate_se
+from spinal.analyze.contraction.slopes import fit_replicates
+from spinal.analyze.contraction.spectrum import SpectrumFit, fit_gram, singular_values
 from spinal.store.contract import Store
 
 
@@ -135,8 +137,17 @@ def pool(spectra: list[LayerSpectrum]) -> list[LayerSpectrum]:
     return out
 
 
-def paired_replicates(x: LayerSpectrum, y: LayerSpectrum) -> np.ndarray:
-    """Δa replicates of y − x (one token stream, one seed) as a comparison forms them (Trace.paired_boot): paired by
-    block draws, and where N ≤ 8·d with κ times the paired exact jackknife's SE (analyze/contraction/calibration.py ``paired``)."""
-    delta = y.centered.a_wls - x.centered.a_wls
-    return calibration.paired(y.boot - x.boot, delta, x.leave_one_out, y.leave_one_out, x.kappa, y.kappa, x.blocks)
+class Replicates(NamedTuple):
+    """One checkpoint's layer as a paired comparison reads it: a row of a Trace, or a LayerSpectrum."""
+
+    a: float  # the point estimate â
+    boot: np.ndarray  # (n_boot,) its bootstrap replicates (calibrated where N ≤ 8·d)
+    leave_one_out: np.ndarray  # (blocks,) â without each block; empty where N > 8·d
+    kappa: float  # the calibration κ of its trace
+
+
+def paired_replicates(x: Replicates, y: Replicates, groups: int) -> np.ndarray:
+    """Δa replicates of y − x (one token stream, one seed; ``groups`` sequence blocks) as every comparison forms
+    them (Trace.paired_boot, per layer): paired by block draws, and where both hold leave-one-out values (N ≤ 8·d)
+    rescaled about Δa to κ times the paired exact jackknife's SE (analyze/contraction/calibration.py ``paired``)."""
+    return calibration.paired(y.boot - x.boot, y.a - x.a, x.leave_one_out, y.leave_one_out, x.kappa, y.kappa, groups)

@@ -7,10 +7,11 @@ import json
 import time
 from pathlib import Path
 
-from spinal.analyze.report import plots
+from spinal.analyze.report.comparison_plots import plot_deltas, plot_positions, plot_series
 from spinal.analyze.compare.comparison import DEFINITIONS, Comparison
+from spinal.analyze.report.trace_plots import plot_curve, plot_depth, plot_spectra
 from spinal.analyze.report.tables import esc, num, pair_table, series_table, summary_table, trace_table
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace_format import Trace
 from spinal.analyze.report.verdict import Verdict, verdicts
 from spinal.errors import InputError
 from spinal.outputs import atomic_folder, check_output
@@ -165,30 +166,30 @@ def _figures(traces: list[Trace], comparison: Comparison | None, plot_dir: Path)
     """Draw every PNG into ``plot_dir``; return (main figures HTML, series figure HTML)."""
     out = []
     if comparison is not None and comparison.pairs:
-        out.append(_img(plots.plot_deltas(comparison, plot_dir / "deltas.png"), "per-layer differences",
+        out.append(_img(plot_deltas(comparison, plot_dir / "deltas.png"), "per-layer differences",
                         "Δa and ΔL per layer, one row per checkpoint, each panel on its own scale; bars: paired 95% "
                         "bootstrap CIs; filled: the change counts (Holm p < 0.05 and beyond the ± null spread, "
                         "grey); orange: terminal window."))
     if comparison is not None and comparison.positions is not None and not comparison.positions.empty:
-        out.append(_img(plots.plot_positions(comparison, plot_dir / "positions.png"), "where in the reply",
+        out.append(_img(plot_positions(comparison, plot_dir / "positions.png"), "where in the reply",
                         "Share of reply positions where the checkpoint's most likely token lies outside the "
                         "reference's top 3, by position, with 95% bootstrap intervals over sequences; right: per "
                         "layer and position, how far the two checkpoints' lens predictions are apart."))
-    out.append(_img(plots.plot_depth(traces, plot_dir / "depth.png"), "depth trace",
+    out.append(_img(plot_depth(traces, plot_dir / "depth.png"), "depth trace",
                     "a_ℓ with its 95% bootstrap CI and mean L_ℓ with its q25–q75 band; "
                     "hollow markers: fit status not ok."))
-    out.append(_img(plots.plot_curve(traces, plot_dir / "curve.png"), "depth trajectory",
+    out.append(_img(plot_curve(traces, plot_dir / "curve.png"), "depth trajectory",
                     "The (L, a) trajectory of each checkpoint; colour = layer, arrows point deeper."))
     layers = [int(x) for x in traces[0].table["layer"] if int(x) in traces[0].spectra]
     spec = []
     for layer in sorted({layers[len(layers) // 2], layers[-1]}) if layers else []:
-        p = plots.plot_spectra(traces, layer, plot_dir / f"spectra_layer{layer}.png")
+        p = plot_spectra(traces, layer, plot_dir / f"spectra_layer{layer}.png")
         spec.append(_img(p, f"spectra at layer {layer}", f"Layer {layer}: every checkpoint's spectrum and fit."))
     if spec:
         out.append(f"<h3>Spectra (middle and last layer)</h3>{''.join(spec)}")
     series = ""
     if comparison is not None and comparison.series is not None and not comparison.series.empty:
-        series = _img(plots.plot_series(comparison, plot_dir / "series.png"), "checkpoint series",
+        series = _img(plot_series(comparison, plot_dir / "series.png"), "checkpoint series",
                       "Each checkpoint's step from the one before, as a multiple of the run's typical healthy "
                       "step (dashed: the threshold), and the terminal gains against the reference; red X: "
                       "flagged destabilized.")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from spinal.analyze.compare.comparison import LEVEL, Comparison, counts
 from spinal.analyze.compare.stability import NOISE_Z, jumped
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace_format import Trace
 from spinal.analyze.report.verdict import onset_text
 
 

@@ -11,11 +11,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from spinal.analyze.compare.aggregates import nanmean, steps_into
 from spinal.analyze.compare.comparison import Comparison, PairComparison, counts
 from spinal.analyze.compare.stability import largest_ratio
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace_format import Trace
 from spinal.text import ranges
 
 SPREAD = 0.75  # a change beyond the noise at this share of layers or more is "throughout depth"
@@ -52,122 +53,189 @@ def _status(tr: Trace, layers: list[int]) -> dict[int, str]:
     return out
 
 
-def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, series_row: dict | None) -> Verdict:
+@dataclass(frozen=True)
+class _Pair:
+    """The numbers of one pair that its sentences rest on (terminal window T, the steps TL arriving in it)."""
+
+    t: pd.DataFrame  # the pair's per-layer table, indexed 0…n−1
+    layers: np.ndarray
+    T: np.ndarray
+    TL: np.ndarray
+    d_a: np.ndarray
+    d_L: np.ndarray
+    c_a: np.ndarray  # layers whose Δa counts (Holm and beyond the noise)
+    c_L: np.ndarray
+    n_a: int  # layers with a finite Δa
+    n_L: int
+    window: str  # the terminal window in words
+    uniform: float  # the terminal window's share of the layers: its share of |Δa| if the change were uniform
+    share: float  # its share of |Δa|
+    gain_a: float  # terminal mean Δa and ΔL, and the null spread over the same layers (steps)
+    gain_L: float
+    null_a: float
+    null_L: float
+    peak: int | None  # the row of the largest |Δa|
+
+
+def _numbers(p: PairComparison) -> _Pair:
     t = p.table.reset_index(drop=True)
     layers = t["layer"].to_numpy(int)
     T = t["terminal"].to_numpy(bool)
     TL = steps_into(T)
     d_a, d_L = t["d_a"].to_numpy(float), t["d_L"].to_numpy(float)
-    c_a, c_L = counts(t, "a"), counts(t, "L")
-    n_a, n_L = int(np.isfinite(d_a).sum()), int(np.isfinite(d_L).sum())
+    n_a = int(np.isfinite(d_a).sum())
     term = [int(x) for x in layers[T]]
-    window = f"layers {term[0]}–{term[-1]}" if term else "the terminal window"
-    uniform = T.sum() / max(n_a, 1)
-    share = float(p.summary.get("terminal_share_a") or math.nan)
-    gain_a, gain_L = nanmean(d_a[T]), nanmean(d_L[TL])
-    null_a, null_L = nanmean(t["null_a"].to_numpy(float)[T]), nanmean(t["null_L"].to_numpy(float)[TL])
-    peak = int(np.nanargmax(np.abs(d_a))) if np.isfinite(d_a).any() else None
+    return _Pair(t, layers, T, TL, d_a, d_L, counts(t, "a"), counts(t, "L"), n_a, int(np.isfinite(d_L).sum()),
+                 f"layers {term[0]}–{term[-1]}" if term else "the terminal window", T.sum() / max(n_a, 1),
+                 float(p.summary.get("terminal_share_a") or math.nan), nanmean(d_a[T]), nanmean(d_L[TL]),
+                 nanmean(t["null_a"].to_numpy(float)[T]), nanmean(t["null_L"].to_numpy(float)[TL]),
+                 int(np.nanargmax(np.abs(d_a))) if np.isfinite(d_a).any() else None)
 
-    # where
-    if not c_a.any():
-        where = (f"a moves beyond the split-half noise at no layer (largest |Δa| {abs(d_a[peak]):.3f} at layer "
-                 f"{layers[peak]})" if peak is not None else "no layer has a fitted a in both checkpoints")
-        spread = False
-    else:
-        spread = c_a.sum() >= SPREAD * n_a and not (share > 1.5 * uniform)
-        moved = ranges([int(x) for x in layers[c_a]])
-        if spread:
-            where = (f"a changes throughout depth, at {c_a.sum()} of {n_a} layers beyond the noise, not only late; "
-                     f"the terminal window holds {share:.0%} of |Δa| ({uniform:.0%} if uniform)")
-        elif share > uniform:
-            where = (f"the change in a concentrates late: {window} hold {share:.0%} of |Δa| ({uniform:.0%} if "
-                     f"uniform); a moves beyond the noise at layers {moved}")
-        else:
-            where = (f"the change in a is not concentrated late: {window} hold {share:.0%} of |Δa| "
-                     f"({uniform:.0%} if uniform); a moves beyond the noise at layers {moved}")
-    # how strongly
-    times = lambda g, n: f" ({abs(g) / n:.1f}× the noise)" if n > 0 and math.isfinite(g) else ""  # noqa: E731
-    strength = (f"terminal mean Δa {gain_a:+.3f}{times(gain_a, null_a)}, ΔL {gain_L:+.3f} rad{times(gain_L, null_L)}")
-    if peak is not None:
-        strength += (f"; largest Δa {d_a[peak]:+.3f} [{t['d_a_lo'].iloc[peak]:+.3f}, {t['d_a_hi'].iloc[peak]:+.3f}] "
-                     f"at layer {layers[peak]}")
-    # the paper's signatures: each needs the terminal mean beyond the noise, a terminal layer (step) that counts
-    # in the same direction, and, for the ramp, a change concentrated late rather than everywhere
-    late_a = bool((c_a & T & (d_a > 0)).any())
-    why_not_ramp = ("terminal Δa is not positive" if not gain_a > 0 else
-                    f"terminal mean Δa {gain_a:+.3f} is within the noise ±{null_a:.3f}" if not gain_a > null_a else
-                    "a moves at every depth, not only late" if spread else
-                    "the terminal window holds no more than its uniform share of |Δa|" if not share > uniform else
+
+def _where(n: _Pair) -> tuple[str, bool]:
+    """Where the change in a concentrates, and whether it spreads throughout depth."""
+    if not n.c_a.any():
+        where = (f"a moves beyond the split-half noise at no layer (largest |Δa| {abs(n.d_a[n.peak]):.3f} at layer "
+                 f"{n.layers[n.peak]})" if n.peak is not None else "no layer has a fitted a in both checkpoints")
+        return where, False
+    spread = n.c_a.sum() >= SPREAD * n.n_a and not (n.share > 1.5 * n.uniform)
+    moved = ranges([int(x) for x in n.layers[n.c_a]])
+    if spread:
+        return (f"a changes throughout depth, at {n.c_a.sum()} of {n.n_a} layers beyond the noise, not only late; "
+                f"the terminal window holds {n.share:.0%} of |Δa| ({n.uniform:.0%} if uniform)"), True
+    if n.share > n.uniform:
+        return (f"the change in a concentrates late: {n.window} hold {n.share:.0%} of |Δa| ({n.uniform:.0%} if "
+                f"uniform); a moves beyond the noise at layers {moved}"), False
+    return (f"the change in a is not concentrated late: {n.window} hold {n.share:.0%} of |Δa| "
+            f"({n.uniform:.0%} if uniform); a moves beyond the noise at layers {moved}"), False
+
+
+def _strength(n: _Pair) -> str:
+    """How strongly: the terminal means against the noise, and the largest Δa with its interval."""
+    times = lambda g, null: f" ({abs(g) / null:.1f}× the noise)" if null > 0 and math.isfinite(g) else ""  # noqa: E731
+    strength = (f"terminal mean Δa {n.gain_a:+.3f}{times(n.gain_a, n.null_a)}, "
+                f"ΔL {n.gain_L:+.3f} rad{times(n.gain_L, n.null_L)}")
+    if n.peak is not None:
+        strength += (f"; largest Δa {n.d_a[n.peak]:+.3f} [{n.t['d_a_lo'].iloc[n.peak]:+.3f}, "
+                     f"{n.t['d_a_hi'].iloc[n.peak]:+.3f}] at layer {n.layers[n.peak]}")
+    return strength
+
+
+def _signatures(n: _Pair, spread: bool) -> tuple[str, bool]:
+    """The paper's two signatures, and whether the ramp is there. Each needs the terminal mean beyond the noise, a
+    terminal layer (step) that counts in the same direction, and, for the ramp, a change concentrated late rather
+    than everywhere."""
+    late_a = bool((n.c_a & n.T & (n.d_a > 0)).any())
+    why_not_ramp = ("terminal Δa is not positive" if not n.gain_a > 0 else
+                    f"terminal mean Δa {n.gain_a:+.3f} is within the noise ±{n.null_a:.3f}" if not n.gain_a > n.null_a
+                    else "a moves at every depth, not only late" if spread else
+                    "the terminal window holds no more than its uniform share of |Δa|" if not n.share > n.uniform else
                     "no terminal layer beyond the noise" if not late_a else None)
-    late_L = bool((c_L & TL & (d_L < 0)).any())
-    why_not_drop = (f"terminal ΔL {gain_L:+.3f}: adjacent readouts move more" if gain_L > 0 else
-                    "terminal ΔL is not negative" if not gain_L < 0 else
-                    f"terminal mean ΔL {gain_L:+.3f} is within the noise ±{null_L:.3f}" if not -gain_L > null_L else
-                    "no terminal step beyond the noise" if not late_L else None)
+    late_L = bool((n.c_L & n.TL & (n.d_L < 0)).any())
+    why_not_drop = (f"terminal ΔL {n.gain_L:+.3f}: adjacent readouts move more" if n.gain_L > 0 else
+                    "terminal ΔL is not negative" if not n.gain_L < 0 else
+                    f"terminal mean ΔL {n.gain_L:+.3f} is within the noise ±{n.null_L:.3f}" if not -n.gain_L > n.null_L
+                    else "no terminal step beyond the noise" if not late_L else None)
     ramp, drop = why_not_ramp is None, why_not_drop is None
-    sig = ("late-layer α ramp: " + ("yes" if ramp else f"no ({why_not_ramp})")
-           + "; smaller L in the terminal window: " + ("yes" if drop else f"no ({why_not_drop})"))
-    points = [("where", where), ("strength", strength), ("signatures", sig)]
-    more = []
-    steps_moved = int(c_L.sum())
-    more.append(("transport", f"L moves beyond the noise at {steps_moved} of {n_L} steps; onset "
-                                f"{onset_text(p.summary.get('onset_a'), 'a')} (a), "
-                                f"{onset_text(p.summary.get('onset_L'), 'L')} (L)"))
-    if "fr_total" in t.columns and np.isfinite(t["fr_total"].to_numpy(float)).any():
-        last = int(np.flatnonzero(np.isfinite(t["fr_total"].to_numpy(float)))[-1])
-        points.append(("predictions", f"on the same tokens, the lens predictions at layer {layers[last]} differ by "
-                                      f"Fisher–Rao {t['fr_total'].iloc[last]:.3f} rad (the representation moved "
-                                      f"{t['fr_representation'].iloc[last]:.3f}, the readout "
-                                      f"{t['fr_readout'].iloc[last]:.3f})"))
+    return ("late-layer α ramp: " + ("yes" if ramp else f"no ({why_not_ramp})")
+            + "; smaller L in the terminal window: " + ("yes" if drop else f"no ({why_not_drop})")), ramp
+
+
+def _predictions(n: _Pair) -> str | None:
+    """How far apart the lens predictions end up on the same tokens (with the cross-readout columns)."""
+    t = n.t
+    if "fr_total" not in t.columns or not np.isfinite(t["fr_total"].to_numpy(float)).any():
+        return None
+    last = int(np.flatnonzero(np.isfinite(t["fr_total"].to_numpy(float)))[-1])
+    return (f"on the same tokens, the lens predictions at layer {n.layers[last]} differ by Fisher–Rao "
+            f"{t['fr_total'].iloc[last]:.3f} rad (the representation moved {t['fr_representation'].iloc[last]:.3f}, "
+            f"the readout {t['fr_readout'].iloc[last]:.3f})")
+
+
+def _sequence(p: PairComparison) -> str | None:
+    """Where in the reply the top token moves (with the per-position profile)."""
     shifted = p.summary.get("shifted_share")
-    if isinstance(shifted, (int, float)) and math.isfinite(shifted):
-        early = p.summary.get("shift_early_share")
-        points.append(("sequence", f"the top token leaves {p.ref}'s top 3 at {shifted:.1%} "
-                                   f"[{p.summary.get('shifted_share_lo', math.nan):.1%}, "
-                                   f"{p.summary.get('shifted_share_hi', math.nan):.1%}] of reply positions"
-                                   + (f", {early:.0%} of them in the first 8" if isinstance(early, float)
-                                      and math.isfinite(early) else "")
-                                   + f"; mean final KL {p.summary.get('kl_final_mean', math.nan):.3f} nats"))
-    if ref is not None and other is not None and "entropy" in other.table:
-        e_ref, e_oth = float(ref.table["entropy"].iloc[-1]), float(other.table["entropy"].iloc[-1])
-        pl_ref, pl_oth = ref.meta.get("path_length"), other.meta.get("path_length")
-        if math.isfinite(e_ref) and math.isfinite(e_oth):
-            txt = f"final-layer entropy {e_oth:.2f} nats ({p.ref}: {e_ref:.2f})"
-            if isinstance(pl_ref, (int, float)) and isinstance(pl_oth, (int, float)):
-                txt += f"; path length Σ L {pl_oth:.2f} ({p.ref}: {pl_ref:.2f})"
-            more.append(("output", txt))
+    if not (isinstance(shifted, (int, float)) and math.isfinite(shifted)):
+        return None
+    early = p.summary.get("shift_early_share")
+    return (f"the top token leaves {p.ref}'s top 3 at {shifted:.1%} "
+            f"[{p.summary.get('shifted_share_lo', math.nan):.1%}, "
+            f"{p.summary.get('shifted_share_hi', math.nan):.1%}] of reply positions"
+            + (f", {early:.0%} of them in the first 8" if isinstance(early, float) and math.isfinite(early) else "")
+            + f"; mean final KL {p.summary.get('kl_final_mean', math.nan):.3f} nats")
+
+
+def _output(p: PairComparison, ref: Trace | None, other: Trace | None) -> str | None:
+    """The final layer's entropy and the path lengths of both checkpoints."""
+    if ref is None or other is None or "entropy" not in other.table:
+        return None
+    e_ref, e_oth = float(ref.table["entropy"].iloc[-1]), float(other.table["entropy"].iloc[-1])
+    pl_ref, pl_oth = ref.meta.get("path_length"), other.meta.get("path_length")
+    if not (math.isfinite(e_ref) and math.isfinite(e_oth)):
+        return None
+    txt = f"final-layer entropy {e_oth:.2f} nats ({p.ref}: {e_ref:.2f})"
+    if isinstance(pl_ref, (int, float)) and isinstance(pl_oth, (int, float)):
+        txt += f"; path length Σ L {pl_oth:.2f} ({p.ref}: {pl_ref:.2f})"
+    return txt
+
+
+def _stability(series_row: dict) -> str:
+    """The destabilization rule's finding for this checkpoint (its row of the series table)."""
+    reason = series_row.get("reason") or ""
+    if series_row.get("destabilized"):
+        txt = f"flagged destabilized: {reason}"
+    elif reason:  # the first checkpoint after the reference has no earlier step
+        txt = f"not judged ({reason})"
+    else:
+        top = largest_ratio(series_row)
+        txt = ("not flagged" if top is None else
+               f"not flagged: its step from the checkpoint before is at most {top:.1f}x the run's typical "
+               "healthy step")
+    if series_row.get("method_rule"):
+        txt += f" (METHOD §4's wording would flag it: {series_row.get('method_reason')})"
+    return txt
+
+
+def _caveat(p: PairComparison, n: _Pair, ref: Trace | None, other: Trace | None, ramp: bool) -> str | None:
+    """What the fits allow at the layers the headline rests on (nothing counts: no caveat)."""
+    rest = [int(x) for x in n.layers[n.c_a & n.T]] if ramp else [int(x) for x in n.layers[n.c_a]]
+    if ref is None or other is None or not rest:
+        return None
+    in_ref, in_other = _status(ref, rest), _status(other, rest)  # layer -> a status that is not ok
+    bad = {**in_ref, **in_other}
+    if not bad:
+        return None
+    kinds = " or ".join(sorted(set(in_ref.values()) | set(in_other.values())))
+    which = ("the layer" if len(rest) == 1 else "all the layers" if len(bad) == len(rest) else
+             f"{len(bad)} of the {len(rest)} layers")
+    return (f"{which} this rests on ({'layer' if len(bad) == 1 else 'layers'} {ranges(list(bad))}) fit "
+            f"{kinds} in {p.ref} or {p.other}: a there is an average slope over a bent or noisy spectrum, "
+            "not one exponent")
+
+
+def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, series_row: dict | None) -> Verdict:
+    """One pair's verdict: where, how strongly, the signatures, then what the comparison also measured."""
+    n = _numbers(p)
+    where, spread = _where(n)
+    sig, ramp = _signatures(n, spread)
+    points = [("where", where), ("strength", _strength(n)), ("signatures", sig)]
+    more = [("transport", f"L moves beyond the noise at {int(n.c_L.sum())} of {n.n_L} steps; onset "
+                          f"{onset_text(p.summary.get('onset_a'), 'a')} (a), "
+                          f"{onset_text(p.summary.get('onset_L'), 'L')} (L)")]
+    for topic, txt in (("predictions", _predictions(n)), ("sequence", _sequence(p))):
+        if txt is not None:
+            points.append((topic, txt))
+    if (output := _output(p, ref, other)) is not None:
+        more.append(("output", output))
     flagged = bool(series_row and series_row.get("destabilized"))
     if series_row is not None:
-        reason = series_row.get("reason") or ""
-        if flagged:
-            txt = f"flagged destabilized: {reason}"
-        elif reason:  # the first checkpoint after the reference has no earlier step
-            txt = f"not judged ({reason})"
-        else:
-            top = largest_ratio(series_row)
-            txt = ("not flagged" if top is None else
-                   f"not flagged: its step from the checkpoint before is at most {top:.1f}x the run's typical "
-                   "healthy step")
-        if series_row.get("method_rule"):
-            txt += f" (METHOD §4's wording would flag it: {series_row.get('method_reason')})"
-        points.append(("stability", txt))
-    # fit caveat: the layers the headline rests on
-    rest = [int(x) for x in layers[c_a & T]] if ramp else [int(x) for x in layers[c_a]]  # nothing counts: no caveat
-    caveat = None
-    if ref is not None and other is not None and rest:
-        in_ref, in_other = _status(ref, rest), _status(other, rest)  # layer -> a status that is not ok
-        bad = {**in_ref, **in_other}
-        if bad:
-            kinds = " or ".join(sorted(set(in_ref.values()) | set(in_other.values())))
-            which = ("the layer" if len(rest) == 1 else "all the layers" if len(bad) == len(rest) else
-                     f"{len(bad)} of the {len(rest)} layers")
-            caveat = (f"{which} this rests on ({'layer' if len(bad) == 1 else 'layers'} {ranges(list(bad))}) fit "
-                      f"{kinds} in {p.ref} or {p.other}: a there is an average slope over a bent or noisy spectrum, "
-                      "not one exponent")
+        points.append(("stability", _stability(series_row)))
     head = ("changes throughout depth" if spread else "a late-layer α ramp" if ramp else
-            "no late-layer α ramp" if c_a.any() else "no change in a beyond the noise")
-    headline = f"{head}; terminal Δa {gain_a:+.3f}, ΔL {gain_L:+.3f}" + (" — flagged destabilized" if flagged else "")
-    return Verdict(f"{p.other} vs {p.ref}", headline, tuple(points), tuple(more), caveat, flagged)
+            "no late-layer α ramp" if n.c_a.any() else "no change in a beyond the noise")
+    headline = (f"{head}; terminal Δa {n.gain_a:+.3f}, ΔL {n.gain_L:+.3f}"
+                + (" — flagged destabilized" if flagged else ""))
+    return Verdict(f"{p.other} vs {p.ref}", headline, tuple(points), tuple(more), _caveat(p, n, ref, other, ramp),
+                   flagged)
 
 
 def trace_verdict(tr: Trace) -> Verdict:

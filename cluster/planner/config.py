@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from spinal.store.codecs import DEFAULT_CODEC, check_codec
-from spinal.config import DTYPES, AnalyzeConfig, CaptureConfig, CompareConfig, parse_layers
+from spinal.config import DTYPES, AnalyzeConfig, CaptureConfig, CompareConfig
+from spinal.specs import parse_layers
 from spinal.errors import InputError
 from spinal.fields import option
 

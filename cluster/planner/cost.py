@@ -16,7 +16,7 @@ from spinal.capture.discover import text_config
 from spinal.cluster.planner.config import GIB, PlanConfig, write_rate
 from spinal.cluster.planner.placement import Placement
 from spinal.cluster.planner.presets import MetaModel, ModelFacts
-from spinal.config import parse_layers
+from spinal.specs import parse_layers
 from spinal.store.layout import chunk_sizes
 from spinal.store.contract import storage_dtype
 

@@ -14,6 +14,9 @@ import typer
 from spinal.fields import default_of, hints
 
 
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="draw a progress bar on stderr")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="log what happens")
+
 def _annotation(tp: Any) -> Any:
     """``X | None`` as ``Optional[X]`` (the spelling every typer version reads)."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):

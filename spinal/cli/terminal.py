@@ -48,6 +48,17 @@ def cli_errors(fn):
     return wrapper
 
 
+def hf_bars(progress: bool) -> None:
+    """--no-progress silences transformers' own bars too (loading shards, dequantizing a GGUF)."""
+    if not progress:
+        import os
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        os.environ["TQDM_DISABLE"] = "1"  # the GGUF dequantizer calls plain tqdm, which reads this at each bar
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -51,6 +51,10 @@ def chunk_sizes(dim: int, itemsize: int, unit_tokens: int) -> tuple[int, int]:
     """
     target = 1 << 20
     t_chunk = 2 ** int(round(math.log2(max(1, target // (dim * itemsize)))))
+    # The clamp binds only outside real models' widths: 4096 tokens at most for d ≤ 45 (float32) or 90 (bfloat16),
+    # narrower than even the tests' d = 64, so a chunk spans at most half of a default 8192-token unit; 16 at least
+    # from d = 21,846 (float32) or 43,691 (bfloat16), wider than any current model, so each chunk's fixed work (a
+    # codec call, a crc32c, an index entry) stays spread over 16 rows or more.
     t_chunk = int(min(4096, max(16, t_chunk)))
     unit_pow2 = 2 ** int(math.floor(math.log2(max(1, unit_tokens))))
     t_shard = min(8 * t_chunk, max(unit_pow2, 1))

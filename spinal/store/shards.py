@@ -2,27 +2,13 @@
 
 A unit owns whole shards (``spinal.store.layout``), so writing one never reads anything back: each shard is its inner
 chunks, each through the array's own codec objects (zarr's, so the bytes are zarr's), then a crc32c, then the
-sharding codec's index (uint64 offset and length per chunk, its own crc32c) at the end. Zarr's write pipeline does
-the same work with several copies and a Python step per chunk: measured on real activations it wrote 0.22–0.50
-GiB/s per core where the codec alone runs at 0.5–3 GiB/s (docs/benchmarks.md, "Store writes"). Here the codec and checksum
-calls release the GIL, so threads scale with cores, and a local shard goes to its file through a temporary name and
-a rename, as zarr writes.
+sharding codec's index (uint64 offset and length per chunk, its own crc32c) at the end. Encoding and writing are
+two stages (``ShardWriter.write_block``): the caller's threads encode, threads of the writer's own hand the encoded
+shards to the disk (``spinal.store.direct_io``).
 
-Encoding and writing are two stages (``ShardWriter.write_block``): the caller's threads encode, threads of the
-writer's own hand the encoded shards to the disk. An ``O_DIRECT`` write sleeps until the disk has the bytes (on the
-test machine ~0.6 of its ~0.8 s/GiB); when the encoding thread wrote its own shards, its core idled that long, and
-one writer thread ran at about half the codec's speed. With the stages apart it runs at 0.7–0.8 of the codec's GiB
-per CPU-second (docs/benchmarks.md, "Store writes").
-
-A local shard is written with ``O_DIRECT`` where the file system takes it (``direct``, the capture's default): the
-pieces are copied into a reused page-aligned buffer (a memcpy, ~1 ms for an 8 MiB shard) and go to the disk
-without passing through the page cache. A store grows by gigabytes the page cache would have to find fresh pages
-for; on the test machine that has cost more than the compression (in one run a store growing by three units took
-0.47 GiB/s of float32 through the page cache and 0.70 with ``O_DIRECT``, zstd-1 on two threads; in a later run the
-page cache was ahead, 0.82 against 0.64, and capture itself was as fast or faster with ``O_DIRECT``: docs/benchmarks.md,
-"Store writes"). Where
-``O_DIRECT`` is refused (tmpfs, some network file systems, macOS), the shard is written with one buffered
-``writev`` of its pieces instead.
+Why not zarr's own write pipeline: its copies and per-chunk Python step keep it well below the codec's speed, while
+the codec and checksum calls here release the GIL and scale with threads, and a writer thread asleep on the disk no
+longer idles an encoding core (measured in docs/benchmarks.md, "Store writes").
 
 Plain zarr reads what this writes; ``tests/capture/test_shards.py`` checks the files are byte-identical to zarr's
 for every codec and dtype. Any layout this does not know (another index location, a chunk codec other than
@@ -31,20 +17,19 @@ bytes → … → crc32c) is written by zarr itself (``ShardWriter.for_array`` r
 
 from __future__ import annotations
 
-import errno
-import mmap
 import os
 import sys
 import threading
-import uuid
-from contextlib import contextmanager
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import crc32c
 import numpy as np
+
+from spinal.store import direct_io
+
+MIN_IO_THREADS = 2  # one O_DIRECT write at a time kept two encoders waiting on this VM's disk (docs/benchmarks.md, "Store writes")
 
 
 def _crc(data) -> bytes:
@@ -125,15 +110,11 @@ class ShardWriter:
     def key(self, layer_index: int, shard_index: int) -> str:
         return self.array.metadata.encode_chunk_key((layer_index, shard_index, 0))
 
-    def write_shard(self, layer_index: int, shard_index: int, shard: np.ndarray, direct: bool = True) -> None:
-        """Encode and write one shard in this thread (``write_block`` overlaps the two for many shards)."""
-        self.put(layer_index, shard_index, self.encode_shard(shard), direct)
-
     def put(self, layer_index: int, shard_index: int, pieces: list, direct: bool = True) -> None:
         """Write one encoded shard (``encode_shard``'s pieces) to its file, or through zarr's store API."""
         key = self.key(layer_index, shard_index)
         if self.folder is not None:
-            _write_file(self.folder / key, pieces, direct)
+            direct_io.write_file(self.folder / key, pieces, direct)
             return
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
@@ -154,58 +135,12 @@ class ShardWriter:
         error) only once every shard started is written or has failed, so a unit is never marked done over a
         missing shard.
         """
-        n_layer, n_tok, _ = block.shape
-        if token_start % self.t_shard or n_tok % self.t_shard:
-            raise ValueError(f"tokens {token_start}+{n_tok} are not whole shards of {self.t_shard}")
-        first = token_start // self.t_shard
-        jobs = [(li, first + s, block[li, s * self.t_shard : (s + 1) * self.t_shard])
-                for li in range(n_layer) for s in range(n_tok // self.t_shard)]
+        jobs = self._jobs(token_start, block)
         encoders = 1 if pool is None else getattr(pool, "_max_workers", os.cpu_count() or 1)
         writers = max(MIN_IO_THREADS, encoders)  # they sleep on the disk: as many as encoders keep it busy
-        slots = threading.Semaphore(encoders + 2 * writers)  # encoded shards in memory, not yet written
-        failed = threading.Event()
-
-        def write(li: int, s: int, pieces: list) -> None:
-            try:
-                if not failed.is_set():
-                    self.put(li, s, pieces, direct)
-            except BaseException:
-                failed.set()
-                raise
-            finally:
-                slots.release()
-
-        def encode(li: int, s: int, shard: np.ndarray) -> Future | None:
-            slots.acquire()
-            if failed.is_set():
-                slots.release()
-                return None
-            try:
-                return io.submit(write, li, s, self.encode_shard(shard))
-            except BaseException:
-                failed.set()
-                slots.release()
-                raise
-
-        error, writes = None, []
         with ThreadPoolExecutor(writers, thread_name_prefix="spinal-io") as io:
-            if pool is None:
-                for job in jobs:
-                    try:
-                        write_future = encode(*job)
-                    except BaseException as e:  # noqa: BLE001 - raised below, once every write has stopped
-                        error = e
-                        break
-                    if write_future is None:  # a write failed: no further shard
-                        break
-                    writes.append(write_future)
-            else:
-                for f in [pool.submit(encode, *job) for job in jobs]:
-                    try:
-                        if (write_future := f.result()) is not None:
-                            writes.append(write_future)
-                    except BaseException as e:  # noqa: BLE001 - the first error is raised once all have stopped
-                        error = error or e
+            stages = _Stages(self, io, encoders + 2 * writers, direct)
+            writes, error = stages.encode_here(jobs) if pool is None else stages.encode_in(pool, jobs)
             for f in writes:  # every shard finishes (or fails) before the unit can be marked done
                 try:
                     f.result()
@@ -214,97 +149,68 @@ class ShardWriter:
         if error is not None:
             raise error
 
-
-MIN_IO_THREADS = 2  # one O_DIRECT write at a time kept two encoders waiting on this VM's disk (docs/benchmarks.md, "Store writes")
-ALIGN = 4096  # O_DIRECT's alignment of buffer address, file offset and length (the largest logical block size)
-_REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)  # what a file system says when it does not take O_DIRECT
-_free: list[mmap.mmap] = []  # page-aligned scratch buffers, reused from shard to shard and call to call
-_free_lock = threading.Lock()
-
-
-@contextmanager
-def _aligned_buffer(size: int) -> Iterator[memoryview]:
-    """A page-aligned scratch buffer of at least ``size`` bytes, taken from the free list and put back after (a
-    fresh one per shard would cost the page faults O_DIRECT avoids; writer threads come and go with each unit)."""
-    with _free_lock:
-        buf = _free.pop() if _free else None
-    if buf is None or len(buf) < size:
-        buf = mmap.mmap(-1, max(size, 8 << 20))  # anonymous mappings are page-aligned
-    try:
-        yield memoryview(buf)
-    finally:
-        with _free_lock:
-            _free.append(buf)
+    def _jobs(self, token_start: int, block: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        """(layer index, shard index, shard) of every shard of ``block``, refused unless it is whole shards."""
+        n_layer, n_tok, _ = block.shape
+        if token_start % self.t_shard or n_tok % self.t_shard:
+            raise ValueError(f"tokens {token_start}+{n_tok} are not whole shards of {self.t_shard}")
+        first = token_start // self.t_shard
+        return [(li, first + s, block[li, s * self.t_shard : (s + 1) * self.t_shard])
+                for li in range(n_layer) for s in range(n_tok // self.t_shard)]
 
 
-def _write_file(path: Path, pieces: list, direct: bool = True) -> str:
-    """Write ``pieces`` to ``path`` through a temporary name in the same folder and a rename (zarr does the same):
-    a shard file is either whole or absent, never torn. Returns how it was written: "direct" (``O_DIRECT``,
-    when asked for and the file system takes it) or "buffered"."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    views = [memoryview(p).cast("B") for p in pieces]
-    try:
-        if direct and hasattr(os, "O_DIRECT") and _write_direct(tmp, views):
-            how = "direct"
-        else:
-            _write_buffered(tmp, views)
-            how = "buffered"
-        os.replace(tmp, path)
-        return how
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+class _Stages:
+    """One ``write_block`` call's two stages: each shard encoded in the caller's threads goes to a writer thread
+    of ``io``; at most ``slots`` encoded shards wait in memory, and after the first error no further shard starts."""
 
+    def __init__(self, writer: ShardWriter, io: Executor, slots: int, direct: bool):
+        self.writer, self.io, self.direct = writer, io, direct
+        self.slots = threading.Semaphore(slots)  # encoded shards in memory, not yet written
+        self.failed = threading.Event()
 
-def _write_direct(tmp: Path, views: list) -> bool:
-    """The pieces, copied into one aligned buffer, written with O_DIRECT and cut to their length; False (nothing
-    left at ``tmp``) when the file system refuses O_DIRECT."""
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
-    except OSError as e:
-        if e.errno in _REFUSED:
-            return False
-        raise
-    total = sum(v.nbytes for v in views)
-    size = -(-total // ALIGN) * ALIGN
-    done, refused = 0, False
-    try:
-        with _aligned_buffer(size) as buf:
-            flat, offset = np.frombuffer(buf, np.uint8), 0
-            for v in views:
-                if v.nbytes >= 1 << 16:  # numpy's copy releases the GIL, a memoryview assignment does not
-                    np.copyto(flat[offset : offset + v.nbytes], np.frombuffer(v, np.uint8))
-                else:
-                    buf[offset : offset + v.nbytes] = v
-                offset += v.nbytes
-            while done < size:
-                n = os.write(fd, buf[done:size])  # a short write stays aligned: it ends on a block (ENOSPC next)
-                if n <= 0 or n % ALIGN:
-                    raise OSError(errno.EIO, f"O_DIRECT write of {tmp} returned {n} bytes")
-                done += n
-        os.ftruncate(fd, total)  # the padding past the last piece goes
-    except OSError as e:
-        if e.errno not in _REFUSED or done:
+    def write(self, li: int, s: int, pieces: list) -> None:
+        try:
+            if not self.failed.is_set():
+                self.writer.put(li, s, pieces, self.direct)
+        except BaseException:
+            self.failed.set()
             raise
-        refused = True  # opened, but the write itself refused: the caller writes it buffered instead
-    finally:
-        os.close(fd)
-    if refused:
-        tmp.unlink(missing_ok=True)
-    return not refused
+        finally:
+            self.slots.release()
 
+    def encode(self, li: int, s: int, shard: np.ndarray) -> Future | None:
+        """Encode one shard and hand it to a writer; None (nothing started) once a shard has failed."""
+        self.slots.acquire()
+        if self.failed.is_set():
+            self.slots.release()
+            return None
+        try:
+            return self.io.submit(self.write, li, s, self.writer.encode_shard(shard))
+        except BaseException:
+            self.failed.set()
+            self.slots.release()
+            raise
 
-def _write_buffered(tmp: Path, views: list) -> None:
-    """One ``writev`` of the pieces through the page cache (looping over short writes)."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        while views:
-            n = os.writev(fd, views)
-            while views and n >= views[0].nbytes:  # a short write (a full disk says ENOSPC on the next call)
-                n -= views[0].nbytes
-                views.pop(0)
-            if views and n:
-                views[0] = views[0][n:]
-    finally:
-        os.close(fd)
+    def encode_here(self, jobs: list) -> tuple[list[Future], BaseException | None]:
+        """Encode the shards in this thread, in order, up to the first error; the writes started, and that error."""
+        writes = []
+        for job in jobs:
+            try:
+                write_future = self.encode(*job)
+            except BaseException as e:  # noqa: BLE001 - raised by write_block, once every write has stopped
+                return writes, e
+            if write_future is None:  # a write failed: no further shard
+                break
+            writes.append(write_future)
+        return writes, None
+
+    def encode_in(self, pool: Executor, jobs: list) -> tuple[list[Future], BaseException | None]:
+        """Encode the shards in ``pool``'s threads; the writes started, and the first error."""
+        error, writes = None, []
+        for f in [pool.submit(self.encode, *job) for job in jobs]:
+            try:
+                if (write_future := f.result()) is not None:
+                    writes.append(write_future)
+            except BaseException as e:  # noqa: BLE001 - raised by write_block, once every write has stopped
+                error = error or e
+        return writes, error

@@ -8,7 +8,9 @@ from spinal.analyze.contraction import calibration
 
 import synthetic
 from spinal.analyze.contraction.layer_spectrum import pool, spectrum_of
-from spinal.analyze.contraction.spectrum import fit_gram, fit_replicates, replicate_se, t_interval
+from spinal.analyze.contraction.intervals import replicate_se, t_interval
+from spinal.analyze.contraction.slopes import fit_replicates
+from spinal.analyze.contraction.spectrum import fit_gram
 from spinal.config import AnalyzeConfig
 from spinal.errors import InputError
 
@@ -124,7 +126,8 @@ def test_below_eight_d_tokens_traces_carry_one_pooled_kappa_and_compare_pairs_th
     from conftest import write_jsonl
     from scipy.stats import t as student
     from spinal.analyze.compare.paired import compare
-    from spinal.analyze.trace import Trace, analyze
+    from spinal.analyze.trace import analyze
+    from spinal.analyze.trace_format import Trace
     from spinal.capture import capture
     from spinal.config import CaptureConfig, CompareConfig
     rows = [{"id": f"q{i}", "prompt": f"Item {i}: say why {i * 5 % 11} matters."} for i in range(12)]

@@ -11,7 +11,8 @@ from conftest import save_checkpoint, write_jsonl
 from spinal.analyze.compare.aggregates import terminal_layers
 from spinal.analyze.compare.paired import compare, holm
 from spinal.analyze.compare.comparison import Comparison
-from spinal.analyze.trace import Trace, analyze
+from spinal.analyze.trace import analyze
+from spinal.analyze.trace_format import Trace
 from spinal.analyze.compare.weights import block_sq_change
 from spinal.capture import capture
 from spinal.cli.app import app

@@ -8,9 +8,9 @@ import pytest
 
 import synthetic
 from spinal.analyze.contraction.influence import eigen
-from spinal.analyze.contraction.layer_spectrum import paired_replicates, spectrum_of
+from spinal.analyze.contraction.layer_spectrum import LayerSpectrum, Replicates, paired_replicates, spectrum_of
 from spinal.analyze.contraction.moments import GramResult, GramStats
-from spinal.analyze.contraction.spectrum import t_interval
+from spinal.analyze.contraction.intervals import t_interval
 
 
 def _data(n=600, d=24, blocks=6, seed=0):
@@ -61,6 +61,11 @@ def test_reweighted_spectra_are_exact_to_first_order():
     assert errors[1] < 1e-4
 
 
+def _side(s: LayerSpectrum) -> Replicates:
+    """A layer's spectrum as a comparison pairs it (a Trace row holds the same four)."""
+    return Replicates(s.centered.a_wls, s.boot, s.leave_one_out, s.kappa)
+
+
 def _spec(res, spec, seed, sims=24):
     return spectrum_of(res, 0, storage_dtype=spec.storage_dtype, n_boot=200, null_splits=8, seed=seed, window=None,
                        calibration_sims=sims)
@@ -103,7 +108,8 @@ def test_paired_intervals_cover_zero_and_a_known_shift(spec, sims):
         for shift in deltas:
             s2 = _spec(synthetic.moments(synthetic.draw(spec, rng, q, z=z2, a=spec.a + shift)[0], seq), spec, i, sims)
             deltas[shift].append(s2.centered.a_wls - s1.centered.a_wls)
-            ivals[shift].append(t_interval(deltas[shift][-1], paired_replicates(s1, s2), s1.blocks))
+            ivals[shift].append(t_interval(deltas[shift][-1], paired_replicates(_side(s1), _side(s2), s1.blocks),
+                                            s1.blocks))
         if i < 10:
             s3 = _spec(synthetic.moments(synthetic.draw(spec, rng, q, z=z2, a=spec.a)[0], seq), spec, i + 1000, sims)
             unpaired.append(np.diff(t_interval(0.0, s3.boot - s1.boot, s1.blocks))[0])  # other draws: unpaired

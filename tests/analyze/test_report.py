@@ -15,12 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinal.analyze.report import plots
+from overlaps import drawn_texts, overlapping_texts
+from spinal.analyze.report import comparison_plots, trace_plots
+from spinal.analyze.report.figures import fit_line
 from spinal.analyze.compare.paired import compare
 from spinal.analyze.compare.comparison import DEFINITIONS, Comparison, PairComparison
 from spinal.analyze.report.html import write_report
 from spinal.analyze.report.tables import OPERATIONAL
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace_format import Trace
 from spinal.config import CompareConfig
 
 N_LAYERS = 13
@@ -207,22 +209,22 @@ def test_report_from_the_real_compare(tmp_path, traces):
 
 def test_fit_line_recovers_an_exact_power_law():
     sv = np.concatenate([[500.0], 3.0 * np.arange(1, 200, dtype=float) ** -1.4])  # one spike, bulk 3·k^-1.4
-    k, fitted = plots.fit_line(sv, 1.4, 10, 90, spikes=1)
+    k, fitted = fit_line(sv, 1.4, 10, 90, spikes=1)
     assert np.allclose(fitted, sv[9:90], rtol=1e-12) and k[0] == 10 and k[-1] == 90
 
 
 _DRAW_EVERY_PLOT = """
 import pickle, sys
 from pathlib import Path
-from spinal.analyze.report import plots
+from spinal.analyze.report import comparison_plots, trace_plots
+from spinal.analyze.report.figures import fit_line
 traces, comparison = pickle.loads(Path(sys.argv[1]).read_bytes())
 out = Path(sys.argv[2])
-plots.plot_depth(traces, out / "depth.png")
-plots.plot_curve(traces, out / "curve.png")
-plots.plot_spectrum(traces[0], 5, out / "spectrum.png")
-plots.plot_spectra(traces, 5, out / "spectra.png")
-plots.plot_deltas(comparison, out / "deltas.png")
-plots.plot_series(comparison, out / "series.png")
+trace_plots.plot_depth(traces, out / "depth.png")
+trace_plots.plot_curve(traces, out / "curve.png")
+trace_plots.plot_spectra(traces, 5, out / "spectra.png")
+comparison_plots.plot_deltas(comparison, out / "deltas.png")
+comparison_plots.plot_series(comparison, out / "series.png")
 print("pyplot imported:", "matplotlib.pyplot" in sys.modules)
 """
 
@@ -237,7 +239,7 @@ def test_plots_leave_no_pyplot_state(tmp_path, traces, comparison):
     r = subprocess.run([sys.executable, "-c", _DRAW_EVERY_PLOT, str(tmp_path / "inputs.pkl"), str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert len(list(tmp_path.glob("*.png"))) == 6
+    assert len(list(tmp_path.glob("*.png"))) == 5
     assert r.stdout.strip() == "pyplot imported: False"
 
 
@@ -299,13 +301,13 @@ def _many_checkpoints() -> tuple[list[Trace], Comparison]:
 @pytest.mark.parametrize("case", ["fixture", "eight checkpoints"])
 def test_no_text_overlaps_its_neighbour_in_any_figure(case, traces, comparison):
     trs, comp = (traces, comparison) if case == "fixture" else _many_checkpoints()
-    figures = {"depth": plots.draw_depth(trs), "deltas": plots.draw_deltas(comp), "curve": plots.draw_curve(trs),
-               "spectra": plots.draw_spectra(trs, 12), "spectrum": plots.draw_spectrum(trs[0], 5)}
+    figures = {"depth": trace_plots.draw_depth(trs), "deltas": comparison_plots.draw_deltas(comp),
+               "curve": trace_plots.draw_curve(trs), "spectra": trace_plots.draw_spectra(trs, 12)}
     if comp.series is not None:
-        figures["series"] = plots.draw_series(comp)
+        figures["series"] = comparison_plots.draw_series(comp)
     for name, fig in figures.items():
-        assert plots.overlapping_texts(fig) == [], name
-        assert len(plots._drawn_texts(fig, None)) >= 8, name  # tick labels and titles were seen at all
+        assert overlapping_texts(fig) == [], name
+        assert len(drawn_texts(fig)) >= 8, name  # tick labels and titles were seen at all
 
 
 def test_the_overlap_check_sees_text_on_text():
@@ -315,7 +317,7 @@ def test_the_overlap_check_sees_text_on_text():
     ax = fig.subplots()
     ax.text(0.5, 0.5, "ℓ=11 dpo-step0075")
     ax.text(0.52, 0.5, "ℓ=11 dpo-step0200")
-    assert ("ℓ=11 dpo-step0075", "ℓ=11 dpo-step0200") in plots.overlapping_texts(fig)
+    assert ("ℓ=11 dpo-step0075", "ℓ=11 dpo-step0200") in overlapping_texts(fig)
 
 
 def test_small_multiples_keep_each_pair_on_its_own_scale(comparison):
@@ -323,7 +325,7 @@ def test_small_multiples_keep_each_pair_on_its_own_scale(comparison):
     big = comparison.pairs[0].table.assign(d_a=lambda t: t["d_a"] * 40, d_a_lo=lambda t: t["d_a_lo"] * 40,
                                            d_a_hi=lambda t: t["d_a_hi"] * 40)
     comp = Comparison((PairComparison("base", "over", big, SUMMARY),) + comparison.pairs[1:], None, {})
-    fig = plots.draw_deltas(comp)
+    fig = comparison_plots.draw_deltas(comp)
     (a_big, _), (a_small, _) = fig.axes[0:2], fig.axes[2:4]
     span = lambda ax: np.diff(ax.get_ylim())[0]  # noqa: E731
     small = comparison.pairs[1].table

@@ -13,15 +13,14 @@ from spinal.analyze.contraction.gram import GramAccumulator
 from spinal.analyze.contraction.layer_spectrum import spectrum_of
 from spinal.analyze.contraction.spectrum import with_curvature
 from spinal.analyze.contraction.moments import GramResult
+from spinal.analyze.contraction.intervals import t_interval
+from spinal.analyze.contraction.slopes import fit_mle, fit_wls
 from spinal.analyze.contraction.spectrum import (
     count_spikes,
     default_window,
     fit_gram,
-    fit_mle,
     fit_spectrum,
-    fit_wls,
     noise_floor,
-    t_interval,
     singular_values,
 )
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from spinal.analyze.compare.stability import FACTOR, Step, flag_text, judge, step
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace_format import Trace
 
 ROOT = Path(__file__).resolve().parents[2]
 N_LAYERS, N_SEQ, N_BOOT, BLOCKS = 13, 200, 400, 16

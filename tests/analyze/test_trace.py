@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM
 from conftest import write_jsonl
 from references import fisher_rao_reference
 from spinal.analyze.contraction.spectrum import fit_spectrum
-from spinal.analyze.trace import Trace, analyze
+from spinal.analyze.trace import analyze
+from spinal.analyze.trace_format import Trace
 from spinal.capture import capture
 from spinal.config import AnalyzeConfig, CaptureConfig
 from spinal.errors import InputError, StoreError
@@ -163,7 +164,7 @@ def test_companions_on_a_seeded_subset_match_brute_force(store, tmp_path):
 def test_cluster_se_is_the_spread_of_the_token_mean_over_repeated_samples():
     """L_se: tokens of one sequence share a component, so the mean over tokens varies more than √(var/N) says;
     the clustered SE matches its actual spread over 2000 seeded datasets (and the naive one does not)."""
-    from spinal.analyze.trace import cluster_se
+    from spinal.analyze.transport.lens_size import cluster_se
 
     rng = np.random.default_rng(0)
     means, ses, naive = [], [], []

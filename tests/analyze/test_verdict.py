@@ -8,7 +8,7 @@ import pytest
 
 from spinal.analyze.compare.paired import compare
 from spinal.analyze.compare.comparison import Comparison, PairComparison
-from spinal.analyze.trace import Trace
+from spinal.analyze.trace_format import Trace
 from spinal.analyze.report.verdict import onset_text, pair_verdict, verdicts
 from spinal.config import CompareConfig
 

@@ -188,14 +188,14 @@ def test_wrong_lens_is_refused_by_the_self_check(llama, prompts_file, tmp_path, 
     """If discovery described the readout wrongly, the logits check refuses the model instead of storing it."""
     import dataclasses
 
-    import spinal.capture.runner as runner_mod
+    import spinal.capture.session as session_mod
     from spinal.capture.discover import discover as real_discover
 
     def wrong(model):
         a = real_discover(model)
         return dataclasses.replace(a, spec=dataclasses.replace(a.spec, weight_offset=1.0))  # Gemma's 1 + w on Llama
 
-    monkeypatch.setattr(runner_mod, "discover", wrong)
+    monkeypatch.setattr(session_mod, "discover", wrong)
     assert_refused(run("capture", llama, "-p", prompts_file, "-o", tmp_path / "s"), "LlamaForCausalLM",
                    "lens does not reproduce the model's logits")
     assert not (tmp_path / "s").exists()

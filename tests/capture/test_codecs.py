@@ -88,7 +88,7 @@ def test_resume_keeps_the_store_s_own_codec_and_says_so(checkpoint, reference_st
     out = _capture(checkpoint, prompts, tmp_path / "s.zarr", "float32", "crc32c")
     s = Store.open(str(out), mode="r+")
     s.group["units/done"][1] = 0  # unit 1 "never finished": resume rewrites it
-    with caplog.at_level(logging.WARNING, logger="spinal.capture.runner"):
+    with caplog.at_level(logging.WARNING, logger="spinal.capture.session"):
         capture(CaptureConfig(model=str(checkpoint("llama")), prompts=str(prompts), out=str(out), unit_tokens=16,
                               dtype="float32", resume=True))  # the default codec asked for
     assert any("created with codec crc32c" in r.getMessage() for r in caplog.records)

@@ -18,7 +18,7 @@ from spinal.store.codecs import CODECS
 from spinal.store.create import create_store
 from spinal.store.layout import plan_layout
 from spinal.lens import LensSpec
-from spinal.store import shards
+from spinal.store import direct_io, shards
 from spinal.store.shards import ShardWriter
 from spinal.store.contract import Store
 
@@ -60,13 +60,13 @@ def _takes_o_direct(folder: Path) -> bool:
 @pytest.fixture
 def ways(monkeypatch) -> list[str]:
     """How each shard file was written ("direct" or "buffered"), in order."""
-    out, real = [], shards._write_file
+    out, real = [], direct_io.write_file
 
     def recorded(path, pieces, direct=True):
         out.append(real(path, pieces, direct))
         return out[-1]
 
-    monkeypatch.setattr(shards, "_write_file", recorded)
+    monkeypatch.setattr(direct_io, "write_file", recorded)
     return out
 
 
@@ -86,7 +86,7 @@ def test_the_shard_files_are_byte_identical_to_zarrs_own(tmp_path, codec, dtype,
         assert mine[key] == want[key], key
     used = "direct" if direct and _takes_o_direct(tmp_path) else "buffered"
     assert ways == [used] * (N_LAYER * N_TOK // T_SHARD)
-    assert any(len(v) % shards.ALIGN for k, v in mine.items() if k != "zarr.json")  # O_DIRECT's padding cut off
+    assert any(len(v) % direct_io.ALIGN for k, v in mine.items() if k != "zarr.json")  # O_DIRECT's padding cut off
     plain = zarr.open_array(str(tmp_path / "ours.zarr" / "hidden"), mode="r")
     assert np.array_equal(plain[...], block)
 
@@ -129,7 +129,7 @@ def test_a_full_disk_leaves_no_torn_or_temporary_shard(tmp_path, monkeypatch, di
     def failing(fd, data):  # the 6th write call hits a full disk halfway through (a block boundary for O_DIRECT)
         calls["n"] += 1
         if calls["n"] == 6:
-            real(fd, data[: shards.ALIGN] if name == "write" else [bytes(data[0][: len(data[0]) // 2])])
+            real(fd, data[: direct_io.ALIGN] if name == "write" else [bytes(data[0][: len(data[0]) // 2])])
             raise OSError(errno.ENOSPC, "No space left on device")
         if calls["n"] > 6:
             raise OSError(errno.ENOSPC, "No space left on device")  # a full disk stays full
@@ -169,7 +169,7 @@ def test_short_o_direct_writes_are_continued(tmp_path, monkeypatch, ways):
     block = _block("float32", seed=2)
     s = _store(str(tmp_path / "s.zarr"), "float32", "crc32c")
     real = os.write
-    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, data[: shards.ALIGN]))  # one block per call
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, data[: direct_io.ALIGN]))  # one block per call
     s.write_unit(s.units[0], block)
     assert set(ways) == {"direct"}
     assert np.array_equal(zarr.open_array(str(tmp_path / "s.zarr" / "hidden"), mode="r")[...], block)
@@ -238,7 +238,7 @@ def test_encoding_runs_ahead_of_slow_writes_within_its_memory_bound(tmp_path, mo
     block = _block("float32", seed=8)
     s = _store(str(tmp_path / "s.zarr"), "float32", "zstd-1")
     lock, state = threading.Lock(), {"waiting": 0, "most": 0, "encoded": 0}
-    real_encode, real_write = ShardWriter.encode_shard, shards._write_file
+    real_encode, real_write = ShardWriter.encode_shard, direct_io.write_file
 
     def encode(self, shard):
         pieces = real_encode(self, shard)
@@ -256,7 +256,7 @@ def test_encoding_runs_ahead_of_slow_writes_within_its_memory_bound(tmp_path, mo
         return how
 
     monkeypatch.setattr(ShardWriter, "encode_shard", encode)
-    monkeypatch.setattr(shards, "_write_file", slow_write)
+    monkeypatch.setattr(direct_io, "write_file", slow_write)
     pool = ThreadPoolExecutor(encoders) if encoders > 1 else None
     try:
         s.write_unit(s.units[0], block, pool)

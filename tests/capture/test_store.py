@@ -170,18 +170,18 @@ def test_store_on_an_fsspec_url(checkpoint, prompts_file, tmp_path):
 def test_the_self_check_probes_the_first_prompts_cut_short_and_right_padded(llama, tmp_path, monkeypatch):
     """The probe runs before the first unit with nothing to overlap it, so it is short; its second row stays shorter
     than its first, so the padding mask is part of what is checked even when every prompt is long."""
-    import spinal.capture.runner as runner_mod
+    import spinal.capture.session as session_mod
     from conftest import write_jsonl
-    from spinal.capture.runner import PROBE_TOKENS
+    from spinal.capture.session import PROBE_TOKENS
 
     seen = []
-    real = runner_mod.run_self_check
+    real = session_mod.run_self_check
 
     def spy(model, anatomy, lens, input_ids, attention_mask, dtype):
         seen.append(attention_mask.sum(dim=1).tolist())
         return real(model, anatomy, lens, input_ids, attention_mask, dtype)
 
-    monkeypatch.setattr(runner_mod, "run_self_check", spy)
+    monkeypatch.setattr(session_mod, "run_self_check", spy)
     prompts = write_jsonl(tmp_path / "long.jsonl", [{"id": f"p{i}", "prompt": c * 150} for i, c in enumerate("abc")])
     out = str(tmp_path / "s.zarr")
     capture(CaptureConfig(model=str(llama), prompts=str(prompts), out=out, batch_size=2))

@@ -75,7 +75,7 @@ def test_killed_actor_unit_is_redone_elsewhere_and_store_equals_uninterrupted(tw
     replica = ray.remote(DiesOnUnit).options(num_cpus=1, max_restarts=0)
     actors = [replica.remote(cfg.__dict__, 2, str(marker)) for _ in range(2)]  # the first to start unit 2 dies
     try:
-        pids = ray.get([a.ping.remote() for a in actors])
+        pids = [s["pid"] for s in ray.get([a.status.remote() for a in actors])]
         with caplog.at_level(logging.INFO, logger="spinal.cluster.ray_capture"):
             res = drive(cfg, actors, max_retries=2)
     finally:
