@@ -1,0 +1,1 @@
+"""What a capture reads: prompt sets from files and datasets, and the row layouts researchers keep them in."""
