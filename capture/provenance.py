@@ -97,7 +97,7 @@ def metadata(cfg: CaptureConfig, loaded: Loaded, prompts: PromptSet, tokd: Token
         "source": loaded.source,
         "capture": {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite")},
         "prompts": {"path": prompts.path, "sha256": prompts.sha256, "count": len(prompts.prompts),
-                    "truncated": int(tokd.truncated.sum())},
+                    "truncated": int(tokd.truncated.sum()), "source": prompts.source},
         "positions": cfg.stored_positions,
         "self_check": check,
         "software": {"spinal": spinal.__version__, "torch": torch.__version__,

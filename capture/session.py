@@ -4,6 +4,7 @@ any of the store's units."""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import time
@@ -121,7 +122,11 @@ def prepare(cfg: CaptureConfig, loaded: Loaded | None = None, lock_token: str | 
     check_writable(cfg.out)
     if lock_token is None:
         refuse_if_held(cfg.out)
-    prompts = load_prompts(cfg.prompts)
+    prompts = load_prompts(cfg.prompts, cfg.prompt_options())
+    if prompts.conversational and not cfg.chat_template:  # a chat row is a conversation: only its template renders it
+        log.warning("the prompts are conversations (%s): rendered with the model's chat template, as "
+                    "--chat-template does", prompts.source["layout"])
+        cfg = replace(cfg, chat_template=True)
     loaded = loaded or load_for(cfg)
     anatomy = discover(loaded.model)
     layers = parse_layers(cfg.layers, anatomy.n_layers)
@@ -223,11 +228,17 @@ def _sequences(prompts: PromptSet, tokd: Tokenized) -> dict[str, np.ndarray]:
     """The sequences table's columns that come from the prompts (the layout gives offset, length and unit)."""
     return {
         "prompt_id": np.array([p.id for p in prompts.prompts], dtype=object),
-        "text_hash": np.array([sha256_text(p.prompt + "\x00" + (p.response or "")) for p in prompts.prompts],
+        "text_hash": np.array([sha256_text(_text(p)) for p in prompts.prompts],
                               dtype=object),
         "input_length": tokd.input_length,
         "truncated": tokd.truncated,
     }
+
+
+def _text(p) -> str:
+    """A prompt's texts for its hash: prompt and reply (and, for a chat, every turn of the conversation)."""
+    text = p.prompt + "\x00" + (p.response or "")
+    return text if not p.conversation else text + "\x00" + json.dumps([list(t) for t in p.conversation])
 
 
 def _create(path: str, **kw) -> Store:

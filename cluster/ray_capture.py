@@ -97,7 +97,7 @@ def _drive(cfg: CaptureConfig, actors: list, max_retries: int, progress, lock: S
         log.warning("capture done on %d of %d replica(s): %d died while loading, %d during capture "
                     "(their units were redone on the others)", alive, n_started, n_started - len(live), died)
     return CaptureResult(cfg.out, written, len(units) - written, total, time.perf_counter() - t0,
-                         store.meta.get("self_check"), total - before)
+                         store.meta.get("self_check"), total - before, store.meta.get("prompts", {}).get("source"))
 
 
 def _get(ref):

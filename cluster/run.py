@@ -115,7 +115,7 @@ def check_inputs(cfg: RunConfig) -> str:
     from spinal.capture.load import check_adapter, check_checkpoint
     from spinal.capture.prompts import load_prompts
 
-    prompts = load_prompts(cfg.prompts)
+    prompts = load_prompts(cfg.prompts, cfg.capture.prompt_options())
     for ck in cfg.checkpoints:
         check_checkpoint(ck.path, allow_pickle=cfg.capture.allow_pickle, trust_remote_code=cfg.capture.trust_remote_code)
         if ck.adapter:

@@ -7,79 +7,13 @@ import re
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from spinal.store.codecs import DEFAULT_CODEC, check_codec
-from spinal.dtypes import CAPTURED
+from spinal.capture_config import DTYPES, CaptureConfig
 from spinal.errors import InputError
 from spinal.fields import apply_sets, from_dict, option
-from spinal.specs import parse_layers, parse_positions, parse_window
+from spinal.specs import parse_layers, parse_window
 
-DTYPES = ("auto", *CAPTURED)
-
-
-@dataclass(frozen=True)
-class CaptureConfig:
-    """What to capture: one checkpoint × one prompt set -> one store."""
-
-    RUN_SETS: ClassVar[frozenset] = frozenset({"model", "adapter", "prompts", "out", "resume", "overwrite"})
-
-    model: str = option("local checkpoint folder (safetensors), a .gguf file, or hub id")
-    prompts: str = option("prompt file: JSONL {id, prompt[, response]}, plain text (one per line) or Parquet",
-                          short="-p")
-    out: str = option("output store path (local folder or fsspec URL)", short="-o")
-    adapter: str | None = option("a PEFT/LoRA adapter folder: merged into MODEL (its base) in memory before the "
-                                 "self-checks; both identities are recorded", None)
-    layers: str = option("layers to store: 'all' or a list/ranges like '0,4,8-12' (0 = embedding output)", "all")
-    positions: str = option(
-        "token positions: 'auto' ('text' with --chat-template, else 'all-but-first'); 'text' (the user's and the "
-        "reply's own tokens, no template tokens), 'user', 'reply'; 'all-but-first' (skip position 0, the attention "
-        "sink), 'all', 'last:K', 'response' (every token after the prompt)", "auto")
-    batch_size: int = option("sequences per forward pass", 8)
-    max_length: int = option("tokens per sequence; longer inputs are truncated (and reported)", 512)
-    dtype: str = option("compute dtype: auto (the checkpoint's on GPU, float32 on CPU, where bf16 matmuls run "
-                        "~5× slower), float32, bfloat16, float16", "auto")
-    device_map: str | None = option("accelerate device_map: 'auto', 'cpu', 'cuda:0', … (default: cpu or one GPU)",
-                                    None)
-    max_memory: str | None = option("accelerate max_memory, e.g. '0=70GiB,1=70GiB,cpu=200GiB'", None)
-    chat_template: bool = option("wrap prompts with the tokenizer's chat template", False)
-    unit_tokens: int = option("stored tokens per work unit (a unit owns whole shards)", 8192)
-    codec: str = option("lossless codec of the stored activations, always checksummed (crc32c): zstd-1, zstd-3, "
-                        "blosc-zstd-1-shuffle, blosc-lz4-shuffle, blosc-lz4-bitshuffle, or crc32c (no compression); "
-                        "docs/benchmarks.md 'Store writes' measures them. A resumed store keeps its own", DEFAULT_CODEC)
-    write_threads: int = option("threads that compress and checksum a unit's shards while the next unit runs (0: "
-                                "one per core this process may use); as many more, mostly asleep, write them", 0)
-    direct_io: bool = option("write shard files with O_DIRECT, past the page cache, where the file system takes it "
-                             "(same bytes; --no-direct-io writes through the page cache; docs/benchmarks.md 'Store writes')", True)
-    resume: bool = option("finish an interrupted store: redo exactly the units not marked done", False)
-    overwrite: bool = option("replace an existing store at --out", False)
-    trust_remote_code: bool = option("allow the checkpoint's own Python code (off: refused)", False)
-    allow_pickle: bool = option("allow pickle (.bin/.pt) weights (off: safetensors only)", False)
-    allow_offload: bool = option("allow a device map that spills to CPU or disk on a GPU replica", False)
-    self_check: bool = option("compare captured states and lens logits with the model's own on a probe batch "
-                              "before capturing (--no-self-check skips it: not advised)", True)
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "unit_tokens"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 1")
-        if self.write_threads < 0:
-            raise InputError(f"write_threads={self.write_threads}; must be ≥ 0 (0: one per core)")
-        if self.max_length < 2:
-            raise InputError(f"max_length={self.max_length}; must be ≥ 2")
-        if self.dtype not in DTYPES:
-            raise InputError(f"dtype={self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        parse_positions(self.positions)
-        if self.resume and self.overwrite:
-            raise InputError("--resume and --overwrite contradict each other: choose one")
-        parse_layers(self.layers, None)
-        check_codec(self.codec)
-
-    @property
-    def stored_positions(self) -> str:
-        """The rule ``auto`` stands for: a chat template's own tokens are identical in every prompt, so with one
-        only the text is stored (their rows would be shared by every sequence: a shelf in the spectrum)."""
-        if self.positions != "auto":
-            return self.positions
-        return "text" if self.chat_template else "all-but-first"
+__all__ = ["DTYPES", "CaptureConfig", "AnalyzeConfig", "CompareConfig", "ClusterConfig", "RunConfig",
+           "load_run_config"]  # CaptureConfig lives in its own module (spinal/capture_config.py), one import here
 
 
 @dataclass(frozen=True)
@@ -200,7 +134,8 @@ class RunConfig:
     ``analyze_config`` give any checkpoint's (only the paths differ)."""
 
     out: str = option("output folder: stores/, traces/, compare/, report/")
-    prompts: str = option("prompt file shared by every checkpoint")
+    prompts: str = option("prompt set shared by every checkpoint: a file, a dataset folder or glob, or a Hub "
+                          "dataset id ([capture] split, reply, prompt_column, … choose how it is read)")
     checkpoints: tuple[Checkpoint, ...] = option("checkpoints, the reference first, then in training order")
     capture: CaptureConfig = option("[capture]: CaptureConfig options (all but model/prompts/out/resume/overwrite)")
     analyze: AnalyzeConfig = option("[analyze]: AnalyzeConfig options (all but store/out/overwrite)")
@@ -212,6 +147,10 @@ class RunConfig:
         labels = [c.label for c in self.checkpoints]
         if len(set(labels)) != len(labels):
             raise InputError(f"{self.source}: checkpoint labels must be unique, got {labels}")
+        if self.capture.reply == "both":
+            raise InputError(f"{self.source}: [capture] reply = 'both' makes two stores per checkpoint; a run "
+                             "compares one stream: set reply = 'chosen' or 'rejected' (or capture both sides with "
+                             "`spinal capture --reply both` and compare them with `spinal compare`)")
 
     def store_path(self, ck: Checkpoint) -> str:
         return f"{self.out}/stores/{ck.label}.zarr"

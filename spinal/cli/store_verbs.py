@@ -28,6 +28,7 @@ def capture(
     Layer 0 is the embedding output, layer ℓ the output of block ℓ before the final norm.
     The store also holds the lens (final norm + unembedding) so analysis never needs the model.
     Interrupted runs finish with --resume, redoing exactly the units not marked done.
+    PROMPTS may be a dataset (a save_to_disk folder, shards, a Hub id): its layout is recognised and said.
     With --service LABEL, omit MODEL: the loaded replicas of that label capture.
     """
     setup_logging(verbose)
@@ -47,15 +48,15 @@ def capture(
     from spinal.capture import capture as run_capture
 
     hf_bars(progress)
+    for side in cfg.sides():  # one capture, or with --reply both one per side (OUT named by side)
+        with Bar("capture" + (f" {side.reply}" if cfg.reply == "both" else ""), "tok", enabled=progress) as bar:
+            if service:
+                from spinal.cluster.service import capture_with_service
 
-    with Bar("capture", "tok", enabled=progress) as bar:
-        if service:
-            from spinal.cluster.service import capture_with_service
-
-            result = capture_with_service(cfg, service, address, progress=bar)
-        else:
-            result = run_capture(cfg, progress=bar)
-    err.print(result.summary(), highlight=False)
+                result = capture_with_service(side, service, address, progress=bar)
+            else:
+                result = run_capture(side, progress=bar)
+        err.print(result.summary(), highlight=False)
 
 
 @cli_errors

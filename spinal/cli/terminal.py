@@ -57,6 +57,13 @@ def hf_bars(progress: bool) -> None:
 
         hf_logging.disable_progress_bar()
         os.environ["TQDM_DISABLE"] = "1"  # the GGUF dequantizer calls plain tqdm, which reads this at each bar
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # datasets' own bars (loading, converting shards)
+        try:
+            import datasets
+
+            datasets.disable_progress_bars()
+        except ImportError:  # pragma: no cover
+            pass
 
 
 def setup_logging(verbose: bool) -> None:

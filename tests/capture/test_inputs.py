@@ -8,12 +8,11 @@ import json
 import logging
 from pathlib import Path
 
+import datasets
 import pytest
 
-datasets = pytest.importorskip("datasets")  # a dependency of spinal: a missing one fails the import check in CI
-
-from spinal.capture.prompts import PromptOptions, load_prompts  # noqa: E402
-from spinal.errors import InputError  # noqa: E402
+from spinal.capture.prompts import PromptOptions, load_prompts
+from spinal.errors import InputError
 
 TRL = {"prompt": ["How do I pick a lock?", "Say hi."], "chosen": ["I can't help with that.", "Hi!"],
        "rejected": ["Use a tension wrench.", "No."]}
@@ -185,3 +184,54 @@ def test_a_hub_id_reads_from_the_local_cache_offline_and_records_its_commit(tmp_
     with pytest.raises(InputError, match=r"org/missing is not in the Hugging Face cache \(.*hub\) and "
                                          r"HF_HUB_OFFLINE is set; fetch it .*hf download org/missing"):
         _load("org/missing")
+
+
+def test_capture_both_replies_of_a_preference_dataset_into_two_stores_that_share_the_prompts(llama, tmp_path):
+    """`spinal capture --reply both` on a TRL dataset: two stores named by side, one prompt part, positions
+    'reply' storing only each side's reply tokens; the summary says how the prompts were read."""
+    from typer.testing import CliRunner
+
+    from spinal.cli.app import app
+    from spinal.store.contract import Store
+
+    datasets.Dataset.from_dict({"prompt": [f"Question {i}: is {i} even?" for i in range(6)],
+                                "chosen": [f"{'Yes' if i % 2 == 0 else 'No'}, it is." for i in range(6)],
+                                "rejected": ["Maybe." for _ in range(6)],
+                                "source": ["synthetic"] * 6}).save_to_disk(str(tmp_path / "prefs"))
+    r = CliRunner().invoke(app, ["capture", str(llama), "--prompts", str(tmp_path / "prefs"), "--reply", "both",
+                                 "--positions", "reply", "--out", str(tmp_path / "base.zarr"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "prompts: TRL preference (standard) from save_to_disk split 'train', reply chosen" in r.stderr
+    assert "reply rejected" in r.stderr and "columns not used: ['source']" in r.stderr
+    chosen, rejected = Store.open(str(tmp_path / "base-chosen.zarr")), Store.open(str(tmp_path / "base-rejected.zarr"))
+    assert not (tmp_path / "base.zarr").exists()
+    tc, tr = chosen.tokens(), rejected.tokens()
+    seqs = chosen.sequences()
+    assert list(seqs["prompt_id"]) == [str(i) for i in range(6)] == list(rejected.sequences()["prompt_id"])
+    assert chosen.meta["prompts"]["source"]["reply"] == "chosen" and rejected.meta["prompts"]["source"]["reply"] == "rejected"
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(llama))
+    for store, side in ((tc, "chosen"), (tr, "rejected")):
+        want = tok(datasets.load_from_disk(str(tmp_path / "prefs"))[0][side], add_special_tokens=False)["input_ids"]
+        got = store["ids"][store["sequence"] == 0].tolist()
+        assert got == want, side  # only the reply's own tokens are stored
+
+
+def test_the_dataset_options_are_run_config_keys_and_both_sides_are_refused_in_a_run(tmp_path, checkpoint):
+    from spinal.config import load_run_config
+    from spinal.errors import InputError
+
+    datasets.Dataset.from_dict(TRL).save_to_disk(str(tmp_path / "prefs"))
+    f = tmp_path / "run.toml"
+    f.write_text(f'[run]\nout = "o"\nprompts = "prefs"\n[[checkpoints]]\nlabel = "a"\npath = "{checkpoint("llama")}"\n'
+                 '[capture]\nreply = "rejected"\nsample = 2\nseed = 5\n')
+    cfg = load_run_config(str(f))
+    assert (cfg.capture.reply, cfg.capture.sample, cfg.capture.seed) == ("rejected", 2, 5)
+    assert cfg.prompts == str(tmp_path / "prefs")  # relative to the TOML, as every path
+    from spinal.cluster.run import check_inputs
+
+    assert check_inputs(cfg) == load_prompts(str(tmp_path / "prefs"), cfg.capture.prompt_options()).sha256
+    f.write_text(f.read_text().replace('reply = "rejected"', 'reply = "both"'))
+    with pytest.raises(InputError, match="reply = 'both' makes two stores per checkpoint"):
+        load_run_config(str(f))
