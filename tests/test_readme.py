@@ -30,6 +30,7 @@ USAGE = ROOT / "docs" / "usage.md"
 STORE_FORMAT = ROOT / "docs" / "store-format.md"
 FIVE_MINUTES = "Your own model in five minutes"
 RUN_SECTION = "All of it from one file: `spinal run`"
+DATA_SECTION = "Your data as you keep it"
 
 
 def blocks(page: Path, section: str, lang: str) -> list[str]:
@@ -139,6 +140,49 @@ def test_run_config_runs_as_written(workdir, monkeypatch):
         (key, value) = item.split("=")
         table, field = key.split(".")
         assert str(record[table][field]) == value, (item, record[table])
+
+
+def test_dataset_block_runs_as_written(tmp_path, checkpoint, monkeypatch):
+    """The datasets block, in a reader's folder where the Hub dataset it names is in the local Hugging Face cache
+    (read offline) and chats/ is a folder of chat-row shards; the checkpoint has a chat template."""
+    import datasets
+    from huggingface_hub import constants
+    from transformers import AutoTokenizer
+
+    from spinal.store.contract import Store
+
+    d = user_folder(tmp_path / "reader", checkpoint)
+    (block,) = blocks(README, DATA_SECTION, "bash")
+    lines = _lines(block)
+    repo = re.search(r"--prompts (\S+/\S+) ", lines[0]).group(1)
+    snap = tmp_path / "hf" / f"datasets--{repo.replace('/', '--')}" / "snapshots" / ("ab" * 20)
+    (snap / "data").mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("ab" * 20)
+    for split, n in (("train", 80), ("test", 70)):
+        datasets.Dataset.from_dict({"prompt": [f"Q{i}: is {i} even?" for i in range(n)],
+                                    "chosen": [f"{'Yes' if i % 2 == 0 else 'No'}." for i in range(n)],
+                                    "rejected": ["Who knows." for _ in range(n)]}
+                                   ).to_parquet(str(snap / "data" / f"{split}-00000-of-00001.parquet"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    (d / "chats").mkdir()
+    for k in range(2):
+        rows = [{"messages": [{"role": "user", "content": f"Hi {k}-{i}"}, {"role": "assistant", "content": "Hello"}]}
+                for i in range(60)]
+        write_jsonl(d / "chats" / f"train-0000{k}-of-00002.jsonl", rows)
+    tok = AutoTokenizer.from_pretrained(d / "path" / "to" / "dpo")
+    tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    tok.save_pretrained(d / "path" / "to" / "dpo")
+    for line in lines:
+        r = _sh(line, d, monkeypatch)
+        assert r.returncode == 0, (line, r.stderr)
+    chosen, rejected = Store.open(str(d / "dpo-chosen.zarr")), Store.open(str(d / "dpo-rejected.zarr"))
+    assert len(chosen.sequences()["prompt_id"]) == 64 == len(rejected.sequences()["prompt_id"])
+    assert chosen.meta["prompts"]["source"]["split"] == "test" and chosen.meta["prompts"]["source"]["revision"] == "ab" * 20
+    chat = Store.open(str(d / "dpo-chat.zarr"))
+    assert chat.meta["prompts"]["source"]["layout"] == "chat messages" and chat.meta["identity"]["chat_template"]
+    assert len(chat.sequences()["prompt_id"]) == 100
 
 
 def test_notebook_block_runs_as_a_script(workdir):
