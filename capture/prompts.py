@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spinal.capture_config import PromptOptions
 from spinal.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -44,22 +45,6 @@ class PromptSet:
     def conversational(self) -> bool:
         """Some prompt is a conversation: it is rendered with the model's chat template."""
         return any(p.conversation for p in self.prompts)
-
-
-@dataclass(frozen=True)
-class PromptOptions:
-    """How rows become prompts: which split of a dataset, which columns, which reply side, which subset."""
-
-    split: str | None = None
-    config: str | None = None
-    revision: str | None = None
-    prompt_column: str | None = None
-    response_column: str | None = None
-    id_column: str | None = None
-    reply: str | None = None  # chosen | rejected (a preference dataset); "both" is two captures (capture/runner.py)
-    limit: int = 0
-    sample: int = 0
-    seed: int = 0
 
 
 def load_prompts(path: str, options: PromptOptions = PromptOptions()) -> PromptSet:

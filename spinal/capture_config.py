@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from spinal.dtypes import CAPTURED
 from spinal.errors import InputError
@@ -11,11 +11,24 @@ from spinal.fields import option
 from spinal.specs import parse_layers, parse_positions
 from spinal.store.codecs import DEFAULT_CODEC, check_codec
 
-if TYPE_CHECKING:
-    from spinal.capture.prompts import PromptOptions
-
 DTYPES = ("auto", *CAPTURED)
 REPLIES = ("chosen", "rejected", "both")
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """How rows become prompts: which split of a dataset, which columns, which reply side, which subset."""
+
+    split: str | None = None
+    config: str | None = None
+    revision: str | None = None
+    prompt_column: str | None = None
+    response_column: str | None = None
+    id_column: str | None = None
+    reply: str | None = None  # chosen | rejected (a preference dataset); "both" is two captures (CaptureConfig.sides)
+    limit: int = 0
+    sample: int = 0
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,8 +122,6 @@ class CaptureConfig:
 
     def prompt_options(self) -> PromptOptions:
         """How the prompt set is read: split, columns, reply side and subset (the store records them)."""
-        from spinal.capture.prompts import PromptOptions
-
         return PromptOptions(self.split, self.dataset_config, self.dataset_revision, self.prompt_column,
                              self.response_column, self.id_column, self.reply, self.limit, self.sample, self.seed)
 

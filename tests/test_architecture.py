@@ -69,7 +69,7 @@ FORBIDDEN = {
     "spinal.cluster": ("spinal.cli", "spinal.api"),
     "spinal.store": ("spinal.capture", "spinal.analyze", "spinal.cluster", "spinal.cli", "spinal.api"),
 }
-CORE = ("spinal.config", "spinal.fields", "spinal.errors", "spinal.dtypes", "spinal.blocks", "spinal.checkpoint",
+CORE = ("spinal.config", "spinal.capture_config", "spinal.specs", "spinal.fields", "spinal.errors", "spinal.dtypes", "spinal.blocks", "spinal.checkpoint",
         "spinal.lens", "spinal.text", "spinal.outputs")
 
 
