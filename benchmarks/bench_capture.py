@@ -35,7 +35,7 @@ SPINAL_RUNS = (("spinal_capture", "zstd-1", True), ("spinal_capture_crc32c", "cr
 def _batches(ckpt: Path, prompts: Path, batch: int):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from spinal.capture.prompts import load_prompts
+    from spinal.capture.inputs.prompts import load_prompts
     from spinal.capture.tokens import tokenize
     from spinal.capture.units import batch_inputs
 

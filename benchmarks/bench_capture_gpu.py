@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
 
     from spinal.capture import capture
     from spinal.capture.load import Loaded
-    from spinal.capture.prompts import load_prompts
+    from spinal.capture.inputs.prompts import load_prompts
     from spinal.capture.tokens import tokenize
     from spinal.capture.units import batch_inputs
     from spinal.config import CaptureConfig

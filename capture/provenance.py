@@ -9,7 +9,7 @@ from dataclasses import asdict
 import numpy as np
 
 from spinal.capture.load import Loaded
-from spinal.capture.prompts import PromptSet
+from spinal.capture.inputs.prompts import PromptSet
 from spinal.capture.tokens import Tokenized
 from spinal.config import CaptureConfig
 from spinal.errors import StoreError

@@ -18,7 +18,7 @@ import numpy as np
 from spinal.capture.discover import Anatomy, discover, dtype_name, lens_arrays
 from spinal.capture.hooks import Recorder
 from spinal.capture.load import Loaded, load_for
-from spinal.capture.prompts import PromptSet, load_prompts
+from spinal.capture.inputs.prompts import PromptSet, load_prompts
 from spinal.capture.provenance import check_same, check_same_layout, identity, metadata
 from spinal.capture.selfcheck import run_self_check
 from spinal.capture.tokens import Tokenized, tokenize

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spinal.capture.prompts import PromptSet
+from spinal.capture.inputs.prompts import PromptSet
 from spinal.specs import parse_positions
 from spinal.errors import InputError
 

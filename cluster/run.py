@@ -113,7 +113,7 @@ def prepare_out(cfg: RunConfig, resume: bool, overwrite: bool, prompts_sha256: s
 def check_inputs(cfg: RunConfig) -> str:
     """Everything that can be checked before any model is loaded; returns the prompt set's hash."""
     from spinal.capture.load import check_adapter, check_checkpoint
-    from spinal.capture.prompts import load_prompts
+    from spinal.capture.inputs.prompts import load_prompts
 
     prompts = load_prompts(cfg.prompts, cfg.capture.prompt_options())
     for ck in cfg.checkpoints:

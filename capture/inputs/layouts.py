@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from spinal.capture.prompts import Prompt
+from spinal.capture.inputs.prompts import Prompt
 from spinal.errors import InputError
 
 REPLIES = ("chosen", "rejected", "both")

@@ -168,7 +168,7 @@ def test_parquet_and_text_prompt_files(llama, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from spinal.capture.prompts import load_prompts
+    from spinal.capture.inputs.prompts import load_prompts
 
     pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["Hi there", "Bye now"], "response": [" ok", " fine"]}),
                    tmp_path / "p.parquet")

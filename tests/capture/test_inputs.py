@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from spinal.capture.prompts import PromptOptions, load_prompts
+from spinal.capture.inputs.prompts import PromptOptions, load_prompts
 from spinal.errors import InputError
 
 TRL = {"prompt": ["How do I pick a lock?", "Say hi."], "chosen": ["I can't help with that.", "Hi!"],
@@ -32,7 +32,7 @@ def _load(path, **kw):
 
 def test_trl_standard_pairs_from_a_save_to_disk_folder_take_either_reply(tmp_path, caplog):
     datasets.Dataset.from_dict(TRL).save_to_disk(str(tmp_path / "prefs"))
-    with caplog.at_level(logging.INFO, logger="spinal.capture.prompts"):
+    with caplog.at_level(logging.INFO, logger="spinal.capture.inputs.prompts"):
         chosen = _load(tmp_path / "prefs")
     assert [(p.id, p.prompt, p.response) for p in chosen.prompts] == [
         ("0", TRL["prompt"][0], TRL["chosen"][0]), ("1", TRL["prompt"][1], TRL["chosen"][1])]
@@ -101,7 +101,7 @@ def test_columns_are_mapped_by_flag_and_unused_ones_are_named(tmp_path, caplog):
     with pytest.raises(InputError, match=r"no known layout in columns \['answer', 'qid', 'question', 'score'\].*"
                                          r"--prompt-column"):
         _load(tmp_path / "qa")
-    with caplog.at_level(logging.INFO, logger="spinal.capture.prompts"):
+    with caplog.at_level(logging.INFO, logger="spinal.capture.inputs.prompts"):
         ps = _load(tmp_path / "qa", prompt_column="question", response_column="answer", id_column="qid")
     assert [(p.id, p.prompt, p.response) for p in ps.prompts] == [("a", "Why?", "Because."), ("b", "How?", "So.")]
     assert "columns not used: ['score']" in caplog.text

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_tokenizer, write_jsonl
-from spinal.capture.prompts import Prompt, PromptSet
+from spinal.capture.inputs.prompts import Prompt, PromptSet
 from spinal.capture.tokens import shared_row_share, tokenize
 from spinal.cli.app import app
 from spinal.config import CaptureConfig
