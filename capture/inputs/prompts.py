@@ -132,7 +132,7 @@ def _file_rows(path: str) -> tuple[list[str] | None, list[tuple[int, dict]] | li
             return _parquet(p)
         if p.suffix in (".jsonl", ".json"):
             return _jsonl(p)
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         raise InputError(f"prompt file {path} is not UTF-8 text (byte {e.start} cannot be decoded); give a "
                          ".jsonl, .txt or .parquet file") from None
@@ -141,7 +141,7 @@ def _file_rows(path: str) -> tuple[list[str] | None, list[tuple[int, dict]] | li
 
 def _jsonl(p: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     rows, columns = [], {}
-    with p.open(encoding="utf-8") as f:
+    with p.open(encoding="utf-8-sig") as f:  # a byte-order mark is no error
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -235,3 +235,21 @@ def test_the_dataset_options_are_run_config_keys_and_both_sides_are_refused_in_a
     f.write_text(f.read_text().replace('reply = "rejected"', 'reply = "both"'))
     with pytest.raises(InputError, match="reply = 'both' makes two stores per checkpoint"):
         load_run_config(str(f))
+
+
+def test_a_pipe_is_refused_at_once_and_a_byte_order_mark_is_no_error(tmp_path):
+    """A FIFO or a device given as the prompt file is refused before anything reads it (reading one never ends);
+    a UTF-8 file that starts with a byte-order mark (as some editors save) reads as its text."""
+    import os
+
+    fifo = tmp_path / "prompts.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="is not a regular file"):
+        _load(fifo)
+    with pytest.raises(InputError, match="is not a regular file"):
+        _load("/dev/zero")
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes("\ufeff".encode() + json.dumps({"id": "a", "prompt": "Hi"}).encode() + b"\n")
+    assert [(p.id, p.prompt) for p in _load(bom).prompts] == [("a", "Hi")]
+    (tmp_path / "bom.txt").write_bytes("\ufeffHello\n".encode())
+    assert [p.prompt for p in _load(tmp_path / "bom.txt").prompts] == ["Hello"]
