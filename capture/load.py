@@ -61,7 +61,10 @@ def check_local(path: str, *, allow_pickle: bool, trust_remote_code: bool, revis
     if not p.exists():
         if not is_hub_id(path):
             raise InputError(f"model folder {path} does not exist")
-        snap = snapshot(path, revision=revision, allow_pickle=allow_pickle)
+        try:
+            snap = snapshot(path, revision=revision, allow_pickle=allow_pickle)
+        except InputError as e:  # a mistyped local path reads as an id too: say both
+            raise InputError(f"no local folder {path}, and {e}") from None
         p, path = snap.folder, f"{path} (cached snapshot {snap.folder})"
     elif revision:
         raise InputError(f"--revision {revision}: {path} is a local path, one version already; a revision chooses "
