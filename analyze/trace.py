@@ -167,6 +167,7 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
         "store": cfg.store,
         "store_identity": store.meta.get("identity"),
         "model": store.meta.get("source", {}).get("model"),
+        "revision": store.meta.get("source", {}).get("revision"),  # of a Hub id: the commit captured
         "architecture": store.meta.get("source", {}).get("architecture"),
         "weights_fingerprint": store.meta.get("source", {}).get("weights_fingerprint"),
         "tokens_sha256": tokens_sha256(store),

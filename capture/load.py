@@ -7,14 +7,13 @@ import hashlib
 import importlib.util
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from spinal.capture.gguf import is_gguf, parse_once, quantization
-from spinal.checkpoint import fingerprint
+from spinal.checkpoint import Snapshot, fingerprint, is_hub_id, snapshot
 from spinal.config import CaptureConfig
 from spinal.dtypes import torch_dtype
 from spinal.errors import InputError, ModelError, first_line
@@ -47,13 +46,34 @@ def parse_max_memory(spec: str | None) -> dict | None:
     return out
 
 
-def check_checkpoint(path: str, *, allow_pickle: bool, trust_remote_code: bool) -> Path | None:
-    """Refuse what we must not load, before any weights are read. Returns the local folder (None for a hub id)."""
+def check_checkpoint(path: str, *, allow_pickle: bool, trust_remote_code: bool, revision: str | None = None
+                     ) -> Path:
+    """Refuse what we must not load, before any weights are read. Returns the local folder (or GGUF file): for a
+    hub id its snapshot in the Hugging Face cache at ``revision``, checked as a folder is."""
+    return check_local(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, revision=revision)[0]
+
+
+def check_local(path: str, *, allow_pickle: bool, trust_remote_code: bool, revision: str | None = None
+                ) -> tuple[Path, Snapshot | None]:
+    """``check_checkpoint``, and the hub snapshot the folder is (None for a local path)."""
     p = Path(path).expanduser()
+    snap = None
     if not p.exists():
-        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path):
+        if not is_hub_id(path):
             raise InputError(f"model folder {path} does not exist")
-        return None  # a hub id: transformers resolves it (needs the network or a local cache)
+        try:
+            snap = snapshot(path, revision=revision, allow_pickle=allow_pickle)
+        except InputError as e:  # a mistyped local path reads as an id too: say both
+            raise InputError(f"no local folder {path}, and {e}") from None
+        p, path = snap.folder, f"{path} (cached snapshot {snap.folder})"
+    elif revision:
+        raise InputError(f"--revision {revision}: {path} is a local path, one version already; a revision chooses "
+                         "among a Hub id's (leave it out, or give the id)")
+    return _check_path(p, path, allow_pickle, trust_remote_code), snap
+
+
+def _check_path(p: Path, path: str, allow_pickle: bool, trust_remote_code: bool) -> Path:
+    """The folder or GGUF file ``p`` (called ``path`` in messages), refused if it must not be loaded."""
     if is_gguf(p):
         quantization(p)  # the header and tensor table read back (and the gguf package is there)
         return p
@@ -95,7 +115,7 @@ def check_checkpoint(path: str, *, allow_pickle: bool, trust_remote_code: bool) 
 
 def load_for(cfg: CaptureConfig) -> Loaded:
     """The checkpoint a capture config names: its model (and adapter), dtype, device map and safety switches."""
-    return load(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype, device_map=cfg.device_map,
+    return load(cfg.model, revision=cfg.revision, adapter=cfg.adapter, dtype=cfg.dtype, device_map=cfg.device_map,
                 max_memory=cfg.max_memory, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
                 allow_offload=cfg.allow_offload)
 
@@ -103,6 +123,7 @@ def load_for(cfg: CaptureConfig) -> Loaded:
 def load(
     path: str,
     *,
+    revision: str | None = None,
     adapter: str | None = None,
     dtype: str = "auto",
     device_map: str | None = None,
@@ -111,22 +132,29 @@ def load(
     allow_pickle: bool = False,
     allow_offload: bool = False,
 ) -> Loaded:
-    """The checkpoint at ``path`` (a folder, a .gguf file or a hub id), checked before any weights are read,
-    with ``adapter`` merged in, in eval mode, and what identifies it (``Loaded.source``)."""
-    folder = check_checkpoint(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    """The checkpoint at ``path`` (a folder, a .gguf file or a hub id at ``revision``, read from its cached
+    snapshot), checked before any weights are read, with ``adapter`` merged in, in eval mode, and what identifies
+    it (``Loaded.source``)."""
+    folder, snap = check_local(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                               revision=revision)
+    if snap is not None:
+        log.info("%s at %s: reading its snapshot %s", path, snap.commit[:12], snap.folder)
     kwargs = _model_options(dtype, device_map, max_memory, trust_remote_code, allow_pickle)
     where: dict = {}
-    if folder is not None and folder.is_file():  # GGUF: transformers dequantizes it; its tokenizer is inside
+    if folder.is_file():  # GGUF: transformers dequantizes it; its tokenizer is inside
         kwargs.pop("use_safetensors", None)
-        path, where = str(folder.parent), {"gguf_file": folder.name}
-    model, tokenizer = _from_pretrained(path, kwargs, where, trust_remote_code)
+        where = {"gguf_file": folder.name}
+    model, tokenizer = _from_pretrained(str(folder.parent if where else folder), kwargs, where, trust_remote_code,
+                                        name=path)
     adapter_source = None
     if adapter:
         model, adapter_source = merge_adapter(model, adapter)
     model.eval()
     refuse_offload(model, allow_offload)
-    return Loaded(model, tokenizer, _source(model, tokenizer, folder, path, where, kwargs["device_map"],
-                                            adapter_source))
+    source = _source(model, tokenizer, folder, path, where, kwargs["device_map"], adapter_source)
+    if snap is not None:  # the commit the id resolved to, and where its snapshot was read
+        source["revision"], source["hub"] = snap.commit, snap.record()
+    return Loaded(model, tokenizer, source)
 
 
 def _model_options(dtype: str, device_map: str | None, max_memory: str | None, trust_remote_code: bool,
@@ -151,23 +179,24 @@ def _model_options(dtype: str, device_map: str | None, max_memory: str | None, t
     return kwargs
 
 
-def _from_pretrained(path: str, kwargs: dict, where: dict, trust_remote_code: bool) -> tuple:
-    """(model, tokenizer) through transformers, a failure of either said in one line."""
+def _from_pretrained(path: str, kwargs: dict, where: dict, trust_remote_code: bool, name: str) -> tuple:
+    """(model, tokenizer) from the local folder ``path`` through transformers, a failure of either said in one
+    line naming the checkpoint as given (``name``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with parse_once() if where else contextlib.nullcontext():  # a GGUF is parsed once, not four times
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **where)
         except Exception as e:
-            raise ModelError(f"{path}: cannot load the tokenizer ({first_line(e, typed=True)})") from None
+            raise ModelError(f"{name}: cannot load the tokenizer ({first_line(e, typed=True)})") from None
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **where)
         except Exception as e:  # transformers and safetensors raise many kinds for a damaged checkpoint
-            raise ModelError(f"{path}: cannot load the model ({first_line(e, typed=True)})") from None
+            raise ModelError(f"{name}: cannot load the model ({first_line(e, typed=True)})") from None
     return model, tokenizer
 
 
-def _source(model: torch.nn.Module, tokenizer, folder: Path | None, path: str, where: dict, device_map: str,
+def _source(model: torch.nn.Module, tokenizer, folder: Path, path: str, where: dict, device_map: str,
             adapter_source: dict | None) -> dict:
     """Provenance of a loaded model: where from, architecture, dtype, device map, config, tokenizer and the
     weights' fingerprint (with an adapter, of the merged weights: base and adapter together)."""

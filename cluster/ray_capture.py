@@ -8,7 +8,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from spinal.capture.load import check_checkpoint
+from spinal.capture.load import check_local
 from spinal.capture.runner import CaptureResult
 from spinal.capture.session import check_location, check_writable
 from spinal.cluster.actors import CaptureActor, user_error
@@ -29,7 +29,8 @@ def capture_on_ray(cfg: CaptureConfig, cluster: ClusterConfig, progress: Callabl
     import ray
 
     _check_out(cfg)
-    check_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    _, snap = check_local(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
+                          revision=cfg.revision)
     gpus = replica_gpus(cluster)
     nodes_gpus = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
     if gpus > 0 and gpus > nodes_gpus:
@@ -37,7 +38,8 @@ def capture_on_ray(cfg: CaptureConfig, cluster: ClusterConfig, progress: Callabl
                          "a replica cannot span nodes")
     Actor = ray.remote(CaptureActor).options(num_gpus=gpus, num_cpus=cluster.cpus_per_replica, max_restarts=0)
     # a replica's shard writes use the cores it reserves, not every core of its node (write_threads 0)
-    actor_cfg = dataclasses.replace(cfg, write_threads=cfg.write_threads or max(1, int(cluster.cpus_per_replica)))
+    actor_cfg = dataclasses.replace(cfg, write_threads=cfg.write_threads or max(1, int(cluster.cpus_per_replica)),
+                                    revision=snap.commit if snap else cfg.revision)  # every replica the same commit
     actors = [Actor.remote(actor_cfg.__dict__) for _ in range(cluster.replicas)]
     try:
         return drive(cfg, actors, cluster.max_unit_retries, progress)

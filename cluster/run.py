@@ -117,7 +117,8 @@ def check_inputs(cfg: RunConfig) -> str:
 
     prompts = load_prompts(cfg.prompts, cfg.capture.prompt_options())
     for ck in cfg.checkpoints:
-        check_checkpoint(ck.path, allow_pickle=cfg.capture.allow_pickle, trust_remote_code=cfg.capture.trust_remote_code)
+        check_checkpoint(ck.path, allow_pickle=cfg.capture.allow_pickle, trust_remote_code=cfg.capture.trust_remote_code,
+                         revision=ck.hub_revision)
         if ck.adapter:
             check_adapter(ck.adapter)
     return prompts.sha256

@@ -35,15 +35,19 @@ class PromptOptions:
 class CaptureConfig:
     """What to capture: one checkpoint × one prompt set -> one store."""
 
-    RUN_SETS: ClassVar[frozenset] = frozenset({"model", "adapter", "prompts", "out", "resume", "overwrite"})
+    RUN_SETS: ClassVar[frozenset] = frozenset({"model", "revision", "adapter", "prompts", "out", "resume",
+                                               "overwrite"})
 
-    model: str = option("local checkpoint folder (safetensors), a .gguf file, or hub id")
+    model: str = option("local checkpoint folder (safetensors), a .gguf file, or a Hub model id (org/name, read "
+                        "from its snapshot in the local Hugging Face cache, fetched there first when not offline)")
     prompts: str = option("prompts: a file (JSONL, plain text with one per line, Parquet), a datasets folder "
                           "(save_to_disk), a folder or glob of Parquet/Arrow/JSONL shards, or a Hub dataset id "
                           "(org/name, read from the local Hugging Face cache); the row layout is recognised "
                           "(TRL preference pairs, chat messages, Anthropic-HH, Alpaca, prompt/completion, "
                           "prompt[/response]) or mapped with --prompt-column", short="-p")
     out: str = option("output store path (local folder or fsspec URL)", short="-o")
+    revision: str | None = option("Hub revision of a MODEL id: branch, tag or commit (default: main); the store "
+                                  "records the commit it resolved to", None)
     adapter: str | None = option("a PEFT/LoRA adapter folder: merged into MODEL (its base) in memory before the "
                                  "self-checks; both identities are recorded", None)
     split: str | None = option("dataset split to read (default: the only one, else 'train')", None)

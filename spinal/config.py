@@ -10,6 +10,7 @@ from typing import ClassVar
 from spinal.capture_config import DTYPES, CaptureConfig
 from spinal.errors import InputError
 from spinal.fields import apply_sets, from_dict, option
+from spinal.checkpoint import is_hub_id
 from spinal.specs import parse_layers, parse_window
 
 __all__ = ["DTYPES", "CaptureConfig", "AnalyzeConfig", "CompareConfig", "ClusterConfig", "RunConfig",
@@ -116,14 +117,20 @@ class Checkpoint:
     """One checkpoint of a run."""
 
     label: str = option("name in tables and plots (unique within the run)")
-    path: str = option("local checkpoint folder (safetensors), a .gguf file, or hub id")
-    revision: str | None = option("hub revision or a note on the exact version", None)
+    path: str = option("local checkpoint folder (safetensors), a .gguf file, or Hub model id (org/name)")
+    revision: str | None = option("of a Hub id: the revision captured (branch, tag or commit; the store records "
+                                  "the commit); of a local path: a note on its version, recorded in run.json", None)
     adapter: str | None = option("a PEFT/LoRA adapter folder merged into ``path`` (its base) for this checkpoint",
                                  None)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[\w.+-]+", self.label):
             raise InputError(f"checkpoint label {self.label!r}: use letters, digits, '.', '_', '+' or '-'")
+
+    @property
+    def hub_revision(self) -> str | None:
+        """The revision resolved for ``path``: a Hub id's; a local path's revision is a note, never resolved."""
+        return self.revision if is_hub_id(self.path) else None
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,8 @@ class RunConfig:
         return f"{self.out}/traces/{ck.label}"
 
     def capture_config(self, ck: Checkpoint, out: str, **kw) -> CaptureConfig:
-        return replace(self.capture, model=ck.path, adapter=ck.adapter, prompts=self.prompts, out=out, **kw)
+        return replace(self.capture, model=ck.path, revision=ck.hub_revision, adapter=ck.adapter, prompts=self.prompts,
+                       out=out, **kw)
 
     def analyze_config(self, store: str, out: str, **kw) -> AnalyzeConfig:
         return replace(self.analyze, store=store, out=out, **kw)

@@ -171,13 +171,17 @@ class Comparison:
                                      "rerun `spinal compare`")
 
 
-def check_weights(traces: list[Trace], folders: list[str]) -> None:
-    """``--weights``: one checkpoint folder per trace, each the one its trace's store was captured from."""
-    from spinal.checkpoint import fingerprint
+def check_weights(traces: list[Trace], folders: list[str]) -> list[str]:
+    """``--weights``: one checkpoint folder (or Hub id) per trace, each the one its trace's store was captured
+    from. Returns the folders, a Hub id's being its cached snapshot at the commit the trace's store recorded."""
+    from spinal.checkpoint import fingerprint, is_hub_id, local_folder
 
     if len(folders) != len(traces):
         raise InputError(f"--weights: got {len(folders)} folders for {len(traces)} traces; give one per trace")
+    out = []
     for t, f in zip(traces, folders):
+        if is_hub_id(f):  # the snapshot the store was captured from, where the trace names this id
+            f = local_folder(f, t.meta.get("revision") if t.meta.get("model") == f else None)
         p = Path(f)
         if not p.is_dir():
             raise InputError(f"--weights {f}: no checkpoint folder there")
@@ -186,6 +190,8 @@ def check_weights(traces: list[Trace], folders: list[str]) -> None:
         if want is not None and got != want:
             raise InputError(f"--weights {f} is not the checkpoint trace {t.label!r} was captured from (weights "
                              "fingerprint differs); give the folders in the traces' order")
+        out.append(f)
+    return out
 
 
 def check_stores(traces: list[Trace], stores: list[str]) -> None:

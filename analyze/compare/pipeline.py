@@ -22,7 +22,7 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
                stores: list[str] | None = None, weights_optional: bool = False, workers: int = 0,
                progress=None, submit: Callable | None = None) -> Comparison:
     """Compare ``traces`` (the reference first) with paired statistics; with ``weights`` (one checkpoint folder
-    per trace) add the per-block parameter change, with ``stores`` (one per trace) the cross-readout lens.
+    or Hub id per trace) add the per-block parameter change, with ``stores`` (one per trace) the cross-readout lens.
 
     Every input is checked against the traces before any work. ``weights_optional``: a checkpoint whose
     weights cannot be compared (e.g. no safetensors) skips the parameter change with a warning instead of
@@ -30,7 +30,7 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
     cross-readout, one per pair for the positions, through ``submit(tasks, workers, progress)`` (a backend's, e.g.
     Ray's) or else on ``workers`` local processes (0: one per core), reporting ``progress(done, total)``."""
     if weights and not weights_optional:
-        check_weights(traces, weights)
+        weights = check_weights(traces, weights)
     if stores:
         check_stores(traces, stores)
     grad = _parameter_change(traces, weights, weights_optional) if weights else None
@@ -94,7 +94,7 @@ def _parameter_change(traces: list[Trace], weights: list[str], optional: bool) -
 
     try:
         if optional:
-            check_weights(traces, weights)
+            weights = check_weights(traces, weights)
         n_blocks = int(max(traces[0].table["layer"]))
         return [None] + [block_sq_change(weights[0], w, n_blocks) for w in weights[1:]]
     except InputError as e:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spinal.errors import InputError
+from spinal.checkpoint import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ def load_rows(path: str, *, split: str | None = None, config: str | None = None,
             if p.is_dir() or any(ch in path for ch in "*?["):
                 kind, found = "data files", _data_files(path, config)
             else:
-                folder, commit = _hub_snapshot(path, revision)
-                kind, found = "hub", datasets.load_dataset(folder, name=config)
+                snap = snapshot(path, revision=revision, repo_type="dataset", files=None)
+                commit, kind = snap.commit, "hub"
+                found = datasets.load_dataset(str(snap.folder), name=config)
             split = _choose(list(found), split, path)
             table = found[split]
     except InputError:
@@ -118,28 +120,6 @@ def _choose(names: list[str], split: str | None, path: str) -> str:
 def _looks_like_hub_id(path: str) -> bool:
     parts = path.split("/")
     return len(parts) == 2 and all(parts) and not path.startswith((".", "/", "~")) and "\\" not in path
-
-
-def _hub_snapshot(repo: str, revision: str | None) -> tuple[str, str]:
-    """The cached snapshot folder of the Hub dataset ``repo`` and its commit: from the cache first (no network),
-    then, unless HF_HUB_OFFLINE is set, downloaded; one line when neither works."""
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        folder = snapshot_download(repo, repo_type="dataset", revision=revision, local_files_only=True)
-    except LocalEntryNotFoundError:
-        fetch = (f"fetch it where there is network with `hf download {repo} --repo-type dataset"
-                 + (f" --revision {revision}" if revision else "") + "` (the same HF_HOME), or give a local copy")
-        if constants.HF_HUB_OFFLINE:
-            raise InputError(f"the dataset {repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                             f"HF_HUB_OFFLINE is set; {fetch}") from None
-        try:
-            folder = snapshot_download(repo, repo_type="dataset", revision=revision, etag_timeout=10)
-        except Exception as e:  # network, auth, missing repo: one line, whatever the library raised
-            raise InputError(f"the dataset {repo} is neither in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
-                             f"nor reachable ({_first_line(e)}); {fetch}") from None
-    return folder, Path(folder).name
 
 
 def _first_line(e: Exception) -> str:

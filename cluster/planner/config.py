@@ -14,6 +14,7 @@ from spinal.config import DTYPES, AnalyzeConfig, CaptureConfig, CompareConfig
 from spinal.specs import parse_layers
 from spinal.errors import InputError
 from spinal.fields import option
+from spinal.checkpoint import is_hub_id
 
 GIB = 1 << 30  # the unit of the *_gib fields
 # Per-core analysis rates measured by benchmarks/bench_rates.py --write (machine and date inside).
@@ -52,7 +53,9 @@ class PlanConfig:
 
     model: str = option("run config (TOML: its first checkpoint and settings are planned), preset (llama-3-8b, "
                         "llama-3-70b, qwen2.5-72b, mistral-7b, or its hub id) or a local "
-                        "config.json / checkpoint folder; no weights are read")
+                        "config.json / checkpoint folder, or a Hub model id (its config.json from the local Hugging "
+                        "Face cache, fetched when not offline); no weights are read")
+    revision: str | None = option("Hub revision of a MODEL id: branch, tag or commit (default: main)", None)
     dtype: str = _opt("weights and activations dtype: bfloat16, float16, float32, or auto (the config's)", "bfloat16")
     gpus_per_node: int = _opt("GPUs in each node (a replica never spans nodes)", 8)
     gpu_memory_gib: float = _opt("memory of one GPU in GiB (total, as torch.cuda.mem_get_info reports it)", 80.0)
@@ -153,7 +156,7 @@ def from_run(path: str, notes: list[str] | None = None) -> dict[str, Any]:
 
     run = load_run_config(path)
     c, a = run.capture, run.analyze
-    values = {"model": run.checkpoints[0].path, "dtype": c.dtype, "layers": c.layers, "batch_size": c.batch_size,
+    values = {"model": run.checkpoints[0].path, "revision": run.checkpoints[0].hub_revision, "dtype": c.dtype, "layers": c.layers, "batch_size": c.batch_size,
               "seq_len": c.max_length, "unit_tokens": c.unit_tokens, "lens_tokens": a.lens_tokens, "blocks": a.blocks,
               "calibration_sims": a.calibration_sims, "checkpoints": len(run.checkpoints),
               "cross_readout_tokens": run.compare.cross_readout_tokens, "position_tokens": run.compare.position_tokens}
@@ -163,7 +166,7 @@ def from_run(path: str, notes: list[str] | None = None) -> dict[str, Any]:
     if adapters and notes is not None:  # merged into the base in memory before capture: the base's shape and cost
         notes.append(f"{path}: {len(adapters)} checkpoint(s) ({', '.join(adapters)}) add a LoRA adapter to their base; "
                      "it is merged in memory before capture, so each costs what its base costs, planned here")
-    if "://" not in values["model"] and not Path(values["model"]).exists():
+    if "://" not in values["model"] and not Path(values["model"]).exists() and not is_hub_id(values["model"]):
         from spinal.cluster.planner.presets import find_preset
 
         preset = find_preset(Path(values["model"]).name)  # /shared/models/Meta-Llama-3-70B names its preset

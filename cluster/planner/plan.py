@@ -49,8 +49,8 @@ class Plan:
 def plan(cfg: PlanConfig, meta: MetaModel | None = None) -> Plan:
     """Plan a capture and its analysis. ``meta``: a model already built from ``cfg.model`` (tests reuse one)."""
     if meta is None:
-        meta = build_meta_model(cfg.model, cfg.dtype)
-    elif resolve_config(cfg.model)[1] != meta.source or cfg.dtype not in ("auto", meta.dtype):
+        meta = build_meta_model(cfg.model, cfg.dtype, cfg.revision)
+    elif resolve_config(cfg.model, cfg.revision)[1] != meta.source or cfg.dtype not in ("auto", meta.dtype):
         raise InputError(f"model={cfg.model!r}, dtype={cfg.dtype!r} but the meta model given is {meta.source} "
                          f"in {meta.dtype}")
     facts = model_facts(meta)

@@ -1,6 +1,8 @@
-"""Weightless meta-device models for `spinal plan`, from a preset or a local config.json, and the facts read off them.
+"""Weightless meta-device models for `spinal plan`, from a preset, a local config.json or a Hub id's cached one, and
+the facts read off them.
 
-Nothing is downloaded: a preset is the published ``config.json`` written out below, and
+No weights are read: a preset is the published ``config.json`` written out below, a Hub id's is read from its
+snapshot in the local Hugging Face cache (only config.json is fetched where it is not cached), and
 ``accelerate.init_empty_weights`` puts every parameter on the meta device, so a 70B model
 costs seconds and no memory. The shapes, dtypes and module tree are the real ones, which
 is all that accelerate's device-map inference and the planner's sizes need.
@@ -20,6 +22,7 @@ from spinal.capture.discover import block_list, text_config
 from spinal.capture.gguf import gguf_config, is_gguf
 from spinal.dtypes import CAPTURED, torch_dtype
 from spinal.errors import InputError, first_line
+from spinal.checkpoint import is_hub_id, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +85,16 @@ def find_preset(name: str) -> str | None:
     return ALIASES.get(key)
 
 
-def resolve_config(model: str) -> tuple[str, str, dict]:
-    """``model`` (a preset name, a config.json, or a folder holding one) -> (name, source, config dict)."""
+def resolve_config(model: str, revision: str | None = None) -> tuple[str, str, dict]:
+    """``model`` (a preset name, a config.json, a folder holding one, or a Hub id at ``revision``) -> (name,
+    source, config dict). A preset's id plans the preset, with no cache or network."""
     path = Path(model).expanduser()
+    if is_hub_id(model) and find_preset(model) is None:
+        snap = snapshot(model, revision=revision, files=("config.json",))
+        path = snap.folder / "config.json"
+        if not path.is_file():
+            raise InputError(f"the model {model} has no config.json in its cached snapshot {snap.folder}")
+        return model.split("/")[-1], f"{model} at {snap.commit[:12]} ({path})", _read_config(path)
     if is_gguf(path):
         return path.stem, f"GGUF {path}", gguf_config(path)
     if path.is_dir():
@@ -92,14 +102,7 @@ def resolve_config(model: str) -> tuple[str, str, dict]:
         if not path.is_file():
             raise InputError(f"model folder {model} has no config.json")
     if path.is_file():
-        try:
-            cfg = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"{path} is not a JSON config ({e})") from None
-        if not isinstance(cfg, dict) or "model_type" not in cfg:
-            raise InputError(f"{path} has no 'model_type'; is it a Hugging Face config.json?")
-        if cfg.get("auto_map"):
-            raise InputError(f"{path} needs its model's own Python code (auto_map); the planner does not run it")
+        cfg = _read_config(path)
         name = cfg.get("_name_or_path") or path.parent.name or path.stem
         return str(name).rstrip("/").split("/")[-1], str(path), cfg
     hub_id = find_preset(model)
@@ -111,18 +114,32 @@ def resolve_config(model: str) -> tuple[str, str, dict]:
     return hub_id.split("/")[-1], f"preset {hub_id}", dict(PRESETS[hub_id])
 
 
+def _read_config(path: Path) -> dict:
+    """A Hugging Face config.json, refused in one line unless it is one the planner can build."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not a JSON config ({e})") from None
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise InputError(f"{path} has no 'model_type'; is it a Hugging Face config.json?")
+    if cfg.get("auto_map"):
+        raise InputError(f"{path} needs its model's own Python code (auto_map); the planner does not run it")
+    return cfg
+
+
 def config_dtype(cfg: dict) -> str:
     """The dtype a config says its weights are stored in (float32 when it says nothing, as transformers does)."""
     d = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
     return d if d in CAPTURED else "float32"
 
 
-def build_meta_model(model: str, dtype: str = "auto") -> MetaModel:
-    """Resolve ``model`` and build it on the meta device in ``dtype`` ("auto": the config's own dtype)."""
+def build_meta_model(model: str, dtype: str = "auto", revision: str | None = None) -> MetaModel:
+    """Resolve ``model`` (at ``revision``, a Hub id) and build it on the meta device in ``dtype`` ("auto": the
+    config's own dtype)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    name, source, cfg = resolve_config(model)
+    name, source, cfg = resolve_config(model, revision)
     real = config_dtype(cfg) if dtype == "auto" else dtype
     if real not in CAPTURED:
         raise InputError(f"dtype={dtype!r}; choose one of auto, {', '.join(CAPTURED)}")

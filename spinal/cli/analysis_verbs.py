@@ -59,7 +59,8 @@ def compare(
     traces: list[str] = typer.Argument(..., help="trace folders: the reference first, then checkpoints in order"),
     out: str = typer.Option(..., "--out", "-o", help="comparison folder (compare.parquet/.csv/.json, series.csv; positions and depth_position .parquet/.csv with --stores)"),
     weights: Optional[list[str]] = typer.Option(
-        None, "--weights", help="checkpoint folders in the same order, for the per-block parameter change"),
+        None, "--weights", help="checkpoint folders (or Hub ids, read from their cached snapshot) in the same "
+        "order, for the per-block parameter change"),
     stores: Optional[list[str]] = typer.Option(
         None, "--stores", help="the traces' stores in the same order, for the cross-readout lens and "
         "where in the reply the checkpoints differ (--position-tokens)"),
