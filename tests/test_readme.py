@@ -174,9 +174,15 @@ def test_dataset_block_runs_as_written(tmp_path, checkpoint, monkeypatch):
     tok = AutoTokenizer.from_pretrained(d / "path" / "to" / "dpo")
     tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
     tok.save_pretrained(d / "path" / "to" / "dpo")
+    model = re.search(r"^spinal capture (\S+/\S+) --revision", lines[2]).group(1)  # a Hub model id, cached
+    msnap = tmp_path / "hf" / f"models--{model.replace('/', '--')}" / "snapshots" / ("cd" * 20)
+    shutil.copytree(d / "path" / "to" / "base", msnap)
+    (msnap.parent.parent / "refs").mkdir()
+    (msnap.parent.parent / "refs" / "main").write_text("cd" * 20)
     for line in lines:
         r = _sh(line, d, monkeypatch)
         assert r.returncode == 0, (line, r.stderr)
+    assert Store.open(str(d / "smol.zarr")).meta["source"]["revision"] == "cd" * 20
     chosen, rejected = Store.open(str(d / "dpo-chosen.zarr")), Store.open(str(d / "dpo-rejected.zarr"))
     assert len(chosen.sequences()["prompt_id"]) == 64 == len(rejected.sequences()["prompt_id"])
     assert chosen.meta["prompts"]["source"]["split"] == "test" and chosen.meta["prompts"]["source"]["revision"] == "ab" * 20
