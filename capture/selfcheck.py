@@ -45,7 +45,10 @@ def _check_finite(got: dict[int, torch.Tensor], flat: torch.Tensor, seq_len: int
 
 @torch.no_grad()
 def run_self_check(model, anatomy: Anatomy, lens: Lens, input_ids, attention_mask, dtype: str) -> SelfCheck:
-    """input_ids/attention_mask: a right-padded probe batch (batch, seq) on the model's input device."""
+    """input_ids/attention_mask: a right-padded probe batch (batch, seq) on the model's input device.
+
+    One function, a little past 60 lines: the hooks, ``output_hidden_states`` and the lens are all read off the one
+    forward pass, and each comparison uses the tensors the one before it moved to the CPU."""
     arch = anatomy.arch
     dim = lens.dim
     flat = torch.nonzero(attention_mask.reshape(-1).cpu(), as_tuple=True)[0]  # valid (batch·seq) positions
