@@ -253,3 +253,17 @@ def test_a_pipe_is_refused_at_once_and_a_byte_order_mark_is_no_error(tmp_path):
     assert [(p.id, p.prompt) for p in _load(bom).prompts] == [("a", "Hi")]
     (tmp_path / "bom.txt").write_bytes("\ufeffHello\n".encode())
     assert [p.prompt for p in _load(tmp_path / "bom.txt").prompts] == ["Hello"]
+
+
+def test_the_reference_pairs_read_as_trl_rows_are_the_demos_audit_prompts():
+    """The known-answer family's held-out pairs (TRL prompt/chosen/rejected, with domain and task columns) read
+    with reply 'chosen' are exactly the demo's audit prompts with their replies: the same ids, texts and hash, so
+    a capture of either is the same store (and `spinal run configs/replies.toml` reproduces the demo's numbers)."""
+    root = Path(__file__).resolve().parents[2] / "reference"
+    pairs = _load(root / "data" / "heldout_pairs.jsonl", reply="chosen")
+    audit = load_prompts(str(root / "prompts" / "audit.jsonl"))
+    assert pairs.prompts == audit.prompts and pairs.sha256 == audit.sha256
+    assert pairs.source["layout"] == "TRL preference (standard)" and pairs.source["columns_unused"] == ["domain", "task"]
+    rejected = _load(root / "data" / "heldout_pairs.jsonl", reply="rejected")
+    assert [p.prompt for p in rejected.prompts] == [p.prompt for p in audit.prompts]
+    assert all(r.response != c.response for r, c in zip(rejected.prompts, pairs.prompts))
