@@ -27,7 +27,8 @@ from spinal.store.create import create_store
 from spinal.errors import InputError, StoreError
 from spinal.store.layout import TokenLayout, Unit, chunk_sizes, plan_layout
 from spinal.lens import Lens
-from spinal.store.location import location_state, remove_stray
+from spinal.store import remote
+from spinal.store.location import filesystem, location_state, remove_stray
 from spinal.store.lock import StoreLock, check_token, refuse_if_held
 from spinal.outputs import check_writable_dir
 from spinal.store.contract import Store, decode, sha256_text, storage_dtype
@@ -112,6 +113,8 @@ def check_location(cfg: CaptureConfig) -> str:
     finished, it starts one. A plain run starts one there too, and refuses a finished store.
     ``--overwrite`` replaces only a SPINAL store; anything else at the path is refused.
     """
+    if remote.is_read_only(cfg.out):
+        remote.check_writable(cfg.out, None, "")  # refused: nothing is read or written
     try:
         state = location_state(cfg.out)
     except OSError as e:
@@ -135,8 +138,9 @@ def check_location(cfg: CaptureConfig) -> str:
 
 def check_writable(path: str) -> None:
     """Refuse up front (one line) an output location this process cannot write."""
-    if "://" in path and not path.startswith("file://"):
-        return  # remote stores report their own errors on first write
+    if remote.is_remote(path):  # a read-only protocol, a missing bucket; others report their own errors on first write
+        remote.check_writable(path, *filesystem(path))
+        return
     check_writable_dir(Path(path[len("file://"):] if path.startswith("file://") else path))
 
 
