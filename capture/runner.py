@@ -113,8 +113,7 @@ def check_location(cfg: CaptureConfig) -> str:
     finished, it starts one. A plain run starts one there too, and refuses a finished store.
     ``--overwrite`` replaces only a SPINAL store; anything else at the path is refused.
     """
-    if remote.is_read_only(cfg.out):
-        remote.check_writable(cfg.out, None, "")  # refused: nothing is read or written
+    remote.refuse_read_only(cfg.out)  # http(s)://: refused before anything is read
     try:
         state = location_state(cfg.out)
     except OSError as e:

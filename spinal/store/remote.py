@@ -89,12 +89,17 @@ def access_error(path: str, e: BaseException) -> StoreError | None:
     return None
 
 
-def check_writable(path: str, fs, root: str) -> None:
-    """Refuse, before anything is written, a URL no store can be written at: a read-only protocol, or a bucket
-    that does not exist (s3fs would create it; SPINAL never creates buckets)."""
+def refuse_read_only(path: str) -> None:
+    """One InputError for an output at a read-only URL (before its location is even read)."""
     if is_read_only(path):
         raise InputError(f"--out {path}: {protocol(path)}:// is read-only; capture to a local folder or a bucket "
                          "(s3://…), then serve that folder over HTTP for reading")
+
+
+def check_writable(path: str, fs, root: str) -> None:
+    """Refuse, before anything is written, a URL no store can be written at: a read-only protocol, or a bucket
+    that does not exist (s3fs would create it; SPINAL never creates buckets)."""
+    refuse_read_only(path)
     if is_object_store(path):
         bucket = root.split("/", 1)[0]
         try:
