@@ -32,7 +32,8 @@ from spinal.store.codecs import DEFAULT_CODEC
 from spinal.store.contract import Store, decode, sha256_text, storage_dtype
 from spinal.store.create import create_store
 from spinal.store.layout import TokenLayout, Unit, chunk_sizes, plan_layout
-from spinal.store.location import location_state, remove_stray
+from spinal.store import remote
+from spinal.store.location import filesystem, location_state, remove_stray
 from spinal.store.lock import StoreLock, check_token, refuse_if_held
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def check_location(cfg: CaptureConfig) -> str:
     finished, it starts one. A plain run starts one there too, and refuses a finished store.
     ``--overwrite`` replaces only a SPINAL store; anything else at the path is refused.
     """
+    remote.refuse_read_only(cfg.out)  # http(s)://: refused before anything is read
     try:
         state = location_state(cfg.out)
     except OSError as e:
@@ -107,8 +109,9 @@ def check_location(cfg: CaptureConfig) -> str:
 
 def check_writable(path: str) -> None:
     """Refuse up front (one line) an output location this process cannot write."""
-    if "://" in path and not path.startswith("file://"):
-        return  # remote stores report their own errors on first write
+    if remote.is_remote(path):  # a read-only protocol, a missing bucket; others report their own errors on first write
+        remote.check_writable(path, *filesystem(path))
+        return
     check_writable_dir(Path(path[len("file://"):] if path.startswith("file://") else path))
 
 

@@ -30,6 +30,7 @@ import zarr
 
 from spinal.dtypes import CAPTURED, TABLE
 from spinal.errors import IntegrityError, StoreError, first_line
+from spinal.store import remote
 from spinal.store.layout import Unit
 from spinal.lens import Lens, LensSpec
 from spinal.store.location import ATTR_KEY, location_state, root_meta
@@ -71,10 +72,11 @@ def sha256_text(text: str) -> str:
 
 
 def open_group(path: str, mode: str) -> zarr.Group:
-    """A Zarr group at a local path or an fsspec URL (file://, s3://, gs://, … with their packages installed)."""
+    """A Zarr group at a local path or an fsspec URL (file://, s3://, gs://, http:// read-only, … with their
+    packages installed: spinal.store.remote)."""
     if "://" in path:
         # fsspec's local filesystem does not create parent folders unless asked to
-        opts = {"auto_mkdir": True} if path.startswith("file://") else {}
+        opts = {"auto_mkdir": True} if path.startswith("file://") else remote.options(path)
         return zarr.open_group(path, mode=mode, storage_options=opts)
     return zarr.open_group(path, mode=mode)
 

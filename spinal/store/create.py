@@ -13,6 +13,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from spinal.store.codecs import DEFAULT_CODEC, activation_codecs
 from spinal.store.layout import TokenLayout
 from spinal.lens import LensSpec
+from spinal.store import remote
 from spinal.store.location import ATTR_KEY, STORE_ENTRIES, filesystem, remove_stray
 from spinal.store.lockfile import LOCK_NAME
 from spinal.store.contract import FORMAT_VERSION, Store, open_group, storage_dtype
@@ -137,9 +138,10 @@ def clear_for_creation(path: str) -> None:
 def _write_root(path: str, meta: dict) -> None:
     """Write the root group's zarr.json atomically (temporary file, then rename)."""
     fs, root = filesystem(path)
-    fs.makedirs(root, exist_ok=True)
+    if not remote.is_object_store(path):  # an object store has no folders (and s3fs would create a missing bucket)
+        fs.makedirs(root, exist_ok=True)
     doc = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {ATTR_KEY: meta}}, indent=2).encode()
-    if "://" in path and not path.startswith("file://"):
+    if remote.is_remote(path):
         fs.pipe_file(f"{root}/zarr.json", doc)  # object stores replace an object whole
         return
     tmp = f"{root}/zarr.json.{os.getpid()}.partial"

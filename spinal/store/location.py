@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from spinal.errors import StoreError
+from spinal.store import remote
 from spinal.store.lockfile import LOCK_NAME
 
 # The root attribute that makes a Zarr group a SPINAL store (its value: the store's metadata).
@@ -14,10 +16,9 @@ STORE_ENTRIES = ("zarr.json", "hidden", "tokens", "sequences", "units", "lens", 
 
 
 def filesystem(path: str):
-    """(fsspec filesystem, root path without a trailing slash) for a local path or an fsspec URL."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(path)
+    """(fsspec filesystem, root path without a trailing slash) for a local path or an fsspec URL; a URL whose
+    package is not installed is one InputError naming it (``spinal.store.remote``)."""
+    fs, root = remote.url_to_fs(path)
     return fs, root.rstrip("/")
 
 
@@ -28,8 +29,13 @@ def root_meta(path: str) -> tuple[str, dict | None]:
         raw = fs.cat_file(f"{root}/zarr.json")
     except FileNotFoundError:
         return "missing", None
-    except (IsADirectoryError, PermissionError, OSError):
-        return "unreadable", None
+    except Exception as e:
+        err = remote.access_error(path, e) if remote.is_remote(path) else None
+        if err is not None:  # a server that does not answer says nothing about the store
+            raise err from None
+        if isinstance(e, OSError):
+            return "unreadable", None
+        raise
     try:
         doc = json.loads(raw)
         return ("ok", doc) if isinstance(doc, dict) else ("unreadable", None)
@@ -45,7 +51,24 @@ def location_state(path: str) -> str:
     creating  a SPINAL store whose creation never finished (safe to start again)
     ready     a SPINAL store (complete or resumable)
     damaged   SPINAL's folders whose root ``zarr.json`` is missing or unreadable
+
+    Over ``http(s)://``, which lists no folders, a store is found by its root ``zarr.json`` alone.
+    Credentials missing for a bucket, or a server that does not answer, is one StoreError.
     """
+    try:
+        return _state(path)
+    except StoreError:
+        raise
+    except Exception as e:
+        err = remote.access_error(path, e) if remote.is_remote(path) else None
+        if err is None:
+            raise
+        raise err from None
+
+
+def _state(path: str) -> str:
+    if remote.is_read_only(path):
+        return _state_by_root(path)
     fs, root = filesystem(path)
     if not fs.exists(root):
         return "absent"
@@ -57,10 +80,7 @@ def location_state(path: str) -> str:
         return "empty"
     state, doc = root_meta(path)
     if state == "ok":
-        meta = (doc.get("attributes") or {}).get(ATTR_KEY)
-        if doc.get("node_type") != "group" or not isinstance(meta, dict):
-            return "foreign"
-        return "creating" if meta.get("state") == "creating" else "ready"
+        return _kind(doc)
     # No readable root: ours only if every entry is a SPINAL name and `hidden` says it is SPINAL's.
     if not names <= set(STORE_ENTRIES):
         return "foreign"
@@ -69,6 +89,22 @@ def location_state(path: str) -> str:
         return "damaged" if "spinal_dtype" in (hidden.get("attributes") or {}) else "foreign"
     except Exception:
         return "damaged" if names <= {"zarr.json", LOCK_NAME} else "foreign"
+
+
+def _kind(doc: dict) -> str:
+    """'foreign', 'creating' or 'ready' for a readable root zarr.json."""
+    meta = (doc.get("attributes") or {}).get(ATTR_KEY)
+    if doc.get("node_type") != "group" or not isinstance(meta, dict):
+        return "foreign"
+    return "creating" if meta.get("state") == "creating" else "ready"
+
+
+def _state_by_root(path: str) -> str:
+    """A location that cannot be listed (HTTP): what its root zarr.json says, or 'absent' without one."""
+    state, doc = root_meta(path)
+    if state == "missing":
+        return "absent"
+    return _kind(doc) if state == "ok" else "foreign"
 
 
 def is_stray(name: str) -> bool:

@@ -1,12 +1,24 @@
-"""The lock's one small file, created, replaced and moved atomically on a local/NFS path or an fsspec URL."""
+"""The lock's one small file, created, replaced and moved atomically on a local/NFS path or an fsspec URL.
+
+Through fsspec the lock is created with ``open(…, "xb")``: on S3 a conditional PUT (``If-None-Match: *``), which AWS
+S3 and moto honour. A service that ignores the condition would let two writers both "create" it, so each create is
+followed by a second exclusive create of the same bytes, which must be refused; where it is not (or where the
+filesystem has no exclusive create at all) the writer is refused with one line, before anything is written.
+"""
 
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
+from spinal.errors import StoreError
+from spinal.store import remote
+
 LOCK_NAME = "writer_lock"  # <store>/writer_lock/zarr.json: an attribute-only Zarr group
+
+
+class NoExclusiveCreate(StoreError):
+    """The store's filesystem cannot create a file only if it is absent, so one writer cannot be guaranteed."""
 
 
 class LockFile:
@@ -14,10 +26,10 @@ class LockFile:
 
     def __init__(self, store_path: str):
         self.url = "://" in store_path
+        self.store_path = store_path
+        self.object_store = remote.is_object_store(store_path)
         if self.url:
-            import fsspec
-
-            self.fs, root = fsspec.core.url_to_fs(store_path)
+            self.fs, root = remote.url_to_fs(store_path)
             self.root = root.rstrip("/")
         else:
             self.fs, self.root = None, os.path.abspath(store_path)
@@ -25,10 +37,12 @@ class LockFile:
         self.path = f"{self.dir}/zarr.json"
 
     def mkdirs(self) -> None:
+        if self.object_store:
+            return  # no folders; and s3fs's makedirs would create a missing bucket
         if self.url:
             try:
                 self.fs.makedirs(self.dir, exist_ok=True)
-            except Exception:  # object stores have no folders
+            except Exception:
                 pass
         else:
             os.makedirs(self.dir, exist_ok=True)
@@ -47,19 +61,16 @@ class LockFile:
     def create_exclusive(self, data: bytes) -> bool:
         """Write ``data`` at the lock path only if nothing is there; False if something is."""
         if self.url:
-            try:
-                with self.fs.open(self.path, "xb") as f:
-                    f.write(data)
-                return True
-            except FileExistsError:
+            if not self._create_url(data):
                 return False
-            except (ValueError, NotImplementedError):  # no exclusive create: write, then read back
-                if self.fs.exists(self.path):
-                    return False
-                with self.fs.open(self.path, "wb") as f:
-                    f.write(data)
-                time.sleep(0.2)
-                return self.read() == data
+            if self._create_url(data):  # the same bytes again: a filesystem that ignores "x" accepts this too
+                self.fs.rm(self.path)
+                raise NoExclusiveCreate(
+                    f"{self.store_path}: this object store accepted a second exclusive create of the same object (it "
+                    "ignores If-None-Match), so SPINAL cannot keep one writer per store there; capture to a local "
+                    "folder and copy the store up (e.g. aws s3 sync), or use a service that honours conditional "
+                    "writes (AWS S3 does); nothing was written")
+            return True
         tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
@@ -82,6 +93,19 @@ class LockFile:
             return True
         finally:
             os.unlink(tmp)
+
+    def _create_url(self, data: bytes) -> bool:
+        try:
+            with self.fs.open(self.path, "xb") as f:
+                f.write(data)
+            return True
+        except FileExistsError:
+            return False
+        except (ValueError, NotImplementedError, TypeError) as e:  # no exclusive create at all
+            raise NoExclusiveCreate(
+                f"{self.store_path}: its filesystem ({type(self.fs).__name__}) cannot create a file only if it is "
+                f"absent ({e}), so SPINAL cannot keep one writer per store there; capture to a local folder "
+                "and copy the store up; nothing was written") from None
 
     def replace(self, data: bytes) -> None:
         """Rewrite the lock file atomically (heartbeat)."""
@@ -121,6 +145,8 @@ class LockFile:
         return self.fs.exists(self.root) if self.url else os.path.exists(self.root)
 
     def remove_root_if_empty(self) -> None:
+        if self.object_store:
+            return  # no folder to remove (and s3fs's rmdir of a bucket's root deletes the bucket)
         try:
             if self.url:
                 if not self.fs.ls(self.root):
