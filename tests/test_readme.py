@@ -191,6 +191,22 @@ def test_dataset_block_runs_as_written(tmp_path, checkpoint, monkeypatch):
     assert len(chat.sequences()["prompt_id"]) == 100
 
 
+def test_bucket_block_runs_as_written(tmp_path, checkpoint, bucket, monkeypatch):
+    """The bucket block against the local S3 server (the bucket it names is made there first)."""
+    from spinal.store.contract import Store
+
+    d = user_folder(tmp_path / "reader", checkpoint)
+    (block,) = blocks(README, "Stores in a bucket", "bash")
+    lines = _lines(block)
+    name = re.search(r"s3://([^/]+)/", lines[0]).group(1)
+    bucket.client.create_bucket(Bucket=name)
+    for line in lines:
+        r = _sh(line, d, monkeypatch)
+        assert r.returncode == 0, (line, r.stderr)
+    url = re.search(r"(s3://\S+)", lines[0]).group(1)
+    assert Store.open(url).complete and (d / "traces" / "dpo-from-bucket" / "trace.json").exists()
+
+
 def test_notebook_block_runs_as_a_script(workdir):
     (block,) = blocks(README, "From a notebook", "python")
     r = _script(block, workdir / "notebook", workdir)
