@@ -247,3 +247,54 @@ def bucket(s3_server, monkeypatch, request) -> Bucket:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return Bucket(env, client, request.node.name.replace("[", "-").replace("]", ""))
+
+
+# -- a capture whose writes are held back, for the one-writer and kill tests ---------------------------------------
+
+
+def held_capture(hold: str) -> str:
+    """A ``python -c`` script running the `spinal` command line with ``Store.write_unit`` held back by ``hold``
+    (Python statements that see ``unit``, e.g. ``time.sleep(0.5)``): a slow disk or a stalled link."""
+    body = "\n".join("    " + line for line in hold.splitlines())
+    return (
+        "import sys, time\n"
+        "from spinal.store.contract import Store\n"
+        "real = Store.write_unit\n"
+        "def write_unit(self, unit, block, *pool):\n"
+        f"{body}\n"
+        "    return real(self, unit, block, *pool)\n"
+        "Store.write_unit = write_unit\n"
+        "from spinal.cli.app import app\n"
+        "sys.argv = ['spinal'] + sys.argv[1:]\n"
+        "app()\n"
+    )
+
+
+def wait_for(pred, timeout: float = 120, step: float = 0.02) -> bool:
+    """Poll ``pred`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
+def assert_names_the_writer(r, pid: int) -> None:
+    """A second writer's refusal: exit 2 and one line naming the first writer (pid, host, since when)."""
+    import socket
+
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert f"pid {pid}" in lines[0] and socket.gethostname() in lines[0] and "since" in lines[0]
+
+
+def kill_group(proc) -> None:
+    """SIGKILL a writer started with ``start_new_session=True`` (its whole process group), if still running."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

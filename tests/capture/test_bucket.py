@@ -8,8 +8,6 @@ import functools
 import http.server
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +19,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import Bucket, assert_refused, store_arrays, write_jsonl
+from conftest import (Bucket, assert_names_the_writer, assert_refused, held_capture, kill_group, store_arrays,
+                      wait_for, write_jsonl)
 from spinal.cli.app import app
 from spinal.store.contract import Store
 from spinal.store.location import location_state
@@ -86,28 +85,8 @@ def test_capture_in_a_bucket_holds_what_a_local_capture_holds(world, bucket, tmp
     assert_refused(cli(*capture_args(world["ckpt"], world["prompts"], world["url"])), "already exists", "--resume")
 
 
-SLOW_WRITES = """
-import sys, time
-from spinal.store.contract import Store
-real = Store.write_unit
-def write_unit(self, unit, block, *pool):  # a stalled link: units from the third on never land (until killed)
-    while unit.index >= 2:
-        time.sleep(0.05)
-    return real(self, unit, block, *pool)
-Store.write_unit = write_unit
-from spinal.cli.app import app
-sys.argv = ["spinal"] + sys.argv[1:]
-app()
-"""
-
-
-def _wait_for(pred, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
+# a stalled link: units from the third on never land (until the writer is killed)
+SLOW_WRITES = held_capture("while unit.index >= 2:\n    time.sleep(0.05)")
 
 
 @pytest.mark.slow
@@ -117,19 +96,14 @@ def test_killed_capture_in_a_bucket_is_held_by_one_writer_and_resumes_to_an_iden
     first = subprocess.Popen([sys.executable, "-c", SLOW_WRITES, *argv[3:]], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert _wait_for(lambda: bucket.exists(f"{url}/units/done/c/1"))  # units 0 and 1 landed; 2 never will
+        assert wait_for(lambda: bucket.exists(f"{url}/units/done/c/1"))  # units 0 and 1 landed; 2 never will
         # one writer: a second capture is refused in one line naming the first, while it holds the store
         r = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=120)
         assert first.poll() is None, "the first writer must still be running: the test proves nothing otherwise"
-        lines = [l for l in r.stderr.splitlines() if l.strip()]
-        assert r.returncode == 2 and len(lines) == 1, r.stderr
-        assert f"pid {first.pid}" in lines[0] and socket.gethostname() in lines[0] and "since" in lines[0]
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+        assert_names_the_writer(r, first.pid)
+        kill_group(first)
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
+        kill_group(first)
     objects = bucket.objects(url)
     assert f"{LOCK_NAME}/zarr.json" in objects, "a killed writer leaves its lock"
     done = Store.open(url).done()

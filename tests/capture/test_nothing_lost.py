@@ -18,7 +18,8 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from conftest import assert_refused, store_arrays, tree, write_jsonl
+from conftest import (assert_names_the_writer, assert_refused, held_capture, kill_group, store_arrays, tree, wait_for,
+                      write_jsonl)
 from spinal.cli.app import app
 from spinal.store.location import location_state
 from spinal.store.lockfile import LOCK_NAME
@@ -159,27 +160,7 @@ def test_disk_full_during_creation_is_one_line_and_resume_finishes(llama, prompt
 
 # -- 3. one writer per store ------------------------------------------------------------------------
 
-SLOW_DISK = textwrap.dedent("""
-    import sys, time
-    from spinal.store.contract import Store
-    real = Store.write_unit
-    def write_unit(self, unit, block, *pool):  # a slow disk: each unit takes half a second to land
-        time.sleep(0.5)
-        return real(self, unit, block, *pool)
-    Store.write_unit = write_unit
-    from spinal.cli.app import app
-    sys.argv = ["spinal"] + sys.argv[1:]
-    app()
-""")
-
-
-def _wait_for(pred, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
+SLOW_DISK = held_capture("time.sleep(0.5)")  # a slow disk: each unit takes half a second to land
 
 
 @pytest.mark.slow
@@ -191,20 +172,14 @@ def test_second_writer_is_refused_and_takes_over_after_the_first_dies(llama, tmp
     first = subprocess.Popen([sys.executable, "-c", SLOW_DISK, *argv[3:]], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert _wait_for(lambda: location_state(str(out)) == "ready" and (out / "units/done/c").exists())
+        assert wait_for(lambda: location_state(str(out)) == "ready" and (out / "units/done/c").exists())
         for flag in ("--resume", "--overwrite"):
             r = subprocess.run([*argv, flag], capture_output=True, text=True, timeout=300)
             assert first.poll() is None, "the first writer must still be running: the test proves nothing otherwise"
-            assert r.returncode == 2, r.stderr
-            lines = [l for l in r.stderr.splitlines() if l.strip()]
-            assert len(lines) == 1, lines
-            assert f"pid {first.pid}" in lines[0] and socket.gethostname() in lines[0] and "since" in lines[0]
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+            assert_names_the_writer(r, first.pid)
+        kill_group(first)
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
+        kill_group(first)
     done_before = Store.open(str(out)).done().sum()
     assert 0 < done_before < Store.open(str(out)).meta["n_units"]
     r = subprocess.run([*argv, "--resume", "-v"], capture_output=True, text=True, timeout=600)
