@@ -213,7 +213,7 @@ def _source(model: torch.nn.Module, tokenizer, folder: Path, path: str, where: d
         "tokenizer": {
             "class": type(tokenizer).__name__,
             "vocab_size": getattr(tokenizer, "vocab_size", None),
-            "fingerprint": _tokenizer_fingerprint(tokenizer),
+            "fingerprint": tokenizer_fingerprint(tokenizer),
         },
     }
     if where:
@@ -265,7 +265,7 @@ def refuse_offload(model: torch.nn.Module, allow_offload: bool) -> None:
         )
 
 
-def _tokenizer_fingerprint(tok) -> str:
+def tokenizer_fingerprint(tok) -> str:
     try:
         vocab = tok.get_vocab()
     except Exception:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ROOMS = ("spinal", "capture", "analyze", "cluster")  # the import packages' folders (pyproject's package-dir)
-PACKAGE = {"spinal": "spinal", "capture": "spinal.capture", "analyze": "spinal.analyze", "cluster": "spinal.cluster"}
+ROOMS = ("spinal", "capture", "analyze", "cluster", "monitor")  # the import packages' folders (pyproject's package-dir)
+PACKAGE = {"spinal": "spinal", "capture": "spinal.capture", "analyze": "spinal.analyze", "cluster": "spinal.cluster",
+           "monitor": "spinal.monitor"}
 MODULE_LINES = 320  # "each under ~300 lines": a module past this splits by idea
 ROOM_MODULES = 12  # a folder with more modules than this gets sub-rooms
 
@@ -32,7 +33,7 @@ def dotted(rel: Path) -> str:
 
 def test_the_architecture_map_lists_every_module_and_only_existing_ones():
     text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
-    listed = {m for m in re.findall(r"`((?:spinal|capture|analyze|cluster)/[\w/]+\.py)`", text)
+    listed = {m for m in re.findall(r"`((?:spinal|capture|analyze|cluster|monitor)/[\w/]+\.py)`", text)
               if not m.endswith(("__init__.py", "__main__.py"))}  # a package's __init__ is its room
     have = {str(p) for p in modules() if p.name not in ("__init__.py", "__main__.py")}
     assert not have - listed, f"modules missing from docs/ARCHITECTURE.md: {sorted(have - listed)}"
@@ -41,7 +42,7 @@ def test_the_architecture_map_lists_every_module_and_only_existing_ones():
 
 def test_the_readme_holds_no_second_module_list():
     text = (ROOT / "README.md").read_text()
-    named = set(re.findall(r"(?<![\w/])(?:spinal|capture|analyze|cluster)/[\w/]+\.py", text))
+    named = set(re.findall(r"(?<![\w/])(?:spinal|capture|analyze|cluster|monitor)/[\w/]+\.py", text))
     assert len(named) < 4, f"README.md names modules ({sorted(named)}); the module map is docs/ARCHITECTURE.md"
 
 
@@ -64,10 +65,12 @@ def _imports(rel: Path) -> list[tuple[str, list[str]]]:
 
 # who may import whom: a room never reaches up or across (docs/ARCHITECTURE.md, "Imports point one way")
 FORBIDDEN = {
-    "spinal.analyze": ("spinal.capture", "spinal.cluster", "spinal.cli", "spinal.api"),
-    "spinal.capture": ("spinal.analyze", "spinal.cluster", "spinal.cli", "spinal.api"),
-    "spinal.cluster": ("spinal.cli", "spinal.api"),
-    "spinal.store": ("spinal.capture", "spinal.analyze", "spinal.cluster", "spinal.cli", "spinal.api"),
+    "spinal.analyze": ("spinal.capture", "spinal.cluster", "spinal.monitor", "spinal.cli", "spinal.api"),
+    "spinal.capture": ("spinal.analyze", "spinal.cluster", "spinal.monitor", "spinal.cli", "spinal.api"),
+    "spinal.cluster": ("spinal.monitor", "spinal.cli", "spinal.api"),
+    "spinal.monitor": ("spinal.cluster", "spinal.cli", "spinal.api"),
+    "spinal.store": ("spinal.capture", "spinal.analyze", "spinal.cluster", "spinal.monitor", "spinal.cli",
+                     "spinal.api"),
 }
 CORE = ("spinal.config", "spinal.capture_config", "spinal.specs", "spinal.fields", "spinal.errors", "spinal.dtypes", "spinal.blocks", "spinal.checkpoint",
         "spinal.lens", "spinal.text", "spinal.outputs")

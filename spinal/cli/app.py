@@ -6,6 +6,7 @@ import typer
 
 from spinal.cli.analysis_verbs import analyze, compare, report
 from spinal.cli.cluster_verbs import plan, run, serve
+from spinal.cli.monitor_verbs import watch
 from spinal.cli.store_verbs import capture, inspect, verify
 from spinal.cli.terminal import out, run_app
 
@@ -24,7 +25,7 @@ app = typer.Typer(
     help="Audit where preference alignment (DPO) reshapes a language model across depth.\n\n"
     "capture: checkpoint + prompts -> lossless Zarr store of every layer's residual stream. "
     "analyze: store -> depth trace (contraction a, transport L per layer), CPU only. "
-    "compare: traces -> Δ per layer with paired CIs. report: plots and one HTML page. run: the whole batch job from a TOML config. "
+    "compare: traces -> Δ per layer with paired CIs. report: plots and one HTML page. run: the whole batch job from a TOML config. watch: audit a training run's checkpoints as they appear. "
     "serve: keep checkpoints loaded on Ray. plan: size a cluster capture from a model config. inspect / verify: what a store holds, and whether every chunk reads back intact.",
     no_args_is_help=True,
     add_completion=False,
@@ -47,7 +48,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     """Audit where preference alignment (DPO) reshapes a language model across depth."""
 
 
-for _verb in (capture, inspect, verify, analyze, compare, serve, report, plan, run):  # the order `spinal --help` lists
+for _verb in (capture, inspect, verify, analyze, compare, serve, report, plan, run, watch):  # the order `spinal --help` lists
     app.command()(_verb)
 
 
