@@ -51,8 +51,9 @@ def trace_of(folder: AuditFolder, cfg: MonitorConfig, step: int | None, lens_flo
 
 
 def audit_round(folder: AuditFolder, cfg: MonitorConfig) -> list[dict]:
-    """Trace what is captured, and when a step is new, redo the comparison and report; returns the series rows
-    added (one per newly audited step, in step order)."""
+    """Trace what is captured, and when a step is new, redo the comparison; returns the series rows added (one per
+    newly audited step, in step order). The report is the caller's (``refresh_report``): drawing it costs more
+    than the round, so it is drawn once the audit has caught up, not after every step of a backlog."""
     if not folder.complete(None):
         return []
     steps = folder.captured_steps()
@@ -68,7 +69,6 @@ def audit_round(folder: AuditFolder, cfg: MonitorConfig) -> list[dict]:
     result = comparison(traces, c, stores=stores if c.cross_readout_tokens or c.position_tokens else None,
                         workers=1)
     result.save(folder.root / "compare", overwrite=True)
-    write_report(traces, result, folder.root / "report", overwrite=True)
     rows = series_rows(result, traces, steps)
     old = folder.read_series()
     added = [r for r in rows if r["step"] in new]
@@ -104,11 +104,21 @@ def _number(x) -> float | None:
 
 
 def audit_all(folder: AuditFolder, cfg: MonitorConfig) -> list[dict]:
-    """Rounds until nothing new is captured (what `spinal watch` and the in-process monitor run)."""
+    """Rounds until nothing new is captured, then the report (what the in-process monitor runs at a save)."""
     added: list[dict] = []
     while rows := audit_round(folder, cfg):
         added += rows
+    if added:
+        refresh_report(folder)
     return added
+
+
+def refresh_report(folder: AuditFolder) -> Path:
+    """The report of the series so far, from the traces and the comparison on disk, replaced whole."""
+    steps = [r["step"] for r in folder.read_series()]
+    traces = [Trace.load(folder.trace(None))] + [Trace.load(folder.trace(s)) for s in steps]
+    result = Comparison.load(folder.root / "compare") if steps else None
+    return write_report(traces, result, folder.root / "report", overwrite=True)
 
 
 def report_path(folder: AuditFolder) -> Path:

@@ -20,7 +20,7 @@ from typing import Callable
 
 from spinal.capture.runner import capture
 from spinal.errors import InputError
-from spinal.monitor.audit import audit_all
+from spinal.monitor.audit import audit_round, refresh_report, report_path
 from spinal.monitor.checks import check_monitor
 from spinal.monitor.config import MonitorConfig
 from spinal.monitor.folder import AuditFolder, label
@@ -100,6 +100,7 @@ def watch(cfg: MonitorConfig, run_dir: str, *, once: bool = False, progress: Cal
             time.sleep(cfg.poll)
             found = checkpoints(run)
         reference, ref_step = _reference(cfg, folder, found)
+        drawn = 0  # audited steps the report shows
         while True:
             for step, path in checkpoints(run):
                 if step in done or step == ref_step:
@@ -110,7 +111,7 @@ def watch(cfg: MonitorConfig, run_dir: str, *, once: bool = False, progress: Cal
                 if not folder.complete(step):
                     log.info("capturing %s (%s)", label(step), path)
                     capture(cfg.capture_config(model, out, adapter=adapter, resume=store_exists(out)), progress)
-                for row in audit_all(folder, cfg):
+                for row in audit_round(folder, cfg):
                     done.add(row["step"])
                     summary.audited.append(row["step"])
                     summary.rows.append(row)
@@ -121,6 +122,10 @@ def watch(cfg: MonitorConfig, run_dir: str, *, once: bool = False, progress: Cal
                         summary.flagged.append(row["step"])
                         log.warning("the checkpoint at step %d is flagged destabilized: %s", row["step"],
                                     row["reason"])
+            missing = not report_path(folder).exists() and folder.read_series()  # killed before drawing it
+            if drawn < len(summary.audited) or missing:
+                refresh_report(folder)  # once the backlog is audited, not after each of its checkpoints
+                drawn = len(summary.audited)
             if once or (stop is not None and stop()):
                 return summary
             time.sleep(cfg.poll)

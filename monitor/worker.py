@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from spinal.monitor.audit import audit_round
+from spinal.monitor.audit import audit_round, refresh_report
 from spinal.monitor.config import from_record
 from spinal.monitor.folder import AuditFolder
 
@@ -94,13 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     folder = AuditFolder(Path(args.folder))
     cfg = from_record(json.loads((folder.root / "monitor.json").read_text())["options"], args.folder)
+    stale = False  # steps audited that the report does not show yet
     while True:
         orphaned = bool(args.parent) and os.getppid() != args.parent  # the trainer is gone: finish and stop
         ending = folder.done_file.exists() or orphaned
         rows = audit_round(folder, cfg)
         for r in rows:
             log.info("audited %s: %s", r["label"], "DESTABILIZED: " + r["reason"] if r["destabilized"] else "ok")
-        if ending and not rows:
+        behind = rows and set(folder.captured_steps()) - {r["step"] for r in folder.read_series()}
+        if (rows or stale) and not behind:  # caught up: draw the report once for the steps just audited
+            refresh_report(folder)
+            stale = False
+        elif rows:
+            stale = True
+        if ending and not rows and not stale:
             return 0
         if not rows:
             time.sleep(args.poll)
