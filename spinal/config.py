@@ -77,8 +77,17 @@ class CompareConfig:
     jump_factor: float = option("training series: flag a checkpoint whose step from the one before is more than "
                                 "this many times the run's typical healthy step (analyze/compare/stability.py)", 4.0)
     weights: bool = option("per-block parameter change ‖θ − θ_ref‖², streamed from the safetensors", True, cli=False)
+    pairing: str = option(
+        "how each trace is paired with the reference: 'token' (the identical token stream), 'prompt' (the same "
+        "prompts in the same order, e.g. one checkpoint's chosen against its rejected replies: Δa and ΔL only, "
+        "per-position numbers skipped), or 'auto' (token where the streams are identical, prompt for the two reply "
+        "sides of one `--reply both` capture)", "auto")
+    allow_mixed: bool = option("compare traces whose capture storage dtype, positions rule or lens options differ "
+                               "(refused otherwise); the comparison records the mix and the report says so", False)
 
     def __post_init__(self) -> None:
+        if self.pairing not in ("auto", "token", "prompt"):
+            raise InputError(f"pairing={self.pairing!r}; choose auto, token or prompt")
         if self.n_boot < 1:
             raise InputError(f"n_boot={self.n_boot}: the ΔL bootstrap needs ≥ 1 resample (default 1000)")
         if not self.jump_factor > 1:
