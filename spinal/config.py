@@ -164,9 +164,14 @@ class RunConfig:
         if len(set(labels)) != len(labels):
             raise InputError(f"{self.source}: checkpoint labels must be unique, got {labels}")
         if self.capture.reply == "both":
-            raise InputError(f"{self.source}: [capture] reply = 'both' makes two stores per checkpoint; a run "
-                             "compares one stream: set reply = 'chosen' or 'rejected' (or capture both sides with "
-                             "`spinal capture --reply both` and compare them with `spinal compare`)")
+            src, out = self.source or "RUN.toml", self.out
+            label = self.checkpoints[-1].label if self.checkpoints else "LABEL"
+            raise InputError(f"{src}: [capture] reply = 'both' makes two stores per checkpoint, and a run writes one "
+                             f"comparison and one report: run it once per side (`spinal run {src} --set "
+                             f"capture.reply=chosen --out {out}-chosen`, then the same with rejected and "
+                             f"{out}-rejected), then compare a checkpoint's two sides paired by prompt: `spinal "
+                             f"compare {out}-chosen/traces/{label} {out}-rejected/traces/{label} --out "
+                             f"{out}-sides-{label}`")
 
     def store_path(self, ck: Checkpoint) -> str:
         return f"{self.out}/stores/{ck.label}.zarr"

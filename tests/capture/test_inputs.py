@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shlex
 from pathlib import Path
 
 import datasets
@@ -233,8 +235,41 @@ def test_the_dataset_options_are_run_config_keys_and_both_sides_are_refused_in_a
 
     assert check_inputs(cfg) == load_prompts(str(tmp_path / "prefs"), cfg.capture.prompt_options()).sha256
     f.write_text(f.read_text().replace('reply = "rejected"', 'reply = "both"'))
-    with pytest.raises(InputError, match="reply = 'both' makes two stores per checkpoint"):
+    with pytest.raises(InputError, match="reply = 'both' makes two stores per checkpoint") as refused:
         load_run_config(str(f))
+    run_line = re.findall(r"`([^`]*)`", str(refused.value))[0]  # what the refusal says to run instead
+    assert run_line == f"spinal run {f} --set capture.reply=chosen --out {tmp_path / 'o'}-chosen"
+    cfg = load_run_config(str(f), out=run_line.split("--out ")[1], sets=[run_line.split("--set ")[1].split()[0]])
+    assert (cfg.capture.reply, cfg.out) == ("chosen", f"{tmp_path / 'o'}-chosen")
+
+
+def test_a_run_of_both_replies_done_as_its_refusal_says_audits_both_sides_and_their_contrast(tmp_path, checkpoint):
+    """`spinal run` with reply = 'both' is refused in one line that names the commands; run as written (two runs,
+    one per side, then a compare of one checkpoint's two traces) they audit both sides and pair them by prompt."""
+    from typer.testing import CliRunner
+
+    from spinal.cli.app import app
+
+    datasets.Dataset.from_dict({"prompt": [f"Question {i}: is {i} odd?" for i in range(12)],
+                                "chosen": [f" {'Yes' if i % 2 else 'No'}, {i} is {'odd' if i % 2 else 'even'}."
+                                           for i in range(12)],
+                                "rejected": [" Perhaps." for _ in range(12)]}).save_to_disk(str(tmp_path / "prefs"))
+    f = tmp_path / "run.toml"
+    f.write_text(f'[run]\nout = "audit"\nprompts = "prefs"\n'
+                 f'[[checkpoints]]\nlabel = "base"\npath = "{checkpoint("llama")}"\n'
+                 f'[[checkpoints]]\nlabel = "dpo"\npath = "{checkpoint("llama", seed=1)}"\n'
+                 '[capture]\nreply = "both"\npositions = "reply"\n[analyze]\nn_boot = 40\ncalibration_sims = 8\n'
+                 'workers = 1\n[compare]\nn_boot = 50\nweights = false\n')
+    r = CliRunner().invoke(app, ["run", str(f), "--no-progress"])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    run_chosen, compare_sides = re.findall(r"`([^`]*)`", r.stderr.replace("\n", ""))
+    for line in (run_chosen, run_chosen.replace("chosen", "rejected"), compare_sides):
+        r = CliRunner().invoke(app, shlex.split(line)[1:] + (["--no-progress"] if " run " in line else []))
+        assert r.exit_code == 0, (line, r.output)
+    out = shlex.split(compare_sides)[-1]
+    doc = json.loads((Path(out) / "compare.json").read_text())
+    assert doc["labels"] == ["dpo-chosen", "dpo-rejected"] and doc["pairing"] == ["prompt"]
+    assert json.loads((tmp_path / "audit-rejected" / "compare" / "compare.json").read_text())["pairing"] == ["token"]
 
 
 def test_a_pipe_is_refused_at_once_and_a_byte_order_mark_is_no_error(tmp_path):
