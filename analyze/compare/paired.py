@@ -62,6 +62,9 @@ def compare(traces: list[Trace], cfg: CompareConfig = CompareConfig(), *, grad: 
         raise InputError("compare needs at least two traces: a reference and a checkpoint to compare with it")
     traces = distinct_labels(traces)
     pairings, mixes = check_comparable(traces, cfg)
+    if mixes:
+        log.warning("comparing traces that differ in %s (--allow-mixed): part of every Δ may be the options' "
+                    "difference", ", ".join(sorted({m["what"] for m in mixes})))
     labels = [t.label for t in traces]
     if len(set(labels)) != len(labels):
         raise InputError(f"trace labels must differ, got {labels}")

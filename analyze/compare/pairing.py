@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 
 from spinal.analyze.trace_format import Trace
 from spinal.errors import InputError
 
-log = logging.getLogger(__name__)
-PAIRINGS = ("auto", "token", "prompt")
 # Options whose difference changes the numbers without changing what is paired: refused unless --allow-mixed.
 # (key in trace.json, where: meta or the analysis options, what it is called in the one-line refusal)
 MIXABLE = (("storage_dtype", "meta", "capture storage dtype"), ("positions", "meta", "positions rule"),
@@ -80,12 +77,10 @@ def mixed_options(traces: list[Trace], allow_mixed: bool) -> list[dict]:
                                  "(`spinal analyze … --overwrite`), or pass --allow-mixed")
             if not allow_mixed:
                 raise InputError(f"{t.label} and {ref.label} differ in {name}: {ref.label} {_shown(va)}, {t.label} "
-                                 f"{_shown(vb)}; capture and analyze both alike, or pass --allow-mixed to compare "
-                                 "them anyway (the comparison and the report then say so)")
+                                 f"{_shown(vb)}; capture and analyze both alike, or compare them anyway with "
+                                 "--allow-mixed (also a run's traces/ folders, by `spinal compare`; the comparison and "
+                                 "the report then say so)")
             mixes.append({"option": key, "what": name, "ref": ref.label, "other": t.label, "values": [va, vb]})
-    if mixes:
-        log.warning("comparing traces that differ in %s (--allow-mixed): part of every Δ may be the options' "
-                    "difference", ", ".join(sorted({m["what"] for m in mixes})))
     return mixes
 
 
