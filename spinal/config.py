@@ -163,15 +163,14 @@ class RunConfig:
         labels = [c.label for c in self.checkpoints]
         if len(set(labels)) != len(labels):
             raise InputError(f"{self.source}: checkpoint labels must be unique, got {labels}")
-        if self.capture.reply == "both":
-            src, out = self.source or "RUN.toml", self.out
-            label = self.checkpoints[-1].label if self.checkpoints else "LABEL"
-            raise InputError(f"{src}: [capture] reply = 'both' makes two stores per checkpoint, and a run writes one "
-                             f"comparison and one report: run it once per side (`spinal run {src} --set "
-                             f"capture.reply=chosen --out {out}-chosen`, then the same with rejected and "
-                             f"{out}-rejected), then compare a checkpoint's two sides paired by prompt: `spinal "
-                             f"compare {out}-chosen/traces/{label} {out}-rejected/traces/{label} --out "
-                             f"{out}-sides-{label}`")
+
+    def sides(self) -> list["RunConfig"]:
+        """The run itself, or with [capture] reply = 'both' one run per reply side, in OUT/chosen and OUT/rejected
+        (cluster/run.py then compares each checkpoint's two sides, paired by prompt, in OUT/sides/LABEL)."""
+        if self.capture.reply != "both":
+            return [self]
+        return [replace(self, capture=replace(self.capture, reply=side), out=f"{self.out}/{side}")
+                for side in ("chosen", "rejected")]
 
     def store_path(self, ck: Checkpoint) -> str:
         return f"{self.out}/stores/{ck.label}.zarr"

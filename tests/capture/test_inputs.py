@@ -235,17 +235,15 @@ def test_the_dataset_options_are_run_config_keys_and_both_sides_are_refused_in_a
 
     assert check_inputs(cfg) == load_prompts(str(tmp_path / "prefs"), cfg.capture.prompt_options()).sha256
     f.write_text(f.read_text().replace('reply = "rejected"', 'reply = "both"'))
-    with pytest.raises(InputError, match="reply = 'both' makes two stores per checkpoint") as refused:
-        load_run_config(str(f))
-    run_line = re.findall(r"`([^`]*)`", str(refused.value))[0]  # what the refusal says to run instead
-    assert run_line == f"spinal run {f} --set capture.reply=chosen --out {tmp_path / 'o'}-chosen"
-    cfg = load_run_config(str(f), out=run_line.split("--out ")[1], sets=[run_line.split("--set ")[1].split()[0]])
-    assert (cfg.capture.reply, cfg.out) == ("chosen", f"{tmp_path / 'o'}-chosen")
+    both = load_run_config(str(f))
+    assert [(c.capture.reply, c.out) for c in both.sides()] == [("chosen", f"{tmp_path / 'o'}/chosen"),
+                                                                 ("rejected", f"{tmp_path / 'o'}/rejected")]
 
 
-def test_a_run_of_both_replies_done_as_its_refusal_says_audits_both_sides_and_their_contrast(tmp_path, checkpoint):
-    """`spinal run` with reply = 'both' is refused in one line that names the commands; run as written (two runs,
-    one per side, then a compare of one checkpoint's two traces) they audit both sides and pair them by prompt."""
+def test_a_run_of_both_replies_audits_each_side_and_each_checkpoints_contrast(tmp_path, checkpoint):
+    """`spinal run` with [capture] reply = 'both': a whole run per side (OUT/chosen, OUT/rejected: each compares
+    the checkpoints on one token stream), then each checkpoint's rejected replies against its chosen ones, paired
+    by prompt (OUT/sides/LABEL); a resume keeps every store and trace."""
     from typer.testing import CliRunner
 
     from spinal.cli.app import app
@@ -261,15 +259,23 @@ def test_a_run_of_both_replies_done_as_its_refusal_says_audits_both_sides_and_th
                  '[capture]\nreply = "both"\npositions = "reply"\n[analyze]\nn_boot = 40\ncalibration_sims = 8\n'
                  'workers = 1\n[compare]\nn_boot = 50\nweights = false\n')
     r = CliRunner().invoke(app, ["run", str(f), "--no-progress"])
-    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
-    run_chosen, compare_sides = re.findall(r"`([^`]*)`", r.stderr.replace("\n", ""))
-    for line in (run_chosen, run_chosen.replace("chosen", "rejected"), compare_sides):
-        r = CliRunner().invoke(app, shlex.split(line)[1:] + (["--no-progress"] if " run " in line else []))
-        assert r.exit_code == 0, (line, r.output)
-    out = shlex.split(compare_sides)[-1]
-    doc = json.loads((Path(out) / "compare.json").read_text())
-    assert doc["labels"] == ["dpo-chosen", "dpo-rejected"] and doc["pairing"] == ["prompt"]
-    assert json.loads((tmp_path / "audit-rejected" / "compare" / "compare.json").read_text())["pairing"] == ["token"]
+    assert r.exit_code == 0, r.output
+    audit = tmp_path / "audit"
+    for side in ("chosen", "rejected"):
+        doc = json.loads((audit / side / "compare" / "compare.json").read_text())
+        assert doc["pairing"] == ["token"] and doc["labels"] == ["base", "dpo"]
+        assert json.loads((audit / side / "run.json").read_text())["capture"]["reply"] == side
+    for label in ("base", "dpo"):
+        doc = json.loads((audit / "sides" / label / "compare" / "compare.json").read_text())
+        assert doc["pairing"] == ["prompt"] and doc["labels"] == [f"{label}-chosen", f"{label}-rejected"]
+        html = (audit / "sides" / label / "report" / "report.html").read_text()
+        assert f"{label}-rejected − {label}-chosen is paired by prompt, not by token" in html
+    assert json.loads((audit / "run.json").read_text())["capture"]["reply"] == "both"
+    r = CliRunner().invoke(app, ["run", str(f), "--no-progress", "--resume"])
+    assert r.exit_code == 0, r.output
+    stages = json.loads((audit / "summary.json").read_text())["stages"]
+    kept = [st["label"] for st in stages if st["stage"] in ("capture", "analyze") and st["skipped"]]
+    assert len(kept) == 8 and set(kept) == {f"{l} ({s})" for l in ("base", "dpo") for s in ("chosen", "rejected")}
 
 
 def test_a_pipe_is_refused_at_once_and_a_byte_order_mark_is_no_error(tmp_path):
