@@ -101,7 +101,7 @@ def token_count_note(ref: Trace, other: Trace) -> dict:
         f"Δa compares a at {na:,} tokens with a at {nb:,}{per}: a's estimate depends on the token count (above the "
         "population exponent by up to ~0.09 at 2·d, falling toward it by 32·d: docs/intervals.md), so part of Δa may "
         "be the counts' difference, not the replies'; its interval does not include that term. Capturing both sides "
-        "with --positions last:K (K ≤ the shortest reply) stores the same count on both")}
+        "with --positions last:K (K ≤ the shortest reply) stores the same count on both.")}
 
 
 def distinct_labels(traces: list[Trace]) -> list[Trace]:
