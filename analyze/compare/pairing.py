@@ -66,7 +66,7 @@ def mixed_options(traces: list[Trace], allow_mixed: bool) -> list[dict]:
     ref, mixes = traces[0], []
     for t in traces[1:]:
         for key, where, name in MIXABLE:
-            get = (lambda tr: tr.meta.get(key)) if where == "meta" else (lambda tr: tr.meta["options"].get(key))
+            get = (lambda tr: _recorded(tr, key)) if where == "meta" else (lambda tr: tr.meta["options"].get(key))
             va, vb = get(ref), get(t)
             if va == vb:
                 continue
@@ -82,6 +82,20 @@ def mixed_options(traces: list[Trace], allow_mixed: bool) -> list[dict]:
                                  "the report then say so)")
             mixes.append({"option": key, "what": name, "ref": ref.label, "other": t.label, "values": [va, vb]})
     return mixes
+
+
+def _recorded(trace: Trace, key: str):
+    """A trace's recorded value; a trace made before SPINAL recorded its storage dtype reads it from its store,
+    where that is still there (else None)."""
+    value = trace.meta.get(key)
+    if value is None and key == "storage_dtype" and trace.meta.get("store"):
+        from spinal.store.contract import Store
+
+        try:
+            return Store.open(trace.meta["store"]).dtype
+        except Exception:  # moved or deleted: the refusal names the trace
+            return None
+    return value
 
 
 def _shown(v) -> str:

@@ -76,9 +76,12 @@ def test_positions_and_lens_options_are_mixes_too_and_an_older_trace_is_named(dt
     rule = replace(b, meta={**b.meta, "positions": "all"})
     with pytest.raises(InputError, match=f"differ in positions rule: float32 {a.meta['positions']}, bfloat16 all;"):
         compare([a, rule])
-    old = replace(b, meta={k: v for k, v in b.meta.items() if k != "storage_dtype"})
+    old = replace(b, meta={k: v for k, v in b.meta.items() if k != "storage_dtype"})  # made before it was recorded
+    with pytest.raises(InputError, match="capture storage dtype: float32 float32, bfloat16 bfloat16;"):
+        compare([a, old])  # read from its store, still there
+    gone = replace(old, meta={**old.meta, "store": str(dtypes["dir"] / "moved.zarr")})
     with pytest.raises(InputError, match="bfloat16's trace does not record its capture storage dtype .* re-analyze"):
-        compare([a, old])
+        compare([a, gone])
 
 
 def test_the_flag_exists_once_in_help_toml_and_run_json(tmp_path, checkpoint):
