@@ -171,6 +171,10 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
         "architecture": store.meta.get("source", {}).get("architecture"),
         "weights_fingerprint": store.meta.get("source", {}).get("weights_fingerprint"),
         "tokens_sha256": tokens_sha256(store),
+        "prompt_ids_sha256": prompt_ids_sha256(store),  # sequences in prompt order: what pairing by prompt checks
+        "reply": (store.meta.get("prompts") or {}).get("source", {}).get("reply"),  # chosen | rejected | None
+        "storage_dtype": store.dtype,
+        "dim": int(store.meta["dim"]),
         "n_tokens": int(spectra[0].n_tokens),
         "n_sequences": int(store.meta["n_sequences"]),
         "lens_tokens": int(lens.n),
@@ -237,6 +241,15 @@ def tokens_sha256(store: Store) -> str:
     h = hashlib.sha256()
     for k in ("ids", "sequence", "position"):
         h.update(np.ascontiguousarray(t[k][valid]).astype(np.int64).tobytes())
+    return h.hexdigest()
+
+
+def prompt_ids_sha256(store: Store) -> str:
+    """Hash of the store's prompt ids in sequence order: two stores whose sequences hold the same prompts in the
+    same order (the two reply sides of one preference set) can be compared paired by prompt."""
+    h = hashlib.sha256()
+    for pid in store.sequences()["prompt_id"]:
+        h.update(str(pid).encode() + b"\n")
     return h.hexdigest()
 
 

@@ -127,7 +127,11 @@ def check_inputs(cfg: RunConfig) -> str:
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: Progress | None = None,
         address: str | None = None, service: bool = False) -> RunSummary:
     """Run every stage: in-process for one replica without an address, else on Ray (local or ``address``), or on
-    the replicas `spinal serve` started (``service``). The backend connects before the run folder is touched."""
+    the replicas `spinal serve` started (``service``). The backend connects before the run folder is touched.
+    With [capture] reply = 'both': one run per reply side, then each checkpoint's sides compared (``_run_sides``)."""
+    if cfg.capture.reply == "both":
+        return _run_sides(cfg, resume=resume, overwrite=overwrite, progress=progress, address=address,
+                          service=service)
     prompts_sha256 = check_inputs(cfg)
     cluster = cfg.cluster_config(**({"address": address} if address else {}))
     backend = backend_for(cluster, {ck.path: ck.label for ck in cfg.checkpoints} if service else None)
@@ -144,6 +148,39 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
             from spinal.analyze.report.html import write_report
 
             summary.report = str(write_report(traces, comparison, out / "report", overwrite=True))
+        write_text_atomic(out / "summary.json", json.dumps(asdict(summary), indent=2))
+        return summary
+    finally:
+        lock.release()
+
+
+def _run_sides(cfg: RunConfig, *, resume: bool, overwrite: bool, **kw) -> RunSummary:
+    """Both reply sides of a preference set: a whole run per side in OUT/chosen and OUT/rejected (stores, traces,
+    each side's comparison and report), then every checkpoint's rejected replies against its chosen ones, paired
+    by prompt, in OUT/sides/LABEL (compare/ and report/). Both prompt sets are read before any model loads."""
+    from dataclasses import replace
+
+    from spinal.analyze.compare.pipeline import comparison
+    from spinal.analyze.report.html import write_report
+    from spinal.analyze.trace import Trace
+
+    sides = cfg.sides()
+    hashes = [check_inputs(side) for side in sides]
+    out, lock = prepare_out(cfg, resume, overwrite, " ".join(hashes))
+    try:
+        summary = RunSummary(str(out))
+        for side in sides:
+            part = run(side, resume=resume and Path(side.out).exists(), **kw)
+            summary.stages += [{**st, "label": f"{st['label']} ({side.capture.reply})"} for st in part.stages]
+            summary.report = summary.report or part.report
+        for ck in cfg.checkpoints:
+            with summary.timed("sides", ck.label) as detail:
+                traces = [Trace.load(side.trace_path(ck)) for side in sides]
+                result = comparison(traces, replace(cfg.compare, pairing="prompt"))
+                result.save(out / "sides" / ck.label / "compare", overwrite=True)
+                path = write_report(traces, result, out / "sides" / ck.label / "report", overwrite=True)
+                detail.append(f"rejected against chosen, paired by prompt: {path}")
+        summary.comparison = str(out / "sides")
         write_text_atomic(out / "summary.json", json.dumps(asdict(summary), indent=2))
         return summary
     finally:

@@ -30,6 +30,14 @@ class PromptOptions:
     sample: int = 0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """The one check of the subset options, for a capture's and a prompt loader's alike."""
+        for name in ("limit", "sample"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0 (0: every row)")
+        if self.limit and self.sample:
+            raise InputError(f"limit={self.limit} and sample={self.sample}: give one of them")
+
 
 @dataclass(frozen=True)
 class CaptureConfig:
@@ -107,11 +115,7 @@ class CaptureConfig:
             raise InputError("--resume and --overwrite contradict each other: choose one")
         parse_layers(self.layers, None)
         check_codec(self.codec)
-        for name in ("limit", "sample"):
-            if getattr(self, name) < 0:
-                raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0 (0: every row)")
-        if self.limit and self.sample:
-            raise InputError(f"limit={self.limit} and sample={self.sample}: give one of them")
+        self.prompt_options()  # limit and sample, checked where the prompt loader checks them (PromptOptions)
         if self.reply not in (None, *REPLIES):
             raise InputError(f"reply={self.reply!r}; choose one of {', '.join(REPLIES)}")
 

@@ -77,8 +77,17 @@ class CompareConfig:
     jump_factor: float = option("training series: flag a checkpoint whose step from the one before is more than "
                                 "this many times the run's typical healthy step (analyze/compare/stability.py)", 4.0)
     weights: bool = option("per-block parameter change ‖θ − θ_ref‖², streamed from the safetensors", True, cli=False)
+    pairing: str = option(
+        "how each trace is paired with the reference: 'token' (the identical token stream), 'prompt' (the same "
+        "prompts in the same order, e.g. one checkpoint's chosen against its rejected replies: Δa and ΔL only, "
+        "per-position numbers skipped), or 'auto' (token where the streams are identical, prompt for the two reply "
+        "sides of one `--reply both` capture)", "auto")
+    allow_mixed: bool = option("compare traces whose capture storage dtype, positions rule or lens options differ "
+                               "(refused otherwise); the comparison records the mix and the report says so", False)
 
     def __post_init__(self) -> None:
+        if self.pairing not in ("auto", "token", "prompt"):
+            raise InputError(f"pairing={self.pairing!r}; choose auto, token or prompt")
         if self.n_boot < 1:
             raise InputError(f"n_boot={self.n_boot}: the ΔL bootstrap needs ≥ 1 resample (default 1000)")
         if not self.jump_factor > 1:
@@ -154,10 +163,14 @@ class RunConfig:
         labels = [c.label for c in self.checkpoints]
         if len(set(labels)) != len(labels):
             raise InputError(f"{self.source}: checkpoint labels must be unique, got {labels}")
-        if self.capture.reply == "both":
-            raise InputError(f"{self.source}: [capture] reply = 'both' makes two stores per checkpoint; a run "
-                             "compares one stream: set reply = 'chosen' or 'rejected' (or capture both sides with "
-                             "`spinal capture --reply both` and compare them with `spinal compare`)")
+
+    def sides(self) -> list["RunConfig"]:
+        """The run itself, or with [capture] reply = 'both' one run per reply side, in OUT/chosen and OUT/rejected
+        (cluster/run.py then compares each checkpoint's two sides, paired by prompt, in OUT/sides/LABEL)."""
+        if self.capture.reply != "both":
+            return [self]
+        return [replace(self, capture=replace(self.capture, reply=side), out=f"{self.out}/{side}")
+                for side in ("chosen", "rejected")]
 
     def store_path(self, ck: Checkpoint) -> str:
         return f"{self.out}/stores/{ck.label}.zarr"

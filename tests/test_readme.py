@@ -276,3 +276,28 @@ def test_store_format_block_runs_as_written(usage_dir):
     r = subprocess.run([sys.executable, str(script)], cwd=usage_dir, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "float32"
+
+
+def test_chosen_against_rejected_block_runs_as_written(tmp_path, checkpoint, monkeypatch):
+    """docs/usage.md's recipe "did DPO change how the model represents the replies it was trained to prefer?":
+    its loop over the reference family's checkpoints, on two tiny checkpoints in their place and a small TRL file
+    in place of the held-out pairs; each checkpoint's two sides are compared paired by prompt, and reported so."""
+    (block,) = blocks(USAGE, "Chosen against rejected inside one checkpoint", "bash")
+    lines = _lines(block)
+    head = re.fullmatch(r"for ck in (.+); do", lines[0])
+    assert head and lines[-1] == "done", lines
+    names = head.group(1).split()
+    for name, seed in zip(names, (0, 1), strict=True):
+        shutil.copytree(checkpoint("llama", seed=seed), tmp_path / "reference" / "checkpoints" / name)
+    (tmp_path / "reference" / "data").mkdir()
+    write_jsonl(tmp_path / "reference" / "data" / "heldout_pairs.jsonl",
+                [{"prompt": f"User: what is {i} times two?\nAssistant:", "chosen": f" It is {2 * i}, since {i} + {i} = "
+                  f"{2 * i}.", "rejected": " No idea." if i % 3 else f" {i}."} for i in range(20)])
+    for ck in names:
+        for line in lines[1:-1]:
+            r = _sh(line.replace("$ck", ck), tmp_path, monkeypatch)
+            assert r.returncode == 0, (line, r.stderr)
+        doc = json.loads((tmp_path / "pairs" / f"cmp-{ck}" / "compare.json").read_text())
+        assert doc["pairing"] == ["prompt"] and doc["labels"] == [f"{ck}-chosen", f"{ck}-rejected"]
+        html = (tmp_path / "pairs" / f"report-{ck}" / "report.html").read_text()
+        assert f"{ck}-rejected − {ck}-chosen is paired by prompt, not by token" in html

@@ -10,6 +10,8 @@ import pandas as pd
 from spinal.analyze import seeds
 from spinal.analyze.compare.aggregates import pair_aggregates, steps_into, terminal_layers
 from spinal.analyze.compare.comparison import Comparison, PairComparison
+from spinal.analyze.compare.pairing import (TOKEN_ONLY, check_prompt_design, distinct_labels, mixed_options,
+                                            pairing_of, token_count_note)
 from spinal.analyze.contraction.intervals import replicate_se, t_interval
 from spinal.analyze.compare.stability import training_series
 from spinal.analyze.trace_format import Trace
@@ -20,22 +22,23 @@ LEVEL = 0.95  # two-sided CI level and family-wise α = 0.05 for Holm
 log = logging.getLogger(__name__)
 
 
-def check_comparable(traces: list[Trace]) -> None:
-    """Identical token stream, layers and bootstrap design; else one clear refusal."""
+def check_comparable(traces: list[Trace], cfg: CompareConfig = CompareConfig()) -> tuple[list[str], list[dict]]:
+    """Each trace's pairing with the reference (analyze/compare/pairing.py), the same layers and bootstrap design,
+    and the options it may mix only with ``cfg.allow_mixed``; else one clear refusal. Returns (pairings, mixes)."""
     ref = traces[0]
+    mixes = mixed_options(traces, cfg.allow_mixed)  # first: a different positions rule also differs in tokens
+    pairings = []
     for t in traces[1:]:
-        if t.meta["tokens_sha256"] != ref.meta["tokens_sha256"]:
-            raise InputError(
-                f"{t.label} and {ref.label} were captured on different token streams (prompts, tokenizer or "
-                "positions differ); compare checkpoints on the identical prompt set and options"
-            )
+        pairings.append(pairing_of(ref, t, cfg.pairing))
+        if pairings[-1] == "prompt":
+            check_prompt_design(ref, t)
         if list(t.table["layer"]) != list(ref.table["layer"]):
             raise InputError(f"{t.label} has layers {list(t.table['layer'])}, {ref.label} has {list(ref.table['layer'])}")
         if t.meta.get("trace_format") != ref.meta.get("trace_format"):
             raise InputError(f"{t.label} has trace format {t.meta.get('trace_format')}, {ref.label} "
                              f"{ref.meta.get('trace_format')}: their bootstrap replicates are not paired the same way; "
                              "re-analyze both with this SPINAL")
-        for k in ("seed", "blocks", "n_boot", "calibration_sims", "window", "lens_tokens"):
+        for k in ("seed", "blocks", "n_boot", "calibration_sims", "window"):
             if t.meta["options"].get(k) != ref.meta["options"].get(k):
                 raise InputError(
                     f"{t.label} was analyzed with {k}={t.meta['options'].get(k)}, {ref.label} with "
@@ -44,6 +47,7 @@ def check_comparable(traces: list[Trace]) -> None:
         if t.meta.get("architecture") != ref.meta.get("architecture"):
             raise InputError(f"{t.label} is a {t.meta.get('architecture')}, {ref.label} a {ref.meta.get('architecture')}: "
                              "not checkpoints of one model")
+    return pairings, mixes
 
 
 def compare(traces: list[Trace], cfg: CompareConfig = CompareConfig(), *, grad: list[np.ndarray | None] | None = None,
@@ -56,12 +60,17 @@ def compare(traces: list[Trace], cfg: CompareConfig = CompareConfig(), *, grad: 
     seed, n_boot, null_splits = cfg.seed, cfg.n_boot, cfg.null_splits
     if len(traces) < 2:
         raise InputError("compare needs at least two traces: a reference and a checkpoint to compare with it")
-    check_comparable(traces)
+    traces = distinct_labels(traces)
+    pairings, mixes = check_comparable(traces, cfg)
+    if mixes:
+        log.warning("comparing traces that differ in %s (--allow-mixed): part of every Δ may be the options' "
+                    "difference", ", ".join(sorted({m["what"] for m in mixes})))
     labels = [t.label for t in traces]
     if len(set(labels)) != len(labels):
         raise InputError(f"trace labels must differ, got {labels}")
     lens_sizes = [t.meta.get("lens_tokens") for t in traces]
-    if len(set(lens_sizes)) > 1:  # nested subsamples of one seeded order: still paired by sequence, less tightly
+    by_token = [n for n, how in zip(lens_sizes, ["token", *pairings]) if how == "token"]
+    if len(set(by_token)) > 1:  # nested subsamples of one seeded order: still paired by sequence, less tightly
         log.warning("the traces' L was read on different numbers of lens tokens (%s): ΔL stays paired by sequence "
                     "but each sequence's mean covers different tokens, which widens its interval; `spinal run` "
                     "reads every checkpoint on the reference's tokens", ", ".join(f"{l} {n}" for l, n in
@@ -69,21 +78,25 @@ def compare(traces: list[Trace], cfg: CompareConfig = CompareConfig(), *, grad: 
     n_blocks = int(max(traces[0].table["layer"]))
     term = terminal_layers(n_blocks)
     pairs = tuple(
-        _pair(traces[0], t, term, seed, n_boot, null_splits, None if grad is None else grad[i], weights)
-        for i, t in enumerate(traces[1:], 1)
+        _pair(traces[0], t, term, seed, n_boot, null_splits, None if grad is None else grad[i], weights, how)
+        for i, (t, how) in enumerate(zip(traces[1:], pairings), 1)
     )
-    series, ramp = training_series(traces, pairs, term, cfg.jump_factor) if len(traces) >= 3 else (None, None)
+    series_ok = len(traces) >= 3 and "prompt" not in pairings  # reply sides are not a training series
+    series, ramp = training_series(traces, pairs, term, cfg.jump_factor) if series_ok else (None, None)
     meta = {"ramp_onset": ramp, "labels": labels, "reference": labels[0], "seed": seed, "n_boot": n_boot,
             "null_splits": null_splits, "jump_factor": cfg.jump_factor, "traces": [t.identity for t in traces],
             "lens_tokens": lens_sizes,
             "score_weights": list(weights), "terminal_layers": term, "n_blocks": n_blocks,
+            "pairing": pairings, "pairing_asked": cfg.pairing, "mixed": mixes,
             "note": "Δ_align, coherence, gradient concentration and SPINALScore are this project's operational "
                     "definitions; the paper's exact formulas are not public."}
     return Comparison(pairs, series, meta)
 
 
-def _pair(a: Trace, b: Trace, term, seed, n_boot, null_splits, grad, weights) -> PairComparison:
+def _pair(a: Trace, b: Trace, term, seed, n_boot, null_splits, grad, weights, how: str = "token") -> PairComparison:
     table, rep_a, rep_L_step = _paired_table(a, b, term, seed, n_boot, null_splits)
+    by_prompt = {"pairing": "prompt", **token_count_note(a, b),
+                 "skipped": {k: f"not computed: {why}" for k, why in TOKEN_ONLY.items()}}
     T = table["terminal"].to_numpy()
     summary = {
         "onset_a": _onset(table, "a"), "onset_L": _onset(table, "L"),
@@ -91,6 +104,7 @@ def _pair(a: Trace, b: Trace, term, seed, n_boot, null_splits, grad, weights) ->
         "terminal_share_L": float(np.nansum(table["loc_L"].to_numpy()[steps_into(T)])),
         **pair_aggregates(a, b, table, rep_a, rep_L_step, term, grad, weights),
         "terminal_layers": term,
+        **(by_prompt if how == "prompt" else {"pairing": "token"}),
     }
     return PairComparison(a.label, b.label, table, summary)
 

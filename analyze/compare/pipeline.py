@@ -8,7 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-from spinal.analyze.compare.paired import compare
+from spinal.analyze.compare.paired import check_comparable, compare
+from spinal.analyze.compare.pairing import TOKEN_ONLY, distinct_labels
 from spinal.analyze.compare.comparison import Comparison, check_stores, check_weights, with_cross_readout, with_positions
 from spinal.analyze.trace import Trace
 from spinal.config import CompareConfig
@@ -29,13 +30,24 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
     refusing the whole comparison. The lens work runs as tasks, as analyze's do: one per (pair, layer) for the
     cross-readout, one per pair for the positions, through ``submit(tasks, workers, progress)`` (a backend's, e.g.
     Ray's) or else on ``workers`` local processes (0: one per core), reporting ``progress(done, total)``."""
+    traces = distinct_labels(traces)
+    pairings = ["token", *check_comparable(traces, cfg)[0]]  # every refusal before any work
     if weights and not weights_optional:
         weights = check_weights(traces, weights)
     if stores:
         check_stores(traces, stores)
     grad = _parameter_change(traces, weights, weights_optional) if weights else None
+    if grad is not None:  # one checkpoint's two reply sides: no parameter change to concentrate
+        grad = [None if how == "prompt" and t.meta.get("weights_fingerprint") == traces[0].meta.get(
+            "weights_fingerprint") else g for g, t, how in zip(grad, traces, pairings)]
     result = compare(traces, cfg, grad=grad)
-    if stores and cfg.cross_readout_tokens:
+    if stores and "prompt" in pairings and (cfg.cross_readout_tokens or cfg.position_tokens):
+        log.warning("paired by prompt (%s): %s", ", ".join(t.label for t, how in zip(traces, pairings)
+                                                          if how == "prompt"),
+                    "; ".join(f"{k} skipped, {why}" for k, why in TOKEN_ONLY.items()))
+    keep = [i for i, how in enumerate(pairings) if how == "token"]  # the reference and the token-paired
+    traces, stores = [traces[i] for i in keep], [stores[i] for i in keep] if stores else stores
+    if stores and len(stores) > 1 and cfg.cross_readout_tokens:
         import pandas as pd
 
         from spinal.analyze.compare.cross_readout import cross_readout_tasks
@@ -52,7 +64,7 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
             frames[t.label] = pd.DataFrame(done[k : k + len(pair)])
             k += len(pair)
         result = with_cross_readout(result, frames)
-    if stores and cfg.position_tokens:
+    if stores and len(stores) > 1 and cfg.position_tokens:
         result = _positions(result, traces, stores, cfg, workers, submit, progress)
     return result
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from spinal.analyze.report.comparison_plots import plot_deltas, plot_positions, plot_series
 from spinal.analyze.compare.comparison import DEFINITIONS, Comparison
+from spinal.analyze.compare.pairing import distinct_labels
 from spinal.analyze.report.trace_plots import plot_curve, plot_depth, plot_spectra
 from spinal.analyze.report.tables import esc, num, pair_table, series_table, summary_table, trace_table
 from spinal.analyze.trace_format import Trace
@@ -138,10 +139,32 @@ def _lede(traces: list[Trace], comparison: Comparison | None) -> str:
     term = comparison.pairs[0].summary.get("terminal_layers") or []
     window = f"layers {min(term)}–{max(term)}" if term else "none"
     n_blocks = comparison.meta.get("n_blocks")
-    return (f"Each checkpoint against <b>{esc(comparison.pairs[0].ref)}</b> on the same token stream"
+    stream = ("on the same token stream" if all(p.summary.get("pairing", "token") == "token" for p in comparison.pairs)
+              else "paired by prompt where the tokens differ (below)")
+    return (f"Each checkpoint against <b>{esc(comparison.pairs[0].ref)}</b> {stream}"
             f"{' (' + esc(tokens) + ')' if tokens else ''}; terminal window {esc(window)}"
             f"{f' of {n_blocks} blocks' if n_blocks else ''}. A change counts where its Holm-adjusted p &lt; 0.05 "
             "<i>and</i> it exceeds the split-half noise of the reference.")
+
+
+def _notes(comparison: Comparison | None) -> str:
+    """What the comparison paired and mixed, said where a reader starts: pairing by prompt (and what it skipped,
+    and the token-count caveat), options mixed with --allow-mixed."""
+    if comparison is None:
+        return ""
+    notes = []
+    for p in comparison.pairs:
+        s = p.summary
+        if s.get("pairing") == "prompt":
+            skipped = "; ".join(f"{k.replace('_', '-')} {why}" for k, why in (s.get("skipped") or {}).items())
+            notes.append(f"{p.other} − {p.ref} is paired by prompt, not by token: the same prompts in the same order "
+                         "with different tokens (e.g. chosen against rejected replies). Δa's interval resamples the "
+                         "same prompt blocks on both sides; ΔL is the mean over prompts of each prompt's difference. "
+                         f"{skipped}. {s.get('token_count_caveat') or ''}".strip())
+    for m in comparison.meta.get("mixed") or []:
+        notes.append(f"{m['other']} − {m['ref']} mixes {m['what']}: {m['ref']} {m['values'][0]}, {m['other']} "
+                     f"{m['values'][1]} (--allow-mixed): part of every Δ may be that difference, not the checkpoints'.")
+    return "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
 
 
 def _verdict(vs: list[Verdict]) -> str:
@@ -200,7 +223,7 @@ def write_report(traces: list[Trace], comparison: Comparison | None, out_dir: st
                  overwrite: bool = False) -> Path:
     """Write ``out_dir/plots/*.png`` and the self-contained ``out_dir/report.html`` whole or not at all
     (no stale plots survive a rewrite); return the HTML's path."""
-    traces = list(traces)
+    traces = distinct_labels(list(traces))  # one checkpoint's two reply sides, as the comparison names them
     if not traces:
         raise InputError("no traces to report on; pass at least one trace folder")
     final = Path(out_dir)
@@ -224,7 +247,8 @@ def _write(traces: list[Trace], comparison: Comparison | None, out_dir: Path) ->
     title = (", ".join(labels) if len(labels) <= 5 else  # a long series: its ends, the count between them
              f"{labels[0]}, {labels[1]} … {labels[-1]} ({len(labels)} checkpoints)")
     parts = [f"<h1>SPINAL depth audit: {esc(title)}</h1>"
-             f"<p class=lede>{_lede(traces, comparison)} <span class=muted>Generated {esc(when)}.</span></p>",
+             f"<p class=lede>{_lede(traces, comparison)} <span class=muted>Generated {esc(when)}.</span></p>"
+             f"{_notes(comparison)}",
              _verdict(verdicts(traces, comparison)),
              f"<details><summary>How to read this report</summary><p>{esc(HOW_TO_READ)}</p></details>",
              f"<h2>Figures</h2>{figs}"]

@@ -103,9 +103,8 @@ def _finish(path: str, records: list[Prompt], source: dict, options: PromptOptio
 
 
 def _select(n: int, options: PromptOptions, path: str) -> list[int]:
-    """Row positions to read: all, the first ``limit``, or a seeded ``sample`` (in the dataset's order)."""
-    if options.limit and options.sample:
-        raise InputError(f"limit={options.limit} and sample={options.sample}: give one of them")
+    """Row positions to read: all, the first ``limit``, or a seeded ``sample`` (in the dataset's order); the options
+    themselves are checked once, by PromptOptions."""
     if options.sample:
         if options.sample > n:
             raise InputError(f"sample={options.sample} but {path} holds {n} rows")

@@ -68,7 +68,8 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="also print compare.json (per-pair summaries, series, "
                                  "options) on stdout"),
 ) -> None:
-    """Compare checkpoints on the identical token stream: Δa and ΔL per layer with paired CIs (Holm), onset, localization."""
+    """Compare checkpoints on the identical token stream (or one checkpoint's chosen and rejected replies, paired by
+    prompt): Δa and ΔL per layer with paired CIs (Holm), onset, localization."""
     from spinal.api import compare as compare_traces
     from spinal.outputs import check_output
 
@@ -83,6 +84,12 @@ def compare(
             f"{s['terminal_share_a']:.2f}, terminal Δa − ΔL {s['delta_align']:+.4g} ± {s['delta_align_se']:.2g}",
             highlight=False,
         )
+        if s.get("pairing") == "prompt":
+            err.print(f"{p.other} vs {p.ref}: paired by prompt (different tokens); per-position KL, shifted share and "
+                      f"cross-readout not computed. {s.get('token_count_caveat') or ''}".rstrip(), highlight=False)
+    for m in result.meta.get("mixed") or []:
+        err.print(f"mixed (--allow-mixed): {m['what']} {m['values'][0]} ({m['ref']}) and {m['values'][1]} "
+                  f"({m['other']})", highlight=False)
     if result.series is not None:
         from spinal.analyze.compare.stability import flag_text, largest_ratio
 

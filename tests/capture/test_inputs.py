@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shlex
 from pathlib import Path
 
 import datasets
@@ -233,8 +235,47 @@ def test_the_dataset_options_are_run_config_keys_and_both_sides_are_refused_in_a
 
     assert check_inputs(cfg) == load_prompts(str(tmp_path / "prefs"), cfg.capture.prompt_options()).sha256
     f.write_text(f.read_text().replace('reply = "rejected"', 'reply = "both"'))
-    with pytest.raises(InputError, match="reply = 'both' makes two stores per checkpoint"):
-        load_run_config(str(f))
+    both = load_run_config(str(f))
+    assert [(c.capture.reply, c.out) for c in both.sides()] == [("chosen", f"{tmp_path / 'o'}/chosen"),
+                                                                 ("rejected", f"{tmp_path / 'o'}/rejected")]
+
+
+def test_a_run_of_both_replies_audits_each_side_and_each_checkpoints_contrast(tmp_path, checkpoint):
+    """`spinal run` with [capture] reply = 'both': a whole run per side (OUT/chosen, OUT/rejected: each compares
+    the checkpoints on one token stream), then each checkpoint's rejected replies against its chosen ones, paired
+    by prompt (OUT/sides/LABEL); a resume keeps every store and trace."""
+    from typer.testing import CliRunner
+
+    from spinal.cli.app import app
+
+    datasets.Dataset.from_dict({"prompt": [f"Question {i}: is {i} odd?" for i in range(12)],
+                                "chosen": [f" {'Yes' if i % 2 else 'No'}, {i} is {'odd' if i % 2 else 'even'}."
+                                           for i in range(12)],
+                                "rejected": [" Perhaps." for _ in range(12)]}).save_to_disk(str(tmp_path / "prefs"))
+    f = tmp_path / "run.toml"
+    f.write_text(f'[run]\nout = "audit"\nprompts = "prefs"\n'
+                 f'[[checkpoints]]\nlabel = "base"\npath = "{checkpoint("llama")}"\n'
+                 f'[[checkpoints]]\nlabel = "dpo"\npath = "{checkpoint("llama", seed=1)}"\n'
+                 '[capture]\nreply = "both"\npositions = "reply"\n[analyze]\nn_boot = 40\ncalibration_sims = 8\n'
+                 'workers = 1\n[compare]\nn_boot = 50\nweights = false\n')
+    r = CliRunner().invoke(app, ["run", str(f), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    audit = tmp_path / "audit"
+    for side in ("chosen", "rejected"):
+        doc = json.loads((audit / side / "compare" / "compare.json").read_text())
+        assert doc["pairing"] == ["token"] and doc["labels"] == ["base", "dpo"]
+        assert json.loads((audit / side / "run.json").read_text())["capture"]["reply"] == side
+    for label in ("base", "dpo"):
+        doc = json.loads((audit / "sides" / label / "compare" / "compare.json").read_text())
+        assert doc["pairing"] == ["prompt"] and doc["labels"] == [f"{label}-chosen", f"{label}-rejected"]
+        html = (audit / "sides" / label / "report" / "report.html").read_text()
+        assert f"{label}-rejected − {label}-chosen is paired by prompt, not by token" in html
+    assert json.loads((audit / "run.json").read_text())["capture"]["reply"] == "both"
+    r = CliRunner().invoke(app, ["run", str(f), "--no-progress", "--resume"])
+    assert r.exit_code == 0, r.output
+    stages = json.loads((audit / "summary.json").read_text())["stages"]
+    kept = [st["label"] for st in stages if st["stage"] in ("capture", "analyze") and st["skipped"]]
+    assert len(kept) == 8 and set(kept) == {f"{l} ({s})" for l in ("base", "dpo") for s in ("chosen", "rejected")}
 
 
 def test_a_pipe_is_refused_at_once_and_a_byte_order_mark_is_no_error(tmp_path):

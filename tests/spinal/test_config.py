@@ -166,3 +166,16 @@ def test_ctrl_c_says_what_this_verb_leaves(verb, says, capsys):
     assert e.value.exit_code == 130
     assert capsys.readouterr().err.strip() == f"interrupted; {says}" + ("" if verb != "analyze" else
                                                                          " and nothing stored before was touched")
+
+
+def test_the_subset_options_are_checked_in_one_place_for_a_capture_and_a_prompt_loader():
+    """limit and sample: negative or both is refused by PromptOptions, and a CaptureConfig says the same words."""
+    from spinal.capture_config import PromptOptions
+
+    for kw, words in (({"limit": 4, "sample": 4}, "limit=4 and sample=4: give one of them"),
+                      ({"sample": -1}, "sample=-1; must be ≥ 0 (0: every row)")):
+        with pytest.raises(InputError) as loader:
+            PromptOptions(**kw)
+        with pytest.raises(InputError) as capture:
+            CaptureConfig(model="m", prompts="p.jsonl", out="o.zarr", **kw)
+        assert str(loader.value) == str(capture.value) == words
