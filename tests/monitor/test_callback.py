@@ -130,7 +130,8 @@ def test_spinal_watch_of_the_saved_checkpoints_equals_the_live_audit(audited, tm
 
 def test_a_broken_run_is_flagged_at_its_first_broken_save_and_stopped(tmp_path, caplog):
     """Four healthy saves at a constant rate, then the rate ×100: the first save after the jump is flagged, none
-    before, and with stop_on_flag training ends there, at step 10 of 16."""
+    before, and with stop_on_flag training ends there, at step 10 of 16. The offline audit of the saved
+    checkpoints (`spinal watch --once`, read from disk) flags the same saves."""
     t = trainer(tmp_path, steps=16, lr=1e-3)
     t.add_callback(LrJump(at=8, factor=100.0))
     cb = SpinalCallback(t, prompts=str(probe(tmp_path / "probe.jsonl")), out=str(tmp_path / "audit"),
@@ -143,3 +144,9 @@ def test_a_broken_run_is_flagged_at_its_first_broken_save_and_stopped(tmp_path, 
     assert cb.flagged == [10]
     warning = [r.getMessage() for r in caplog.records if "flagged destabilized" in r.getMessage()]
     assert len(warning) == 1 and "step 10" in warning[0] and "typical healthy step" in warning[0]
+    r = CliRunner().invoke(app, ["watch", str(tmp_path / "run"), "--out", str(tmp_path / "offline"), "--prompts",
+                                 str(tmp_path / "probe.jsonl"), "--reference", str(tmp_path / "init"), "--once",
+                                 "--no-progress", *FAST_SETS])
+    assert r.exit_code == 0, r.output
+    offline = [json.loads(l) for l in (tmp_path / "offline" / "series.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["destabilized"]) for r in offline] == [(r["step"], r["destabilized"]) for r in series]
