@@ -8,6 +8,7 @@ OUT/stores/step-000175.zarr  one store per audited step, named by the training s
 OUT/traces/…                 one trace per store, same names
 OUT/compare/, OUT/report/    the series comparison and its report, replaced whole as the run grows
 OUT/series.jsonl             one line per audited step: its numbers and the destabilization flag
+OUT/captures.jsonl           the callback's: one line per save, the seconds its capture took from training
 ```
 
 A step is audited once: its store is captured (or finished) only while it has no trace, and its trace is written

@@ -13,6 +13,7 @@ loop (reference/series.py) calls it directly.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -85,6 +86,8 @@ class Monitor:
         capture_live(self.cfg.capture_config(model_name(model), out, resume=store_exists(out)), model,
                      self.tokenizer, model_name(model), {"step": step, "seed": self.seed, **training})
         seconds = self.capture_seconds[step] = time.perf_counter() - t0
+        with open(self.folder.root / "captures.jsonl", "a") as f:  # what each save cost the training loop
+            f.write(json.dumps({"step": step, "seconds": round(seconds, 3)}) + "\n")
         log.info("SPINAL: captured %s in %.1f s", label(step), seconds)
         if not self.cfg.background:
             audit_all(self.folder, self.cfg)
