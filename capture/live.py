@@ -66,16 +66,27 @@ def live_source(model: nn.Module, tokenizer, name: str, training: dict) -> dict:
 
 @contextlib.contextmanager
 def borrowed(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode under ``torch.no_grad``; afterwards each module's training flag and every random
-    stream restored, whatever happened inside (an error included)."""
+    """``model`` in eval mode under ``torch.no_grad``, computing in its own dtype; afterwards each module's training
+    flag, its forward and every random stream restored, whatever happened inside (an error included).
+
+    Mixed-precision training (accelerate, as the Trainer and TRL use it) replaces a model's ``forward`` with one
+    under autocast and keeps the original as ``_original_forward``: the capture runs the original, so a float32
+    model is read in float32, as it would be from its saved checkpoint (the self-check found the difference:
+    bf16 autocast logits 0.3 % off the float32 lens)."""
     flags = [(m, m.training) for m in model.modules()]
     states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
               torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    patched = {m: m.__dict__["forward"] for m in model.modules()
+               if "forward" in m.__dict__ and hasattr(m, "_original_forward")}
     model.eval()
     try:
+        for m in patched:
+            m.forward = m._original_forward
         with torch.no_grad():
             yield model
     finally:
+        for m, forward in patched.items():
+            m.forward = forward
         for m, flag in flags:
             m.training = flag
         random.setstate(states[0])

@@ -301,3 +301,39 @@ def test_chosen_against_rejected_block_runs_as_written(tmp_path, checkpoint, mon
         assert doc["pairing"] == ["prompt"] and doc["labels"] == [f"{ck}-chosen", f"{ck}-rejected"]
         html = (tmp_path / "pairs" / f"report-{ck}" / "report.html").read_text()
         assert f"{ck}-rejected − {ck}-chosen is paired by prompt, not by token" in html
+
+
+DPO_SCRIPT = '''\
+# a user's TRL script, up to the point where the README's lines go (a tiny model and preference set)
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer
+
+model = AutoModelForCausalLM.from_pretrained("path/to/base")
+tok = AutoTokenizer.from_pretrained("path/to/base")
+tok.pad_token = tok.eos_token
+pairs = Dataset.from_dict({"prompt": [f"Question {i}?" for i in range(16)],
+                           "chosen": [f" Yes, {i}." for i in range(16)], "rejected": [f" No {i}!" for i in range(16)]})
+args = DPOConfig(output_dir="path/to/run", max_steps=4, save_steps=2, per_device_train_batch_size=4, report_to=[],
+                 use_cpu=True, disable_tqdm=True, save_only_model=True, max_length=64)
+trainer = DPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tok)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_watch_a_training_run_blocks_run_as_written(workdir, tmp_path, monkeypatch):
+    """The callback's lines at the end of a DPO script (run as a script, as a user runs one), then the `spinal
+    watch` line on the checkpoints that run saved."""
+    python, bash = blocks(README, "Watch a training run", "python"), blocks(README, "Watch a training run", "bash")
+    assert len(python) == 1 and len(bash) == 1
+    r = _script(DPO_SCRIPT + python[0], tmp_path / "script", workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(l) for l in (tmp_path / "script" / "audit" / "series.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows] == [2, 4]
+    assert (tmp_path / "script" / "audit" / "report" / "report.html").is_file()
+    (line,) = _lines(bash[0])
+    r = _sh(line, tmp_path / "script", monkeypatch)
+    assert r.returncode == 0, r.stderr
+    watched = [json.loads(l) for l in (tmp_path / "script" / "watch-audit" / "series.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in watched] == [2, 4]

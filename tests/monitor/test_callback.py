@@ -150,3 +150,20 @@ def test_a_broken_run_is_flagged_at_its_first_broken_save_and_stopped(tmp_path, 
     assert r.exit_code == 0, r.output
     offline = [json.loads(l) for l in (tmp_path / "offline" / "series.jsonl").read_text().splitlines()]
     assert [(r["step"], r["destabilized"]) for r in offline] == [(r["step"], r["destabilized"]) for r in series]
+
+
+def test_mixed_precision_training_is_captured_in_the_models_own_dtype(tmp_path):
+    """Under bf16 mixed precision accelerate wraps the model's forward in autocast; the capture runs the original
+    forward, so the live float32 model reads as its saved float32 checkpoint does (without this the self-check
+    refused: lens 0.3 % off the autocast logits)."""
+    t = trainer(tmp_path, steps=4, bf16=True)
+    SpinalCallback(t, prompts=str(probe(tmp_path / "probe.jsonl")), out=str(tmp_path / "audit"), background=False,
+                   **FAST)
+    t.train()
+    assert "forward" in t.model.__dict__ and hasattr(t.model, "_original_forward")  # the autocast wrapper is there
+    r = CliRunner().invoke(app, ["watch", str(tmp_path / "run"), "--out", str(tmp_path / "offline"), "--prompts",
+                                 str(tmp_path / "probe.jsonl"), "--reference", str(tmp_path / "init"), "--once",
+                                 "--no-progress", *FAST_SETS])
+    assert r.exit_code == 0, r.output
+    live, offline = ((tmp_path / d / "series.jsonl").read_text() for d in ("audit", "offline"))
+    assert live == offline
