@@ -48,6 +48,8 @@ class AnalyzeConfig:
     chunk_mib: int = option("memory budget of one lens chunk (token × vocab float32), MiB; a chunk holds at most "
                             "512 tokens, which keeps small vocabularies near the caches", 256)
     workers: int = option("processes for the per-layer and lens tasks (0 = one per core)", 0)
+    ranks: bool = option("effective rank and RankMe intervals: every rank's block shares, not only a's window's "
+                         "(off: their values only, no intervals or paired Δ; docs/method.md §2)", True)
     overwrite: bool = option("replace an existing trace folder", False)
 
     def __post_init__(self) -> None:
@@ -77,6 +79,8 @@ class CompareConfig:
     jump_factor: float = option("training series: flag a checkpoint whose step from the one before is more than "
                                 "this many times the run's typical healthy step (analyze/compare/stability.py)", 4.0)
     weights: bool = option("per-block parameter change ‖θ − θ_ref‖², streamed from the safetensors", True, cli=False)
+    cka: bool = option("linear CKA per layer between each checkpoint and the reference, read from both stores "
+                       "(every token; a jackknife interval over the sequence blocks)", True)
 
     def __post_init__(self) -> None:
         if self.n_boot < 1:

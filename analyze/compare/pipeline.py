@@ -54,7 +54,32 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
         result = with_cross_readout(result, frames)
     if stores and cfg.position_tokens:
         result = _positions(result, traces, stores, cfg, workers, submit, progress)
+    if stores and cfg.cka:
+        result = _cka(result, traces, stores, workers, submit, progress)
     return result
+
+
+def _cka(result: Comparison, traces: list[Trace], stores: list[str], workers: int, submit: Callable | None = None,
+         progress=None) -> Comparison:
+    """Linear CKA of every layer of every pair against the reference (analyze/compare/cka.py): one task per (pair,
+    layer), over every token of both stores, on the traces' sequence blocks."""
+    import pandas as pd
+
+    from spinal.analyze.compare.cka import cka_tasks, with_cka
+    from spinal.analyze.pool import run_tasks
+
+    layers = [int(l) for l in traces[0].table["layer"]]
+    blocks = int(traces[0].meta.get("blocks_used") or 16)
+    per_pair = [cka_tasks(stores[0], s, layers, blocks) for s in stores[1:]]
+    tasks = [t for pair in per_pair for t in pair]
+    ref = Store.open(stores[0])
+    flops = 3 * 2 * int(ref.meta["n_tokens_valid"]) * int(ref.meta["dim"]) ** 2 * len(tasks)
+    done = (submit or run_tasks)(tasks, _pool_size(flops, workers), progress)
+    frames, k = {}, 0
+    for t, pair in zip(traces[1:], per_pair):
+        frames[t.label] = pd.DataFrame(done[k : k + len(pair)])
+        k += len(pair)
+    return with_cka(result, frames)
 
 
 def _pool_size(flops: float, workers: int) -> int:
