@@ -110,37 +110,43 @@ def jackknife(blocks: list[CrossStats], level: float = 0.95) -> dict:
     return {"cka": point, "cka_lo": lo, "cka_hi": hi, "cka_se": se, "cka_blocks": len(filled)}
 
 
-def cka_layer(store_a: str, store_b: str, layer: int, blocks: int) -> dict:
-    """One layer's linear CKA between two complete stores of one token stream: every valid token of both, read unit
-    by unit of ``store_a``'s layout (the same flat token range of ``store_b``), sequence s in block s mod ``blocks``."""
-    a, b = Store.open(store_a), Store.open(store_b)
-    ia, ib = a.layer_index(layer), b.layer_index(layer)
+def cka_layer(store_a: str, stores_b: list[str], layer: int, blocks: int) -> list[dict]:
+    """One layer's linear CKA between the complete store ``store_a`` and each of ``stores_b`` (one token stream):
+    every valid token, read unit by unit of ``store_a``'s layout (the same flat token range of the others, so the
+    reference is decoded once for all of them), sequence s in block s mod ``blocks``. One dict per other store."""
+    a, others = Store.open(store_a), [Store.open(s) for s in stores_b]
+    ia, ibs = a.layer_index(layer), [b.layer_index(layer) for b in others]
     seq = a.read("tokens/sequence")
-    acc = CrossGramAccumulator(int(a.meta["dim"]), int(b.meta["dim"]), blocks)
+    accs = [CrossGramAccumulator(int(a.meta["dim"]), int(b.meta["dim"]), blocks) for b in others]
     for u in a.units:
         sl = slice(u.token_start, u.token_stop)
         valid = seq[sl] >= 0
         if not valid.any():
             continue
-        x = decode(np.asarray(a.hidden[ia, sl, :]), a.dtype)[valid]
-        y = decode(np.asarray(b.hidden[ib, sl, :]), b.dtype)[valid]
-        acc.update(x, y, seq[sl][valid] % blocks)
-    return {"layer": layer, **jackknife(acc.blocks)}
+        x = decode(np.asarray(a.hidden[ia, sl, :]), a.dtype)[valid].astype(np.float64)
+        ids = seq[sl][valid] % blocks
+        for b, ib, acc in zip(others, ibs, accs):
+            acc.update(x, decode(np.asarray(b.hidden[ib, sl, :]), b.dtype)[valid], ids)
+    return [{"layer": layer, **jackknife(acc.blocks)} for acc in accs]
 
 
-def cka_tasks(store_a: str, store_b: str, layers: list[int], blocks: int) -> list:
-    """The checks (complete stores, identical token streams, every layer in both), then one task per layer."""
-    a, b = Store.open(store_a), Store.open(store_b)
-    if not (a.complete and b.complete):
-        raise InputError(f"CKA needs two complete stores ({store_a}, {store_b}); finish them with "
-                         "`spinal capture … --resume`")
-    ta, tb = a.tokens(), b.tokens()
-    if not all(np.array_equal(ta[k], tb[k]) for k in ta):
-        raise InputError(f"{store_a} and {store_b} hold different token streams; CKA pairs identical tokens")
-    missing = [l for l in layers if l not in a.layers or l not in b.layers]
-    if missing:
-        raise InputError(f"layers {missing} are not in both {store_a} and {store_b}; CKA pairs the traces' layers")
-    return [(cka_layer, dict(store_a=store_a, store_b=store_b, layer=l, blocks=blocks)) for l in layers]
+def cka_tasks(store_a: str, stores_b: list[str], layers: list[int], blocks: int) -> list:
+    """The checks (complete stores, identical token streams, every layer in all), then one task per layer."""
+    a = Store.open(store_a)
+    ta = a.tokens()
+    for store_b in stores_b:
+        b = Store.open(store_b)
+        if not (a.complete and b.complete):
+            raise InputError(f"CKA needs complete stores ({store_a}, {store_b}); finish them with "
+                             "`spinal capture … --resume`")
+        tb = b.tokens()
+        if not all(np.array_equal(ta[k], tb[k]) for k in ta):
+            raise InputError(f"{store_a} and {store_b} hold different token streams; CKA pairs identical tokens")
+        missing = [l for l in layers if l not in a.layers or l not in b.layers]
+        if missing:
+            raise InputError(f"layers {missing} are not in both {store_a} and {store_b}; CKA pairs the traces' "
+                             "layers")
+    return [(cka_layer, dict(store_a=store_a, stores_b=list(stores_b), layer=l, blocks=blocks)) for l in layers]
 
 
 def with_cka(comparison: Comparison, frames: dict[str, pd.DataFrame]) -> Comparison:

@@ -61,8 +61,8 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
 
 def _cka(result: Comparison, traces: list[Trace], stores: list[str], workers: int, submit: Callable | None = None,
          progress=None) -> Comparison:
-    """Linear CKA of every layer of every pair against the reference (analyze/compare/cka.py): one task per (pair,
-    layer), over every token of both stores, on the traces' sequence blocks."""
+    """Linear CKA of every layer of every pair against the reference (analyze/compare/cka.py): one task per layer,
+    for all pairs (the reference's states decoded once), over every token, on the traces' sequence blocks."""
     import pandas as pd
 
     from spinal.analyze.compare.cka import cka_tasks, with_cka
@@ -70,16 +70,11 @@ def _cka(result: Comparison, traces: list[Trace], stores: list[str], workers: in
 
     layers = [int(l) for l in traces[0].table["layer"]]
     blocks = int(traces[0].meta.get("blocks_used") or 16)
-    per_pair = [cka_tasks(stores[0], s, layers, blocks) for s in stores[1:]]
-    tasks = [t for pair in per_pair for t in pair]
+    tasks = cka_tasks(stores[0], stores[1:], layers, blocks)
     ref = Store.open(stores[0])
-    flops = 3 * 2 * int(ref.meta["n_tokens_valid"]) * int(ref.meta["dim"]) ** 2 * len(tasks)
-    done = (submit or run_tasks)(tasks, _pool_size(flops, workers), progress)
-    frames, k = {}, 0
-    for t, pair in zip(traces[1:], per_pair):
-        frames[t.label] = pd.DataFrame(done[k : k + len(pair)])
-        k += len(pair)
-    return with_cka(result, frames)
+    flops = 3 * 2 * int(ref.meta["n_tokens_valid"]) * int(ref.meta["dim"]) ** 2 * len(tasks) * (len(stores) - 1)
+    done = (submit or run_tasks)(tasks, _pool_size(flops, workers), progress)  # per layer: one dict per pair
+    return with_cka(result, {t.label: pd.DataFrame([d[k] for d in done]) for k, t in enumerate(traces[1:])})
 
 
 def _pool_size(flops: float, workers: int) -> int:

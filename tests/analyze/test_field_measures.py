@@ -72,7 +72,7 @@ def test_compare_adds_cka_per_layer_from_both_stores(stores):
 
 def test_stores_of_other_token_streams_are_refused(stores):
     with pytest.raises(InputError, match="different token streams"):
-        cka_tasks(stores["base"][0], stores["short"], [0, 1], 16)
+        cka_tasks(stores["base"][0], [stores["other"][0], stores["short"]], [0, 1], 16)
 
 
 def test_trace_columns_equal_a_direct_eigendecomposition_and_have_intervals(stores):

@@ -94,3 +94,13 @@ def test_replicates_are_close_to_exact_resampled_ranks():
     assert (spread > 0).all()
     np.testing.assert_allclose(first.std(axis=0), spread, rtol=0.15)
     assert (np.corrcoef(first[:, 0], exact[:, 0])[0, 1] > 0.95) and (np.corrcoef(first[:, 1], exact[:, 1])[0, 1] > 0.95)
+
+
+def test_without_rank_intervals_the_values_stay_and_a_is_unchanged():
+    _, _, res = _data()
+    kw = dict(storage_dtype="float64", n_boot=30, null_splits=4, seed=0, window=None)
+    on, off = spectrum_of(res, 0, **kw), spectrum_of(res, 0, rank_intervals=False, **kw)
+    assert off.rank_boot.shape == (0, 2) and on.rank_boot.shape == (30, 2)
+    np.testing.assert_array_equal(on.rank_values, off.rank_values)
+    np.testing.assert_allclose(on.boot, off.boot, rtol=1e-12)
+    np.testing.assert_allclose(on.null_diffs, off.null_diffs, rtol=1e-12)
