@@ -16,6 +16,7 @@ import numpy as np
 
 from spinal.analyze.contraction import calibration
 from spinal.analyze.contraction.layer_spectrum import LayerSpectrum, layer_spectrum, pool
+from spinal.analyze.contraction.ranks import NAMES as RANKS
 from spinal.analyze.pool import Progress, run_tasks
 from spinal.analyze.seeds import Purpose
 from spinal.analyze.trace_format import TRACE_FORMAT, Trace
@@ -79,8 +80,10 @@ def analyze(cfg: AnalyzeConfig, progress: Progress | None = None, label: str | N
     _warn_precision(cfg, meta, growth)
     left = [s.leave_one_out for s in spectra]
     jackknife = np.stack(left) if all(x.size for x in left) else np.zeros((0, 0))  # a layer without a fit: NaN row
+    rank_boot = {name: np.stack([s.rank_boot[:, i] for s in spectra]) for i, name in enumerate(RANKS)
+                 } if cfg.n_boot and cfg.ranks else {}
     return Trace(table, meta, np.stack([s.boot for s in spectra]) if cfg.n_boot else np.zeros((len(layers), 0)),
-                 seq_L, {s.layer: s.sv for s in spectra}, jackknife)
+                 seq_L, {s.layer: s.sv for s in spectra}, jackknife, rank_boot)
 
 
 def _auto_workers(store: Store, layers: list[int], sub: np.ndarray | None) -> int:
@@ -150,7 +153,7 @@ def _tasks(cfg: AnalyzeConfig, store: Store, layers: list[int], window, blocks_u
            ) -> list:
     """One spectrum task per layer, then one lens task per token range (as many ranges as workers)."""
     spec_kw = dict(blocks=blocks_used, n_boot=cfg.n_boot, null_splits=cfg.null_splits, seed=cfg.seed, window=window,
-                   calibration_sims=calibration.per_layer(cfg.calibration_sims, len(layers)))
+                   calibration_sims=calibration.per_layer(cfg.calibration_sims, len(layers)), rank_intervals=cfg.ranks)
     tasks = [(layer_spectrum, dict(store_path=cfg.store, layer=l, **spec_kw)) for l in layers]
     tasks += [(lens_pass, dict(store_path=cfg.store, token_range=r, layers=layers, chunk_mib=cfg.chunk_mib,
                                subsample=sub, companions=comp))
@@ -207,7 +210,11 @@ def _meta(cfg: AnalyzeConfig, store: Store, label, layers, window, blocks_used, 
                     "√(Σ(S−1)·κ_ℓ²/Σ(S−1)) (kappa; each layer's own in kappa_layer; analyze/contraction/calibration.py); "
                     "comparisons: κ times the paired exact jackknife (jackknife.parquet); "
                     "bootstrap.parquet holds the scaled replicates",
-        "alpha_name": "rank-decay exponent a (σ_k ∝ k^-a); α-ReQ = 2a; WeightWatcher α = 1 + 1/(2a)",
+        "alpha_name": "rank-decay exponent a (σ_k ∝ k^-a); α-ReQ = 2a (alpha_req); WeightWatcher α = 1 + 1/(2a)",
+        "ranks": "erank: exp of the entropy of the centered eigenvalues λ_k normalised to sum 1; rankme: the same of "
+                 "the singular values σ_k (RankMe, Garrido et al. 2023, without its ε, on the centered spectrum); "
+                 "*_lo/*_hi: value ± t(g−1)·√(g/(g−1))·SD of their first-order block-bootstrap replicates (the "
+                 "block draws of a's; analyze/contraction/ranks.py), not calibrated where N ≤ 8·d",
         "path_length": float(np.nansum(table["L_mean"].to_numpy())),
         "chord_mean": float(lens.chord.mean()) if lens.chord.size else math.nan,
         "straightness": float(lens.chord.mean() / np.nansum(table["L_mean"].to_numpy())) if lens.chord.size else math.nan,

@@ -11,12 +11,15 @@ import numpy as np
 import pandas as pd
 
 from spinal.analyze.contraction.layer_spectrum import Replicates, paired_replicates
+from spinal.analyze.contraction.ranks import NAMES as RANKS
 from spinal.errors import InputError
 from spinal.outputs import atomic_folder, check_output, check_whole, jsonable
 
-TRACE_FORMAT = 4  # 2: first-order bootstrap replicates (analyze/contraction/influence.py), L_se, L_precision; 3: their spread
+TRACE_FORMAT = 5  # 2: first-order bootstrap replicates (analyze/contraction/influence.py), L_se, L_precision; 3: their spread
 # calibrated where N ≤ 8·d (analyze/contraction/calibration.py), se_scale; 4: there set to a calibrated exact jackknife's,
-# se_jackknife, kappa (pooled over the layers), kappa_layer
+# se_jackknife, kappa (pooled over the layers), kappa_layer; 5: effective rank, RankMe (columns and replicates,
+# bootstrap_<name>.parquet) and alpha_req. Older traces load without them (their columns read as absent).
+RANK_FILES = {name: f"bootstrap_{name}.parquet" for name in RANKS}
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Trace:
     spectra: dict[int, np.ndarray]  # layer -> centered singular values (for plots)
     # (layer, block) â without each sequence block, where N ≤ 8·d (empty otherwise): the paired exact jackknife
     jackknife: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    # name ("erank", "rankme") -> (layer, n_boot) first-order replicates on boot's block draws (from trace format 5)
+    rank_boot: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -71,6 +76,8 @@ class Trace:
             steps = [f"{a}->{b}" for a, b in zip(layers[:-1], layers[1:])]
             pd.DataFrame(self.seq_L, columns=steps).to_parquet(tmp / "sequences.parquet")
             np.savez_compressed(tmp / "spectra.npz", **{str(k): v for k, v in self.spectra.items()})
+            for name, rep in self.rank_boot.items():
+                pd.DataFrame(rep.T, columns=[str(l) for l in layers]).to_parquet(tmp / RANK_FILES[name])
             if self.jackknife.size:
                 pd.DataFrame(self.jackknife.T, columns=[str(l) for l in layers]).to_parquet(tmp / "jackknife.parquet")
             (tmp / "trace.json").write_text(json.dumps(self.meta, indent=2, default=jsonable))
@@ -104,6 +111,10 @@ class Trace:
                 spectra = {int(k): z[k] for k in z.files}
             name = "jackknife.parquet"  # only where N ≤ 8·d (and from trace format 4)
             jackknife = pd.read_parquet(p / name).to_numpy().T if (p / name).exists() else np.zeros((0, 0))
+            rank_boot = {}
+            for rank, name in RANK_FILES.items():  # from trace format 5
+                if (p / name).exists():
+                    rank_boot[rank] = pd.read_parquet(p / name).to_numpy().T
         except Exception as e:  # missing or torn file of a folder without digests (SPINAL 0.1)
             why = "is missing" if not (p / name).exists() else f"cannot be read ({type(e).__name__})"
             raise InputError(f"{p}: {name} {why}; rerun `spinal analyze … --overwrite`") from None
@@ -114,4 +125,7 @@ class Trace:
         if jackknife.size and jackknife.shape[0] != len(table):
             raise InputError(f"{p}: jackknife.parquet has {jackknife.shape[0]} layers, the table {len(table)}; "
                              "rerun `spinal analyze … --overwrite`")
-        return cls(table, meta, boot, seq_L, spectra, jackknife)
+        if any(r.shape[0] != len(table) for r in rank_boot.values()):
+            raise InputError(f"{p}: its rank replicates do not have the table's {len(table)} layers; "
+                             "rerun `spinal analyze … --overwrite`")
+        return cls(table, meta, boot, seq_L, spectra, jackknife, rank_boot)

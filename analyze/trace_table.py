@@ -10,6 +10,7 @@ import pandas as pd
 
 from spinal.analyze.contraction.layer_spectrum import LayerSpectrum
 from spinal.analyze.contraction.intervals import t_interval
+from spinal.analyze.contraction.ranks import NAMES as RANKS
 from spinal.analyze.contraction.spectrum import with_curvature
 from spinal.analyze.transport.distances import summarize
 from spinal.analyze.transport.lens_pass import LensPartial
@@ -39,7 +40,12 @@ def layer_table(spectra: list[LayerSpectrum], lens: LensPartial, store: Store) -
             "a_raw": r.a_wls, "status_raw": r.status, "spikes_raw": r.spikes, "top1_share_raw": r.top1_share,
             "null_sd_a": float(np.sqrt(np.mean(s.null_diffs**2))) if s.null_diffs.size else math.nan,
             "entropy": lens.sums["entropy"][j] / nc, "kl_final": lens.sums["kl_final"][j] / nc,
+            "alpha_req": 2 * c.a_wls, "alpha_req_lo": 2 * lo, "alpha_req_hi": 2 * hi,
         }
+        for i, name in enumerate(RANKS):  # effective rank and RankMe, first-order block-bootstrap intervals
+            point = float(s.rank_values[i])
+            row[name] = point
+            row[f"{name}_lo"], row[f"{name}_hi"] = t_interval(point, s.rank_boot[:, i], s.blocks)
         if j < len(spectra) - 1:
             stats = summarize(lens.steps_L[j])
             row.update({"L_mean": stats.mean, "L_q05": stats.q05, "L_q25": stats.q25, "L_q50": stats.q50,

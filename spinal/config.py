@@ -48,6 +48,8 @@ class AnalyzeConfig:
     chunk_mib: int = option("memory budget of one lens chunk (token × vocab float32), MiB; a chunk holds at most "
                             "512 tokens, which keeps small vocabularies near the caches", 256)
     workers: int = option("processes for the per-layer and lens tasks (0 = one per core)", 0)
+    ranks: bool = option("effective rank and RankMe intervals: every rank's block shares, not only a's window's "
+                         "(off: their values only, no intervals or paired Δ; docs/method.md §2)", True)
     overwrite: bool = option("replace an existing trace folder", False)
 
     def __post_init__(self) -> None:
@@ -84,6 +86,8 @@ class CompareConfig:
         "sides of one `--reply both` capture)", "auto")
     allow_mixed: bool = option("compare traces whose capture storage dtype, positions rule or lens options differ "
                                "(refused otherwise); the comparison records the mix and the report says so", False)
+    cka: bool = option("linear CKA per layer between each checkpoint and the reference, read from both stores "
+                       "(every token; a jackknife interval over the sequence blocks)", True)
 
     def __post_init__(self) -> None:
         if self.pairing not in ("auto", "token", "prompt"):

@@ -34,7 +34,8 @@ MARKER = "spinal-output.json"
 # writes at the folder's top level.
 LEGACY_KEY = {"trace": "trace.json", "comparison": "compare.json", "report": "report.html", "run": "run.json"}
 ENTRIES = {
-    "trace": {"trace.parquet", "trace.csv", "trace.json", "bootstrap.parquet", "sequences.parquet", "spectra.npz"},
+    "trace": {"trace.parquet", "trace.csv", "trace.json", "bootstrap.parquet", "sequences.parquet", "spectra.npz",
+              "jackknife.parquet", "bootstrap_erank.parquet", "bootstrap_rankme.parquet"},
     "comparison": {"compare.parquet", "compare.csv", "compare.json", "series.csv", "positions.parquet", "positions.csv",
                    "depth_position.parquet", "depth_position.csv"},
     "report": {"report.html", "plots"},

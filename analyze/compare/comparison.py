@@ -49,6 +49,13 @@ DEFINITIONS = {
     "the reference's top 3 at the last layer (the model's own head), with a 95% bootstrap interval over sequences",
     "kl_final": "mean KL(p_other ‖ p_ref) in nats between the two checkpoints' final next-token distributions",
     "shift_early_share": "share of the shifted tokens that fall in the first 8 positions of the stored reply",
+    "cka": "linear CKA between the two checkpoints' hidden states of layer ℓ on the identical tokens (every stored "
+    "token; plain estimator, Kornblith et al. 2019; compare.json's cka names the variant), with a delete-one-block "
+    "jackknife interval over the sequence blocks (cka_lo, cka_hi, cka_se): 1 for identical representations up to "
+    "rotation and scale",
+    "d_erank": "Δ effective rank (exp of the entropy of the normalised centered eigenvalues) and d_rankme the same for "
+    "RankMe (of the singular values), with the paired interval of their first-order block-bootstrap replicates and "
+    "Holm-adjusted p (p_erank_holm, p_rankme_holm)",
     "depth_position": "per layer and position bin, the mean cross-readout distance fr_total over the tokens at "
     "those positions: where in depth and where in the reply the two checkpoints' lens predictions differ",
     "spinal_score": "operational: weighted mean of z-scores: Δ_align / its bootstrap SE, Δcoherence / null spread, "

@@ -13,6 +13,7 @@ from spinal.analyze.compare.comparison import Comparison, PairComparison
 from spinal.analyze.compare.pairing import (TOKEN_ONLY, check_prompt_design, distinct_labels, mixed_options,
                                             pairing_of, token_count_note)
 from spinal.analyze.contraction.intervals import replicate_se, t_interval
+from spinal.analyze.contraction.ranks import NAMES as RANKS
 from spinal.analyze.compare.stability import training_series
 from spinal.analyze.trace_format import Trace
 from spinal.config import CompareConfig
@@ -133,8 +134,24 @@ def _paired_table(a: Trace, b: Trace, term, seed, n_boot, null_splits
         "d_L": pad(d_L_step), "d_L_lo": pad(lo_L), "d_L_hi": pad(hi_L), "p_L": pad(p_L), "p_L_holm": pad(holm(p_L)),
         "null_L": pad(null_L_step), "loc_L": pad(_localization(d_L_step)),
         "terminal": np.isin(layers, term),
+        **_rank_columns(a, b, int(a.meta.get("blocks_used") or 0)),
     })
     return table, rep_a, rep_L_step
+
+
+def _rank_columns(a: Trace, b: Trace, groups: int) -> dict[str, np.ndarray]:
+    """Δ effective rank and Δ RankMe per layer, with the paired interval of their first-order replicates (one seed:
+    the same block draws in both) and Holm-adjusted p; NaN where a trace predates them (trace format < 5)."""
+    out, n = {}, len(a.table)
+    for name in RANKS:
+        ra, rb = a.rank_boot.get(name), b.rank_boot.get(name)
+        if name in a.table and name in b.table and ra is not None and rb is not None and ra.shape == rb.shape:
+            d = b.table[name].to_numpy() - a.table[name].to_numpy()
+            lo, hi, p = _ci_p(rb - ra, d, groups)
+        else:
+            d = lo = hi = p = np.full(n, np.nan)
+        out.update({f"d_{name}": d, f"d_{name}_lo": lo, f"d_{name}_hi": hi, f"p_{name}_holm": holm(p)})
+    return out
 
 
 def _ci_p(rep: np.ndarray, point: np.ndarray, groups: int):

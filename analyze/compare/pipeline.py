@@ -66,7 +66,27 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
         result = with_cross_readout(result, frames)
     if stores and len(stores) > 1 and cfg.position_tokens:
         result = _positions(result, traces, stores, cfg, workers, submit, progress)
+    if stores and cfg.cka:
+        result = _cka(result, traces, stores, workers, submit, progress)
     return result
+
+
+def _cka(result: Comparison, traces: list[Trace], stores: list[str], workers: int, submit: Callable | None = None,
+         progress=None) -> Comparison:
+    """Linear CKA of every layer of every pair against the reference (analyze/compare/cka.py): one task per layer,
+    for all pairs (the reference's states decoded once), over every token, on the traces' sequence blocks."""
+    import pandas as pd
+
+    from spinal.analyze.compare.cka import cka_tasks, with_cka
+    from spinal.analyze.pool import run_tasks
+
+    layers = [int(l) for l in traces[0].table["layer"]]
+    blocks = int(traces[0].meta.get("blocks_used") or 16)
+    tasks = cka_tasks(stores[0], stores[1:], layers, blocks)
+    ref = Store.open(stores[0])
+    flops = 3 * 2 * int(ref.meta["n_tokens_valid"]) * int(ref.meta["dim"]) ** 2 * len(tasks) * (len(stores) - 1)
+    done = (submit or run_tasks)(tasks, _pool_size(flops, workers), progress)  # per layer: one dict per pair
+    return with_cka(result, {t.label: pd.DataFrame([d[k] for d in done]) for k, t in enumerate(traces[1:])})
 
 
 def _pool_size(flops: float, workers: int) -> int:

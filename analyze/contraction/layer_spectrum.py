@@ -14,6 +14,7 @@ from spinal.analyze.contraction import calibration
 from spinal.analyze.contraction.gram import GramAccumulator
 from spinal.analyze.contraction.influence import bootstrap_weights, eigen, half_weights
 from spinal.analyze.contraction.moments import GramResult
+from spinal.analyze.contraction.ranks import ranks, resampled_ranks
 from spinal.analyze.seeds import Purpose, rng
 from spinal.analyze.contraction.intervals import replicate_se
 from spinal.analyze.contraction.slopes import fit_replicates
@@ -38,6 +39,9 @@ class LayerSpectrum:
     simulated: calibration.Simulated | None = None  # this layer's own simulations (None: none run)
     leave_one_out: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (blocks,) â without each block (NaN:
     # empty block; empty array where N > 8·d): paired comparisons take their exact paired jackknife from these
+    rank_values: np.ndarray = field(default_factory=lambda: np.full(2, np.nan))  # (2,) effective rank, RankMe
+    rank_boot: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (n_boot, 2) their first-order
+    # replicates on the same block draws as boot (analyze/contraction/ranks.py), not calibrated
 
     @property
     def se_jackknife(self) -> float:
@@ -73,7 +77,11 @@ def bootstrap_a(res: GramResult, shares: np.ndarray, fit: SpectrumFit, rng: np.r
     spectra in the point estimate's window (analyze/contraction/influence.py); none with < 2 filled blocks."""
     if _filled(res) < 2:
         return np.zeros((0, 2))
-    return np.stack(fit_replicates(bootstrap_weights(res, rng, n_boot) @ shares, fit), axis=1)
+    return _a_replicates(bootstrap_weights(res, rng, n_boot), shares, fit)
+
+
+def _a_replicates(weights: np.ndarray, shares: np.ndarray, fit: SpectrumFit) -> np.ndarray:
+    return np.stack(fit_replicates(weights @ shares, fit), axis=1)
 
 
 def split_half_null(res: GramResult, shares: np.ndarray, fit: SpectrumFit, rng: np.random.Generator,
@@ -87,25 +95,33 @@ def split_half_null(res: GramResult, shares: np.ndarray, fit: SpectrumFit, rng: 
 
 
 def layer_spectrum(store_path: str, layer: int, *, blocks: int, n_boot: int, null_splits: int, seed: int,
-                   window: tuple[int, int] | None, calibration_sims: int = calibration.SIMS) -> LayerSpectrum:
+                   window: tuple[int, int] | None, calibration_sims: int = calibration.SIMS,
+                   rank_intervals: bool = True) -> LayerSpectrum:
     store = Store.open(store_path)
     return spectrum_of(accumulate(store, layer, blocks), layer, storage_dtype=store.dtype, n_boot=n_boot,
-                       null_splits=null_splits, seed=seed, window=window, calibration_sims=calibration_sims)
+                       null_splits=null_splits, seed=seed, window=window, calibration_sims=calibration_sims,
+                       rank_intervals=rank_intervals)
 
 
 def spectrum_of(res: GramResult, layer: int, *, storage_dtype: Any, n_boot: int, null_splits: int, seed: int,
-                window: tuple[int, int] | None, calibration_sims: int = calibration.SIMS) -> LayerSpectrum:
+                window: tuple[int, int] | None, calibration_sims: int = calibration.SIMS,
+                rank_intervals: bool = True) -> LayerSpectrum:
     """Both fits, ``n_boot`` bootstrap replicates and ``null_splits`` split-halves of accumulated moments: one
     ``eigh`` (centered, with vectors) and one ``eigvalsh`` (raw), whatever the replicate counts; where N ≤ 8·d, one
     ``eigvalsh`` per filled block more (the exact jackknife) and ``calibration_sims`` simulated layers, each its own
-    Gram and 1 + blocks ``eigvalsh`` (0: κ = 1, the jackknife alone)."""
+    Gram and 1 + blocks ``eigvalsh`` (0: κ = 1, the jackknife alone). ``rank_intervals``: the effective rank's and
+    RankMe's replicates too, from every rank's block shares (a's replicates need only its window's)."""
     kw = dict(storage_dtype=storage_dtype, window=window)
     eig = eigen(res)
     centered = fit_gram(res, centered=True, eigenvalues=eig.eigenvalues, **kw)
     raw = fit_gram(res, centered=False, **kw)
     resampled = (n_boot or null_splits) and np.isfinite(centered.a_wls)
-    shares = eig.shares(res, centered.k_hi if resampled else 0)  # (block, k_hi): each block's share of λ_1..λ_k_hi
-    boot = bootstrap_a(res, shares, centered, rng(seed, Purpose.BOOTSTRAP), n_boot)
+    w = bootstrap_weights(res, rng(seed, Purpose.BOOTSTRAP), n_boot) if _filled(res) >= 2 else np.zeros((0, 1))
+    # (block, rank): each block's share of every eigenvalue where replicates are drawn (the ranks read them all)
+    every = w.shape[0] and rank_intervals
+    full = eig.shares(res, eig.eigenvalues.size if every else centered.k_hi if resampled else 0)
+    shares = full[:, : centered.k_hi if resampled else 0]  # (block, k_hi): a's window
+    boot = _a_replicates(w, shares, centered) if _filled(res) >= 2 else np.zeros((0, 2))
     null = split_half_null(res, shares, centered, rng(seed, Purpose.NULL_SPLITS), null_splits)
     se_first = replicate_se(boot[:, 0], _filled(res)) if boot.shape[0] > 1 else math.nan
     left, sim = np.zeros(0), None  # leave-one-out values only where N ≤ 8·d (NaN throughout without a fit)
@@ -118,7 +134,8 @@ def spectrum_of(res: GramResult, layer: int, *, storage_dtype: Any, n_boot: int,
     c = calibration.scale(kappa, calibration.spread(left), se_first)
     return LayerSpectrum(layer, res.n, centered, raw, calibration.calibrate(boot[:, 0], centered.a_wls, c),
                          c * null, singular_values(eig.eigenvalues), boot[:, 1].copy(), _filled(res), c, se_first,
-                         kappa, sim, left)
+                         kappa, sim, left, ranks(eig.eigenvalues),
+                         resampled_ranks(w, full) if every else np.zeros((0, 2)))
 
 
 def pool(spectra: list[LayerSpectrum]) -> list[LayerSpectrum]:

@@ -22,6 +22,10 @@ CONTRACTION_COLUMNS = ["layer", "a", "a_lo", "a_hi", "a_mle", "r2", "ks", "k_lo"
                        "status_raw", "null_sd_a"]
 
 
+MEASURE_COLUMNS = ["layer", "alpha_req", "alpha_req_lo", "alpha_req_hi", "erank", "erank_lo", "erank_hi", "rankme",
+                   "rankme_lo", "rankme_hi"]  # the field's measures (trace format ≥ 5)
+
+
 TRANSPORT_COLUMNS = ["layer", "L_mean", "L_q05", "L_q25", "L_q50", "L_q75", "L_q95", "hellinger", "js", "entropy",
                      "kl_final"]
 
@@ -55,9 +59,13 @@ def status_class(s) -> str:
 
 
 def trace_table(tr: Trace) -> str:
-    """Two tables side by side (they wrap on narrow screens): contraction per layer, transport per step."""
+    """Tables side by side (they wrap on narrow screens): contraction per layer, transport per step, and the
+    field's spectrum measures where the trace has them (trace format ≥ 5)."""
+    measures = ("erank" in tr.table.columns) and layer_table(
+        tr.table, MEASURE_COLUMNS, "the field's measures: α-ReQ α = 2a, effective rank, RankMe (95 % CI)")
     return ('<div class="pair">' + layer_table(tr.table, CONTRACTION_COLUMNS, "contraction (a per layer ℓ)")
-            + layer_table(tr.table, TRANSPORT_COLUMNS, "transport (step ℓ→ℓ+1) and lens companions") + "</div>")
+            + layer_table(tr.table, TRANSPORT_COLUMNS, "transport (step ℓ→ℓ+1) and lens companions")
+            + (measures or "") + "</div>")
 
 
 def layer_table(table: pd.DataFrame, columns: list[str], caption: str) -> str:
@@ -85,9 +93,12 @@ SIG = ' class="sig"'
 def pair_table(p) -> str:
     t = p.table
     cross = "fr_total" in t.columns  # cross-readout lens columns, when the stores were at hand
+    field = [(c, name) for c, name in (("cka", "CKA"), ("d_erank", "Δ eff. rank"), ("d_rankme", "Δ RankMe"))
+             if c in t.columns and t[c].notna().any()]  # the field's measures, where computed
     head = ("<tr><th>layer</th><th>terminal</th><th>Δa [95% CI]</th><th>Holm p (a)</th><th>null a</th>"
             "<th>loc a</th><th>ΔL [95% CI]</th><th>Holm p (L)</th><th>null L</th><th>loc L</th>"
-            + ("<th>FR total</th><th>FR representation</th><th>FR readout</th>" if cross else "") + "</tr>")
+            + ("<th>FR total</th><th>FR representation</th><th>FR readout</th>" if cross else "")
+            + "".join(f"<th>{name} [95% CI]</th>" for _, name in field) + "</tr>")
     rows = []
     count = {q: counts(t, q) for q in ("a", "L")}  # the onset rule: significant and above the null
     for i, (_, r) in enumerate(t.iterrows()):
@@ -101,6 +112,9 @@ def pair_table(p) -> str:
                       f"<td>{num(r[f'loc_{q}'])}</td>"]
         if cross:
             cells += [f"<td>{num(r[c])}</td>" for c in ("fr_total", "fr_representation", "fr_readout")]
+        for c, _ in field:
+            sig = c != "cka" and r.get(f"p_{c[2:]}_holm", 1.0) < LEVEL
+            cells.append(f"<td{SIG if sig else ''}>{num(r[c])} [{num(r[f'{c}_lo'])}, {num(r[f'{c}_hi'])}]</td>")
         rows.append(f'<tr{" class=term" if term else ""}>' + "".join(cells) + "</tr>")
     return f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from spinal.analyze.compare.aggregates import nanmean, steps_into
-from spinal.analyze.compare.comparison import Comparison, PairComparison, counts
+from spinal.analyze.compare.comparison import LEVEL, Comparison, PairComparison, counts
 from spinal.analyze.compare.stability import largest_ratio
 from spinal.analyze.trace_format import Trace
 from spinal.text import ranges
@@ -210,7 +210,36 @@ def _caveat(p: PairComparison, n: _Pair, ref: Trace | None, other: Trace | None,
              f"{len(bad)} of the {len(rest)} layers")
     return (f"{which} this rests on ({'layer' if len(bad) == 1 else 'layers'} {ranges(list(bad))}) fit "
             f"{kinds} in {p.ref} or {p.other}: a there is an average slope over a bent or noisy spectrum, "
-            "not one exponent")
+            "not one exponent" + _model_free(p.table, sorted(bad)))
+
+
+def _model_free(t: pd.DataFrame, layers: list[int]) -> str:
+    """What the effective rank, which assumes no power law, says at ``layers`` (empty before trace format 5)."""
+    if "d_erank" not in t or not np.isfinite(t["d_erank"].to_numpy(float)).any():
+        return ""
+    rows = t[t["layer"].isin(layers)]
+    moved = rows[rows["p_erank_holm"].to_numpy(float) < LEVEL]
+    if moved.empty:
+        return "; the effective rank, which assumes no power law, changes beyond its noise at none of them"
+    d = moved["d_erank"].to_numpy(float)
+    return (f"; the effective rank, which assumes no power law, changes beyond its noise at {len(moved)} of them "
+            f"(Δ {d.min():+.2f} to {d.max():+.2f}, Holm p < {LEVEL:g})")
+
+
+def _field(p: PairComparison) -> str | None:
+    """The field's measures in one sentence: CKA's lowest layer, the effective rank's and RankMe's changes."""
+    t = p.table
+    parts = []
+    if "cka" in t and np.isfinite(t["cka"].to_numpy(float)).any():
+        i = int(np.nanargmin(t["cka"].to_numpy(float)))
+        r = t.iloc[i]
+        parts.append(f"linear CKA with {p.ref} lowest at layer {int(r['layer'])}: {r['cka']:.3f} "
+                     f"[{r['cka_lo']:.3f}, {r['cka_hi']:.3f}]")
+    for name, what in (("erank", "effective rank"), ("rankme", "RankMe")):
+        if f"d_{name}" in t and np.isfinite(t[f"d_{name}"].to_numpy(float)).any():
+            n = int((t[f"p_{name}_holm"].to_numpy(float) < LEVEL).sum())
+            parts.append(f"{what} changes at {n} of {len(t)} layers (Holm p < {LEVEL:g})")
+    return "; ".join(parts) or None
 
 
 def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, series_row: dict | None) -> Verdict:
@@ -227,6 +256,8 @@ def pair_verdict(p: PairComparison, ref: Trace | None, other: Trace | None, seri
             points.append((topic, txt))
     if (output := _output(p, ref, other)) is not None:
         more.append(("output", output))
+    if (field := _field(p)) is not None:
+        more.append(("field's measures", field))
     flagged = bool(series_row and series_row.get("destabilized"))
     if series_row is not None:
         points.append(("stability", _stability(series_row)))

@@ -175,7 +175,8 @@ def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisC
       rows' N×N Gram is used instead;
     - eigen: one eigh with vectors (centered) and one eigvalsh (raw) at r = min(N, d), ``cpu_eigen_s_1024·(r/1024)³``
       core-seconds, whatever the bootstrap and null sizes (first-order replicates, analyze/contraction/influence.py);
-    - shares: blocks × 2·d²·(r/2) float64, each block's share of the window's values (the window ends at ≤ r/2);
+    - shares: blocks × 2·d²·r float64, each block's share of every value (a's window ends at ≤ r/2; the effective
+      rank's and RankMe's intervals read them all, analyze/contraction/ranks.py);
     - calibration: where N ≤ 8·d, the exact jackknife (one eigvalsh per block) and the layer's share
       (``calibration.per_layer``) of ``calibration_sims`` simulated layers of the same N and d, each its own Gram
       and 1 + blocks eigvalsh (analyze/contraction/calibration.py), an eigvalsh costing EIGVALSH_SHARE of the eigen rate;
@@ -186,7 +187,7 @@ def analysis_cost(cfg: PlanConfig, facts: ModelFacts, s: StoreSize) -> AnalysisC
     r = min(n, d)
     gram = layers * (float(n) * d * d if n >= d else 2.0 * n * n * d)
     eigen_core_s = cfg.cpu_eigen_s_1024 * (r / 1024) ** 3
-    shares = layers * cfg.blocks * 2.0 * d * d * (r // 2) if n >= d else layers * 2.0 * n * n * (r // 2)
+    shares = layers * cfg.blocks * 2.0 * d * d * r if n >= d else layers * 2.0 * n * n * r
     t = n if cfg.lens_tokens == 0 else min(cfg.lens_tokens, n)
     lens = layers * 2.0 * t * d * facts.vocab
     calibrated = calibration.needed(n, d)

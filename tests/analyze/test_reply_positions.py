@@ -128,7 +128,7 @@ def test_compare_with_stores_adds_the_profile_and_the_depth_position_map(pair, t
 
 def test_the_comparisons_lens_tasks_run_on_the_backend_given_and_equal_the_local_pools(pair, tmp_path):
     """`spinal run` hands the comparison its backend's task map (Ray on a cluster), as it does the analysis: every
-    cross-readout (pair, layer) task and every positions (pair) task goes through it, and the comparison equals
+    cross-readout (pair, layer) task, every positions (pair) task and every CKA (layer) task goes through it, and the comparison equals
     the one the local pool makes."""
     from spinal.analyze.compare.pipeline import comparison
     from spinal.analyze.pool import call
@@ -148,6 +148,7 @@ def test_the_comparisons_lens_tasks_run_on_the_backend_given_and_equal_the_local
     remote = comparison([ta, tb], cfg, stores=[sa, sb], workers=1, submit=submit)
     local = comparison([ta, tb], cfg, stores=[sa, sb], workers=1)
     layers = len(Store.open(sa).layers)
-    assert seen.count("cross_readout_layer") == layers and seen.count("final_shift") == 1 and len(seen) == layers + 1
+    assert seen.count("cross_readout_layer") == layers and seen.count("final_shift") == 1
+    assert seen.count("cka_layer") == layers and len(seen) == 2 * layers + 1  # CKA: one task per layer, all pairs
     assert remote.pairs[0].table.equals(local.pairs[0].table) and remote.positions.equals(local.positions)
     assert repr(remote.pairs[0].summary) == repr(local.pairs[0].summary)  # repr: nan == nan

@@ -164,7 +164,7 @@ def test_analysis_cost_counts_gram_eigen_shares_and_lens(plan70):
     assert a.gram_flops == 81 * n * d * d  # SYRK: half a GEMM's 2·N·d²
     assert a.eigen_core_s == pytest.approx(cfg.cpu_eigen_s_1024 * 8**3)
     assert a.eigen_s == pytest.approx(81 * a.eigen_core_s / cfg.cpu_cores)
-    assert a.shares_flops == 81 * 16 * 2 * d * d * (d // 2)
+    assert a.shares_flops == 81 * 16 * 2 * d * d * d
     assert a.lens_tokens == 12288 and a.lens_flops == 81 * 2 * 12288 * d * 128256
     assert a.lens_all_s == pytest.approx(a.lens_s * n / 12288)
     assert a.packed_s == pytest.approx(a.gram_s + a.eigen_s + a.shares_s + a.lens_s)
