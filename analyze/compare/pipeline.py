@@ -66,7 +66,7 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
         result = with_cross_readout(result, frames)
     if stores and len(stores) > 1 and cfg.position_tokens:
         result = _positions(result, traces, stores, cfg, workers, submit, progress)
-    if stores and cfg.cka:
+    if stores and len(stores) > 1 and cfg.cka:  # the token-paired ones (none: nothing to pair)
         result = _cka(result, traces, stores, workers, submit, progress)
     return result
 
