@@ -127,3 +127,18 @@ def test_watch_reads_a_checkpoint_only_once_it_is_complete_and_keeps_its_options
     rows = [json.loads(l) for l in (out / "series.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows] == [2, 4]
     assert (out / "series.jsonl").read_text().startswith(before)  # step 2's row as it was
+
+
+def test_sharded_training_is_refused_with_the_way_that_works(tiny, monkeypatch):
+    """FSDP and DeepSpeed ZeRO-3 leave no process with the whole model: refused in one line naming `spinal watch`
+    (the trainers' own flags set as accelerate sets them; no GPUs here to shard over)."""
+    t, p = tiny
+    monkeypatch.setattr(t, "is_fsdp_enabled", True, raising=False)
+    refused(lambda: SpinalCallback(t, prompts=str(p), out="audit"), "FSDP", "spinal watch")
+    monkeypatch.setattr(t, "is_fsdp_enabled", False, raising=False)
+    monkeypatch.setattr(t, "is_deepspeed_enabled", True, raising=False)
+    monkeypatch.setattr(t.args, "hf_deepspeed_config", type("DS", (), {"is_zero3": lambda self: True})(),
+                        raising=False)
+    refused(lambda: SpinalCallback(t, prompts=str(p), out="audit"), "ZeRO-3", "spinal watch")
+    monkeypatch.setattr(t.args, "hf_deepspeed_config", type("DS", (), {"is_zero3": lambda self: False})())
+    SpinalCallback(t, prompts=str(p), out="audit")  # ZeRO-1/2: every process holds the whole model
