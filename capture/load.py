@@ -16,7 +16,7 @@ from spinal.capture.gguf import is_gguf, parse_once, quantization
 from spinal.checkpoint import Snapshot, fingerprint, is_hub_id, snapshot
 from spinal.config import CaptureConfig
 from spinal.dtypes import torch_dtype
-from spinal.errors import InputError, ModelError, first_line
+from spinal.errors import InputError, ModelError, first_line, need, what_is_at
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ def check_local(path: str, *, allow_pickle: bool, trust_remote_code: bool, revis
     p = Path(path).expanduser()
     snap = None
     if not p.exists():
+        if what_is_at(p) != "nothing":  # a symlink loop or a dangling link: a local path gone wrong, never a Hub id
+            need(p, "folder", "model folder")
         if not is_hub_id(path):
             raise InputError(f"model folder {path} does not exist")
         try:

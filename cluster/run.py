@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from spinal.cluster.backends import Backend, backend_for
 from spinal.config import AnalyzeConfig, CaptureConfig, ClusterConfig, CompareConfig, RunConfig
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # Events for the CLI: (stage, label, done, total); stage in capture/analyze/compare/report.
 Progress = Callable[[str, str, int, int], None]
+# Stage events for the CLI's log lines: (event, stage, label, detail); event in started/done/reused.
+StageEvent = Callable[[str, str, str, str], None]
 
 
 @dataclass
@@ -37,10 +39,17 @@ class RunSummary:
     def add(self, stage: str, label: str, seconds: float, skipped: bool, detail: str = "") -> None:
         self.stages.append({"stage": stage, "label": label, "seconds": round(seconds, 2), "skipped": skipped,
                             "detail": detail})
+        if self.on_stage is not None:
+            self.on_stage("reused" if skipped else "done", stage, label,
+                          detail if skipped else "; ".join(x for x in (f"{seconds:.1f} s", detail) if x))
+
+    on_stage: ClassVar[StageEvent | None] = None  # set per run (not a field: summary.json holds no callback)
 
     @contextmanager
     def timed(self, stage: str, label: str):
         """Time a stage that runs; the body may append its one-line detail to the yielded list."""
+        if self.on_stage is not None:
+            self.on_stage("started", stage, label, "")
         t0, detail = time.perf_counter(), []
         yield detail
         self.add(stage, label, time.perf_counter() - t0, False, "; ".join(detail))
@@ -125,19 +134,20 @@ def check_inputs(cfg: RunConfig) -> str:
 
 
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: Progress | None = None,
-        address: str | None = None, service: bool = False) -> RunSummary:
+        address: str | None = None, service: bool = False, on_stage: StageEvent | None = None) -> RunSummary:
     """Run every stage: in-process for one replica without an address, else on Ray (local or ``address``), or on
     the replicas `spinal serve` started (``service``). The backend connects before the run folder is touched.
     With [capture] reply = 'both': one run per reply side, then each checkpoint's sides compared (``_run_sides``)."""
     if cfg.capture.reply == "both":
         return _run_sides(cfg, resume=resume, overwrite=overwrite, progress=progress, address=address,
-                          service=service)
+                          service=service, on_stage=on_stage)
     prompts_sha256 = check_inputs(cfg)
     cluster = cfg.cluster_config(**({"address": address} if address else {}))
     backend = backend_for(cluster, {ck.path: ck.label for ck in cfg.checkpoints} if service else None)
     out, lock = prepare_out(cfg, resume, overwrite, prompts_sha256)
     try:
         summary = RunSummary(str(out))
+        summary.on_stage = on_stage
         traces = []
         for ck in cfg.checkpoints:
             store = _capture_stage(cfg, ck, backend, progress, summary)
@@ -154,7 +164,8 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
         lock.release()
 
 
-def _run_sides(cfg: RunConfig, *, resume: bool, overwrite: bool, **kw) -> RunSummary:
+def _run_sides(cfg: RunConfig, *, resume: bool, overwrite: bool, on_stage: StageEvent | None = None,
+               **kw) -> RunSummary:
     """Both reply sides of a preference set: a whole run per side in OUT/chosen and OUT/rejected (stores, traces,
     each side's comparison and report), then every checkpoint's rejected replies against its chosen ones, paired
     by prompt, in OUT/sides/LABEL (compare/ and report/). Both prompt sets are read before any model loads."""
@@ -169,8 +180,10 @@ def _run_sides(cfg: RunConfig, *, resume: bool, overwrite: bool, **kw) -> RunSum
     out, lock = prepare_out(cfg, resume, overwrite, " ".join(hashes))
     try:
         summary = RunSummary(str(out))
+        summary.on_stage = on_stage
         for side in sides:
-            part = run(side, resume=resume and Path(side.out).exists(), **kw)
+            tell = on_stage and (lambda e, st, label, d, r=side.capture.reply: on_stage(e, st, f"{label} ({r})", d))
+            part = run(side, resume=resume and Path(side.out).exists(), on_stage=tell or None, **kw)
             summary.stages += [{**st, "label": f"{st['label']} ({side.capture.reply})"} for st in part.stages]
             summary.report = summary.report or part.report
         for ck in cfg.checkpoints:

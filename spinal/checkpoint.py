@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ class Snapshot:
 
 def is_hub_id(name: str) -> bool:
     """Whether ``name`` is a Hub id (org/name) rather than a local path: it matches and no such path exists."""
-    return bool(HUB_ID.fullmatch(name)) and not Path(name).expanduser().exists()
+    return bool(HUB_ID.fullmatch(name)) and not os.path.lexists(Path(name).expanduser())  # a symlink loop is a path
 
 
 def cache_folder() -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from spinal.capture_config import DTYPES, CaptureConfig
-from spinal.errors import InputError
+from spinal.errors import InputError, need
 from spinal.fields import apply_sets, from_dict, option
 from spinal.checkpoint import is_hub_id
 from spinal.specs import parse_layers, parse_window
@@ -215,8 +215,7 @@ def load_run_config(path: str, *, out: str | None = None, sets: list[str] | tupl
     from pathlib import Path
 
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"run config {path} does not exist")
+    need(path, "file", "run config")
     try:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:

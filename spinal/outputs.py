@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from spinal.errors import InputError
-from spinal.store.lock import pid_alive
+from spinal.store.lock import LockedError, StoreLock, is_stale, pid_alive, read_holder
 
 MARKER = "spinal-output.json"
 # The key file a v0.1 folder of each kind has (made before the marker existed), and every name SPINAL
@@ -70,7 +70,7 @@ def check_output(path: str | Path, kind: str, overwrite: bool, flag: str = "--ov
     if entries:
         found = _kind_of(p)
         if found != kind:
-            what = f"a SPINAL {found} folder" if found else "not a SPINAL output folder"
+            what = f"a SPINAL {found} folder" if found else _not_output(p)
             raise InputError(f"{p} exists and is {what}; refusing to write a {kind} there (nothing was touched): "
                              "choose another output folder")
         if resume and not overwrite:
@@ -83,6 +83,44 @@ def check_output(path: str | Path, kind: str, overwrite: bool, flag: str = "--ov
             raise InputError(f"{p} is a SPINAL {kind} folder but also holds files SPINAL did not write "
                              f"({', '.join(foreign[:3])}); move them out, then rerun")
     check_parent_writable(p)
+
+
+def _not_output(p: Path) -> str:
+    """What a folder without an output marker is: a SPINAL store is called one."""
+    from spinal.store.location import location_state
+
+    try:
+        state = location_state(str(p))
+    except Exception:  # unreadable: it is still not an output folder
+        state = "foreign"
+    return ("a SPINAL store (made by `spinal capture`), not an output folder" if state in ("ready", "creating", "damaged")
+            else "not a SPINAL output folder")
+
+
+@contextmanager
+def claimed_output(path: str | Path, kind: str, overwrite: bool) -> Iterator[Path]:
+    """Check an output location, then hold it for this writer until the block ends, so that a second writer of the
+    same output is refused at once, naming the first, before it does any work. The hold is a writer lock (as a
+    store's) in a hidden sibling, ``.spinal-writing-NAME/``, removed on release; a killed holder's is taken over."""
+    p = Path(path)
+    check_output(p, kind, overwrite)
+    root = str(p.parent / f".spinal-writing-{p.name}")
+    lock = StoreLock(root)
+    try:
+        if (h := read_holder(root)) is not None and not is_stale(h):
+            raise LockedError("held")
+        lock.acquire()
+        lock.made_root = True  # also a killed holder's, taken over: the hidden folder goes with the hold
+    except LockedError:
+        h = read_holder(root)
+        who = h.describe() if h is not None else "a writer that just finished"
+        raise InputError(f"{kind} folder {p} is being written by another SPINAL process ({who}); wait for it to "
+                         "finish or choose another output folder (nothing was touched)") from None
+    try:
+        check_output(p, kind, overwrite)  # a writer that finished while we took the lock
+        yield p
+    finally:
+        lock.release()
 
 
 def check_parent_writable(p: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from spinal.errors import InputError
+from spinal.text import ranges
 
 POSITION_RULES = ("auto", "text", "user", "reply", "all-but-first", "all", "last:K", "response")
 
@@ -25,6 +26,7 @@ def parse_layers(spec: str, n_layers: int | None) -> list[int] | None:
     if spec.strip() == "all":
         return list(range(n_layers)) if n_layers is not None else None
     out: set[int] = set()
+    twice: set[int] = set()
     for part in spec.split(","):
         part = part.strip()
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
@@ -33,7 +35,10 @@ def parse_layers(spec: str, n_layers: int | None) -> list[int] | None:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise InputError(f"layers={spec!r}: range {part!r} runs backwards")
+        twice.update(out.intersection(range(lo, hi + 1)))
         out.update(range(lo, hi + 1))
+    if twice:
+        raise InputError(f"layers={spec!r} names layer(s) {ranges(sorted(twice))} more than once; give each layer once")
     if n_layers is not None:
         bad = sorted(i for i in out if i >= n_layers)
         if bad:

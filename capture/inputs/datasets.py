@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def is_dataset(path: str) -> bool:
     that is not a local path)."""
     if any(ch in path for ch in "*?[") or Path(path).is_dir():
         return True
-    return _looks_like_hub_id(path) and not Path(path).exists()
+    return _looks_like_hub_id(path) and not os.path.lexists(path)  # a broken symlink is a path, not an id
 
 
 def load_rows(path: str, *, split: str | None = None, config: str | None = None,

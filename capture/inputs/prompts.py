@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from spinal.capture_config import PromptOptions
-from spinal.errors import InputError
+from spinal.errors import InputError, need, what_is_at
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,9 @@ def _file_rows(path: str) -> tuple[list[str] | None, list[tuple[int, dict]] | li
     p = Path(path)
     try:
         mode = p.stat().st_mode
-    except FileNotFoundError:
-        raise InputError(f"prompt file {path} does not exist") from None
     except OSError as e:
+        if what_is_at(path) == "nothing" or what_is_at(path).startswith(("a symlink loop", "a dangling")):
+            need(path, "file", "prompt file")  # does not exist, or a loop or dangling link, said as such
         raise InputError(f"prompt file {path} cannot be read ({e.strerror})") from None
     if stat.S_ISDIR(mode):
         raise InputError(f"prompt file {path} is a folder without a dataset in it; give a .jsonl, .txt or .parquet "

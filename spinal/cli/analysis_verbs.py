@@ -9,6 +9,7 @@ import typer
 from spinal.cli.options import PROGRESS, VERBOSE, config_options
 from spinal.cli.terminal import Bar, cli_errors, err, setup_logging
 from spinal.config import AnalyzeConfig, CompareConfig
+from spinal.errors import need
 
 
 @cli_errors
@@ -28,12 +29,14 @@ def analyze(
     setup_logging(verbose)
     cfg = AnalyzeConfig(**options)
     from spinal.analyze.trace import analyze as run_analyze
-    from spinal.outputs import check_output
+    from spinal.outputs import claimed_output
 
-    check_output(cfg.out, "trace", cfg.overwrite)  # before any work: a refused output costs nothing
-    with Bar("analyze", "tasks", enabled=progress) as bar:
-        trace = run_analyze(cfg, progress=bar, label=label)
-    trace.save(cfg.out, overwrite=cfg.overwrite)
+    if "://" not in cfg.store:
+        need(cfg.store, "folder", "store")
+    with claimed_output(cfg.out, "trace", cfg.overwrite):  # before any work: a refused output costs nothing
+        with Bar("analyze", "tasks", enabled=progress) as bar:
+            trace = run_analyze(cfg, progress=bar, label=label)
+        trace.save(cfg.out, overwrite=cfg.overwrite)
     t = trace.table
     bad = int((t["status"] != "ok").sum())
     err.print(
@@ -71,12 +74,17 @@ def compare(
     """Compare checkpoints on the identical token stream (or one checkpoint's chosen and rejected replies, paired by
     prompt): Δa and ΔL per layer with paired CIs (Holm), onset, localization."""
     from spinal.api import compare as compare_traces
-    from spinal.outputs import check_output
+    from spinal.outputs import claimed_output
 
-    check_output(out, "comparison", overwrite)
+    for t in traces:
+        need(t, "folder", "trace folder")
+    for s in stores or []:
+        if "://" not in s:
+            need(s, "folder", "store")
     cfg = CompareConfig(**options)
-    result = compare_traces(traces, cfg, weights=weights, stores=stores)
-    result.save(out, overwrite=overwrite)
+    with claimed_output(out, "comparison", overwrite):
+        result = compare_traces(traces, cfg, weights=weights, stores=stores)
+        result.save(out, overwrite=overwrite)
     for p in result.pairs:
         s = p.summary
         err.print(
@@ -116,8 +124,12 @@ def report(
 ) -> None:
     """Write PNG plots and one self-contained HTML report (opens offline) from traces and a comparison."""
     from spinal.api import report as write_report
-    from spinal.outputs import check_output
+    from spinal.outputs import claimed_output
 
-    check_output(out, "report", overwrite)
-    path = write_report(traces, comparison, out, overwrite=overwrite)
+    for t in traces:
+        need(t, "folder", "trace folder")
+    if comparison:
+        need(comparison, "folder", "comparison folder")
+    with claimed_output(out, "report", overwrite):
+        path = write_report(traces, comparison, out, overwrite=overwrite)
     err.print(f"report written to {path}", highlight=False)

@@ -87,7 +87,8 @@ def run(
                                              "TABLE capture, analyze, compare or cluster (repeatable), e.g. "
                                              "--set analyze.n_boot=2000 --set capture.dtype=bfloat16; recorded in "
                                              "run.json like the file's own"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="draw progress bars on stderr"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress on stderr: bars on a terminal, else "
+                                  "a log line per stage and checkpoint with the elapsed time"),
     verbose: bool = VERBOSE,
 ) -> None:
     """Batch job: capture every checkpoint, analyze each store, compare against the first, write the HTML report."""
@@ -101,7 +102,8 @@ def run(
     t0 = __import__("time").perf_counter()
     hf_bars(progress)
     with StageBars(progress) as bars:
-        summary = run_all(cfg, resume=resume, overwrite=overwrite, progress=bars, address=address, service=service)
+        summary = run_all(cfg, resume=resume, overwrite=overwrite, progress=bars, address=address, service=service,
+                          on_stage=bars.stage)
     for s in summary.stages:
         tag = "reused" if s["skipped"] else f"{s['seconds']:.1f} s"
         err.print(f"  {s['stage']:<8} {s['label']:<24} {tag:>10}  {s['detail']}", highlight=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 
 import typer
 from rich.console import Console
@@ -107,14 +108,32 @@ class Bar:
 
 
 class StageBars:
-    """One progress line per (stage, checkpoint) for `spinal run`."""
+    """One progress bar per (stage, checkpoint) for `spinal run` on a terminal. Where stderr is not a terminal (a log
+    file, a pipe), log lines instead, each with the run's elapsed time: one when a stage of a checkpoint starts, its
+    count at most every ``LOG_EVERY_S`` seconds while it runs, and one when it ends or is reused."""
+
+    LOG_EVERY_S = 30.0
 
     def __init__(self, enabled: bool):
+        self.lines = enabled and not err.is_terminal
         self.p = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, disable=not enabled,
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+            disable=not enabled or self.lines,
         )
         self.tasks: dict = {}
+        self.t0 = time.perf_counter()
+        self.logged: dict = {}  # (stage, label) -> when its count was last logged
+
+    def log(self, stage: str, label: str, text: str) -> None:
+        s = int(time.perf_counter() - self.t0)
+        err.print(f"[{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}] {stage:<8} {label}: {text}", highlight=False,
+                  soft_wrap=True)
+
+    def stage(self, event: str, stage: str, label: str, detail: str = "") -> None:
+        """A stage of a checkpoint "started", "done" (detail: its time and one-line result) or "reused"."""
+        if self.lines:
+            self.log(stage, label, f"{event}{f' ({detail})' if detail else ''}")
 
     def __enter__(self):
         self.p.__enter__()
@@ -125,6 +144,12 @@ class StageBars:
 
     def __call__(self, stage: str, label: str, done: int, total: int) -> None:
         key = (stage, label)
+        if self.lines:
+            now = time.perf_counter()
+            if done < total and now - self.logged.get(key, -self.LOG_EVERY_S) >= self.LOG_EVERY_S:
+                self.logged[key] = now
+                self.log(stage, label, f"{done:,}/{total:,} {'tok' if stage == 'capture' else 'tasks'}")
+            return
         if key not in self.tasks:
             unit = "tok" if stage == "capture" else "tasks"
             self.tasks[key] = self.p.add_task(f"{stage:<8} {label} ({unit})", total=total)
