@@ -85,8 +85,8 @@ def _cka(result: Comparison, traces: list[Trace], stores: list[str], cfg: Compar
     blocks = int(traces[0].meta.get("blocks_used") or 16)
     tasks = cka_tasks(stores[0], stores[1:], layers, blocks, tokens=cfg.cka_tokens, seed=cfg.seed)
     n = int(tasks[0][1]["rows"].size) if tasks else 0
-    d = int(Store.open(stores[0]).meta["dim"])
-    flops = 2 * n * d**2 * (1 + 2 * (len(stores) - 1)) * len(tasks)  # the reference's scatter, then two per pair
+    dim = int(Store.open(stores[0]).meta["dim"])
+    flops = 2 * n * dim**2 * (1 + 2 * (len(stores) - 1)) * len(tasks)  # the reference's scatter, then two per pair
     done = (submit or run_tasks)(tasks, _pool_size(flops, workers), progress)  # per layer: one per pair
     return with_cka(result, {t.label: pd.DataFrame([d[k] for d in done]) for k, t in enumerate(traces[1:])},
                     tokens=n)
