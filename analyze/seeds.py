@@ -19,6 +19,7 @@ class Purpose(IntEnum):
     POSITIONS = 8  # the sequence bootstrap of the per-position profile (analyze/compare/positions.py)
     CALIBRATION = 10  # the simulated layers that calibrate a's bootstrap SE where N ≤ 8·d, one stream per layer
     # (keyed by the layer: its c is pooled over the trace's layers, analyze/contraction/calibration.py)
+    CKA_TOKENS = 11  # the token subsample of linear CKA (analyze/compare/cka.py): the same for every layer and pair
 
 
 def rng(seed: int, purpose: Purpose, *keys: int) -> np.random.Generator:

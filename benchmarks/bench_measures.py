@@ -6,8 +6,9 @@
 Side by side, in rounds that alternate the order: `spinal analyze`'s function on the reference's store with the demo's
 [analyze] options, `ranks` on (every rank's block shares, the effective rank's and RankMe's replicates) and off
 (a's window's shares only); and `spinal compare`'s function on all the demo's traces and stores with its [compare]
-options, `cka` on (a streamed cross-Gram per pair and layer over every token) and off. The ratio of each round is
-on / off; the table shows each round's and their median. The budget (issue 41): none above 1.25.
+options, `cka` on (a streamed cross-Gram per pair and layer over the demo's `cka_tokens` seeded tokens) and off.
+The ratio of each round is on / off; the table shows each round's and their median. The budget (issue 41): none
+above 1.25.
 """
 
 from __future__ import annotations

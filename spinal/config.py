@@ -87,7 +87,10 @@ class CompareConfig:
     allow_mixed: bool = option("compare traces whose capture storage dtype, positions rule or lens options differ "
                                "(refused otherwise); the comparison records the mix and the report says so", False)
     cka: bool = option("linear CKA per layer between each checkpoint and the reference, read from both stores "
-                       "(every token; a jackknife interval over the sequence blocks)", True)
+                       "(a jackknife interval over the sequence blocks)", True)
+    cka_tokens: int = option("tokens (seeded subsample, the same for every layer and pair; 0: every token) for "
+                             "linear CKA; a sequence's tokens stay in its block, so the jackknife deletes sequence "
+                             "blocks", 20000)
 
     def __post_init__(self) -> None:
         if self.pairing not in ("auto", "token", "prompt"):
@@ -97,7 +100,7 @@ class CompareConfig:
         if not self.jump_factor > 1:
             raise InputError(f"jump_factor={self.jump_factor}: a jump must be larger than the typical step (> 1; "
                              "default 4)")
-        for name in ("null_splits", "cross_readout_tokens", "position_tokens"):
+        for name in ("null_splits", "cross_readout_tokens", "position_tokens", "cka_tokens"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name}={getattr(self, name)}; must be ≥ 0")
 

@@ -5,7 +5,9 @@ Grams, per sequence block, with a delete-one-block jackknife interval (docs/meth
 the plain (biased) linear CKA, computed in feature space, so no N×N Gram is ever formed. It is invariant to an
 orthogonal transform and an isotropic scale of either side, and 1 for a checkpoint against itself. Each block's
 moments are centered on their own mean and merged with Chan's update, as the contraction's Gram is
-(analyze/contraction/moments.py). Memory: 3 · blocks · d² float64 per task (1.5 GiB at d = 2048, 16 blocks).
+(analyze/contraction/moments.py). It reads a seeded token subsample (``cka_tokens``; whole sequences stay in their
+block, so the jackknife still deletes sequence blocks) and shares the reference's per-block moments across pairs.
+Memory: 3 · pairs · blocks · d² float64 per task.
 """
 
 from __future__ import annotations
@@ -79,6 +81,44 @@ def linear_cka(s: CrossStats) -> float:
     return float(np.sum(s.sxy**2)) / den if den > 0 else math.nan
 
 
+def grouped(block_ids: np.ndarray, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """The order that puts rows block by block (stable) and each block's bounds in it: block b is rows
+    ``order[bounds[b]:bounds[b + 1]]``."""
+    ids = np.asarray(block_ids)
+    order = np.argsort(ids, kind="stable")
+    return order, np.searchsorted(ids[order], np.arange(blocks + 1))
+
+
+def side(x: np.ndarray, bounds: np.ndarray) -> list[tuple | None]:
+    """Per block of the grouped rows ``x``: (count, mean, centered rows, scatter) in float64, None where empty;
+    the reference's, computed once and shared by every pair."""
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi == lo:
+            out.append(None)
+            continue
+        xb = np.asarray(x[lo:hi], dtype=np.float64)
+        m = xb.mean(axis=0)
+        c = xb - m
+        out.append((int(hi - lo), m, c, c.T @ c))
+    return out
+
+
+def paired(ref: list[tuple | None], y: np.ndarray, bounds: np.ndarray) -> list[CrossStats | None]:
+    """Each block's CrossStats of the reference's ``side`` against the grouped rows ``y``: two products per block."""
+    out = []
+    for r, lo, hi in zip(ref, bounds[:-1], bounds[1:]):
+        if r is None:
+            out.append(None)
+            continue
+        n, mx, xc, sxx = r
+        yb = np.asarray(y[lo:hi], dtype=np.float64)
+        my = yb.mean(axis=0)
+        yc = yb - my
+        out.append(CrossStats(n, mx, my, sxx, yc.T @ yc, xc.T @ yc))
+    return out
+
+
 class CrossGramAccumulator:
     """Per-block CrossStats, fed chunk by chunk with ``update(x, y, block_ids)``; whole sequences go to one block."""
 
@@ -88,10 +128,14 @@ class CrossGramAccumulator:
         self.blocks = [CrossStats.empty(dx, dy) for _ in range(blocks)]
 
     def update(self, x: np.ndarray, y: np.ndarray, block_ids: np.ndarray) -> CrossGramAccumulator:
-        ids = np.asarray(block_ids)
-        for b in np.unique(ids):
-            m = ids == b
-            self.blocks[int(b)] = merge([self.blocks[int(b)], CrossStats.from_rows(x[m], y[m])])
+        order, bounds = grouped(block_ids, len(self.blocks))
+        return self.add(paired(side(np.asarray(x)[order], bounds), np.asarray(y)[order], bounds))
+
+    def add(self, stats: list[CrossStats | None]) -> CrossGramAccumulator:
+        """Merge one chunk's per-block stats (``paired``'s list, one entry per block)."""
+        for b, st in enumerate(stats):
+            if st is not None and st.n:
+                self.blocks[b] = merge([self.blocks[b], st]) if self.blocks[b].n else st
         return self
 
 
@@ -110,28 +154,52 @@ def jackknife(blocks: list[CrossStats], level: float = 0.95) -> dict:
     return {"cka": point, "cka_lo": lo, "cka_hi": hi, "cka_se": se, "cka_blocks": len(filled)}
 
 
-def cka_layer(store_a: str, stores_b: list[str], layer: int, blocks: int) -> list[dict]:
-    """One layer's linear CKA between the complete store ``store_a`` and each of ``stores_b`` (one token stream):
-    every valid token, read unit by unit of ``store_a``'s layout (the same flat token range of the others, so the
-    reference is decoded once for all of them), sequence s in block s mod ``blocks``. One dict per other store."""
+def cka_layer(store_a: str, stores_b: list[str], layer: int, blocks: int, rows: np.ndarray | None = None) -> list[dict]:
+    """One layer's linear CKA between the complete store ``store_a`` and each of ``stores_b`` (one token stream) over
+    the flat token indices ``rows`` (sorted valid tokens: a seeded subsample; None: every valid token), read in
+    ``spans`` of ``store_a``'s units (the same token range of the others), sequence s in block s mod ``blocks``. The
+    reference is decoded once and its per-block moments shared by all pairs; one BLAS thread, as in the pool's
+    workers (products of a unit's block rows are too small for threads to pay). One dict per other store."""
+    from threadpoolctl import threadpool_limits
+
     a, others = Store.open(store_a), [Store.open(s) for s in stores_b]
     ia, ibs = a.layer_index(layer), [b.layer_index(layer) for b in others]
     seq = a.read("tokens/sequence")
+    rows = np.flatnonzero(seq >= 0) if rows is None else np.asarray(rows)
     accs = [CrossGramAccumulator(int(a.meta["dim"]), int(b.meta["dim"]), blocks) for b in others]
-    for u in a.units:
-        sl = slice(u.token_start, u.token_stop)
-        valid = seq[sl] >= 0
-        if not valid.any():
-            continue
-        x = decode(np.asarray(a.hidden[ia, sl, :]), a.dtype)[valid].astype(np.float64)
-        ids = seq[sl][valid] % blocks
-        for b, ib, acc in zip(others, ibs, accs):
-            acc.update(x, decode(np.asarray(b.hidden[ib, sl, :]), b.dtype)[valid], ids)
+    with threadpool_limits(1):
+        for start, stop in spans(a.units, int(a.meta["dim"])):
+            lo, hi = np.searchsorted(rows, [start, stop])
+            if lo == hi:
+                continue
+            idx = rows[lo:hi]
+            span, at = slice(int(idx[0]), int(idx[-1]) + 1), idx - idx[0]
+            order, bounds = grouped(seq[idx] % blocks, blocks)
+            ref = side(decode(np.asarray(a.hidden[ia, span, :]), a.dtype)[at[order]], bounds)
+            for b, ib, acc in zip(others, ibs, accs):
+                acc.add(paired(ref, decode(np.asarray(b.hidden[ib, span, :]), b.dtype)[at[order]], bounds))
     return [{"layer": layer, **jackknife(acc.blocks)} for acc in accs]
 
 
-def cka_tasks(store_a: str, stores_b: list[str], layers: list[int], blocks: int) -> list:
-    """The checks (complete stores, identical token streams, every layer in all), then one task per layer."""
+def spans(units, dim: int, mib: int = 256) -> list[tuple[int, int]]:
+    """Token ranges [start, stop) of consecutive units, each at most ``mib`` MiB of one layer's float32 states (or one
+    unit): few reads of the store (each a round of its event loop) at a bounded memory."""
+    out: list[tuple[int, int]] = []
+    for u in sorted(units, key=lambda u: u.token_start):
+        if out and out[-1][1] == u.token_start and (u.token_stop - out[-1][0]) * dim * 4 <= mib * 2**20:
+            out[-1] = (out[-1][0], u.token_stop)
+        else:
+            out.append((u.token_start, u.token_stop))
+    return out
+
+
+def cka_tasks(store_a: str, stores_b: list[str], layers: list[int], blocks: int, tokens: int = 0,
+              seed: int = 0) -> list:
+    """The checks (complete stores, identical token streams, every layer in all), then one task per layer over
+    ``tokens`` valid tokens (a seeded subsample, the same for every layer and pair; 0: every valid token)."""
+    from spinal.analyze.seeds import Purpose
+    from spinal.analyze.transport.lens_pass import token_subsample
+
     a = Store.open(store_a)
     ta = a.tokens()
     for store_b in stores_b:
@@ -146,14 +214,19 @@ def cka_tasks(store_a: str, stores_b: list[str], layers: list[int], blocks: int)
         if missing:
             raise InputError(f"layers {missing} are not in both {store_a} and {store_b}; CKA pairs the traces' "
                              "layers")
-    return [(cka_layer, dict(store_a=store_a, stores_b=list(stores_b), layer=l, blocks=blocks)) for l in layers]
+    sub = token_subsample(a, tokens, seed, purpose=Purpose.CKA_TOKENS)
+    rows = np.flatnonzero(ta["sequence"] >= 0) if sub is None else sub
+    return [(cka_layer, dict(store_a=store_a, stores_b=list(stores_b), layer=l, blocks=blocks, rows=rows))
+            for l in layers]
 
 
-def with_cka(comparison: Comparison, frames: dict[str, pd.DataFrame]) -> Comparison:
-    """Each pair's table with its CKA columns (keyed by the other checkpoint's label), and the variant recorded."""
+def with_cka(comparison: Comparison, frames: dict[str, pd.DataFrame], tokens: int | None = None) -> Comparison:
+    """Each pair's table with its CKA columns (keyed by the other checkpoint's label), the variant and the number of
+    tokens read (``cka_tokens``) recorded."""
     pairs = []
     for p in comparison.pairs:
         f = frames.get(p.other)
         t = p.table if f is None else p.table.merge(f, on="layer", how="left")
         pairs.append(PairComparison(p.ref, p.other, t, p.summary))
-    return replace(comparison, pairs=tuple(pairs), meta={**comparison.meta, "cka": VARIANT})
+    return replace(comparison, pairs=tuple(pairs), meta={**comparison.meta, "cka": VARIANT,
+                                                           "cka_tokens": tokens})

@@ -49,8 +49,9 @@ DEFINITIONS = {
     "the reference's top 3 at the last layer (the model's own head), with a 95% bootstrap interval over sequences",
     "kl_final": "mean KL(p_other ‖ p_ref) in nats between the two checkpoints' final next-token distributions",
     "shift_early_share": "share of the shifted tokens that fall in the first 8 positions of the stored reply",
-    "cka": "linear CKA between the two checkpoints' hidden states of layer ℓ on the identical tokens (every stored "
-    "token; plain estimator, Kornblith et al. 2019; compare.json's cka names the variant), with a delete-one-block "
+    "cka": "linear CKA between the two checkpoints' hidden states of layer ℓ on the identical tokens (a seeded "
+    "subsample, compare.json's cka_tokens; plain estimator, Kornblith et al. 2019; compare.json's cka names the "
+    "variant), with a delete-one-block "
     "jackknife interval over the sequence blocks (cka_lo, cka_hi, cka_se): 1 for identical representations up to "
     "rotation and scale",
     "d_erank": "Δ effective rank (exp of the entropy of the normalised centered eigenvalues) and d_rankme the same for "

@@ -67,14 +67,15 @@ def comparison(traces: list[Trace], cfg: CompareConfig, *, weights: list[str] | 
     if stores and len(stores) > 1 and cfg.position_tokens:
         result = _positions(result, traces, stores, cfg, workers, submit, progress)
     if stores and len(stores) > 1 and cfg.cka:  # the token-paired ones (none: nothing to pair)
-        result = _cka(result, traces, stores, workers, submit, progress)
+        result = _cka(result, traces, stores, cfg, workers, submit, progress)
     return result
 
 
-def _cka(result: Comparison, traces: list[Trace], stores: list[str], workers: int, submit: Callable | None = None,
-         progress=None) -> Comparison:
+def _cka(result: Comparison, traces: list[Trace], stores: list[str], cfg: CompareConfig, workers: int,
+         submit: Callable | None = None, progress=None) -> Comparison:
     """Linear CKA of every layer of every pair against the reference (analyze/compare/cka.py): one task per layer,
-    for all pairs (the reference's states decoded once), over every token, on the traces' sequence blocks."""
+    for all pairs (the reference's states decoded and its block moments formed once), over ``cka_tokens`` seeded
+    tokens, on the traces' sequence blocks."""
     import pandas as pd
 
     from spinal.analyze.compare.cka import cka_tasks, with_cka
@@ -82,11 +83,13 @@ def _cka(result: Comparison, traces: list[Trace], stores: list[str], workers: in
 
     layers = [int(l) for l in traces[0].table["layer"]]
     blocks = int(traces[0].meta.get("blocks_used") or 16)
-    tasks = cka_tasks(stores[0], stores[1:], layers, blocks)
-    ref = Store.open(stores[0])
-    flops = 3 * 2 * int(ref.meta["n_tokens_valid"]) * int(ref.meta["dim"]) ** 2 * len(tasks) * (len(stores) - 1)
-    done = (submit or run_tasks)(tasks, _pool_size(flops, workers), progress)  # per layer: one dict per pair
-    return with_cka(result, {t.label: pd.DataFrame([d[k] for d in done]) for k, t in enumerate(traces[1:])})
+    tasks = cka_tasks(stores[0], stores[1:], layers, blocks, tokens=cfg.cka_tokens, seed=cfg.seed)
+    n = int(tasks[0][1]["rows"].size) if tasks else 0
+    dim = int(Store.open(stores[0]).meta["dim"])
+    flops = 2 * n * dim**2 * (1 + 2 * (len(stores) - 1)) * len(tasks)  # the reference's scatter, then two per pair
+    done = (submit or run_tasks)(tasks, _pool_size(flops, workers), progress)  # per layer: one per pair
+    return with_cka(result, {t.label: pd.DataFrame([d[k] for d in done]) for k, t in enumerate(traces[1:])},
+                    tokens=n)
 
 
 def _pool_size(flops: float, workers: int) -> int:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import synthetic
-from spinal.analyze.compare.cka import CrossGramAccumulator, CrossStats, jackknife, linear_cka, merge
+from spinal.analyze.compare.cka import (CrossGramAccumulator, CrossStats, grouped, jackknife, linear_cka, merge,
+                                        paired, side)
 
 
 def _pair(n=300, dx=12, dy=9, seed=0):
@@ -88,3 +89,23 @@ def test_merging_empty_blocks_and_single_blocks():
     assert linear_cka(merge([CrossStats.empty(12, 9), one])) == pytest.approx(direct(x, y), rel=1e-11)
     out = jackknife([one, CrossStats.empty(12, 9)])
     assert out["cka"] == pytest.approx(direct(x, y), rel=1e-11) and np.isnan(out["cka_se"]) and np.isnan(out["cka_lo"])
+
+
+def test_a_token_subsample_equals_the_direct_formula_on_its_tokens_and_keeps_sequence_blocks():
+    """The seeded subsample (``cka_tokens``) draws tokens; each keeps its sequence's block (s mod blocks), so the
+    jackknife still deletes whole sequence blocks: on the subsample, the direct formula and the brute-force one."""
+    x, y, _ = _pair(n=600, seed=7)
+    seq = np.repeat(np.arange(40), 15)  # 40 sequences of 15 tokens
+    sub = np.sort(np.random.default_rng([0, 11]).choice(600, size=250, replace=False))
+    ids = seq[sub] % 8
+    out = jackknife(_streamed(x[sub], y[sub], ids))
+    assert out["cka"] == pytest.approx(direct(x[sub], y[sub]), rel=1e-11)
+    assert abs(out["cka"] - direct(x, y)) > 1e-6  # the subsample, not every token
+    left = np.array([direct(x[sub][ids != b], y[sub][ids != b]) for b in range(8)])
+    assert out["cka_se"] == pytest.approx(np.sqrt(7 / 8 * np.sum((left - left.mean()) ** 2)), rel=1e-9)
+    # the reference's per-block moments, formed once, serve every pair
+    order, bounds = grouped(ids, 8)
+    ref = side(x[sub][order], bounds)
+    for yy in (y, 2.0 * x[:, :5] - 1.0):
+        acc = CrossGramAccumulator(12, yy.shape[1], 8).add(paired(ref, yy[sub][order], bounds))
+        assert linear_cka(merge(acc.blocks)) == pytest.approx(direct(x[sub], yy[sub]), rel=1e-11)

@@ -52,8 +52,9 @@ def stores(tmp_path_factory, checkpoint):
 
 def test_compare_adds_cka_per_layer_from_both_stores(stores):
     (sa, ta), (sb, tb) = stores["base"], stores["other"]
-    cfg = CompareConfig(n_boot=50, cross_readout_tokens=0, position_tokens=0)
+    cfg = CompareConfig(n_boot=50, cross_readout_tokens=0, position_tokens=0, cka_tokens=0)
     c = comparison([ta, tb], cfg, stores=[sa, sb], workers=1)
+    assert c.meta["cka_tokens"] == int(Store.open(sa).meta["n_tokens_valid"])
     t = c.pairs[0].table
     assert list(t["layer"]) == list(ta.table["layer"])
     assert t["cka"].between(0, 1).all() and (t["cka_lo"] <= t["cka"]).all() and (t["cka"] <= t["cka_hi"]).all()
@@ -68,6 +69,27 @@ def test_compare_adds_cka_per_layer_from_both_stores(stores):
     np.testing.assert_allclose(same.pairs[0].table["cka"], 1.0, atol=1e-12)
     assert "cka" not in comparison([ta, tb], CompareConfig(n_boot=50, cross_readout_tokens=0, position_tokens=0,
                                                            cka=False), stores=[sa, sb]).pairs[0].table
+
+
+def test_a_cka_token_subsample_equals_the_direct_formula_on_the_same_tokens(stores):
+    (sa, ta), (sb, tb) = stores["base"], stores["other"]
+    n = int(Store.open(sa).meta["n_tokens_valid"])
+    k = n // 3
+    tasks = cka_tasks(sa, [sb], [0, 1], 16, tokens=k, seed=3)
+    rows = tasks[0][1]["rows"]
+    assert rows.size == k and all(np.array_equal(kw["rows"], rows) for _, kw in tasks)  # one subsample for all
+    seq = Store.open(sa).read("tokens/sequence")
+    valid = np.flatnonzero(seq >= 0)
+    pick = np.searchsorted(valid, rows)  # the subsample's places among the valid tokens _rows returns
+    c = comparison([ta, tb], CompareConfig(n_boot=50, cross_readout_tokens=0, position_tokens=0, cka_tokens=k,
+                                           seed=3), stores=[sa, sb], workers=1)
+    assert c.meta["cka_tokens"] == k
+    for layer in (0, 1):
+        x, y = _rows(sa, layer), _rows(sb, layer)
+        got = c.pairs[0].table.loc[c.pairs[0].table["layer"] == layer, "cka"].item()
+        assert got == pytest.approx(direct(x[pick], y[pick]), rel=1e-8)
+        assert got != pytest.approx(direct(x, y), rel=1e-8)
+    assert cka_tasks(sa, [sb], [0], 16, tokens=k, seed=4)[0][1]["rows"].tolist() != rows.tolist()  # seeded
 
 
 def test_stores_of_other_token_streams_are_refused(stores):
