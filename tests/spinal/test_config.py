@@ -77,7 +77,9 @@ def test_cli_values_reach_the_config(tmp_path):
 
     r = CliRunner().invoke(app, ["analyze", str(tmp_path / "none.zarr"), "-o", str(tmp_path / "t"), "--blocks", "0"])
     assert r.exit_code == 2 and "blocks=0; must be ≥ 1" in r.output  # the CLI value, checked by the config
-    r = CliRunner().invoke(app, ["compare", "a", "b", "-o", str(tmp_path / "c"), "--n-boot", "0"])
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()  # folders, so the inputs' kind passes and the value is read
+    r = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "c"),
+                                 "--n-boot", "0"])
     assert r.exit_code == 2 and "n_boot=0: the ΔL bootstrap needs ≥ 1 resample" in r.output
 
 
