@@ -205,12 +205,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--every", type=int, default=25)
     ap.add_argument("--smol-rounds", type=int, default=1, help="SmolLM2 rounds (0: skip)")
-    ap.add_argument("--smol-steps", type=int, default=12)
-    ap.add_argument("--smol-every", type=int, default=4)
+    ap.add_argument("--smol-steps", type=int, default=6)
+    ap.add_argument("--smol-every", type=int, default=3)
     ap.add_argument("--smol-prompts", type=int, default=128)
     ap.add_argument("--smol-end-wait", type=float, default=60.0, help="seconds to wait for SmolLM2's analysis after "
                     "the last step before stopping it (its traces take minutes each on a CPU)")
-    ap.add_argument("--smol-pairs", type=int, default=64, help="training pairs (their reference log-probs first)")
+    ap.add_argument("--smol-pairs", type=int, default=16, help="training pairs (their reference log-probs first)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the training loop (default 1, as the "
                     "reference scripts; the monitor's worker takes one more core)")
     ap.add_argument("--workdir", default=None)
