@@ -8,7 +8,9 @@ import pytest
 
 from spinal.config import load_run_config
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
+ALL = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
+MONITORS = [p for p in ALL if p.read_text().lstrip("# \n").count("[monitor]")]  # monitor configs (spinal watch)
+CONFIGS = [p for p in ALL if p not in MONITORS]  # run configs (spinal run)
 
 
 def test_configs_exist():
@@ -34,3 +36,20 @@ def test_demo_points_at_the_shipped_reference_family():
     for ck in cfg.checkpoints:
         assert (Path(ck.path) / "model.safetensors").exists(), ck.path
     assert Path(cfg.prompts).exists()
+
+
+def test_the_series_monitor_config_audits_with_the_offline_series_options():
+    """configs/series-monitor.toml loads as a monitor config, and its capture, analysis and series options are
+    configs/series.toml's, so its in-run flags can be set beside the offline audit's (the worker count aside)."""
+    from dataclasses import asdict
+
+    from spinal.monitor.config import load_monitor_config
+
+    assert [p.name for p in MONITORS] == ["series-monitor.toml"]
+    mon = load_monitor_config(str(MONITORS[0]))
+    run = load_run_config(str(MONITORS[0].with_name("series.toml")))
+    assert Path(mon.prompts) == Path(run.prompts)
+    keep = lambda d, skip: {k: v for k, v in d.items() if k not in skip}
+    assert keep(asdict(mon.capture), {"model", "prompts", "out"}) == keep(asdict(run.capture), {"model", "prompts", "out"})
+    assert keep(asdict(mon.analyze), {"store", "out", "workers"}) == keep(asdict(run.analyze), {"store", "out", "workers"})
+    assert mon.compare.jump_factor == run.compare.jump_factor and mon.compare.n_boot == run.compare.n_boot
