@@ -60,9 +60,6 @@ class AuditFolder:
         s = self.store(step)
         return store_exists(s) and Store.open(s).complete
 
-    def traced(self, step: int | None) -> bool:
-        return (self.trace(step) / "trace.json").exists()
-
     def captured_steps(self) -> list[int]:
         """The training steps with a complete store, in order (the reference not included)."""
         stores = self.root / "stores"
